@@ -1,0 +1,98 @@
+"""Suite-wide fixtures: leak detection and a throwaway PostgreSQL database.
+
+- Every test fails if it leaves asyncio tasks running or threads alive: a long-running agent
+  cannot afford either, so the tests refuse them too (the pymodbus habit).
+- `postgres_dsn` creates a fresh database for the test session on the server named by
+  `TAGWAY_TEST_PG_DSN` and drops it afterwards. Without a reachable server the tests that need it
+  skip with the reason, except under `CI=true`, where they fail: CI must never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+# Threads that libraries start once per process and keep by design; they are not leaks of a test.
+_PROCESS_WIDE_THREADS = ("asyncio_", "ThreadPoolExecutor-", "pydevd", "Dummy-")
+
+
+def in_ci() -> bool:
+    """True when running under CI (CI=true), where missing services must fail, not skip."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with the reason locally; fail under CI so a missing service is never hidden."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: refusing to skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    leaked: list[threading.Thread] = []
+    while time.monotonic() < deadline:
+        leaked = [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.is_alive() and not t.name.startswith(_PROCESS_WIDE_THREADS)
+        ]
+        if not leaked:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tasks(request: pytest.FixtureRequest) -> None:
+    # Async tests only: pull in the async checker so that it is torn down after the
+    # test's own fixtures (teardown is last-in, first-out).
+    if asyncio.iscoroutinefunction(getattr(request.node, "function", None)):
+        request.getfixturevalue("_leaked_task_check")
+
+
+@pytest.fixture
+async def _leaked_task_check() -> AsyncIterator[None]:
+    yield
+    current = asyncio.current_task()
+    for _ in range(20):  # let cancelled tasks finish unwinding
+        leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not leaked:
+            return
+        await asyncio.sleep(0.01)
+    names = [t.get_name() + " " + repr(t.get_coro()) for t in leaked]
+    for task in leaked:
+        task.cancel()
+    pytest.fail(f"test leaked asyncio tasks: {names}")
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """DSN of a fresh, empty database; dropped at the end of the session."""
+    import psycopg  # noqa: PLC0415 - only the PostgreSQL tests pay for the import
+
+    admin_dsn = os.environ.get("TAGWAY_TEST_PG_DSN", DEFAULT_PG_DSN)
+    name = f"tagway_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        skip_or_fail(f"PostgreSQL not reachable at {admin_dsn}: {exc}".strip())
+        return
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
