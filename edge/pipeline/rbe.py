@@ -1,0 +1,101 @@
+"""Report by exception: pass a reading only when it says something new.
+
+A reading passes when it is the first of its series, when its quality differs from the last one
+passed (quality changes always pass, so an outage and its end are never filtered), when a
+non-numeric value changed, when a numeric value moved by more than the absolute or percent
+deadband from the last *reported* value (not the last seen one, so a slow drift still gets through),
+or when the series has been silent for `max_silence` (the heartbeat that tells the cloud an
+unchanging value is still alive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocols.reading import Quality, Reading, Value
+
+_US_PER_S = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Deadband:
+    """How much a tag must move before it is reported again.
+
+    Args:
+        absolute: report when |value - last reported| > absolute (0 disables).
+        percent: report when the change exceeds this percentage of |last reported| (0 disables).
+        max_silence_s: report anyway after this many seconds without a report (0 disables).
+        every_reading: report every reading, repeats included (no filtering at all).
+    """
+
+    absolute: float = 0.0
+    percent: float = 0.0
+    max_silence_s: float = 0.0
+    every_reading: bool = False
+
+    @property
+    def passes_everything(self) -> bool:
+        """True when no filtering is configured: every reading is reported."""
+        return self.absolute == 0 and self.percent == 0
+
+
+@dataclass(slots=True)
+class _Last:
+    value: Value
+    quality: Quality
+    ts: int
+
+
+class ReportByException:
+    """The deadband stage. One instance holds the last reported value of every series.
+
+    Args:
+        deadbands: per (device, tag) settings; series not listed use `default`.
+        default: the deadband for unlisted series (by default: report every reading).
+    """
+
+    def __init__(
+        self,
+        deadbands: dict[tuple[str, str], Deadband] | None = None,
+        *,
+        default: Deadband | None = None,
+    ) -> None:
+        self._deadbands = dict(deadbands or {})
+        self._default = default or Deadband()
+        self._last: dict[tuple[str, str], _Last] = {}
+        self.suppressed = 0
+
+    def __call__(self, readings: list[Reading]) -> list[Reading]:
+        """Return the readings that pass, in their original order."""
+        passed: list[Reading] = []
+        last_by_series = self._last
+        for reading in readings:
+            key = (reading.device, reading.tag)
+            last = last_by_series.get(key)
+            if last is not None and not self._changed(reading, last, key):
+                self.suppressed += 1
+                continue
+            last_by_series[key] = _Last(reading.value, reading.quality, reading.ts)
+            passed.append(reading)
+        return passed
+
+    def _changed(self, reading: Reading, last: _Last, key: tuple[str, str]) -> bool:
+        if reading.quality is not last.quality:
+            return True
+        band = self._deadbands.get(key, self._default)
+        if band.every_reading:
+            return True
+        if band.max_silence_s and reading.ts - last.ts >= band.max_silence_s * _US_PER_S:
+            return True
+        value, before = reading.value, last.value
+        if isinstance(value, str) or isinstance(before, str) or band.passes_everything:
+            return value != before
+        delta = abs(value - before)
+        if band.absolute and delta > band.absolute:
+            return True
+        return bool(band.percent) and delta > abs(before) * band.percent / 100.0
+
+    def forget(self, device: str) -> None:
+        """Drop the state of a device (removed or reconfigured), so its next reading passes."""
+        for key in [k for k in self._last if k[0] == device]:
+            del self._last[key]
