@@ -1,0 +1,93 @@
+"""Chunks round-trip exactly, stay small, and refuse damage loudly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge import chunk
+from protocols.reading import Quality, Reading
+
+T0 = 1_795_000_000_000_000
+
+
+def test_round_trip_keeps_every_field() -> None:
+    readings = [
+        Reading("pump1", "flow", T0, 12.5, Quality.GOOD, "m3/h", True),
+        Reading("pump1", "running", T0, True, simulated=True),
+        Reading("pump1", "mode", T0, "AUTO", Quality.UNCERTAIN, simulated=True),
+        Reading("pump1", "flow", T0 + 250_000, 12.75, Quality.BAD, "m3/h", True),
+        Reading("tank1", "level", T0 + 3_000_000_000, 0.1),  # 50 min later: wide offsets
+    ]
+    back = chunk.decode_readings(chunk.encode(readings))
+    key = lambda r: (r.device, r.tag, r.ts)  # noqa: E731 - a sort key reads best inline
+    expected = [r._replace(value=float(r.value) if not isinstance(r.value, str) else r.value)
+                for r in readings]  # fmt: skip
+    assert sorted(back, key=key) == sorted(expected, key=key)
+
+
+def test_float64_values_are_exact_and_float32_values_are_narrowed() -> None:
+    precise = [Reading("d", "t", T0 + i, 0.1 * i) for i in range(100)]
+    assert [r.value for r in chunk.decode_readings(chunk.encode(precise))] == [
+        0.1 * i for i in range(100)
+    ]
+    noise = np.random.default_rng(3).normal(50, 2, 1000)
+    f32 = [Reading("d", "t", T0 + i, float(np.float32(v))) for i, v in enumerate(noise)]
+    f64 = [Reading("d", "t", T0 + i, float(v)) for i, v in enumerate(noise)]
+    assert chunk.decode_readings(chunk.encode(f32)) == f32  # narrowing loses nothing
+    assert len(chunk.encode(f32)) < 0.6 * len(chunk.encode(f64))
+
+
+def test_a_polled_plant_costs_few_bytes_per_reading() -> None:
+    rng = np.random.default_rng(1)
+    readings = []
+    for cycle in range(4):  # four polls of 2,500 tags land in one chunk at most
+        ts = T0 + cycle * 250_000
+        readings.extend(
+            Reading(f"pump{d}", f"reg{t}", ts, float(np.float32(100 + rng.normal(0, 0.5))))
+            for d in range(50)
+            for t in range(50)
+        )
+    size = len(chunk.encode(readings))
+    assert size / len(readings) < 8  # names are per chunk; values carry real noise
+
+
+def test_damaged_chunks_are_refused_with_a_clear_error() -> None:
+    data = chunk.encode([Reading("d", "t", T0, 1.0)])
+    with pytest.raises(chunk.ChunkError, match="cannot be decoded"):
+        chunk.decode(data[:-3])
+    with pytest.raises(chunk.ChunkError, match="cannot be decoded"):
+        chunk.decode(b"garbage")
+
+
+def test_an_empty_flush_is_not_a_chunk() -> None:
+    with pytest.raises(ValueError, match="at least one reading"):
+        chunk.encode([])
+
+
+values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.booleans(),
+)
+
+
+@settings(max_examples=60)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 10**10), values,
+                  st.sampled_from(list(Quality))),
+        min_size=1, max_size=50,
+    )
+)  # fmt: skip
+def test_numeric_round_trip_is_exact(rows: list[tuple[str, int, float, Quality]]) -> None:
+    readings = [Reading("dev", tag, T0 + ts, value, q) for tag, ts, value, q in rows]
+    back = chunk.decode_readings(chunk.encode(readings))
+    by_tag = lambda rs: sorted(((r.tag, r.ts, r.value, r.quality) for r in rs), key=repr)  # noqa: E731
+    want = [(r.tag, r.ts, float(r.value), r.quality) for r in readings]
+    assert by_tag(back) == sorted(want, key=repr)
+    assert all(not math.isnan(float(r.value)) for r in back)
