@@ -142,6 +142,8 @@ class SeriesColumns:
     values: Sequence[float | int | bool | str] | FloatArray
     qualities: Sequence[int] | QualityArray | None = None
     unit: str | None = None
+    simulated: bool = False
+    """True when the series comes from a simulated device; every API shows it."""
 
     @property
     def is_text(self) -> bool:
@@ -210,6 +212,8 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
             item["qualities"] = _column(s.qualities)
         if s.unit is not None:
             item["unit"] = s.unit
+        if s.simulated:
+            item["simulated"] = True
         series.append(item)
     alarms = [
         {
@@ -416,7 +420,7 @@ def batch_from_data(data: Any, *, limits: Limits = DEFAULT_LIMITS) -> Batch:
 
 def _series(data: Any, path: Path, limits: Limits) -> SeriesColumns:
     item = _mapping(data, path)
-    unknown = set(item) - {"device", "tag", "unit", "ts", "values", "qualities"}
+    unknown = set(item) - {"device", "tag", "unit", "ts", "values", "qualities", "simulated"}
     if unknown:
         raise InvalidBatch(
             f"unknown field {sorted(unknown)[0]!r}", path=(*path, sorted(unknown)[0])
@@ -429,7 +433,10 @@ def _series(data: Any, path: Path, limits: Limits) -> SeriesColumns:
     ts = _int_column(item.get("ts"), (*path, "ts"))
     values = _values_column(item.get("values"), (*path, "values"), len(ts), limits)
     qualities = _quality_column(item.get("qualities"), (*path, "qualities"), len(ts))
-    return SeriesColumns(device, tag, ts, values, qualities, unit)
+    simulated = item.get("simulated", False)
+    if not isinstance(simulated, bool):
+        raise InvalidBatch("simulated must be true or false", path=(*path, "simulated"))
+    return SeriesColumns(device, tag, ts, values, qualities, unit, simulated)
 
 
 def _int_column(data: Any, path: Path) -> IntArray:

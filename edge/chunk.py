@@ -176,3 +176,26 @@ def _unshuffle(data: bytes, width: int) -> npt.NDArray[np.float64]:
     planes = np.frombuffer(data, dtype=np.uint8).reshape(width, -1)
     column = np.ascontiguousarray(planes.T).view("<f4" if width == 4 else "<f8").ravel()
     return column.astype(np.float64)
+
+
+def encode_records(records: list[dict[str, Any]]) -> bytes:
+    """Encode alarm or event records (contract-shaped dicts) into a chunk for those lanes."""
+    if not records:
+        raise ValueError("a chunk needs at least one record")
+    payload = {"v": FORMAT_VERSION, "records": records}
+    raw: bytes = msgpack.packb(payload, use_bin_type=True)
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
+
+
+def decode_records(chunk: bytes) -> list[dict[str, Any]]:
+    """Decode an alarm or event chunk; raise `ChunkError` if it is damaged or unknown."""
+    try:
+        data = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(chunk), raw=False)
+        if data["v"] != FORMAT_VERSION:
+            raise ChunkError(f"chunk format version {data['v']} is not supported")
+        records: list[dict[str, Any]] = data["records"]
+    except (KeyError, TypeError, ValueError, zstandard.ZstdError, msgpack.UnpackException) as exc:
+        if isinstance(exc, ChunkError):
+            raise
+        raise ChunkError(f"record chunk cannot be decoded: {exc}") from exc
+    return records

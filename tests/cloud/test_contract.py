@@ -177,3 +177,12 @@ def test_time_window() -> None:
         check_time_window(batch, now_us=now, max_future_us=10**6, max_age_us=10**12)
     assert caught.value.details["path"] == ["series", 0, "ts", 1]
     check_time_window(batch, now_us=now, max_future_us=10**10, max_age_us=10**12)
+
+
+def test_simulated_flag_round_trips_and_is_checked() -> None:
+    batch = Batch("gw", 1, 0, series=[SeriesColumns("pump1", "flow", [1], [2.0], simulated=True)])
+    body = encode_batch(batch, content_type=JSON, content_encoding="identity")
+    assert decode_batch(body, content_type=JSON).series[0].simulated is True
+    bad = body.replace(b'"simulated":true', b'"simulated":"yes"')
+    with pytest.raises(InvalidBatch, match="simulated must be true or false"):
+        decode_batch(bad, content_type=JSON)
