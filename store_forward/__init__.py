@@ -4,4 +4,75 @@ A reading is *accepted* once the chunk that holds it is committed here. The outb
 payloads with a reading count and a priority lane (alarm, event, telemetry), leases them to the
 uplink, deletes them only on ack, enforces a disk quota with counted drops, and survives kill -9 and
 damaged files. It knows nothing of readings or protocols and imports nothing else of tagway.
+
+    from store_forward import Lane, Outbox, OutboxSettings
+
+    with Outbox("outbox.db", OutboxSettings(quota_bytes=256 << 20)) as outbox:
+        outbox.append(payload, count=500, lane=Lane.TELEMETRY)
+        lease = outbox.lease(max_bytes=1 << 20)
+        ...  # upload
+        outbox.ack(lease)
+
+The agent uses `AsyncOutbox` (same calls, awaited, on a worker thread); the CLI uses
+`read_stats()` from its own process. Errors: see `store_forward.errors`.
 """
+
+from .aio import AsyncOutbox
+from .errors import (
+    DiskFull,
+    InvalidChunk,
+    OutboxBusy,
+    OutboxClosed,
+    OutboxDamaged,
+    OutboxError,
+    OutboxFull,
+    OutboxMissing,
+    SchemaTooNew,
+    StorageError,
+)
+from .model import (
+    Chunk,
+    ChunkId,
+    Lane,
+    LaneStats,
+    Lease,
+    OutboxSettings,
+    OutboxStats,
+    QuarantinedChunk,
+    QuotaPolicy,
+    RecoveryEvent,
+    StartupCheck,
+    Synchronous,
+)
+from .outbox import Outbox
+from .schema import SCHEMA_VERSION
+from .stats import read_stats
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AsyncOutbox",
+    "Chunk",
+    "ChunkId",
+    "DiskFull",
+    "InvalidChunk",
+    "Lane",
+    "LaneStats",
+    "Lease",
+    "Outbox",
+    "OutboxBusy",
+    "OutboxClosed",
+    "OutboxDamaged",
+    "OutboxError",
+    "OutboxFull",
+    "OutboxMissing",
+    "OutboxSettings",
+    "OutboxStats",
+    "QuarantinedChunk",
+    "QuotaPolicy",
+    "RecoveryEvent",
+    "SchemaTooNew",
+    "StartupCheck",
+    "StorageError",
+    "Synchronous",
+    "read_stats",
+]

@@ -1,0 +1,431 @@
+"""The durable outbox: append chunks, lease them to the uplink, ack or release them.
+
+Every call is one SQLite transaction taken with ``BEGIN IMMEDIATE``: it either commits whole
+or leaves the file as it was (kill -9, a full disk, a quota refusal). `append` and
+`append_many` return only after their commit, at the configured `synchronous` level. Leases
+and releases commit at ``synchronous=NORMAL`` even under FULL: losing one to a power cut only
+means the chunks are handed out again, which a lease timeout does anyway, and it spares the
+uplink a disk sync per batch.
+
+The owner keeps per-lane totals in memory, so the quota check costs nothing. When another
+process commits to the file (``PRAGMA data_version`` changes), they are recounted inside the
+write transaction before they are used.
+
+One `Outbox` belongs to one thread at a time; the agent uses `AsyncOutbox`, which gives it a
+thread of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+import apsw
+
+from ._sqlite import as_float, as_int, rollback_quietly, scalar_int, translate
+from .errors import InvalidChunk, OutboxClosed, OutboxFull, StorageError
+from .model import (
+    Chunk,
+    ChunkId,
+    Lane,
+    Lease,
+    OutboxSettings,
+    OutboxStats,
+    QuarantinedChunk,
+    QuotaPolicy,
+    RecoveryEvent,
+    Synchronous,
+)
+from .quota import Dropped, drop_oldest, record_deleted
+from .recovery import open_connection
+from .schema import LANE_SHIFT, SCHEMA_VERSION, SEQ_MASK
+from .stats import LANES, LaneTotals, collect, load_totals
+
+_INSERT = "INSERT INTO chunk(id, count, size, created, payload) VALUES (?, ?, ?, ?, ?)"
+_FREE = (
+    "SELECT id, count, created, payload FROM chunk "
+    "WHERE id NOT IN (SELECT chunk_id FROM hold WHERE deadline > ?) ORDER BY id LIMIT ?"
+)
+_UNHOLD = "DELETE FROM hold WHERE chunk_id = ? AND lease_id = ? RETURNING chunk_id"
+_DELETE = "DELETE FROM chunk WHERE id = ? RETURNING id, count, size"
+
+DEFAULT_LEASE_BYTES = 1024 * 1024
+DEFAULT_LEASE_CHUNKS = 1000
+
+
+class Outbox:
+    """A crash-safe queue of encoded chunks in one SQLite file.
+
+    Args:
+        path: the database file; created with its schema if missing, moved aside and replaced
+            if damaged (see `recovery`).
+        settings: quota, policy, durability and lease timeout.
+        clock: wall-clock seconds for chunk ages and lease deadlines. Leases are shared with
+            other processes through the file, so this is ``time.time``, not a monotonic
+            clock; tests inject their own to expire leases without sleeping.
+
+    Raises:
+        SchemaTooNew: the file was written by a newer tagway (it is left untouched).
+        OutboxError: the file could not be opened or recovered.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        settings: OutboxSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._path = Path(path)
+        self._settings = settings if settings is not None else OutboxSettings()
+        self._clock = clock
+        self._totals = LaneTotals()
+        self._next_seq = 1
+        self._data_version: int | None = None
+        try:
+            conn, self._recovery = open_connection(self._path, self._settings, clock)
+        except apsw.Error as exc:
+            raise translate(exc, f"open of {self._path}") from exc
+        self._conn: apsw.Connection | None = conn
+        try:
+            with self._transaction("open") as tx:
+                tx.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'quota_bytes'",
+                    (self._settings.quota_bytes,),
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def settings(self) -> OutboxSettings:
+        """The settings this outbox was opened with."""
+        return self._settings
+
+    @property
+    def recovery(self) -> RecoveryEvent | None:
+        """Set when opening found a damaged file and moved it aside."""
+        return self._recovery
+
+    def append(self, payload: bytes, *, count: int, lane: Lane) -> ChunkId:
+        """Store one chunk of `count` readings; returns after the commit.
+
+        Raises:
+            OutboxFull: no room under the quota and the policy cannot make any.
+            DiskFull: the disk is full; nothing was stored.
+            InvalidChunk: an empty payload, a negative count or an unknown lane.
+        """
+        return self.append_many(((payload, count, lane),))[0]
+
+    def append_many(self, chunks: Iterable[tuple[bytes, int, Lane]]) -> list[ChunkId]:
+        """Store several ``(payload, count, lane)`` chunks in one transaction: all or none.
+
+        Raises the same errors as `append`.
+        """
+        items = [_validated(payload, count, lane) for payload, count, lane in chunks]
+        if not items:
+            return []
+        needed = sum(len(payload) for payload, _, _ in items)
+        with self._transaction("append") as tx:
+            dropped = self._make_room(tx, needed)
+            now = self._clock()
+            seq = self._next_seq
+            rows = [
+                ((rank << LANE_SHIFT) | (seq + i), count, len(payload), now, payload)
+                for i, (payload, count, rank) in enumerate(items)
+            ]
+            if len(rows) == 1:
+                tx.execute(_INSERT, rows[0])
+            else:
+                tx.executemany(_INSERT, rows)
+        self._next_seq = seq + len(rows)
+        for lane in dropped:
+            self._totals.add(lane.rank, -lane.chunks, -lane.readings, -lane.nbytes)
+        for chunk_id, count, size, _, _ in rows:
+            self._totals.add(chunk_id >> LANE_SHIFT, 1, count, size)
+        return [ChunkId(row[0]) for row in rows]
+
+    def lease(
+        self, *, max_bytes: int = DEFAULT_LEASE_BYTES, max_chunks: int = DEFAULT_LEASE_CHUNKS
+    ) -> Lease:
+        """Hand out the oldest chunks nobody holds: alarms first, then events, then telemetry,
+        first-in first-out inside a lane, up to `max_chunks` and `max_bytes` of payload (the
+        first chunk is always included, so an oversized chunk cannot block its lane).
+
+        The lease is empty (falsy) when there is nothing to send. Chunks not acked or released
+        within the lease timeout are handed out again.
+        """
+        if max_bytes < 1 or max_chunks < 1:
+            raise InvalidChunk(f"lease limits must be >= 1 (got {max_bytes=}, {max_chunks=})")
+        chunks: list[Chunk] = []
+        with self._transaction("lease", soft=True) as tx:
+            now = self._clock()
+            total = 0
+            cursor = tx.execute(_FREE, (now, max_chunks))
+            for chunk_id, count, created, payload in cursor:
+                if not isinstance(payload, bytes):
+                    raise StorageError(f"chunk {chunk_id} has no payload")
+                if chunks and total + len(payload) > max_bytes:
+                    break
+                total += len(payload)
+                cid = as_int(chunk_id)
+                chunks.append(
+                    Chunk(
+                        ChunkId(cid),
+                        LANES[cid >> LANE_SHIFT],
+                        as_int(count),
+                        payload,
+                        as_float(created),
+                    )
+                )
+            cursor.close()
+            if not chunks:
+                return Lease(0, (), now)
+            lease_id = secrets.randbits(62) + 1
+            deadline = now + self._settings.lease_timeout_s
+            tx.executemany(
+                "INSERT OR REPLACE INTO hold(chunk_id, lease_id, deadline) VALUES (?, ?, ?)",
+                [(chunk.id, lease_id, deadline) for chunk in chunks],
+            )
+        return Lease(lease_id, tuple(chunks), deadline)
+
+    def ack(self, lease: Lease) -> int:
+        """Delete the lease's chunks for good (the cloud has them); returns how many.
+
+        Chunks whose lease expired and that were handed to another lease since belong to
+        that lease now and are not deleted (they will be sent again, and the cloud
+        deduplicates them); acking the same lease twice deletes nothing the second time.
+        """
+        if not lease:
+            return 0
+        with self._transaction("ack") as tx:
+            gone = self._delete_held(tx, lease)
+        for chunk_id, count, size in gone:
+            self._totals.add(chunk_id >> LANE_SHIFT, -1, -count, -size)
+        return len(gone)
+
+    def release(self, lease: Lease) -> int:
+        """Give the lease's chunks back at once (the upload failed); returns how many."""
+        if not lease:
+            return 0
+        with self._transaction("release", soft=True) as tx:
+            back = list(tx.executemany(_UNHOLD, _held_by(lease)))
+        return len(back)
+
+    def quarantine(self, lease: Lease, reason: str) -> int:
+        """Move the lease's chunks to the quarantine with `reason` (the cloud refused them as
+        invalid or too large); returns how many. They stay counted against the quota until
+        `requeue_quarantine()` puts them back in their lanes."""
+        if not lease:
+            return 0
+        with self._transaction("quarantine") as tx:
+            now = self._clock()
+            held = [(as_int(i),) for (i,) in tx.executemany(_UNHOLD, _held_by(lease))]
+            if held:
+                tx.executemany(
+                    "INSERT INTO quarantine(id, count, size, created, quarantined_at, reason, "
+                    "payload) SELECT id, count, size, created, ?, ?, payload FROM chunk "
+                    "WHERE id = ?",
+                    [(now, reason, chunk_id) for (chunk_id,) in held],
+                )
+            moved = _deleted_rows(tx, held)
+        for chunk_id, count, size in moved:
+            self._totals.add(chunk_id >> LANE_SHIFT, -1, -count, -size)
+            self._totals.add_quarantine(chunk_id >> LANE_SHIFT, 1, count, size)
+        return len(moved)
+
+    def requeue_quarantine(self) -> int:
+        """Put every quarantined chunk back in its lane, at its original place in the queue;
+        returns how many."""
+        with self._transaction("requeue of the quarantine") as tx:
+            tx.execute(
+                "INSERT INTO chunk(id, count, size, created, payload) "
+                "SELECT id, count, size, created, payload FROM quarantine"
+            )
+            moved = [
+                (as_int(i), as_int(c), as_int(s))
+                for i, c, s in tx.execute("DELETE FROM quarantine RETURNING id, count, size")
+            ]
+        for chunk_id, count, size in moved:
+            self._totals.add(chunk_id >> LANE_SHIFT, 1, count, size)
+            self._totals.add_quarantine(chunk_id >> LANE_SHIFT, -1, -count, -size)
+        return len(moved)
+
+    def quarantined(self) -> list[QuarantinedChunk]:
+        """The quarantined chunks, oldest first by lane, with their reasons."""
+        conn = self._require_open()
+        try:
+            rows = conn.execute(
+                "SELECT id, count, size, reason, quarantined_at FROM quarantine ORDER BY id"
+            ).fetchall()
+        except apsw.Error as exc:
+            raise translate(exc, "listing of the quarantine") from exc
+        return [
+            QuarantinedChunk(
+                id=ChunkId(as_int(i)),
+                lane=LANES[as_int(i) >> LANE_SHIFT],
+                count=as_int(count),
+                nbytes=as_int(size),
+                reason=str(reason),
+                quarantined_at=as_float(at),
+            )
+            for i, count, size, reason, at in rows
+        ]
+
+    def stats(self) -> OutboxStats:
+        """A consistent snapshot of the figures (see `read_stats()` for other processes)."""
+        conn = self._require_open()
+        try:
+            conn.execute("BEGIN")
+            self._refresh(conn)
+            result = collect(conn, self._path, self._totals, self._clock(), SCHEMA_VERSION)
+            conn.execute("COMMIT")
+        except apsw.Error as exc:
+            rollback_quietly(conn)
+            raise translate(exc, "stats") from exc
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+        return result
+
+    def close(self) -> None:
+        """Close the file. Idempotent; the outbox cannot be used afterwards."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except apsw.Error as exc:
+                raise translate(exc, "close") from exc
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _require_open(self) -> apsw.Connection:
+        if self._conn is None:
+            raise OutboxClosed(f"outbox {self._path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, operation: str, *, soft: bool = False) -> Iterator[apsw.Connection]:
+        """One write transaction; `soft` commits it without a disk sync (leases)."""
+        conn = self._require_open()
+        relax = soft and self._settings.synchronous is Synchronous.FULL
+        try:
+            if relax:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            version = scalar_int(conn, "BEGIN IMMEDIATE; PRAGMA data_version")
+            self._refresh(conn, version)
+            yield conn
+            conn.execute("COMMIT")
+        except apsw.Error as exc:
+            rollback_quietly(conn)
+            raise translate(exc, operation) from exc
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+        finally:
+            if relax:
+                _restore_full_sync(conn)
+
+    def _refresh(self, conn: apsw.Connection, version: int | None = None) -> None:
+        """Recount the totals if another connection committed since we last looked."""
+        if version is None:
+            version = scalar_int(conn, "PRAGMA data_version")
+        if version == self._data_version:
+            return
+        self._totals = load_totals(conn)
+        highest = [scalar_int(conn, "SELECT value FROM meta WHERE key = 'seq_hwm'")]
+        for rank in range(len(LANES)):
+            top = scalar_int(
+                conn,
+                "SELECT max(id) FROM chunk WHERE id >= ? AND id < ?",
+                (rank << LANE_SHIFT, (rank + 1) << LANE_SHIFT),
+            )
+            highest.append(top & SEQ_MASK)
+        highest.append(scalar_int(conn, "SELECT max(id & ?) FROM quarantine", (SEQ_MASK,)))
+        self._next_seq = max(highest) + 1
+        self._data_version = version
+
+    def _make_room(self, conn: apsw.Connection, needed: int) -> list[Dropped]:
+        quota = self._settings.quota_bytes
+        used = self._totals.used
+        if used + needed <= quota:
+            return []
+        if needed > quota:
+            raise OutboxFull(
+                f"an append of {needed} bytes can never fit the quota of {quota} bytes",
+                needed=needed,
+                used=used,
+                quota=quota,
+            )
+        if self._settings.policy is QuotaPolicy.REJECT_NEW:
+            raise OutboxFull(
+                f"outbox full ({used} of {quota} bytes used) and the policy is reject_new: "
+                f"append of {needed} bytes refused",
+                needed=needed,
+                used=used,
+                quota=quota,
+            )
+        dropped = drop_oldest(conn, used + needed - quota, self._clock())
+        if dropped is None:
+            raise OutboxFull(
+                f"outbox full ({used} of {quota} bytes used) and nothing left to drop: "
+                f"{sum(self._totals.bytes[:1])} bytes are alarms, which are never dropped, "
+                f"{sum(self._totals.q_bytes)} bytes are quarantined and the rest is being "
+                f"uploaded; append of {needed} bytes refused",
+                needed=needed,
+                used=used,
+                quota=quota,
+            )
+        return dropped
+
+    def _delete_held(self, conn: apsw.Connection, lease: Lease) -> list[tuple[int, int, int]]:
+        held = [(as_int(i),) for (i,) in conn.executemany(_UNHOLD, _held_by(lease))]
+        gone = _deleted_rows(conn, held)
+        record_deleted(conn, (chunk_id for chunk_id, _, _ in gone))
+        return gone
+
+
+def _deleted_rows(conn: apsw.Connection, held: list[tuple[int]]) -> list[tuple[int, int, int]]:
+    if not held:
+        return []
+    return [(as_int(i), as_int(c), as_int(s)) for i, c, s in conn.executemany(_DELETE, held)]
+
+
+def _held_by(lease: Lease) -> list[tuple[int, int]]:
+    return [(chunk.id, lease.lease_id) for chunk in lease.chunks]
+
+
+def _restore_full_sync(conn: apsw.Connection) -> None:
+    try:
+        conn.execute("PRAGMA synchronous=FULL")
+    except apsw.Error as exc:
+        raise translate(exc, "restoring synchronous=FULL") from exc
+
+
+def _validated(payload: bytes, count: int, lane: Lane) -> tuple[bytes, int, int]:
+    if not isinstance(lane, Lane):
+        raise InvalidChunk(f"lane must be a Lane, not {lane!r}")
+    if not isinstance(payload, bytes | bytearray | memoryview) or not payload:
+        raise InvalidChunk("payload must be non-empty bytes")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise InvalidChunk(f"count must be an int >= 0, not {count!r}")
+    return bytes(payload), count, lane.rank
