@@ -151,7 +151,8 @@ def assert_valid(
         assert longest_uncovered_run(covered, w.start, w.end) <= max_gap
         assert not any(w.start < c < w.end and not any(a < c < b for a, b in spans) for c in cuts)
         for i in w.members:
-            assert w.start <= spans[i][0] and spans[i][1] <= w.end
+            assert w.start <= spans[i][0]
+            assert spans[i][1] <= w.end
         served.update(w.members)
     assert served == set(range(len(spans)))
 
