@@ -110,9 +110,13 @@ def _outside_spans(cuts: Iterable[int], spans: Sequence[tuple[int, int]]) -> lis
     return kept
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ReadBlock:
-    """One Modbus read request and the tags it serves."""
+    """One Modbus read request and the tags it serves.
+
+    Compared and hashed by identity: the driver keys its compiled decoders by block, and hashing
+    a hundred tag models per lookup would cost more than the decode.
+    """
 
     table: Table
     start: int
