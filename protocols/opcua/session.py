@@ -1,0 +1,325 @@
+"""One connected session to an OPC UA server: connect, security, namespaces, limits, units.
+
+`ServerSession.open()` runs the whole set-up for one connection attempt and translates every
+asyncua error into the `protocols.errors` tree:
+
+    ConnectError     refused, unreachable, timed out, no matching endpoint, session refused
+    └── SecurityError   untrusted server certificate, bad credentials, policy/mode mismatch
+    DeviceTimeout    a request after connect timed out (reads, writes)
+    DeviceError      a request after connect failed with a Bad service result
+
+Connection loss is asyncua's to detect: its supervisor task (`Client._connection_supervisor`) wakes
+on a transport state change or every `watchdog_intervall` seconds, probes ServerStatus/State, and on
+failure calls `connection_lost_callback`. We run asyncua with `auto_reconnect=False` so that the
+driver, not the library, owns reconnecting (jittered backoff, state on the `Link`, bad readings
+during the outage); `lost` is the event the driver waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+
+from protocols.driver import DriverCounters
+from protocols.errors import ConnectError, DeviceError, DeviceTimeout, SecurityError, WriteError
+from protocols.opcua import security
+from protocols.opcua.codec import (
+    NodeIdSpec,
+    plain_value,
+    resolve_node_id,
+    to_variant,
+    variant_type_of,
+)
+from protocols.opcua.config import OpcUaDeviceConfig
+from protocols.reading import Value
+
+_T = TypeVar("_T")
+_log = logging.getLogger(__name__)
+
+_LIMIT_NODES: Final = (
+    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
+)
+_SECURITY_STATUS_PREFIXES: Final = (
+    "BadCertificate",
+    "BadSecurity",
+    "BadIdentityToken",
+    "BadUserAccessDenied",
+    "BadNoValidCertificates",
+)
+_MODES: Final = {
+    "Sign": ua.MessageSecurityMode.Sign,
+    "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
+}
+DEFAULT_CHUNK: Final = 1000
+"""Items per request when the server states no limit (0): keeps each message a sane size."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperationLimits:
+    """The server's OperationLimits (Part 5, 6.3.11); 0 means the server states no limit."""
+
+    max_nodes_per_read: int = 0
+    max_monitored_items_per_call: int = 0
+    max_nodes_per_translate: int = 0
+
+    @staticmethod
+    def chunk(limit: int) -> int:
+        """The batch size to use for a limit (`DEFAULT_CHUNK` when there is none)."""
+        return limit if limit > 0 else DEFAULT_CHUNK
+
+
+def chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
+    """Split `items` into consecutive slices of at most `size`."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def translate(exc: BaseException, what: str) -> ConnectError | DeviceError | DeviceTimeout:
+    """Map an asyncua/transport exception raised by `what` into our error tree."""
+    if isinstance(exc, TimeoutError):
+        return DeviceTimeout(f"{what}: timed out")
+    if isinstance(exc, ua.UaStatusCodeError):
+        name = ua.StatusCode(exc.code).name
+        if name.startswith(_SECURITY_STATUS_PREFIXES):
+            return SecurityError(f"{what}: refused by the server: {name}")
+        return DeviceError(f"{what}: {name}", code=exc.code)
+    return ConnectError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class ServerSession:
+    """A connected asyncua client plus what the driver learnt at connect time.
+
+    Built by `open()`; closed with `close()`. `lost` is set when asyncua reports the connection
+    lost (socket closed, keep-alive probe failed); `lost_reason` says why.
+    """
+
+    def __init__(self, client: Client, config: OpcUaDeviceConfig, counters: DriverCounters) -> None:
+        self.client = client
+        self.config = config
+        self.counters = counters
+        self.namespaces: list[str] = []
+        self.limits = OperationLimits()
+        self.lost = asyncio.Event()
+        self.lost_reason = "connection lost"
+        self._data_types: dict[ua.NodeId, ua.VariantType] = {}
+
+    @classmethod
+    async def open(cls, config: OpcUaDeviceConfig, counters: DriverCounters) -> ServerSession:
+        """Connect, secure, authenticate and read namespaces and limits; raises `ConnectError`."""
+        client = Client(
+            config.endpoint,
+            timeout=config.request_timeout_s,
+            watchdog_intervall=config.keepalive_interval_s,
+            auto_reconnect=False,
+        )
+        client.name = client.description = f"tagway {config.name}"
+        client.application_uri = config.application_uri
+        client.product_uri = "urn:tagway"
+        client.session_timeout = round(config.session_timeout_s * 1000)
+        if config.username is not None and config.password is not None:
+            client.set_user(config.username)
+            client.set_password(config.password.get_secret_value())
+        session = cls(client, config, counters)
+        client.connection_lost_callback = session._on_connection_lost
+        if config.secure:
+            await session._secure()
+        try:
+            await client.connect()
+        except (OSError, TimeoutError, ua.UaError) as exc:
+            raise _connect_error(exc, config.endpoint) from exc
+        try:
+            await session._learn_server()
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    async def _secure(self) -> None:
+        cfg = self.config
+        if cfg.certificate is None or cfg.private_key is None or cfg.trust_dir is None:
+            raise SecurityError(f"{cfg.name}: security needs certificate, private_key, trust_dir")
+        await asyncio.to_thread(
+            security.ensure_application_certificate,
+            cfg.certificate,
+            cfg.private_key,
+            cfg.application_uri,
+        )
+        try:
+            endpoints = await self.client.connect_and_get_server_endpoints()
+        except (OSError, TimeoutError, ua.UaError) as exc:
+            raise _connect_error(exc, cfg.endpoint) from exc
+        endpoint = _matching_endpoint(endpoints, cfg)
+        server_cert = await asyncio.to_thread(
+            security.check_server_certificate,
+            endpoint.ServerCertificate,
+            cfg.trust_dir,
+            endpoint=cfg.endpoint,
+        )
+        try:
+            await self.client.set_security(
+                security_policies.SecurityPolicyBasic256Sha256,
+                certificate=str(cfg.certificate),
+                private_key=str(cfg.private_key),
+                server_certificate=security.der(server_cert),
+                mode=_MODES[cfg.security_mode],
+            )
+        except (OSError, ValueError, ua.UaError) as exc:
+            raise SecurityError(
+                f"{cfg.endpoint}: cannot use the application certificate: {exc}"
+            ) from exc
+
+    async def _learn_server(self) -> None:
+        ids = [ua.NodeId(ua.ObjectIds.Server_NamespaceArray), *(ua.NodeId(i) for i in _LIMIT_NODES)]
+        values = await self.read(ids)
+        namespaces = values[0].Value.Value if values[0].Value is not None else None
+        if not isinstance(namespaces, list):
+            raise ConnectError(f"{self.config.endpoint}: server has no readable NamespaceArray")
+        self.namespaces = [str(uri) for uri in namespaces]
+        read, monitored, translate_ = (_uint_or_zero(dv) for dv in values[1:])
+        self.limits = OperationLimits(read, monitored, translate_)
+        _log.info("%s: connected; limits %s", self.config.name, self.limits)
+
+    def resolve(self, spec: NodeIdSpec) -> ua.NodeId:
+        """The NodeId of a tag on this server; raises `CodecError` for an unknown namespace URI."""
+        return resolve_node_id(spec, self.namespaces)
+
+    async def read(self, node_ids: Sequence[ua.NodeId]) -> list[ua.DataValue]:
+        """One Read service call of the Value attribute (the caller respects MaxNodesPerRead)."""
+        params = ua.ReadParameters()
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        params.NodesToRead = [
+            ua.ReadValueId(NodeId=n, AttributeId=ua.AttributeIds.Value) for n in node_ids
+        ]
+        return await self.call("read", self.client.uaclient.read(params))
+
+    async def call(self, what: str, request: Awaitable[_T]) -> _T:
+        """Await one service request, counting it and translating its errors."""
+        self.counters.requests += 1
+        try:
+            return await request
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            error = translate(exc, f"{self.config.name} {what}")
+            if isinstance(error, DeviceTimeout):
+                self.counters.timeouts += 1
+            elif isinstance(error, DeviceError):
+                self.counters.errors += 1
+            raise error from exc
+
+    async def engineering_units(self, nodes: Sequence[ua.NodeId]) -> list[str | None]:
+        """Each node's EngineeringUnits display name (Part 8, 5.6.3), None where it has none."""
+        paths = [_units_path(node) for node in nodes]
+        targets: list[ua.NodeId | None] = []
+        for path_part in chunks(paths, self.limits.chunk(self.limits.max_nodes_per_translate)):
+            results = await self.call(
+                "translate EngineeringUnits",
+                self.client.uaclient.translate_browsepaths_to_nodeids(list(path_part)),
+            )
+            targets.extend(_first_target(result) for result in results)
+        found = [t for t in targets if t is not None]
+        values: list[ua.DataValue] = []
+        for part in chunks(found, self.limits.chunk(self.limits.max_nodes_per_read)):
+            values.extend(await self.read(part))
+        units = iter(_unit_text(dv) for dv in values)
+        return [None if t is None else next(units) for t in targets]
+
+    async def write_value(self, node: ua.NodeId, value: Value) -> None:
+        """Write `value` as the node's own DataType; raises `WriteError`/`CodecError`."""
+        variant_type = self._data_types.get(node)
+        if variant_type is None:
+            params = ua.ReadParameters()
+            params.NodesToRead = [ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.DataType)]
+            (dv,) = await self.call("read DataType", self.client.uaclient.read(params))
+            if dv.StatusCode is not None and not dv.StatusCode.is_good():
+                raise WriteError(
+                    f"{node.to_string()}: cannot read its DataType: {dv.StatusCode.name}"
+                )
+            variant_type = variant_type_of(dv.Value.Value)
+            self._data_types[node] = variant_type
+        data = ua.DataValue(to_variant(value, variant_type), StatusCode=None)
+        (status,) = await self.call(
+            "write", self.client.uaclient.write_attributes([node], [data], ua.AttributeIds.Value)
+        )
+        if not status.is_good():
+            raise WriteError(f"{node.to_string()}: server refused {value!r}: {status.name}")
+
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        self.lost_reason = f"connection lost: {type(exc).__name__}: {exc}".rstrip(": ")
+        self.lost.set()
+
+    def mark_lost(self, reason: str) -> None:
+        """Declare the session unusable (e.g. its subscription went silent); reconnect follows."""
+        if not self.lost.is_set():
+            self.lost_reason = reason
+            self.lost.set()
+
+    async def close(self) -> None:
+        """Close session, channel and socket; never raises and never hangs past the timeout."""
+        try:
+            async with asyncio.timeout(self.config.request_timeout_s):
+                await self.client.disconnect()
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            _log.debug("%s: close: %r", self.config.name, exc)
+
+
+def _uint_or_zero(dv: ua.DataValue) -> int:
+    value = dv.Value.Value if dv.Value is not None else None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+def _units_path(node: ua.NodeId) -> ua.BrowsePath:
+    element = ua.RelativePathElement(
+        ReferenceTypeId=ua.NodeId(ua.ObjectIds.HasProperty),
+        IsInverse=False,
+        IncludeSubtypes=True,
+        TargetName=ua.QualifiedName("EngineeringUnits", 0),
+    )
+    return ua.BrowsePath(StartingNode=node, RelativePath=ua.RelativePath(Elements=[element]))
+
+
+def _first_target(result: ua.BrowsePathResult) -> ua.NodeId | None:
+    if not result.StatusCode.is_good() or not result.Targets:
+        return None
+    target = result.Targets[0].TargetId
+    return ua.NodeId(target.Identifier, target.NamespaceIndex)
+
+
+def _unit_text(dv: ua.DataValue) -> str | None:
+    info = dv.Value.Value if dv.Value is not None else None
+    if isinstance(info, ua.EUInformation):
+        text = info.DisplayName.Text or info.Description.Text
+        return text or None
+    unit = plain_value(info)
+    return unit if isinstance(unit, str) and unit else None
+
+
+def _matching_endpoint(
+    endpoints: Sequence[ua.EndpointDescription], config: OpcUaDeviceConfig
+) -> ua.EndpointDescription:
+    policy_uri = security_policies.SecurityPolicyBasic256Sha256.URI
+    mode = _MODES[config.security_mode]
+    for endpoint in endpoints:
+        if endpoint.SecurityPolicyUri == policy_uri and endpoint.SecurityMode == mode:
+            return endpoint
+    offered = sorted(
+        {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}
+    )
+    raise SecurityError(
+        f"{config.endpoint} offers no Basic256Sha256/{config.security_mode} endpoint "
+        f"(it offers {', '.join(offered)})"
+    )
+
+
+def _connect_error(exc: BaseException, endpoint: str) -> ConnectError:
+    error = translate(exc, f"connect {endpoint}")
+    if isinstance(error, ConnectError):
+        return error
+    return ConnectError(str(error))
