@@ -219,6 +219,11 @@ class EmbeddedBroker:
         return self._port
 
     @property
+    def session_count(self) -> int:
+        """Sessions the broker holds, connected or kept for a disconnected persistent client."""
+        return len(self._broker.sessions) if self._broker is not None else 0
+
+    @property
     def url(self) -> str:
         """``mqtt://host:port`` (``mqtts://`` with TLS) for clients."""
         scheme = "mqtts" if self.config.tls else "mqtt"
