@@ -1,0 +1,331 @@
+"""The embedded MQTT broker local devices publish into: amqtt behind an async context manager.
+
+    async with EmbeddedBroker(config) as broker:
+        print(broker.port)          # the port actually bound (config.port may be 0)
+        ...                          # serve until the block exits
+
+What this adds to amqtt 0.12:
+- We own the listening socket (`asyncio.start_server`, handed to amqtt as an *external*
+  listener), so the bound port is known, TLS uses our own `ssl.SSLContext`, the connection count
+  is bounded, and at shutdown every connection task is ours to cancel and await. amqtt's own TCP
+  listener leaves its per-connection handler tasks behind after `Broker.shutdown()` (Python 3.11's
+  `Server.wait_closed()` does not wait for them), which the test suite rightly reports as leaks.
+- Authentication by a plugin reading Argon2 hashes straight from the config (the same hash
+  format as amqtt's password file); anonymous clients are refused. Verification runs in a worker
+  thread because Argon2 is deliberately slow (~50 ms) and must not stall the event loop.
+- Topic ACLs by our own plugin: amqtt 0.12's ACL plugin takes the subscribe list under the
+  deprecated key ``acl`` (which raises a DeprecationWarning), ``subscribe_acl`` fails to load,
+  and with only ``publish_acl`` every subscription is denied. Ours checks that a subscription
+  filter lies *inside* an allowed filter (``plant/#`` is not inside ``plant/pump1/#``).
+- A packet size guard in front of amqtt's reader: a packet larger than `max_message_bytes`
+  closes the sender's connection before amqtt buffers it (MQTT 3.1.1 cannot refuse one message).
+- Disconnected sessions expire after `session_expiry_s` (amqtt's session monitor), so devices
+  that come and go with fresh client ids do not grow memory.
+
+Errors (from `protocols.errors`): a config that cannot work raises `DriverConfigError`; a port
+that cannot be bound raises `ConnectError`; amqtt failing to start raises `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Final, Self
+
+from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
+from amqtt.broker import Broker
+from amqtt.contexts import Action, BaseContext
+from amqtt.errors import AMQTTError
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from protocols.errors import ConnectError, DriverConfigError, ProtocolError
+from protocols.mqtt.codec import topic_matches
+from protocols.mqtt.config import BrokerUser, EmbeddedBrokerConfig
+
+_log = logging.getLogger(__name__)
+_LISTENER: Final = "default"
+_PASSWORDS: Final = PasswordHash((Argon2Hasher(),))
+
+
+def hash_password(password: str) -> str:
+    """An Argon2 hash of `password` for `BrokerUser.password_hash` (and amqtt's password file)."""
+    return _PASSWORDS.hash(password)
+
+
+def filter_within(requested: str, allowed: str) -> bool:
+    """True if every topic the filter `requested` matches is also matched by `allowed`."""
+    req, allow = requested.split("/"), allowed.split("/")
+    for index, level in enumerate(allow):
+        if level == "#":
+            return True
+        if index >= len(req) or req[index] == "#":
+            return False
+        if level != "+" and req[index] != level:
+            return False  # a literal level admits only itself, not '+'
+    return len(req) == len(allow)
+
+
+class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type information
+    """amqtt auth plugin: username + password checked against Argon2 hashes from the config."""
+
+    @dataclass
+    class Config:
+        """Username -> Argon2 hash."""
+
+        users: dict[str, str] = field(default_factory=dict)
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        """True only for a known user with the right password; anonymous clients are refused."""
+        users: dict[str, str] = self.config.users
+        expected = users.get(session.username or "")
+        if expected is None or session.password is None:
+            return False
+        # Argon2 is slow by design; verifying on the loop would stall every other client.
+        return await asyncio.to_thread(_PASSWORDS.verify, session.password, expected)
+
+
+class DeviceAclPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no type information
+    """amqtt topic plugin: per-user publish and subscribe filters; no entry means no access."""
+
+    @dataclass
+    class Config:
+        """Username -> allowed filters, per action."""
+
+        publish: dict[str, list[str]] = field(default_factory=dict)
+        subscribe: dict[str, list[str]] = field(default_factory=dict)
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._publish = {u: [f.split("/") for f in fs] for u, fs in self.config.publish.items()}
+        self._subscribe: dict[str, list[str]] = self.config.subscribe
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool:
+        """Allow a publish inside the user's publish filters, a subscription inside its
+        subscribe filters; delivery to an accepted subscription is always allowed."""
+        if action == Action.RECEIVE:
+            return True
+        username = session.username if session else None
+        if username is None or not topic:
+            return False
+        if action == Action.PUBLISH:
+            levels = topic.split("/")
+            return any(topic_matches(f, levels) for f in self._publish.get(username, ()))
+        if action == Action.SUBSCRIBE:
+            return any(filter_within(topic, f) for f in self._subscribe.get(username, ()))
+        return False
+
+
+class _PacketSizeGuard(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no type information
+    """Reads each MQTT fixed header before amqtt does and ends the stream (EOF) when the packet
+    would exceed the limit, so an oversize packet is never buffered."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int, on_refused: Any) -> None:
+        self._reader = reader
+        self._max = max_bytes
+        self._on_refused = on_refused
+        self._header = bytearray()
+        self._left = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._header and self._left == 0 and not await self._next_header():
+            return b""
+        if self._header:
+            count = len(self._header) if n < 0 else min(n, len(self._header))
+            data = bytes(self._header[:count])
+            del self._header[:count]
+            return data
+        try:
+            data = await self._reader.readexactly(n if n >= 0 else self._left)
+        except asyncio.IncompleteReadError as exc:
+            data = exc.partial
+        self._left -= len(data)
+        return data
+
+    async def _next_header(self) -> bool:
+        """Read the fixed header (type byte + remaining length); False ends the stream."""
+        try:
+            header = bytearray(await self._reader.readexactly(1))
+            length, multiplier = 0, 1
+            for _ in range(4):  # [MQTT-2.2.3]: the remaining length has at most 4 bytes
+                byte = (await self._reader.readexactly(1))[0]
+                header.append(byte)
+                length += (byte & 0x7F) * multiplier
+                if not byte & 0x80:
+                    break
+                multiplier *= 128
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return False
+        if length + len(header) > self._max:
+            self._on_refused(length + len(header))
+            return False
+        self._header, self._left = header, length
+        return True
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+class BrokerState(StrEnum):
+    """Where the embedded broker is."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class BrokerCounters:
+    """What the broker refused, since start."""
+
+    connections: int = 0  # TCP connections accepted
+    refused_connections: int = 0  # over max_connections
+    oversize_packets: int = 0  # packets over max_message_bytes (their connection was closed)
+
+
+class EmbeddedBroker:
+    """The gateway's own MQTT 3.1.1 broker.
+
+    Args:
+        config: bind address and port, users with ACLs, session expiry, TLS, size limits.
+    """
+
+    def __init__(self, config: EmbeddedBrokerConfig) -> None:
+        self.config = config
+        self.state = BrokerState.IDLE
+        self.counters = BrokerCounters()
+        self._broker: Broker | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound; raises `ProtocolError` before the broker started."""
+        if self._port is None:
+            raise ProtocolError("the embedded broker is not running")
+        return self._port
+
+    @property
+    def session_count(self) -> int:
+        """Sessions the broker holds, connected or kept for a disconnected persistent client."""
+        return len(self._broker.sessions) if self._broker is not None else 0
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port`` (``mqtts://`` with TLS) for clients."""
+        scheme = "mqtts" if self.config.tls else "mqtt"
+        return f"{scheme}://{self.config.host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        if self.state is not BrokerState.IDLE:
+            raise ProtocolError(f"the embedded broker cannot start from state {self.state}")
+        tls = self._tls_context()
+        try:
+            self._broker = Broker(self._amqtt_config(), plugin_namespace="tagway.mqtt.broker")
+            await self._broker.start()
+        except AMQTTError as exc:
+            raise ProtocolError(f"embedded MQTT broker failed to start: {exc}") from exc
+        try:
+            self._server = await asyncio.start_server(
+                self._serve, self.config.host, self.config.port, ssl=tls
+            )
+        except OSError as exc:
+            await self._broker.shutdown()
+            where = f"{self.config.host}:{self.config.port}"
+            raise ConnectError(f"embedded MQTT broker cannot bind {where}: {exc}") from exc
+        self._port = self._server.sockets[0].getsockname()[1]
+        self.state = BrokerState.RUNNING
+        _log.info("embedded MQTT broker listening on %s", self.url)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop accepting, disconnect every client, and wait until no task of ours is left."""
+        if self.state is BrokerState.CLOSED:
+            return
+        self.state = BrokerState.CLOSED
+        if self._server is not None:
+            self._server.close()
+        if self._broker is not None:
+            # Stops amqtt's session handlers, its broadcast loop and its session monitor.
+            await self._broker.shutdown()
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None:  # cannot happen: start_server runs this callback in its own task
+            return
+        peer = writer.get_extra_info("peername")
+        task.set_name(f"mqtt-broker-connection {peer}")
+        if len(self._connections) >= self.config.max_connections or self._broker is None:
+            self.counters.refused_connections += 1
+            writer.close()
+            return
+        self._connections.add(task)
+        self.counters.connections += 1
+        guard = _PacketSizeGuard(reader, self.config.max_message_bytes, self._refuse_oversize)
+        try:
+            await self._broker.external_connected(guard, StreamWriterAdapter(writer), _LISTENER)
+        except (OSError, AMQTTError) as exc:
+            _log.debug("MQTT client %s dropped: %s", peer, exc)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    def _refuse_oversize(self, size: int) -> None:
+        self.counters.oversize_packets += 1
+        _log.warning(
+            "MQTT packet of %d bytes exceeds max_message_bytes %d; closing the connection",
+            size,
+            self.config.max_message_bytes,
+        )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.config.tls is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.config.tls.cert_file, self.config.tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise DriverConfigError(f"tls: cannot load certificate/key: {exc}") from exc
+        return context
+
+    def _amqtt_config(self) -> dict[str, Any]:
+        users: tuple[BrokerUser, ...] = self.config.users
+        return {
+            "listeners": {_LISTENER: {"type": "external"}},
+            "session_expiry_interval": self.config.session_expiry_s,
+            "plugins": {
+                f"{__name__}.DeviceAuthPlugin": {
+                    "users": {u.username: u.password_hash for u in users}
+                },
+                f"{__name__}.DeviceAclPlugin": {
+                    "publish": {u.username: list(u.acl("publish")) for u in users},
+                    "subscribe": {u.username: list(u.acl("subscribe")) for u in users},
+                },
+            },
+        }
