@@ -47,6 +47,12 @@ CA_VALIDITY: Final = timedelta(days=3650)
 GATEWAY_VALIDITY: Final = timedelta(days=365)
 # Backdate notBefore so a gateway whose clock runs a little behind can use its fresh certificate.
 _BACKDATE: Final = timedelta(minutes=5)
+_UNDERSTOOD: Final = (
+    x509.BasicConstraints,
+    x509.KeyUsage,
+    x509.ExtendedKeyUsage,
+    x509.SubjectAlternativeName,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +189,7 @@ def verify_gateway_certificate(
     constraints = extension(certificate, x509.BasicConstraints)
     if constraints is None or constraints.ca:
         raise CertificateUntrusted("a gateway certificate must carry BasicConstraints ca=False")
-    usage = extension(certificate, x509.ExtendedKeyUsage)
-    if usage is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
-        raise CertificateError("the gateway certificate does not allow clientAuth")
+    _check_gateway_usage(certificate)
     p256_key(certificate)
     return gateway_id_of(certificate)
 
@@ -235,6 +239,23 @@ def _check_ca(ca: x509.Certificate, at: datetime, leeway: timedelta) -> None:
         raise CertificateUntrusted(f"{ca.subject.rfc4514_string()} is not a CA certificate")
     check_issued_by(ca, ca)
     _check_window(ca, at, leeway)
+
+
+def _check_gateway_usage(certificate: x509.Certificate) -> None:
+    usage = extension(certificate, x509.KeyUsage)
+    if usage is not None and not usage.digital_signature:
+        raise CertificateError("the gateway certificate does not allow digitalSignature")
+    purposes = extension(certificate, x509.ExtendedKeyUsage)
+    if purposes is None or ExtendedKeyUsageOID.CLIENT_AUTH not in purposes:
+        raise CertificateError("the gateway certificate does not allow clientAuth")
+    # RFC 5280 §4.2: a critical extension the verifier does not understand must be refused.
+    unknown = [
+        ext.oid.dotted_string
+        for ext in certificate.extensions
+        if ext.critical and not isinstance(ext.value, _UNDERSTOOD)
+    ]
+    if unknown:
+        raise CertificateError(f"unsupported critical extensions: {unknown}")
 
 
 def _check_window(certificate: x509.Certificate, at: datetime, leeway: timedelta) -> None:

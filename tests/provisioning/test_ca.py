@@ -211,3 +211,45 @@ def test_thumbprint_is_stable_and_unique(tenant_ca: TenantCA, gateway: Gateway) 
 def test_garbage_is_not_a_certificate() -> None:
     with pytest.raises(CertificateError, match="not PEM certificates"):
         load_certificates_pem(b"nothing here")
+
+
+def _custom_leaf(ca: TenantCA, *extensions: tuple[x509.ExtensionType, bool]) -> x509.Certificate:
+    key = generate_private_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-1")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.now(UTC) - timedelta(minutes=1))
+        .not_valid_after(datetime.now(UTC) + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier("urn:tagway:gateway:gw-1")]
+            ),
+            critical=False,
+        )
+    )
+    for value, critical in extensions:
+        builder = builder.add_extension(value, critical=critical)
+    return builder.sign(ca.private_key, hashes.SHA256())
+
+
+def test_certificate_for_server_auth_only_is_refused(tenant_ca: TenantCA) -> None:
+    server = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    with pytest.raises(CertificateError, match="clientAuth"):
+        verify_gateway_certificate(_custom_leaf(tenant_ca, (server, False)), tenant_ca.certificate)
+    client = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+    leaf = _custom_leaf(tenant_ca, (client, False))
+    assert verify_gateway_certificate(leaf, tenant_ca.certificate) == "gw-1"
+
+
+def test_unknown_critical_extension_is_refused(tenant_ca: TenantCA) -> None:
+    client = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+    policy = x509.CertificatePolicies(
+        [x509.PolicyInformation(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), None)]
+    )
+    leaf = _custom_leaf(tenant_ca, (client, False), (policy, True))
+    with pytest.raises(CertificateError, match="unsupported critical extensions"):
+        verify_gateway_certificate(leaf, tenant_ca.certificate)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from provisioning import sealing
 from provisioning.ca import TenantCA, create_tenant_ca
 from provisioning.errors import KeyFileError, SealedKeyError
 from provisioning.keys import generate_private_key
@@ -117,3 +118,27 @@ def test_tenant_ca_refuses_a_sealed_key_that_is_not_its_own() -> None:
     acme, acme_again = create_tenant_ca("acme"), create_tenant_ca("acme")
     with pytest.raises(SealedKeyError, match="not the key"):
         TenantCA.open(acme.certificate, acme_again.seal(master), master)
+
+
+def test_master_key_creation_race_keeps_the_winners_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replica B checks, finds no file, and meanwhile replica A creates it: B must adopt A's key.
+    path = tmp_path / "master.key"
+    winner = MasterKey.generate()
+    real_read = sealing.read_private
+    calls = 0
+
+    def racing_read(target: Path) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            path.write_text(winner.to_text() + "\n")
+            path.chmod(0o600)
+            raise FileNotFoundError(target)
+        return real_read(target)
+
+    monkeypatch.setattr(sealing, "read_private", racing_read)
+    assert load_or_create_master_key(path).to_text() == winner.to_text()
+    assert path.read_text() == winner.to_text() + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["master.key"]
