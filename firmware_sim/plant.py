@@ -1,0 +1,158 @@
+"""`Plant`: the model and its protocol servers, as one async context manager.
+
+    async with Plant(PlantConfig(devices=4, seed=7)) as plant:
+        plant.ports            # {"modbus": {"pump1": 40123, ...}, "opcua": 4840x, "control": ...}
+        plant.served_devices() # what is served where, as plain data (the config contract)
+
+Background work (the clock, the link watcher, OPC UA publishing, MQTT devices, the control API)
+runs as named tasks in one TaskGroup that lives as long as the context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from firmware_sim.faults import ActiveFault, Fault, scenario_faults
+from firmware_sim.modbus_server import Framing, ModbusPlantServer
+from firmware_sim.register_map import load_map
+from firmware_sim.simulation import MAX_DEVICES, PlantModel
+
+
+class PlantConfig(BaseModel):
+    """Everything the plant can be asked to be; the CLI flags map onto these fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    devices: int = Field(default=4, ge=1, le=MAX_DEVICES)
+    tags_per_device: int | None = Field(default=None, ge=1, le=30_000)
+    seed: int = 1
+    tick_s: float | None = Field(default=0.5, gt=0)
+    host: str = "127.0.0.1"
+    modbus: bool = True
+    modbus_port: int = Field(default=0, ge=0, le=65535)
+    modbus_framing: Framing = "socket"
+    opcua: bool = True
+    opcua_port: int = Field(default=0, ge=0, le=65535)
+    opcua_security: Literal["none", "basic256sha256"] = "none"
+    opcua_cert_dir: Path | None = None
+    opcua_trust_dir: Path | None = None
+    mqtt_url: str | None = None
+    mqtt_interval_s: float = Field(default=1.0, gt=0)
+    mqtt_batch: int = Field(default=1, ge=1, le=1000)
+    mqtt_topic_prefix: str = "plant"
+    control_port: int | None = Field(default=0, ge=0, le=65535)
+    scenario: str = "normal"
+
+    def aux_tags(self, device_type: str) -> int:
+        """Generated tags a device of `device_type` needs to reach `tags_per_device`."""
+        if self.tags_per_device is None:
+            return 0
+        return max(0, self.tags_per_device - len(load_map(device_type).tags))
+
+
+class Plant:
+    """The simulated plant, served on real sockets while the context is open."""
+
+    def __init__(self, config: PlantConfig | None = None, **options: Any) -> None:
+        """Take a `PlantConfig`, or its fields as keyword arguments."""
+        self.config = config or PlantConfig(**options)
+        self.model = PlantModel(
+            devices=self.config.devices,
+            aux_tags=self.config.aux_tags("pump"),
+            seed=self.config.seed,
+        )
+        self.modbus: ModbusPlantServer | None = None
+        self._jobs: list[tuple[Coroutine[Any, Any, None], str]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        for fault in scenario_faults(self.config.scenario):
+            self.model.add_fault(fault)
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop()
+            raise
+        # One runner task owns the TaskGroup, so the context may be entered in one task and left
+        # in another (as test fixtures do) and a failing job still takes its siblings down.
+        self._runner = asyncio.create_task(self._run(), name="sim-plant")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        if cfg.modbus:
+            self.modbus = ModbusPlantServer(
+                model=self.model,
+                host=cfg.host,
+                base_port=cfg.modbus_port,
+                framing=cfg.modbus_framing,
+            )
+            await self.modbus.start()
+            self._spawn(self.modbus.watch_links(), "sim-modbus-links")
+        if cfg.tick_s is not None:
+            self._spawn(self._clock(cfg.tick_s), "sim-clock")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._jobs.append((coro, name))
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for coro, name in self._jobs:
+                tasks.create_task(coro, name=name)
+            self._jobs.clear()
+
+    async def _stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        for coro, _ in self._jobs:
+            coro.close()  # never started: the plant failed before running
+        self._jobs.clear()
+        if self.modbus is not None:
+            await self.modbus.stop()
+
+    async def _clock(self, tick_s: float) -> None:
+        while True:
+            await asyncio.sleep(tick_s)
+            self.step(tick_s)
+
+    def step(self, dt: float) -> None:
+        """Advance the plant by `dt` simulated seconds (tests with `tick_s=None` call this)."""
+        self.model.step(dt)
+
+    @property
+    def ports(self) -> dict[str, Any]:
+        """Bound ports: Modbus per device, OPC UA, control API."""
+        ports: dict[str, Any] = {}
+        if self.modbus is not None:
+            ports["modbus"] = {name: dev.port for name, dev in self.modbus.devices.items()}
+        return ports
+
+    def add_fault(self, fault: Fault) -> ActiveFault:
+        """Put a fault in force now."""
+        return self.model.add_fault(fault)
+
+    def clear_faults(self, fault_id: int | None = None) -> None:
+        """End one fault, or all."""
+        self.model.clear_faults(fault_id)
+
+    def request_counts(self) -> dict[str, dict[int, int]]:
+        """Modbus requests received per device and function code."""
+        return self.modbus.request_counts() if self.modbus is not None else {}
