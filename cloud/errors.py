@@ -1,0 +1,95 @@
+"""The cloud service's error tree. Every error maps to one HTTP status and one stable code, and
+the API answers it as ``{"error": {"code", "message", "details"}}``.
+
+    CloudError                 500 internal
+    ├── Unauthenticated        401 unauthenticated: no, unknown, revoked or malformed credentials
+    ├── Forbidden              403 forbidden: authenticated, but the role does not allow it
+    ├── NotFound               404 not_found: absent, or belongs to another tenant (never 403)
+    ├── Conflict               409 conflict: a name already taken in this tenant
+    ├── InvalidRequest         422 invalid_request: `details["path"]` names the bad field
+    ├── RateLimited            429 rate_limited / quota_exceeded: carries `retry_after` seconds
+    └── StorageError           503 storage_unavailable: the database failed or is unreachable
+
+Wire-contract errors (`cloud.contract.ContractError`: 413, 415, 422) carry their own status and
+code and are answered the same way. Database-driver errors are translated into `StorageError`
+at the storage boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class CloudError(Exception):
+    """Root of the cloud errors.
+
+    Args:
+        message: what was wrong, for people.
+        details: machine-readable context.
+    """
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+
+class Unauthenticated(CloudError):
+    """No credentials, or credentials that are unknown, revoked or malformed."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(CloudError):
+    """The principal is known but its role does not allow the operation."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(CloudError):
+    """The resource does not exist for this tenant (existence elsewhere is never revealed)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(CloudError):
+    """The request collides with existing state (a name already taken)."""
+
+    status = 409
+    code = "conflict"
+
+
+class InvalidRequest(CloudError):
+    """A parameter or field is invalid; `details["path"]` names it."""
+
+    status = 422
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, path: list[str | int]) -> None:
+        super().__init__(message, details={"path": path})
+
+
+class RateLimited(CloudError):
+    """Over the tenant's rate limit or daily quota; retry after `retry_after` seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str = "rate_limited") -> None:
+        super().__init__(message, details={"retry_after": retry_after})
+        self.retry_after = max(1, retry_after)
+        self.code = code
+
+
+class StorageError(CloudError):
+    """The database failed or cannot be reached."""
+
+    status = 503
+    code = "storage_unavailable"

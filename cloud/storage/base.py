@@ -1,0 +1,87 @@
+"""The storage seam: a transaction handle (`Tx`) and a database (`Database`) per backend.
+
+The repository (`cloud.storage.repository`) writes its SQL once against these; the two backends
+(`sqlite`, `postgres`) differ only in connections, migrations, tenant context and the bulk write.
+SQL is written with ``%s`` placeholders; the SQLite backend rewrites them to ``?``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud.storage.records import BackendInfo, StoredPrincipal
+
+Row = tuple[Any, ...]
+
+
+class Tx(Protocol):
+    """One open transaction, already scoped to a tenant where the backend supports it."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """All rows of a query."""
+        ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row of a query, or None."""
+        ...
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
+
+
+class TelemetryRows(Protocol):
+    """The columns of the readings of one batch, ready for the bulk write."""
+
+    series_id: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    quality: npt.NDArray[np.int8]
+    text_rows: list[tuple[int, int, str, int]]
+
+
+class Database(Protocol):
+    """A backend: transactions, migrations and the backend-specific bulk operations."""
+
+    info: BackendInfo
+
+    def transaction(
+        self, tenant_id: int | None, *, platform: bool = False
+    ) -> AbstractAsyncContextManager[Tx]:
+        """A transaction scoped to `tenant_id` (and to all tenants when `platform`)."""
+        ...
+
+    async def authenticate(self, digest: str, *, now_us: int) -> StoredPrincipal | None:
+        """The unrevoked user or gateway whose token has this digest; touches last-used.
+
+        Runs outside any tenant context (the tenant is what it finds out), which is why the
+        PostgreSQL backend does it in a SECURITY DEFINER function.
+        """
+        ...
+
+    async def resolve_series(
+        self, tx: Tx, tenant_id: int, gateway_id: int, keys: Sequence[tuple[str, str, str | None]]
+    ) -> list[int]:
+        """Ids of the (device, tag, unit) series of a gateway, creating missing devices/series."""
+        ...
+
+    async def ensure_partitions(self, days: Sequence[int]) -> None:
+        """Make sure telemetry can hold readings of these UTC days (days since the epoch)."""
+        ...
+
+    async def write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
+        """Insert readings, skipping (series, ts) already stored; the number inserted."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise `StorageError` unless the database answers."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

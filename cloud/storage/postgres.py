@@ -1,0 +1,287 @@
+"""The PostgreSQL backend (psycopg 3, psycopg-pool): production, any number of replicas.
+
+Each transaction sets ``app.tenant_id`` with ``set_config(..., true)`` (transaction-local, so a
+pooled connection never carries one tenant's context into the next request) and the row-level
+security policies of `pg_schema` do the rest for metadata. Telemetry is filtered explicitly.
+
+Readings are written with binary COPY straight into the telemetry table: the buffer is built
+with numpy in one pass (no per-row Python), and batch idempotency already stops replays. When
+the COPY hits the (series_id, ts) unique key, a savepoint rolls it back and the rows go in with
+``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING`` (the fallback for a replay of the
+same readings under a new seq, or overlapping batches).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import numpy as np
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from cloud.errors import Conflict, StorageError
+from cloud.settings import CloudSettings
+from cloud.storage.base import Row, TelemetryRows, Tx
+from cloud.storage.pg_schema import DAY_US, MIGRATIONS
+from cloud.storage.records import BackendInfo, StoredPrincipal
+from cloud.storage.registry import find_or_create_series
+
+_COPY_SQL: Final = (
+    "COPY telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+_COPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+# One binary COPY tuple of a numeric reading: field count, then (length, value) per column;
+# value_text is NULL (length -1, no bytes).
+_COPY_ROW: Final = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("l_tenant", ">i4"),
+        ("tenant", ">i8"),
+        ("l_series", ">i4"),
+        ("series", ">i8"),
+        ("l_ts", ">i4"),
+        ("ts", ">i8"),
+        ("l_value", ">i4"),
+        ("value", ">f8"),
+        ("l_text", ">i4"),
+        ("l_quality", ">i4"),
+        ("quality", ">i2"),
+    ]
+)
+_INSERT_SKIPPING: Final = (
+    "INSERT INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
+    " SELECT %s, u.s, u.t, u.v, u.x, u.q"
+    " FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::text[], %s::int2[])"
+    " AS u(s, t, v, x, q) ON CONFLICT (series_id, ts) DO NOTHING"
+)
+
+
+def copy_buffer(tenant_id: int, rows: TelemetryRows) -> bytes:
+    """The binary COPY stream (header and tuples, psycopg adds the trailer) for numeric rows."""
+    out = np.empty(len(rows.ts), dtype=_COPY_ROW)
+    out["fields"] = 6
+    out["l_tenant"] = out["l_series"] = out["l_ts"] = out["l_value"] = 8
+    out["tenant"] = tenant_id
+    out["series"] = rows.series_id
+    out["ts"] = rows.ts
+    out["value"] = rows.value
+    out["l_text"] = -1
+    out["l_quality"] = 2
+    out["quality"] = rows.quality
+    return _COPY_HEADER + out.tobytes()
+
+
+class PgTx:
+    """A transaction on one pooled connection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """All rows of a query."""
+        cur = await self.conn.execute(sql, params)
+        return await cur.fetchall() if cur.description else []
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row, or None."""
+        cur = await self.conn.execute(sql, params)
+        return await cur.fetchone() if cur.description else None
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; rows changed."""
+        cur = await self.conn.execute(sql, params)
+        return cur.rowcount
+
+
+class PostgresDatabase:
+    """The production backend. Open with `await PostgresDatabase.open(settings)`."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], info: BackendInfo) -> None:
+        self.pool = pool
+        self.info = info
+        self._known_days: set[int] = set()
+
+    @classmethod
+    async def open(cls, settings: CloudSettings) -> PostgresDatabase:
+        """Migrate (when configured), open the pool, detect TimescaleDB, create partitions."""
+        if settings.migrate_on_start and settings.migrate_database_url:
+            await apply_migrations(settings.migrate_database_url, settings)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url,
+            min_size=settings.pool_min_size,
+            max_size=max(settings.pool_max_size, settings.pool_min_size),
+            kwargs={"autocommit": True},
+            open=False,
+            name="tagway-cloud",
+        )
+        try:
+            await pool.open(wait=True, timeout=10)
+            info = await _detect(pool)
+        except (psycopg.Error, PoolTimeout) as exc:
+            await pool.close()
+            raise StorageError(f"cannot use PostgreSQL: {exc}") from exc
+        db = cls(pool, info)
+        today = time.time_ns() // 1000 // DAY_US
+        await db.ensure_partitions(range(today - 1, today + settings.partitions_ahead_days + 1))
+        return db
+
+    @asynccontextmanager
+    async def transaction(
+        self, tenant_id: int | None, *, platform: bool = False
+    ) -> AsyncIterator[Tx]:
+        """A transaction with `app.tenant_id` (and `app.platform`) set for its duration only."""
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('app.tenant_id', %s, true),"
+                    " set_config('app.platform', %s, true)",
+                    ["" if tenant_id is None else str(tenant_id), "on" if platform else "off"],
+                )
+                yield PgTx(conn)
+        except pg_errors.IntegrityError as exc:
+            raise Conflict(f"conflicts with existing data: {exc.diag.message_primary}") from exc
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def authenticate(self, digest: str, *, now_us: int) -> StoredPrincipal | None:
+        """Look the token up through the SECURITY DEFINER function (no tenant context yet)."""
+        async with self.transaction(None) as tx:
+            row = await tx.fetchone("SELECT * FROM tagway_authenticate(%s, %s)", [digest, now_us])
+        if row is None:
+            return None
+        return StoredPrincipal(kind=row[0], tenant_id=row[1], subject_id=row[2], role=row[3])
+
+    async def resolve_series(
+        self, tx: Tx, tenant_id: int, gateway_id: int, keys: Sequence[tuple[str, str, str | None]]
+    ) -> list[int]:
+        """All known series in one query; the new ones created one by one (first sight only)."""
+        rows = await tx.fetch(
+            "SELECT k.ord, s.id FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
+            " AS k(device, tag, ord)"
+            " JOIN devices d ON d.tenant_id = %s AND d.gateway_id = %s AND d.name = k.device"
+            " JOIN series s ON s.tenant_id = %s AND s.device_id = d.id AND s.tag = k.tag",
+            [[k[0] for k in keys], [k[1] for k in keys], tenant_id, gateway_id, tenant_id],
+        )
+        ids: dict[int, int] = {int(ord_) - 1: int(sid) for ord_, sid in rows}
+        # Sorted, so two transactions creating the same new series take locks in one order.
+        for i in sorted(set(range(len(keys))) - set(ids), key=lambda j: keys[j][:2]):
+            device, tag, unit = keys[i]
+            ids[i] = await find_or_create_series(
+                tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit
+            )
+        return [ids[i] for i in range(len(keys))]
+
+    async def ensure_partitions(self, days: Sequence[int]) -> None:
+        """Create missing daily partitions in their own short transaction (not the batch's)."""
+        missing = [d for d in days if d not in self._known_days]
+        if not missing or self.info.partitioning != "native":
+            return
+        async with self.transaction(None) as tx:
+            await tx.execute("SELECT tagway_ensure_partitions(%s::bigint[])", [missing])
+        self._known_days.update(missing)  # a cache of work done, never a source of truth
+
+    async def write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
+        """Binary COPY; on a unique violation, the skipping INSERT instead."""
+        assert isinstance(tx, PgTx)  # noqa: S101 - the backend only ever hands out PgTx
+        conn = tx.conn
+        inserted = 0
+        if len(rows.ts):
+            try:
+                async with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
+                    await copy.write(copy_buffer(tenant_id, rows))
+                inserted = len(rows.ts)
+            except pg_errors.UniqueViolation:
+                inserted = await tx.execute(
+                    _INSERT_SKIPPING,
+                    [
+                        tenant_id,
+                        rows.series_id.tolist(),
+                        rows.ts.tolist(),
+                        rows.value.tolist(),
+                        [None] * len(rows.ts),
+                        rows.quality.tolist(),
+                    ],
+                )
+        if rows.text_rows:
+            sids, tss, texts, qualities = (list(c) for c in zip(*rows.text_rows, strict=True))
+            inserted += await tx.execute(
+                _INSERT_SKIPPING,
+                [tenant_id, sids, tss, [None] * len(sids), texts, qualities],
+            )
+        return inserted
+
+    async def ping(self) -> None:
+        """Raise `StorageError` unless PostgreSQL answers."""
+        async with self.transaction(None) as tx:
+            await tx.fetchone("SELECT 1")
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.pool.close()
+
+
+async def _detect(pool: AsyncConnectionPool[Any]) -> BackendInfo:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),"
+            " (SELECT max(version) FROM schema_migrations)"
+        )
+        row = await cur.fetchone()
+    timescale, version = (bool(row[0]), int(row[1] or 0)) if row else (False, 0)
+    return BackendInfo(
+        backend="postgresql",
+        timescaledb=timescale,
+        partitioning="timescaledb" if timescale else "native",
+        schema_version=version,
+    )
+
+
+async def timescaledb_available(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """True if the TimescaleDB extension can be created in this server."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def apply_migrations(owner_dsn: str, settings: CloudSettings) -> int:
+    """Apply pending migrations as the schema owner; safe to run from several replicas at once."""
+    try:
+        async with await psycopg.AsyncConnection.connect(owner_dsn, autocommit=True) as conn:
+            await conn.execute("SELECT pg_advisory_lock(7360)")
+            try:
+                return await _migrate(conn, settings)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(7360)")
+    except psycopg.Error as exc:
+        raise StorageError(f"PostgreSQL migration failed: {exc}") from exc
+
+
+async def _migrate(conn: psycopg.AsyncConnection[Any], settings: CloudSettings) -> int:
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+        " name text NOT NULL, applied_at bigint NOT NULL)"
+    )
+    cur = await conn.execute("SELECT version FROM schema_migrations")
+    done = {row[0] for row in await cur.fetchall()}
+    timescale = await timescaledb_available(conn)
+    for version, name, build in MIGRATIONS:
+        if version in done:
+            continue
+        script = build(
+            role=settings.app_role, timescaledb=timescale, retention_days=settings.retention_days
+        )
+        async with conn.transaction():
+            await conn.execute(script.encode())
+            await conn.execute(
+                "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                [version, name, time.time_ns() // 1000],
+            )
+    return max(v for v, _, _ in MIGRATIONS)

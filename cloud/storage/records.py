@@ -1,0 +1,163 @@
+"""What the repository returns: frozen models, served as API responses as they are.
+
+Ids are database integers; times are int microseconds since the epoch, UTC (the wire contract's
+unit), so nothing converts between representations on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from cloud.auth import PrincipalKind, Role
+
+
+class Record(BaseModel):
+    """Base of the stored records."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Tenant(Record):
+    """A customer; every other row belongs to exactly one tenant."""
+
+    id: int
+    name: str
+    created_at: int
+    ingest_quota_per_day: int | None = None
+    rate_limit: int | None = None
+
+
+class ApiKey(Record):
+    """A user's API key as listed: the secret itself is never stored or shown again."""
+
+    id: int
+    name: str
+    role: Role
+    prefix: str
+    created_at: int
+    last_used_at: int | None = None
+    revoked_at: int | None = None
+
+
+class Gateway(Record):
+    """A gateway registered in a tenant."""
+
+    id: int
+    name: str
+    token_prefix: str | None
+    created_at: int
+    last_seen_at: int | None = None
+    last_seq: int | None = None
+    revoked_at: int | None = None
+
+
+class Device(Record):
+    """A device behind a gateway; created on its first ingested reading."""
+
+    id: int
+    gateway_id: int
+    name: str
+    display_name: str | None = None
+    metadata: dict[str, Any] = {}
+    created_at: int
+
+
+class Series(Record):
+    """One (device, tag) time series."""
+
+    id: int
+    gateway_id: int
+    device_id: int
+    device: str
+    tag: str
+    unit: str | None = None
+
+
+class Point(Record):
+    """One stored reading."""
+
+    ts: int
+    value: float | str
+    quality: int
+
+
+class LatestValue(Record):
+    """The newest reading of one series."""
+
+    series_id: int
+    tag: str
+    unit: str | None
+    ts: int
+    value: float | str
+    quality: int
+
+
+class Bucket(Record):
+    """Aggregates of one series over one time bucket (numeric readings only)."""
+
+    start: int
+    min: float | None
+    max: float | None
+    avg: float | None
+    last: float | str | None
+    count: int
+
+
+class Alarm(Record):
+    """An alarm state change or an event reported by a gateway."""
+
+    id: int
+    gateway_id: int
+    device: str
+    tag: str | None
+    name: str
+    kind: str
+    state: str
+    ts: int
+    severity: int
+    message: str
+    value: float | None
+    received_at: int
+    acknowledged_at: int | None = None
+    acknowledged_by: int | None = None
+
+
+class UsageDay(Record):
+    """One tenant's metered usage for one UTC day."""
+
+    day: str
+    readings: int
+    bytes: int
+    batches: int
+    api_calls: int
+    dropped: int
+
+
+class IngestResult(Record):
+    """What `/v1/ingest` answers."""
+
+    duplicate: bool
+    seq: int
+    readings: int
+    stored: int
+    received_at: int
+
+
+class StoredPrincipal(Record):
+    """A principal found by token digest (API key or interim gateway token)."""
+
+    kind: PrincipalKind
+    tenant_id: int
+    subject_id: int
+    role: Role | None
+
+
+class BackendInfo(Record):
+    """What `/readyz` reports about storage."""
+
+    backend: str
+    timescaledb: bool
+    partitioning: str
+    schema_version: int

@@ -1,0 +1,45 @@
+"""Devices and series created on first sight, shared by both backends."""
+
+from __future__ import annotations
+
+import time
+
+from cloud.storage.base import Tx
+
+
+async def find_or_create_series(
+    tx: Tx, tenant_id: int, gateway_id: int, *, device: str, tag: str, unit: str | None
+) -> int:
+    """The id of the (device, tag) series of a gateway, creating the device and series if new.
+
+    ON CONFLICT DO NOTHING plus a re-read makes this safe when two replicas create the same
+    series at once.
+    """
+    now = time.time_ns() // 1_000
+    row = await tx.fetchone(
+        "SELECT id FROM devices WHERE tenant_id = %s AND gateway_id = %s AND name = %s",
+        [tenant_id, gateway_id, device],
+    )
+    if row is None:
+        await tx.execute(
+            "INSERT INTO devices (tenant_id, gateway_id, name, created_at) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (gateway_id, name) DO NOTHING",
+            [tenant_id, gateway_id, device, now],
+        )
+        row = await tx.fetchone(
+            "SELECT id FROM devices WHERE tenant_id = %s AND gateway_id = %s AND name = %s",
+            [tenant_id, gateway_id, device],
+        )
+    assert row is not None  # noqa: S101 - inserted or found just above
+    device_id = row[0]
+    await tx.execute(
+        "INSERT INTO series (tenant_id, gateway_id, device_id, tag, unit, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (device_id, tag) DO NOTHING",
+        [tenant_id, gateway_id, device_id, tag, unit, now],
+    )
+    row = await tx.fetchone(
+        "SELECT id FROM series WHERE tenant_id = %s AND device_id = %s AND tag = %s",
+        [tenant_id, device_id, tag],
+    )
+    assert row is not None  # noqa: S101 - inserted or found just above
+    return int(row[0])

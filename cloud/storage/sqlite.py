@@ -1,0 +1,246 @@
+"""The SQLite backend: one file, no server; the embedded default for the quickstart and small
+sites.
+
+One connection in WAL mode, serialized by an asyncio lock (SQLite has one writer anyway). Small
+statements run on the event loop (microseconds); the bulk write of a batch's readings runs in a
+worker thread with ``executemany`` inside the batch's transaction. SQLite has no row-level
+security: isolation rests on the ``tenant_id`` filter every repository statement carries. One
+process per file: run replicas against PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from cloud.errors import StorageError
+from cloud.storage.base import Row, TelemetryRows, Tx
+from cloud.storage.records import BackendInfo, StoredPrincipal
+from cloud.storage.registry import find_or_create_series
+
+MIGRATIONS: Final[list[tuple[int, str, str]]] = [
+    (
+        1,
+        "initial schema",
+        """
+CREATE TABLE tenants (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+  created_at INTEGER NOT NULL, ingest_quota_per_day INTEGER, rate_limit INTEGER);
+CREATE TABLE api_keys (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  tenant_id INTEGER NOT NULL REFERENCES tenants(id), name TEXT NOT NULL,
+  role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')), prefix TEXT NOT NULL,
+  key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL, last_used_at INTEGER,
+  revoked_at INTEGER);
+CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
+CREATE TABLE gateways (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  tenant_id INTEGER NOT NULL REFERENCES tenants(id), name TEXT NOT NULL, token_prefix TEXT,
+  token_hash TEXT UNIQUE, created_at INTEGER NOT NULL, last_seen_at INTEGER, last_seq INTEGER,
+  revoked_at INTEGER, UNIQUE (tenant_id, name));
+CREATE TABLE devices (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id INTEGER NOT NULL,
+  gateway_id INTEGER NOT NULL REFERENCES gateways(id), name TEXT NOT NULL, display_name TEXT,
+  metadata TEXT NOT NULL DEFAULT '{}', created_at INTEGER NOT NULL, UNIQUE (gateway_id, name));
+CREATE INDEX devices_tenant ON devices (tenant_id);
+CREATE TABLE series (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id INTEGER NOT NULL,
+  gateway_id INTEGER NOT NULL, device_id INTEGER NOT NULL REFERENCES devices(id),
+  tag TEXT NOT NULL, unit TEXT, created_at INTEGER NOT NULL, UNIQUE (device_id, tag));
+CREATE INDEX series_tenant ON series (tenant_id);
+CREATE TABLE telemetry (tenant_id INTEGER NOT NULL, series_id INTEGER NOT NULL,
+  ts INTEGER NOT NULL, value_num REAL, value_text TEXT, quality INTEGER NOT NULL,
+  PRIMARY KEY (series_id, ts)) WITHOUT ROWID;
+CREATE TABLE ingest_batch (tenant_id INTEGER NOT NULL, gateway_id INTEGER NOT NULL,
+  seq INTEGER NOT NULL, created_at INTEGER NOT NULL, received_at INTEGER NOT NULL,
+  readings INTEGER NOT NULL, stored INTEGER, bytes INTEGER NOT NULL,
+  PRIMARY KEY (gateway_id, seq));
+CREATE TABLE alarms (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id INTEGER NOT NULL,
+  gateway_id INTEGER NOT NULL, device TEXT NOT NULL, tag TEXT, name TEXT NOT NULL,
+  kind TEXT NOT NULL, state TEXT NOT NULL, ts INTEGER NOT NULL, severity INTEGER NOT NULL,
+  message TEXT NOT NULL, value REAL, received_at INTEGER NOT NULL, acknowledged_at INTEGER,
+  acknowledged_by INTEGER, UNIQUE (gateway_id, device, name, kind, state, ts));
+CREATE INDEX alarms_tenant_ts ON alarms (tenant_id, ts);
+CREATE TABLE usage_daily (tenant_id INTEGER NOT NULL, day INTEGER NOT NULL,
+  readings INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+  batches INTEGER NOT NULL DEFAULT 0, api_calls INTEGER NOT NULL DEFAULT 0,
+  dropped INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant_id, day));
+CREATE TABLE rate_window (tenant_id INTEGER NOT NULL, window_start INTEGER NOT NULL,
+  hits INTEGER NOT NULL, PRIMARY KEY (tenant_id, window_start));
+""",
+    ),
+]
+
+_INSERT_READING: Final = (
+    "INSERT OR IGNORE INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _sql(sql: str) -> str:
+    return sql.replace("%s", "?")
+
+
+class SqliteTx:
+    """A transaction on the one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """All rows of a query."""
+        try:
+            return self.conn.execute(_sql(sql), tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite: {exc}") from exc
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row, or None."""
+        rows = await self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; rows changed."""
+        try:
+            return self.conn.execute(_sql(sql), tuple(params)).rowcount
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite: {exc}") from exc
+
+
+class SqliteDatabase:
+    """The embedded backend. Open with `SqliteDatabase.open(path)`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        self.info = BackendInfo(
+            backend="sqlite", timescaledb=False, partitioning="none", schema_version=version
+        )
+
+    @classmethod
+    def open(cls, path: str | Path, *, migrate: bool = True) -> SqliteDatabase:
+        """Open (creating) the database file and apply pending migrations."""
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=5000")
+            if migrate:
+                apply_migrations(conn)
+            return cls(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+
+    @asynccontextmanager
+    async def transaction(
+        self, tenant_id: int | None, *, platform: bool = False
+    ) -> AsyncIterator[Tx]:
+        """A write transaction (BEGIN IMMEDIATE); rolled back if the block raises."""
+        async with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise StorageError(f"sqlite commit failed: {exc}") from exc
+
+    async def authenticate(self, digest: str, *, now_us: int) -> StoredPrincipal | None:
+        """The user or gateway whose token has this digest (unrevoked); touches last-used."""
+        async with self.transaction(None) as tx:
+            row = await tx.fetchone(
+                "SELECT 'user', tenant_id, id, role FROM api_keys"
+                " WHERE key_hash = %s AND revoked_at IS NULL"
+                " UNION ALL SELECT 'gateway', tenant_id, id, NULL FROM gateways"
+                " WHERE token_hash = %s AND revoked_at IS NULL",
+                [digest, digest],
+            )
+            if row is not None and row[0] == "user":
+                await tx.execute(
+                    "UPDATE api_keys SET last_used_at = %s WHERE id = %s"
+                    " AND (last_used_at IS NULL OR last_used_at < %s)",
+                    [now_us, row[2], now_us - 60_000_000],
+                )
+        if row is None:
+            return None
+        return StoredPrincipal(kind=row[0], tenant_id=row[1], subject_id=row[2], role=row[3])
+
+    async def resolve_series(
+        self, tx: Tx, tenant_id: int, gateway_id: int, keys: Sequence[tuple[str, str, str | None]]
+    ) -> list[int]:
+        """Series ids, one lookup per series (in-process, so cheap)."""
+        return [
+            await find_or_create_series(
+                tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit
+            )
+            for device, tag, unit in keys
+        ]
+
+    async def ensure_partitions(self, days: Sequence[int]) -> None:
+        """Nothing to do: SQLite does not partition."""
+
+    async def write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
+        """executemany INSERT OR IGNORE in the caller's transaction, off the event loop."""
+        numeric = zip(
+            [tenant_id] * len(rows.ts),
+            rows.series_id.tolist(),
+            rows.ts.tolist(),
+            rows.value.tolist(),
+            [None] * len(rows.ts),
+            rows.quality.tolist(),
+            strict=True,
+        )
+        text = [(tenant_id, sid, ts, None, v, q) for sid, ts, v, q in rows.text_rows]
+        try:
+            return await asyncio.to_thread(self._insert, [*numeric, *text])
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite: {exc}") from exc
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> int:
+        before = self._conn.total_changes
+        self._conn.executemany(_INSERT_READING, rows)
+        return self._conn.total_changes - before
+
+    async def ping(self) -> None:
+        """Raise `StorageError` unless the file answers."""
+        async with self._lock:
+            try:
+                self._conn.execute("SELECT 1").fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(f"sqlite: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection."""
+        async with self._lock:
+            self._conn.close()
+
+
+def apply_migrations(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations, each in its own transaction with its version row."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+        " name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    for version, name, script in MIGRATIONS:
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                (version, name, time.time_ns() // 1000),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return max(v for v, _, _ in MIGRATIONS)

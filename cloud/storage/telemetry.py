@@ -1,0 +1,302 @@
+"""Ingestion and telemetry queries, over the shared SQL.
+
+Ingestion is one transaction: the (gateway, seq) row that makes the batch idempotent, the daily
+quota (a conditional UPDATE, so concurrent replicas serialize on the usage row and the quota holds
+across them), devices and series created on first sight, the readings' bulk write and the alarm
+records. Any error rolls all of it back: nothing is ever half-written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud.contract import Batch
+from cloud.errors import NotFound, RateLimited
+from cloud.storage.base import Database, Row, Tx
+from cloud.storage.records import Bucket, IngestResult, LatestValue, Point
+
+DAY_US: Final = 86_400_000_000
+US: Final = 1_000_000
+
+
+@dataclass(slots=True)
+class BatchRows:
+    """The readings of one batch as columns, series names resolved to ids."""
+
+    series_id: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    quality: npt.NDArray[np.int8]
+    text_rows: list[tuple[int, int, str, int]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, batch: Batch, ids: list[int]) -> BatchRows:
+        """Concatenate the numeric series; text series go row by row (they are rare)."""
+        numeric = [(i, s) for i, s in zip(ids, batch.series, strict=True) if not s.is_text]
+        text_rows = [
+            (sid, int(ts), str(v), int(q))
+            for sid, s in zip(ids, batch.series, strict=True)
+            if s.is_text
+            for ts, v, q in zip(
+                s.ts, s.values, _qualities(s.qualities, len(s)).tolist(), strict=True
+            )
+        ]
+        if not numeric:
+            empty = np.empty(0, dtype=np.int64)
+            return cls(empty, empty, np.empty(0), np.empty(0, dtype=np.int8), text_rows)
+        lengths = [len(s) for _, s in numeric]
+        return cls(
+            series_id=np.repeat(np.asarray([i for i, _ in numeric], dtype=np.int64), lengths),
+            ts=np.concatenate([np.asarray(s.ts, dtype=np.int64) for _, s in numeric]),
+            value=np.concatenate([np.asarray(s.values, dtype=np.float64) for _, s in numeric]),
+            quality=np.concatenate([_qualities(s.qualities, len(s)) for _, s in numeric]),
+            text_rows=text_rows,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ts) + len(self.text_rows)
+
+
+def _qualities(qualities: Any, length: int) -> npt.NDArray[np.int8]:
+    if qualities is None:
+        return np.zeros(length, dtype=np.int8)
+    return np.asarray(qualities, dtype=np.int8)
+
+
+def batch_days(batch: Batch) -> list[int]:
+    """The UTC days (since the epoch) the batch's readings fall on."""
+    days: set[int] = set()
+    for s in batch.series:
+        if len(s):
+            days.update(np.unique(np.asarray(s.ts, dtype=np.int64) // DAY_US).tolist())
+    return sorted(days)
+
+
+def _value(num: float | None, text: str | None) -> float | str:
+    return text if text is not None else float(num if num is not None else math.nan)
+
+
+class TelemetryStore:
+    """Ingest, rate limits and telemetry reads; the base of `Repository`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def admit_ingest(
+        self, tenant_id: int, *, default_rate: int, default_quota: int, window_s: int, now_us: int
+    ) -> int:
+        """Count this ingest request against the tenant's rate limit; the daily quota to apply.
+
+        The counter is a row per (tenant, window) in the database, so every replica sees it.
+        Raises `RateLimited` with the seconds left in the window when over the limit.
+        """
+        window_us = window_s * US
+        start = now_us - now_us % window_us
+        async with self.db.transaction(tenant_id) as tx:
+            limits = await tx.fetchone(
+                "SELECT ingest_quota_per_day, rate_limit FROM tenants WHERE id = %s", [tenant_id]
+            )
+            if limits is None:
+                raise NotFound("tenant not found")
+            row = await tx.fetchone(
+                "INSERT INTO rate_window (tenant_id, window_start, hits) VALUES (%s, %s, 1)"
+                " ON CONFLICT (tenant_id, window_start)"
+                " DO UPDATE SET hits = rate_window.hits + 1 RETURNING hits",
+                [tenant_id, start],
+            )
+            hits = row[0] if row else 1
+            if hits == 1:  # first request of a window: forget the old windows
+                await tx.execute(
+                    "DELETE FROM rate_window WHERE tenant_id = %s AND window_start < %s",
+                    [tenant_id, start],
+                )
+        rate = limits[1] if limits[1] is not None else default_rate
+        if hits > rate:
+            retry = math.ceil((start + window_us - now_us) / US)
+            raise RateLimited(
+                f"over the ingest rate limit of {rate} requests per {window_s} s",
+                retry_after=retry,
+            )
+        return int(limits[0]) if limits[0] is not None else default_quota
+
+    async def ingest(
+        self,
+        tenant_id: int,
+        gateway_id: int,
+        batch: Batch,
+        *,
+        body_bytes: int,
+        quota: int,
+        now_us: int,
+    ) -> IngestResult:
+        """Store a batch once per (gateway, seq); a replay answers `duplicate=True`."""
+        readings = batch.reading_count
+        await self.db.ensure_partitions(batch_days(batch))
+        async with self.db.transaction(tenant_id) as tx:
+            claimed = await tx.fetchone(
+                "INSERT INTO ingest_batch (tenant_id, gateway_id, seq, created_at, received_at,"
+                " readings, bytes) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (gateway_id, seq) DO NOTHING RETURNING seq",
+                [tenant_id, gateway_id, batch.seq, batch.created_at, now_us, readings, body_bytes],
+            )
+            if claimed is None:
+                return await self._duplicate(tx, tenant_id, gateway_id, batch.seq)
+            await self._charge(
+                tx, tenant_id, batch, body_bytes=body_bytes, quota=quota, now_us=now_us
+            )
+            keys = [(s.device, s.tag, s.unit) for s in batch.series]
+            ids = await self.db.resolve_series(tx, tenant_id, gateway_id, keys) if keys else []
+            stored = await self.db.write_telemetry(tx, tenant_id, BatchRows.build(batch, ids))
+            await self._write_alarms(tx, tenant_id, gateway_id, batch, now_us)
+            await tx.execute(
+                "UPDATE ingest_batch SET stored = %s WHERE gateway_id = %s AND seq = %s",
+                [stored, gateway_id, batch.seq],
+            )
+            await tx.execute(
+                "UPDATE gateways SET last_seen_at = %s,"
+                " last_seq = CASE WHEN last_seq IS NULL OR last_seq < %s THEN %s ELSE last_seq END"
+                " WHERE tenant_id = %s AND id = %s",
+                [now_us, batch.seq, batch.seq, tenant_id, gateway_id],
+            )
+        return IngestResult(
+            duplicate=False, seq=batch.seq, readings=readings, stored=stored, received_at=now_us
+        )
+
+    async def _duplicate(self, tx: Tx, tenant_id: int, gateway_id: int, seq: int) -> IngestResult:
+        row = await tx.fetchone(
+            "SELECT readings, stored, received_at FROM ingest_batch"
+            " WHERE tenant_id = %s AND gateway_id = %s AND seq = %s",
+            [tenant_id, gateway_id, seq],
+        )
+        readings, stored, received = row if row else (0, 0, 0)
+        return IngestResult(
+            duplicate=True, seq=seq, readings=readings, stored=stored or 0, received_at=received
+        )
+
+    async def _charge(
+        self, tx: Tx, tenant_id: int, batch: Batch, *, body_bytes: int, quota: int, now_us: int
+    ) -> None:
+        day = now_us // DAY_US
+        readings = batch.reading_count
+        await tx.execute(
+            "INSERT INTO usage_daily (tenant_id, day) VALUES (%s, %s)"
+            " ON CONFLICT (tenant_id, day) DO NOTHING",
+            [tenant_id, day],
+        )
+        charged = await tx.fetchone(
+            "UPDATE usage_daily SET readings = readings + %s, bytes = bytes + %s,"
+            " batches = batches + 1, dropped = dropped + %s"
+            " WHERE tenant_id = %s AND day = %s AND readings + %s <= %s RETURNING readings",
+            [readings, body_bytes, sum(batch.dropped.values()), tenant_id, day, readings, quota],
+        )
+        if charged is None:
+            raise RateLimited(
+                f"the tenant's daily quota of {quota} readings is used up",
+                retry_after=math.ceil(((day + 1) * DAY_US - now_us) / US),
+                code="quota_exceeded",
+            )
+
+    async def _write_alarms(
+        self, tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, now_us: int
+    ) -> None:
+        for a in batch.alarms:
+            await tx.execute(
+                "INSERT INTO alarms (tenant_id, gateway_id, device, tag, name, kind, state, ts,"
+                " severity, message, value, received_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (gateway_id, device, name, kind, state, ts) DO NOTHING",
+                [
+                    tenant_id,
+                    gateway_id,
+                    a.device,
+                    a.tag,
+                    a.name,
+                    a.kind,
+                    a.state,
+                    a.ts,
+                    a.severity,
+                    a.message,
+                    a.value,
+                    now_us,
+                ],
+            )
+
+    # ----------------------------------------------------------------------------- queries
+
+    async def _series_exists(self, tx: Tx, tenant_id: int, series_id: int) -> None:
+        if not await tx.fetchone(
+            "SELECT 1 FROM series WHERE tenant_id = %s AND id = %s", [tenant_id, series_id]
+        ):
+            raise NotFound("series not found")
+
+    async def latest(self, tenant_id: int, device_id: int) -> list[LatestValue]:
+        """The newest reading of each series of a device."""
+        async with self.db.transaction(tenant_id) as tx:
+            if not await tx.fetchone(
+                "SELECT 1 FROM devices WHERE tenant_id = %s AND id = %s", [tenant_id, device_id]
+            ):
+                raise NotFound("device not found")
+            rows = await tx.fetch(
+                "SELECT s.id, s.tag, s.unit, t.ts, t.value_num, t.value_text, t.quality"
+                " FROM series s JOIN telemetry t ON t.series_id = s.id AND t.tenant_id = %s"
+                " WHERE s.tenant_id = %s AND s.device_id = %s AND t.ts ="
+                " (SELECT max(x.ts) FROM telemetry x WHERE x.tenant_id = %s AND x.series_id = s.id)"
+                " ORDER BY s.tag",
+                [tenant_id, tenant_id, device_id, tenant_id],
+            )
+        return [
+            LatestValue(
+                series_id=r[0], tag=r[1], unit=r[2], ts=r[3], value=_value(r[4], r[5]), quality=r[6]
+            )
+            for r in rows
+        ]
+
+    async def raw(
+        self, tenant_id: int, series_id: int, *, start: int, end: int, after: int | None, limit: int
+    ) -> tuple[list[Point], int | None]:
+        """Readings in [start, end) in time order, after the cursor; (page, next cursor)."""
+        lower = start if after is None else max(start, after + 1)
+        async with self.db.transaction(tenant_id) as tx:
+            await self._series_exists(tx, tenant_id, series_id)
+            rows = await tx.fetch(
+                "SELECT ts, value_num, value_text, quality FROM telemetry"
+                " WHERE tenant_id = %s AND series_id = %s AND ts >= %s AND ts < %s"
+                " ORDER BY ts LIMIT %s",
+                [tenant_id, series_id, lower, end, limit + 1],
+            )
+        points = [Point(ts=r[0], value=_value(r[1], r[2]), quality=r[3]) for r in rows[:limit]]
+        return points, (points[-1].ts if len(rows) > limit else None)
+
+    async def aggregate(
+        self, tenant_id: int, series_id: int, *, start: int, end: int, bucket_us: int
+    ) -> list[Bucket]:
+        """min/max/avg/last/count per time bucket in [start, end)."""
+        async with self.db.transaction(tenant_id) as tx:
+            await self._series_exists(tx, tenant_id, series_id)
+            rows = await tx.fetch(
+                "WITH b AS (SELECT (ts / %s) * %s AS bucket, ts, value_num FROM telemetry"
+                " WHERE tenant_id = %s AND series_id = %s AND ts >= %s AND ts < %s),"
+                " agg AS (SELECT bucket, min(value_num) AS lo, max(value_num) AS hi,"
+                " avg(value_num) AS mean, count(*) AS n, max(ts) AS last_ts FROM b GROUP BY bucket)"
+                " SELECT a.bucket, a.lo, a.hi, a.mean, t.value_num, t.value_text, a.n FROM agg a"
+                " JOIN telemetry t ON t.tenant_id = %s AND t.series_id = %s AND t.ts = a.last_ts"
+                " ORDER BY a.bucket",
+                [bucket_us, bucket_us, tenant_id, series_id, start, end, tenant_id, series_id],
+            )
+        return [_bucket(r) for r in rows]
+
+
+def _bucket(r: Row) -> Bucket:
+    return Bucket(
+        start=int(r[0]),
+        min=r[1],
+        max=r[2],
+        avg=None if r[3] is None else float(r[3]),
+        last=r[5] if r[5] is not None else r[4],
+        count=int(r[6]),
+    )
