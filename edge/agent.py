@@ -1,0 +1,369 @@
+"""The agent: wires drivers through the pipeline into the outbox, and the outbox to the cloud.
+
+One asyncio process. `Agent.run()` opens the outbox, the alarm and dead-letter stores and the
+embedded MQTT broker, then runs in one TaskGroup a named task per driver (each restarted with
+capped, jittered backoff if it fails; one failing device never stops another), the pipeline's
+flusher, the alarm ticker, the uplink and the local API. When `stop` is set (SIGTERM, SIGINT),
+drivers stop first, the pipeline flushes what it holds into the outbox, and everything closes.
+
+The supervisor (`_supervise`) is the one place that catches broad exceptions: it logs and counts
+what it caught, and restarts the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+from edge.alarm_store import AlarmStore
+from edge.alarms import AlarmEngine, AlarmEvent, AlarmKind, AlarmRule
+from edge.config import AgentConfig, Device, ModbusDevice, MqttSource, OpcUaDevice
+from edge.dead_letters import DeadLetterStore
+from edge.inference.model import InferenceStage, ModelSpec
+from edge.pipeline.derived import DerivedTag, DerivedTags
+from edge.pipeline.expressions import Expression
+from edge.pipeline.rbe import Deadband, ReportByException
+from edge.pipeline.runner import Pipeline, now_us
+from edge.seq_state import SeqState
+from edge.uplink import Uplink, UplinkSettings, UplinkStatus
+from protocols.backoff import Backoff, BackoffPolicy
+from protocols.driver import ConnectionState, Driver
+from protocols.modbus.driver import ModbusDriver
+from protocols.mqtt.broker import EmbeddedBroker
+from protocols.mqtt.driver import MqttDriver
+from protocols.opcua.driver import OpcUaDriver
+from store_forward import AsyncOutbox, OutboxSettings, OutboxStats, QuotaPolicy, Synchronous
+
+log = logging.getLogger(__name__)
+
+TokenSource = Callable[[], Awaitable[str]]
+
+
+def agent_version() -> str:
+    """The installed tagway version."""
+    try:
+        return version("tagway")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(slots=True)
+class DriverSlot:
+    """One configured device and the driver currently serving it."""
+
+    config: Device
+    driver: Driver | None = None
+    restarts: int = 0
+    crashes: int = 0
+    last_crash: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        """The device name."""
+        return self.config.name
+
+    @property
+    def state(self) -> str:
+        """The link state, or `stopped` between restarts."""
+        return self.driver.link.state.value if self.driver is not None else "stopped"
+
+    @property
+    def healthy(self) -> bool:
+        """Connected right now."""
+        return self.driver is not None and self.driver.link.state is ConnectionState.CONNECTED
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkIdentity:
+    """Who the uplink posts as: the gateway id and a source of fresh tokens."""
+
+    gateway_id: str
+    token: TokenSource
+
+
+class Agent:
+    """The gateway agent.
+
+    Args:
+        config: the validated configuration.
+        identity: the gateway identity for the uplink; None runs without a cloud (store only).
+        driver_backoff: restart policy for failed drivers.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        identity: UplinkIdentity | None = None,
+        driver_backoff: BackoffPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.version = agent_version()
+        self.started_at = time.time()
+        self.slots = {d.name: DriverSlot(d) for d in config.devices}
+        self._driver_backoff = driver_backoff or BackoffPolicy(base=1.0, cap=30.0)
+        self.outbox: AsyncOutbox | None = None
+        self.pipeline: Pipeline | None = None
+        self.uplink: Uplink | None = None
+        self.dead_letters: DeadLetterStore | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.ready = asyncio.Event()
+        self._inference: InferenceStage | None = None
+
+    @property
+    def uplink_status(self) -> UplinkStatus | None:
+        """The uplink's figures, or None when no cloud is configured."""
+        return self.uplink.status if self.uplink is not None else None
+
+    async def outbox_stats(self) -> OutboxStats | None:
+        """A snapshot of the outbox, or None before it is open."""
+        return await self.outbox.stats() if self.outbox is not None else None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; then stop drivers, flush, and close everything."""
+        state_dir = self.config.gateway.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        async with AsyncExitStack() as stack:
+            self.outbox = await stack.enter_async_context(
+                AsyncOutbox(self.config.outbox_path, _outbox_settings(self.config))
+            )
+            if self.outbox.recovery is not None:
+                log.error("outbox was damaged and moved aside: %s", self.outbox.recovery)
+            alarm_store = AlarmStore(state_dir / "alarms.db")
+            stack.callback(alarm_store.close)
+            self.dead_letters = DeadLetterStore(state_dir / "dead_letters.db")
+            stack.callback(self.dead_letters.close)
+            if self.config.mqtt_broker is not None:
+                self.broker = await stack.enter_async_context(
+                    EmbeddedBroker(self.config.mqtt_broker)
+                )
+            self.pipeline = self._build_pipeline(alarm_store)
+            stack.callback(self._close_inference)
+            if self.config.cloud is not None and self.identity is not None:
+                self.uplink = self._build_uplink(state_dir)
+            await self._run_tasks(stop)
+
+    def _close_inference(self) -> None:
+        if self._inference is not None:
+            self._inference.close()
+
+    async def _run_tasks(self, stop: asyncio.Event) -> None:
+        assert self.pipeline is not None  # built by run()  # noqa: S101
+        from edge.local_api import LocalApi  # noqa: PLC0415 - local_api imports this module
+
+        api = LocalApi(self)
+        async with asyncio.TaskGroup() as tg:
+            drivers = [
+                tg.create_task(self._supervise(slot), name=f"driver:{slot.name}")
+                for slot in self.slots.values()
+            ]
+            flusher = tg.create_task(self.pipeline.run(), name="pipeline")
+            ticker = tg.create_task(self._tick_alarms(), name="alarms")
+            rest = [tg.create_task(api.serve(), name="local-api")]
+            if self.uplink is not None:
+                rest.append(tg.create_task(self._run_uplink(self.uplink), name="uplink"))
+            await api.started.wait()
+            self.ready.set()
+            log.info("agent %s running: %d devices", self.config.gateway.name, len(self.slots))
+            await stop.wait()
+            log.info("stopping: drivers first, then a last flush into the outbox")
+            for task in drivers:
+                task.cancel()
+            await asyncio.gather(*drivers, return_exceptions=True)
+            flusher.cancel()  # its finally flushes what the drivers delivered
+            await asyncio.gather(flusher, return_exceptions=True)
+            ticker.cancel()
+            api.stop()
+            for task in rest:
+                if task.get_name() != "local-api":
+                    task.cancel()
+
+    async def _supervise(self, slot: DriverSlot) -> None:
+        """Run one driver forever; restart it with backoff when it fails."""
+        assert self.pipeline is not None  # noqa: S101
+        backoff = Backoff(self._driver_backoff)
+        while True:
+            driver = self._build_driver(slot.config)
+            slot.driver = driver
+            started = time.monotonic()
+            try:
+                async with driver:
+                    await driver.run(self.pipeline.accept)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the supervisor is where failures stop
+                slot.crashes += 1
+                slot.last_crash = f"{type(exc).__name__}: {exc}"
+                log.exception("driver %s failed; restarting", slot.name)
+            if time.monotonic() - started > 60:
+                backoff.reset()  # it ran a good while: a fresh failure starts small again
+            await asyncio.sleep(backoff.next_delay())
+            slot.restarts += 1
+
+    def _build_driver(self, device: Device) -> Driver:
+        if isinstance(device, ModbusDevice):
+            return ModbusDriver(device)
+        if isinstance(device, OpcUaDevice):
+            return OpcUaDriver(device)
+        assert isinstance(device, MqttSource)  # noqa: S101 - the union has three members
+        assert self.dead_letters is not None  # noqa: S101
+        return MqttDriver(device, dead_letters=self.dead_letters.put)
+
+    def _build_pipeline(self, alarm_store: AlarmStore) -> Pipeline:
+        config = self.config
+        simulated = {d.name: d.simulated for d in config.devices}
+        derived = DerivedTags(
+            [
+                DerivedTag(d.device, d.tag, Expression.parse(d.expression), d.unit,
+                           simulated.get(d.device, False))
+                for d in config.derived
+            ]
+        )  # fmt: skip
+        specs = [
+            ModelSpec(m.name, m.path, m.devices, m.inputs, m.window, m.hop, m.outputs,
+                      any(simulated.get(d, False) for d in m.devices))
+            for m in config.models
+        ]  # fmt: skip
+        self._inference = InferenceStage(specs) if specs else None
+        engine = AlarmEngine(_alarm_rules(config), alarm_store.load())
+
+        async def persist(events: list[AlarmEvent]) -> None:
+            alarm_store.save(engine.alarms[e.rule] for e in events)
+            if self.uplink is not None:
+                self.uplink.wake.set()
+
+        return Pipeline(
+            outbox=self._require_outbox(),
+            rbe=ReportByException(_deadbands(config), default=_deadband(config.report)),
+            derived=derived,
+            inference=self._inference,
+            alarms=engine,
+            on_alarms=persist,
+            flush_interval=config.outbox.flush_interval,
+            chunk_readings=config.outbox.chunk_readings,
+        )
+
+    def _require_outbox(self) -> AsyncOutbox:
+        if self.outbox is None:
+            raise RuntimeError("the outbox is not open")
+        return self.outbox
+
+    def _build_uplink(self, state_dir: object) -> Uplink:
+        cloud, identity = self.config.cloud, self.identity
+        assert cloud is not None  # noqa: S101
+        assert identity is not None  # noqa: S101
+        settings = UplinkSettings(
+            ingest_url=cloud.url.rstrip("/") + "/v1/ingest",
+            gateway_id=identity.gateway_id,
+            max_batch_bytes=cloud.max_batch_bytes,
+            max_batches_per_s=cloud.max_batches_per_s,
+            connect_timeout_s=cloud.connect_timeout,
+            read_timeout_s=cloud.read_timeout,
+        )
+        seq = SeqState.load(self.config.gateway.state_dir / "uplink_seq.json")
+        return Uplink(settings=settings, outbox=self._require_outbox(), token=identity.token,
+                      seq_state=seq)  # fmt: skip
+
+    async def _run_uplink(self, uplink: Uplink) -> None:
+        assert self.pipeline is not None  # noqa: S101
+
+        async def wake_on_flush() -> None:
+            while True:
+                await self.pipeline.flushed.wait()  # type: ignore[union-attr]
+                self.pipeline.flushed.clear()  # type: ignore[union-attr]
+                uplink.wake.set()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(wake_on_flush(), name="uplink-wake")
+            tg.create_task(uplink.run(), name="uplink-send")
+
+    async def _tick_alarms(self) -> None:
+        assert self.pipeline is not None  # noqa: S101
+        while True:
+            await asyncio.sleep(1.0)
+            await self.pipeline.tick_alarms(now_us())
+
+    async def write(self, device: str, tag: str, value: float | int | bool | str) -> None:
+        """Write a setpoint through the device's running driver."""
+        slot = self.slots.get(device)
+        if slot is None or slot.driver is None:
+            raise LookupError(f"device {device!r} is not running")
+        await slot.driver.write(tag, value)
+
+
+def _outbox_settings(config: AgentConfig) -> OutboxSettings:
+    section = config.outbox
+    return OutboxSettings(
+        quota_bytes=section.quota,
+        synchronous=Synchronous(section.synchronous),
+        policy=QuotaPolicy(section.when_full),
+        lease_timeout_s=section.lease_timeout,
+    )
+
+
+def _deadband(reporting: object) -> Deadband:
+    from edge.config import Reporting  # noqa: PLC0415 - keeps the signature loose for tags
+
+    assert isinstance(reporting, Reporting)  # noqa: S101
+    return Deadband(reporting.deadband, reporting.deadband_percent, reporting.heartbeat,
+                    reporting.every_reading)  # fmt: skip
+
+
+def _deadbands(config: AgentConfig) -> dict[tuple[str, str], Deadband]:
+    default = config.report
+    out: dict[tuple[str, str], Deadband] = {}
+    for device in config.devices:
+        if isinstance(device, MqttSource):
+            continue
+        for tag in device.tags:
+            if tag.deadband is None and tag.deadband_percent is None and tag.heartbeat is None:
+                continue
+            out[(device.name, tag.name)] = Deadband(
+                tag.deadband if tag.deadband is not None else default.deadband,
+                tag.deadband_percent if tag.deadband_percent is not None
+                else default.deadband_percent,
+                tag.heartbeat if tag.heartbeat is not None else default.heartbeat,
+                default.every_reading,
+            )  # fmt: skip
+    return out
+
+
+def _alarm_rules(config: AgentConfig) -> list[AlarmRule]:
+    rules = [
+        AlarmRule(a.name, a.device, a.tag, a.kind, a.limit, a.hysteresis, a.on_delay, a.stale,
+                  a.severity, a.message)
+        for a in config.alarms
+    ]  # fmt: skip
+    rules.extend(
+        AlarmRule(
+            f"{model.name}.{device}", device, model.outputs[0], AlarmKind.HIGH,
+            limit=model.alarm.threshold, on_delay_s=model.alarm.on_delay,
+            severity=model.alarm.severity,
+            message=model.alarm.message
+            or f"{device}: {model.name} score above {model.alarm.threshold:g}",
+        )
+        for model in config.models
+        if model.alarm is not None
+        for device in model.devices
+    )  # fmt: skip
+    return rules
+
+
+async def run_until_signalled(agent: Agent) -> None:
+    """Run the agent until SIGTERM or SIGINT (the `tagway run` entry point)."""
+    import signal  # noqa: PLC0415
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await agent.run(stop)

@@ -1,0 +1,295 @@
+"""The agent's configuration: one YAML file, validated by pydantic at load.
+
+    gateway:   name, state directory
+    cloud:     URL and uplink limits (the identity comes from `tagway provision`)
+    outbox:    path, quota, synchronous mode, policy when full, flush interval
+    report:    the default report-by-exception (deadband, heartbeat)
+    mqtt_broker: the embedded broker local devices publish into (optional)
+    devices:   Modbus, OPC UA and MQTT sources; tags carry the driver's fields plus
+               `deadband`, `deadband_percent` and `heartbeat`
+    derived:   tags computed from expressions
+    models:    ONNX models over windows of tags, with an optional alarm threshold
+    alarms:    local alarm rules
+    local_api: where the TUI and `tagway status` reach the agent
+
+Unknown keys are errors everywhere. After `load_config` only these frozen objects travel.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edge.alarms import AlarmKind, Severity
+from edge.config_loader import ConfigError, ConfigIssue, load_model, parse_model
+from edge.pipeline.expressions import Expression, ExpressionError
+from protocols.modbus.config import ModbusDeviceConfig, ModbusTag
+from protocols.mqtt.config import EmbeddedBrokerConfig, MqttSourceConfig
+from protocols.opcua.config import OpcUaDeviceConfig, OpcUaTag
+
+__all__ = ["AgentConfig", "ConfigError", "ConfigIssue", "load_config", "parse_config"]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string like ``512MiB`` or ``2 GB``."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a size; write bytes or e.g. '512MiB', '2GB'")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+
+
+class Reporting(BaseModel):
+    """Report-by-exception settings of a tag (or the default for all tags).
+
+    `deadband` is absolute, `deadband_percent` relative to the last reported value; a value that
+    moved less is not sent again until `heartbeat` seconds have passed. `every_reading` sends all.
+    """
+
+    model_config = _FROZEN
+
+    deadband: float = Field(default=0.0, ge=0)
+    deadband_percent: float = Field(default=0.0, ge=0, le=100)
+    heartbeat: float = Field(default=60.0, ge=0, description="seconds; 0 disables")
+    every_reading: bool = False
+
+
+class _TagReporting(BaseModel):
+    deadband: float | None = Field(default=None, ge=0)
+    deadband_percent: float | None = Field(default=None, ge=0, le=100)
+    heartbeat: float | None = Field(default=None, ge=0)
+
+
+class GatewaySection(BaseModel):
+    """Who this gateway is and where it keeps its state."""
+
+    model_config = _FROZEN
+
+    name: str = Field(min_length=1, max_length=200)
+    state_dir: Path = Path("/var/lib/tagway")
+
+
+class CloudSection(BaseModel):
+    """Where the uplink sends; the identity (gateway id, key, certificate) is in the state dir."""
+
+    model_config = _FROZEN
+
+    url: str = Field(pattern=r"^https?://")
+    gateway_id: str | None = Field(
+        default=None, description="with token_file only: the id the token was issued for"
+    )
+    max_batch_bytes: int = Field(default=1_000_000, gt=0)
+    max_batches_per_s: float = Field(default=20.0, ge=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    token_file: Path | None = Field(
+        default=None, description="a static gateway token instead of the provisioned identity"
+    )
+
+
+class OutboxSection(BaseModel):
+    """The durable buffer between the pipeline and the uplink."""
+
+    model_config = _FROZEN
+
+    path: Path | None = None  # default: <state_dir>/outbox.db
+    quota: int = 1024**3
+    synchronous: Literal["full", "normal"] = "full"
+    when_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+    flush_interval: float = Field(default=0.25, gt=0, le=10)
+    chunk_readings: int = Field(default=5_000, gt=0, le=100_000)
+    lease_timeout: float = Field(default=120.0, gt=0)
+
+    @field_validator("quota", mode="before")
+    @classmethod
+    def _size(cls, value: int | str) -> int:
+        return parse_size(value)
+
+
+class LocalApiSection(BaseModel):
+    """The agent's local HTTP API for the TUI and the CLI (loopback or a unix socket only)."""
+
+    model_config = _FROZEN
+
+    host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+    socket: Path | None = None
+
+
+class EdgeModbusTag(ModbusTag, _TagReporting):
+    """A Modbus tag with its report-by-exception settings."""
+
+
+class EdgeOpcUaTag(OpcUaTag, _TagReporting):
+    """An OPC UA tag with its report-by-exception settings."""
+
+
+class ModbusDevice(ModbusDeviceConfig):
+    """A Modbus device (TCP, RTU, or RTU over TCP)."""
+
+    protocol: Literal["modbus"]
+    tags: tuple[EdgeModbusTag, ...] = Field(min_length=1)
+
+
+class OpcUaDevice(OpcUaDeviceConfig):
+    """An OPC UA server."""
+
+    protocol: Literal["opcua"]
+    tags: tuple[EdgeOpcUaTag, ...] = Field(min_length=1)
+
+
+class MqttSource(MqttSourceConfig):
+    """An MQTT broker (the embedded one or an external one) and the topics to read."""
+
+    protocol: Literal["mqtt"]
+
+
+Device = Annotated[ModbusDevice | OpcUaDevice | MqttSource, Field(discriminator="protocol")]
+
+
+class DerivedSection(BaseModel):
+    """A tag computed from other tags of the same device."""
+
+    model_config = _FROZEN
+
+    device: str
+    tag: str
+    expression: str
+    unit: str | None = None
+
+    @field_validator("expression")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            Expression.parse(value)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+
+class ModelAlarm(BaseModel):
+    """Raise an alarm when a model's first output exceeds `threshold`."""
+
+    model_config = _FROZEN
+
+    threshold: float
+    severity: Severity = Severity.HIGH
+    on_delay: float = Field(default=0.0, ge=0)
+    message: str = ""
+
+
+class ModelSection(BaseModel):
+    """An ONNX model over windows of tags. `path` is relative to the config file."""
+
+    model_config = _FROZEN
+
+    name: str
+    path: Path
+    devices: tuple[str, ...] = Field(min_length=1)
+    inputs: tuple[str, ...] = Field(min_length=1)
+    window: int = Field(default=1, ge=1)
+    hop: int = Field(default=1, ge=1)
+    outputs: tuple[str, ...] = ("score",)
+    alarm: ModelAlarm | None = None
+
+
+class AlarmSection(BaseModel):
+    """A local alarm rule."""
+
+    model_config = _FROZEN
+
+    name: str
+    device: str
+    tag: str
+    kind: AlarmKind
+    limit: float = 0.0
+    hysteresis: float = Field(default=0.0, ge=0)
+    on_delay: float = Field(default=0.0, ge=0)
+    stale: float = Field(default=0.0, ge=0)
+    severity: Severity = Severity.MEDIUM
+    message: str = ""
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.kind is AlarmKind.STALE and self.stale <= 0:
+            raise ValueError(f"alarm {self.name!r}: kind 'stale' needs 'stale' (seconds) > 0")
+        if self.kind is AlarmKind.BAD_QUALITY and self.on_delay <= 0:
+            raise ValueError(f"alarm {self.name!r}: kind 'bad_quality' needs 'on_delay' > 0")
+        return self
+
+
+class AgentConfig(BaseModel):
+    """The whole agent configuration."""
+
+    model_config = _FROZEN
+
+    gateway: GatewaySection
+    cloud: CloudSection | None = None
+    outbox: OutboxSection = OutboxSection()
+    report: Reporting = Reporting()
+    mqtt_broker: EmbeddedBrokerConfig | None = None
+    devices: tuple[Device, ...] = ()
+    derived: tuple[DerivedSection, ...] = ()
+    models: tuple[ModelSection, ...] = ()
+    alarms: tuple[AlarmSection, ...] = ()
+    local_api: LocalApiSection = LocalApiSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [d.name for d in self.devices]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"device names must be unique; repeated: {duplicates}")
+        alarm_names = [a.name for a in self.alarms] + [
+            f"{m.name}.{d}" for m in self.models if m.alarm for d in m.devices
+        ]
+        repeated = sorted({n for n in alarm_names if alarm_names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"alarm names must be unique; repeated: {repeated}")
+        return self
+
+    @model_validator(mode="after")
+    def _cloud_identity(self) -> Self:
+        cloud = self.cloud
+        if cloud is not None and (cloud.token_file is None) != (cloud.gateway_id is None):
+            raise ValueError("cloud: 'token_file' and 'gateway_id' go together (or neither)")
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        """Where the outbox file lives."""
+        return self.outbox.path or self.gateway.state_dir / "outbox.db"
+
+    @property
+    def simulated(self) -> bool:
+        """True when any device is simulated (the TUI shows a SIMULATED badge)."""
+        return any(d.simulated for d in self.devices)
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Load and validate the config file; model paths are resolved against its folder."""
+    config = load_model(path, AgentConfig)
+    return _resolve_paths(config, path.parent)
+
+
+def parse_config(text: str, *, source: str = "<config>", base: Path | None = None) -> AgentConfig:
+    """Validate config text (for tests and `tagway config validate -`)."""
+    config = parse_model(text, AgentConfig, source=source)
+    return _resolve_paths(config, base or Path.cwd())
+
+
+def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
+    models = tuple(
+        m if m.path.is_absolute() else m.model_copy(update={"path": (base / m.path).resolve()})
+        for m in config.models
+    )
+    return config.model_copy(update={"models": models}) if models else config

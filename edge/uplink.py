@@ -1,0 +1,337 @@
+"""The uplink: from the outbox to the cloud, exactly once.
+
+Loop: lease chunks (alarms first, then events, then telemetry) up to a byte limit, build ONE batch
+with the gateway's next `seq`, encode it (msgpack + zstd), POST it with the gateway token, and ack
+the lease only on a 2xx. The same bytes under the same seq are retried until the cloud answers, so
+a retry is always harmless: the cloud stores a batch once per (gateway, seq).
+
+What the cloud says decides what happens to the chunks:
+
+    2xx                 ack: the chunks are deleted for good
+    422, 413 (1 chunk)  quarantine: kept, counted, visible; the queue moves on
+    413 (many chunks)   release, and lease fewer chunks next time
+    429, 503            wait for Retry-After, then retry the same batch
+    401, 403            renew the token, back off, retry (the data is not at fault)
+    other / no answer   capped, jittered exponential backoff, retry the same batch
+
+A backlog drains oldest-first, alarms and events ahead of telemetry. `max_batches_per_s` caps the
+drain rate so a returning gateway does not flood the cloud.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from cloud.contract import MSGPACK, AlarmRecord, Batch, SeriesColumns, encode_batch
+from edge import chunk
+from edge.seq_state import SeqState
+from protocols.backoff import Backoff, BackoffPolicy
+from store_forward import Lane, Lease, OutboxStats
+
+log = logging.getLogger(__name__)
+
+TokenSource = Callable[[], Awaitable[str]]
+
+
+class LeaseSource(Protocol):
+    """What the uplink needs from the (async) outbox."""
+
+    async def lease(self, *, max_bytes: int, max_chunks: int) -> Lease: ...
+    async def ack(self, lease: Lease) -> int: ...
+    async def release(self, lease: Lease) -> int: ...
+    async def quarantine(self, lease: Lease, reason: str) -> int: ...
+    async def stats(self) -> OutboxStats: ...
+
+
+class UplinkState(StrEnum):
+    """Where the uplink is."""
+
+    IDLE = "idle"  # nothing to send
+    SENDING = "sending"
+    BACKOFF = "backoff"  # the last attempt failed; waiting to retry
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSettings:
+    """How the uplink behaves.
+
+    Args:
+        ingest_url: the cloud's `/v1/ingest` URL.
+        gateway_id: this gateway's id, as issued at provisioning.
+        max_batch_bytes: payload bytes leased per batch (compressed chunk bytes).
+        max_chunks: chunks per batch.
+        max_batches_per_s: cap on the send rate while draining a backlog (0 = no cap).
+        idle_poll_s: how often to look for new chunks when the outbox was empty.
+        connect_timeout_s / read_timeout_s: HTTP timeouts.
+        backoff: the retry policy for failed sends.
+    """
+
+    ingest_url: str
+    gateway_id: str
+    max_batch_bytes: int = 1_000_000
+    max_chunks: int = 64
+    max_batches_per_s: float = 20.0
+    idle_poll_s: float = 0.25
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base=0.5, cap=60.0))
+
+
+@dataclass(slots=True)
+class UplinkStatus:
+    """What the local API shows about the uplink."""
+
+    state: UplinkState = UplinkState.IDLE
+    last_success: float | None = None
+    last_error: str | None = None
+    batches_sent: int = 0
+    readings_sent: int = 0
+    duplicates: int = 0  # batches the cloud already had (a retry after a lost answer)
+    quarantined_chunks: int = 0
+    retries: int = 0
+    send_rate: float = 0.0  # readings/s over the last batches
+
+
+class Refused(Exception):
+    """The cloud refused a batch in a way that a retry will not fix (422, 413)."""
+
+
+class RetryLater(Exception):
+    """The cloud or the network failed in a way that a retry may fix.
+
+    Args:
+        message: what happened.
+        retry_after: seconds the cloud asked us to wait, if it did.
+        auth: True when the token was refused (renew it before retrying).
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, auth: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.auth = auth
+
+
+def build_batch(lease: Lease, *, gateway_id: str, seq: int, dropped: dict[str, int]) -> Batch:
+    """Merge the leased chunks into one contract batch (series merged by device and tag)."""
+    merged: dict[tuple[str, str], list[chunk.ChunkSeries]] = {}
+    records: list[AlarmRecord] = []
+    for item in lease.chunks:
+        if item.lane is Lane.TELEMETRY:
+            for series in chunk.decode(item.payload):
+                merged.setdefault((series.device, series.tag), []).append(series)
+        else:
+            records.extend(AlarmRecord(**r) for r in chunk.decode_records(item.payload))
+    return Batch(
+        gateway_id=gateway_id,
+        seq=seq,
+        created_at=time.time_ns() // 1_000,
+        series=[_columns(parts) for parts in merged.values()],
+        alarms=records,
+        dropped=dropped,
+    )
+
+
+def _columns(parts: Sequence[chunk.ChunkSeries]) -> SeriesColumns:
+    first = parts[0]
+    values: Any
+    if isinstance(first.values, list):
+        values = [v for p in parts for v in p.values]
+    else:
+        values = np.concatenate([np.asarray(p.values) for p in parts])
+    return SeriesColumns(
+        device=first.device,
+        tag=first.tag,
+        unit=first.unit,
+        ts=np.concatenate([p.ts for p in parts]),
+        values=values,
+        qualities=np.concatenate([p.qualities for p in parts]),
+        simulated=first.simulated,
+    )
+
+
+class Uplink:
+    """Sends the outbox to the cloud until cancelled.
+
+    Args:
+        settings: URLs, limits and timeouts.
+        outbox: the async outbox to lease from.
+        token: returns a valid gateway token (renewing it when needed).
+        seq_state: the durable seq counter.
+        client: an httpx client; one is created when not given.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: UplinkSettings,
+        outbox: LeaseSource,
+        token: TokenSource,
+        seq_state: SeqState,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.status = UplinkStatus()
+        self._outbox = outbox
+        self._token = token
+        self._seq = seq_state
+        self._client = client
+        self._max_chunks = settings.max_chunks
+        self._backoff = Backoff(settings.backoff)
+        self.wake = asyncio.Event()  # set by the pipeline after each flush
+
+    async def run(self) -> None:
+        """Send until cancelled."""
+        timeout = httpx.Timeout(
+            self.settings.read_timeout_s, connect=self.settings.connect_timeout_s
+        )
+        own = self._client is None
+        client = self._client or httpx.AsyncClient(timeout=timeout)
+        try:
+            while True:
+                sent = await self.send_once(client)
+                if not sent:
+                    self.status.state = UplinkState.IDLE
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), self.settings.idle_poll_s)
+                elif self.settings.max_batches_per_s > 0:
+                    await asyncio.sleep(1.0 / self.settings.max_batches_per_s)
+        finally:
+            self.status.state = UplinkState.STOPPED
+            if own:
+                await client.aclose()
+
+    async def send_once(self, client: httpx.AsyncClient) -> bool:
+        """Lease, send and settle one batch; False when there was nothing to send."""
+        lease = await self._outbox.lease(
+            max_bytes=self.settings.max_batch_bytes, max_chunks=self._max_chunks
+        )
+        if not lease:
+            return False
+        self.status.state = UplinkState.SENDING
+        dropped = await self._dropped_delta()
+        batch = build_batch(lease, gateway_id=self.settings.gateway_id, seq=self._seq.next_seq(),
+                            dropped=dropped)  # fmt: skip
+        body = encode_batch(batch, content_type=MSGPACK, content_encoding="zstd")
+        started = time.monotonic()
+        try:
+            duplicate = await self._post_until_settled(client, body, len(lease))
+        except Refused as exc:
+            await self._outbox.quarantine(lease, str(exc))
+            self.status.quarantined_chunks += len(lease)
+            self.status.last_error = str(exc)
+            log.error("cloud refused batch seq=%s: %s; %d chunks quarantined",  # noqa: TRY400
+                      batch.seq, exc, len(lease))  # fmt: skip
+            return True
+        except _TooLarge:
+            await self._outbox.release(lease)
+            self._max_chunks = max(1, len(lease) // 2)
+            return True
+        except BaseException:
+            await asyncio.shield(self._outbox.release(lease))
+            raise
+        await self._outbox.ack(lease)
+        self._settled(lease, dropped, duplicate, time.monotonic() - started)
+        return True
+
+    def _settled(self, lease: Lease, dropped: dict[str, int], duplicate: bool, took: float) -> None:
+        for lane, count in dropped.items():
+            self._seq.reported_dropped[lane] = self._seq.reported_dropped.get(lane, 0) + count
+        if dropped:
+            self._seq.save()
+        status = self.status
+        status.batches_sent += 1
+        status.readings_sent += lease.count
+        status.duplicates += int(duplicate)
+        status.last_success = time.time()
+        status.send_rate = 0.8 * status.send_rate + 0.2 * (lease.count / max(took, 1e-3))
+        self._max_chunks = min(self.settings.max_chunks, self._max_chunks * 2)
+
+    async def _dropped_delta(self) -> dict[str, int]:
+        stats = await self._outbox.stats()
+        delta: dict[str, int] = {}
+        for lane, figures in stats.lanes.items():
+            new = figures.dropped_readings - self._seq.reported_dropped.get(lane.value, 0)
+            if new > 0:
+                delta[lane.value] = new
+        return delta
+
+    async def _post_until_settled(
+        self, client: httpx.AsyncClient, body: bytes, chunks: int
+    ) -> bool:
+        """POST the same body until the cloud settles it; True if it was a duplicate."""
+        self._backoff.reset()
+        while True:
+            try:
+                return await self._post(client, body, chunks)
+            except RetryLater as exc:
+                self.status.state = UplinkState.BACKOFF
+                self.status.last_error = str(exc)
+                self.status.retries += 1
+                delay = (
+                    exc.retry_after if exc.retry_after is not None else self._backoff.next_delay()
+                )
+                log.warning("uplink: %s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _post(self, client: httpx.AsyncClient, body: bytes, chunks: int) -> bool:
+        headers = {
+            "Authorization": f"Bearer {await self._token()}",
+            "Content-Type": MSGPACK,
+            "Content-Encoding": "zstd",
+        }
+        try:
+            response = await client.post(self.settings.ingest_url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"cannot reach the cloud: {type(exc).__name__}: {exc}") from exc
+        code = response.status_code
+        if 200 <= code < 300:
+            return bool(_json(response).get("duplicate", False))
+        reason = f"HTTP {code}: {_error_message(response)}"
+        if code == 413 and chunks > 1:
+            raise _TooLarge(reason)
+        if code in (413, 422):
+            raise Refused(reason)
+        if code in (401, 403):
+            raise RetryLater(reason, auth=True)
+        raise RetryLater(reason, retry_after=_retry_after(response))
+
+
+class _TooLarge(Exception):
+    """413 for a batch of several chunks: send fewer at a time."""
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _error_message(response: httpx.Response) -> str:
+    error = _json(response).get("error")
+    if isinstance(error, dict):
+        return f"{error.get('code', '?')}: {error.get('message', '')}"
+    return response.text[:200]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return min(max(float(value), 0.0), 3600.0)
+    except ValueError:
+        return None
