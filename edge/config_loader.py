@@ -69,10 +69,10 @@ def parse_model(text: str, model: type[M], *, source: str = "<config>") -> M:
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        issues = [
-            ConfigIssue(source, _line_of(root, err["loc"]), _dotted(err["loc"]), _message(err))
-            for err in exc.errors(include_url=False)
-        ]
+        issues = []
+        for err in exc.errors(include_url=False):
+            line, loc = _locate(root, err["loc"])
+            issues.append(ConfigIssue(source, line, _dotted(loc), _message(err)))
         raise ConfigError(issues) from exc
 
 
@@ -100,21 +100,34 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """The 1-based line of the YAML node at `loc`, or of its nearest existing parent."""
+def _locate(
+    node: yaml.Node | None, loc: tuple[int | str, ...]
+) -> tuple[int | None, tuple[int | str, ...]]:
+    """The 1-based line of the YAML node at `loc` (or its nearest existing parent), and `loc`
+    without the union tags pydantic inserts (``devices[0].modbus.host`` -> ``devices[0].host``)."""
     line = node.start_mark.line + 1 if node is not None else None
+    shown: list[int | str] = []
+    found = True
     for part in loc:
+        if not found:
+            shown.append(part)
+            continue
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == part), None)
-            if match is None:
-                key = next((k for k, _ in node.value if k.value == part), None)
-                return key.start_mark.line + 1 if key is not None else line
-            node = match
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                return line
+            keys = {k.value: (k, v) for k, v in node.value}
+            if part not in keys:
+                if any(v.value == part for _, v in keys.values() if isinstance(v, yaml.ScalarNode)):
+                    continue  # a discriminator value such as `modbus`: not a level of the file
+                found = False
+                shown.append(part)
+                continue
+            key, node = keys[part]
+            line = key.start_mark.line + 1
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
+            line = node.start_mark.line + 1
         else:
-            return line  # a discriminator tag or a validator's own location
-        line = node.start_mark.line + 1
-    return line
+            found = False
+        shown.append(part)
+    return line, tuple(shown)

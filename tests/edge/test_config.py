@@ -1,0 +1,128 @@
+"""The config file: what an installer sees when it is right, and when it is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import AgentConfig, ConfigError, load_config, parse_size
+
+GOOD = """\
+gateway:
+  name: plant-a-gw1
+  state_dir: /tmp/tagway-test
+outbox:
+  quota: 2GiB
+  flush_interval: 0.5
+report:
+  deadband: 0.1
+  heartbeat: 30
+devices:
+  - protocol: modbus
+    name: pump1
+    host: 10.0.0.5
+    simulated: true
+    poll_groups: [{name: fast, interval: 0.5}]
+    tags:
+      - {name: flow, table: input_register, address: 0, type: float32, unit: m3/h,
+         poll_group: fast, deadband: 0.5}
+      - {name: running, table: coil, address: 0, type: bool, poll_group: fast}
+  - protocol: opcua
+    name: boiler1
+    endpoint: opc.tcp://10.0.0.6:4840
+    tags:
+      - {name: temperature, node_id: "nsu=urn:tagway:firmware-sim;s=boiler1.temperature"}
+  - protocol: mqtt
+    name: site-broker
+    url: mqtt://127.0.0.1:1883
+    subscriptions:
+      - {topic: "plant/{device}/telemetry"}
+derived:
+  - {device: pump1, tag: flow_lps, expression: flow / 3.6, unit: l/s}
+alarms:
+  - {name: pump1_flow_low, device: pump1, tag: flow, kind: low, limit: 5, hysteresis: 1,
+     on_delay: 10, severity: high}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_config_loads_into_typed_frozen_objects(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert isinstance(config, AgentConfig)
+    assert config.outbox.quota == 2 * 1024**3
+    assert [d.protocol for d in config.devices] == ["modbus", "opcua", "mqtt"]
+    pump = config.devices[0]
+    assert pump.tags[0].deadband == 0.5  # type: ignore[union-attr]
+    assert config.simulated is True
+    assert config.outbox_path == Path("/tmp/tagway-test/outbox.db")
+    with pytest.raises(ValueError, match="frozen"):
+        config.gateway.name = "other"  # type: ignore[misc]
+
+
+def issues(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_unknown_key_names_file_line_and_path(tmp_path: Path) -> None:
+    found = issues(tmp_path, GOOD.replace("    host: 10.0.0.5\n", "    hots: 10.0.0.5\n"))
+    path = tmp_path / "config.yaml"
+    assert f"{path}:13: devices[0].hots: unknown key" in "\n".join(found)
+
+
+def test_wrong_type_names_the_value_and_what_was_expected(tmp_path: Path) -> None:
+    found = issues(tmp_path, GOOD.replace("type: float32, unit", "type: float33, unit"))
+    text = "\n".join(found)
+    assert ":17: devices[0].tags[0].type:" in text
+    assert "'float32'" in text
+    assert "float33" in text
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
+    bad = GOOD.replace("flush_interval: 0.5", "flush_interval: -1").replace(
+        "limit: 5,", "limit: five,"
+    )
+    found = issues(tmp_path, bad)
+    assert any("outbox.flush_interval" in f for f in found)
+    assert any("alarms[0].limit" in f for f in found)
+
+
+def test_unsafe_expression_is_refused_at_load(tmp_path: Path) -> None:
+    found = issues(tmp_path, GOOD.replace("expression: flow / 3.6", "expression: flow.__class__"))
+    assert any("derived[0].expression" in f and "Attribute is not allowed" in f for f in found)
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    found = issues(tmp_path, "gateway:\n  name: [unclosed\n")
+    assert found[0].startswith(f"{tmp_path / 'config.yaml'}:")
+    assert "not valid YAML" in found[0]
+
+
+def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read: No such file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_duplicate_device_names_are_refused(tmp_path: Path) -> None:
+    found = issues(tmp_path, GOOD.replace("name: boiler1", "name: pump1"))
+    assert any("device names must be unique; repeated: ['pump1']" in f for f in found)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512MiB", 512 * 2**20), ("2 GB", 2 * 10**9), ("1000", 1000), (4096, 4096)],
+)
+def test_sizes(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_bad_size_is_explained(tmp_path: Path) -> None:
+    found = issues(tmp_path, GOOD.replace("quota: 2GiB", "quota: lots"))
+    assert any("outbox.quota" in f and "is not a size" in f for f in found)
