@@ -19,6 +19,8 @@ import yaml
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
+_DISCRIMINATORS = ("protocol", "kind")  # keys whose value pydantic repeats in an error's path
+
 
 @dataclass(frozen=True, slots=True)
 class ConfigIssue:
@@ -115,7 +117,8 @@ def _locate(
         if isinstance(node, yaml.MappingNode):
             keys = {k.value: (k, v) for k, v in node.value}
             if part not in keys:
-                if any(v.value == part for _, v in keys.values() if isinstance(v, yaml.ScalarNode)):
+                tags = (keys[k][1] for k in _DISCRIMINATORS if k in keys)
+                if any(isinstance(v, yaml.ScalarNode) and v.value == part for v in tags):
                     continue  # a discriminator value such as `modbus`: not a level of the file
                 found = False
                 shown.append(part)
