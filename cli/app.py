@@ -1,22 +1,36 @@
 """The `tagway` command: a thin layer over the library packages.
 
 Every command has help text with an example. User mistakes print one clear line to stderr and exit
-non-zero; they never print a traceback.
+non-zero; they never print a traceback (`cli.errors`).
 """
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from cli import agent_cmds
+from cli.buffer_cmds import buffer_app
+from cli.errors import report
+
 app = typer.Typer(
     name="tagway",
-    help="tagway: an edge-first industrial gateway with cloud sync.\n\nExample: tagway --version",
+    help="tagway: an edge-first industrial gateway with cloud sync.\n\n"
+    "Example: tagway init /etc/tagway && tagway run -c /etc/tagway/config.yaml",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command()(agent_cmds.init)
+app.add_typer(agent_cmds.config_app, name="config")
+app.command()(agent_cmds.run)
+app.command()(agent_cmds.status)
+app.command()(agent_cmds.tags)
+app.command()(agent_cmds.alarms)
+app.command()(agent_cmds.write)
+app.add_typer(buffer_app, name="buffer")
 
 
 def _version() -> str:
@@ -47,4 +61,16 @@ def _root(
 
 def main() -> None:
     """Entry point of the `tagway` console script."""
-    app()
+    try:
+        # Without standalone mode click returns the exit code of `typer.Exit` instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the CLI's one boundary: every error is one line
+        sys.exit(report(exc))

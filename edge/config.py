@@ -243,6 +243,11 @@ class AgentConfig(BaseModel):
     alarms: tuple[AlarmSection, ...] = ()
     local_api: LocalApiSection = LocalApiSection()
 
+    @field_validator("devices", "derived", "models", "alarms", mode="before")
+    @classmethod
+    def _empty_section(cls, value: object) -> object:
+        return () if value is None else value  # a section left with only comments in it
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         names = [d.name for d in self.devices]

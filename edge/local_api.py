@@ -10,6 +10,7 @@ CLI and the TUI on the same box find the agent without configuration.
     GET  /v1/tags             latest values (?device=&tag= filters)
     GET  /v1/alarms           alarm states;  POST /v1/alarms/{name}/ack
     GET  /v1/outbox           depth per lane, oldest age, dropped, quarantined, file size
+    POST /v1/outbox/requeue-quarantine   give refused chunks another try after a fix
     GET  /v1/uplink           state, last success, backlog, send rate, last error
     GET  /v1/dead-letters     the newest undecodable MQTT messages
     GET  /v1/stream           server-sent events: readings and alarm changes, live
@@ -180,6 +181,12 @@ def build_app(agent: Agent) -> FastAPI:
     @app.get("/v1/outbox")
     async def outbox() -> dict[str, Any]:
         return await _outbox_json(agent)
+
+    @app.post("/v1/outbox/requeue-quarantine")
+    async def requeue() -> dict[str, Any]:
+        if agent.outbox is None:
+            raise HTTPException(503, "the agent is starting")
+        return {"requeued": await agent.outbox.requeue_quarantine()}
 
     @app.get("/v1/uplink")
     async def uplink() -> dict[str, Any]:

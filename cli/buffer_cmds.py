@@ -1,0 +1,88 @@
+"""`tagway buffer`: look into the outbox file directly, also while the agent runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.agent_cmds import ApiOpt, ConfigOpt, JsonOpt
+from cli.local import DEFAULT_CONFIG, LocalClient
+
+buffer_app = typer.Typer(help="Inspect and repair the outbox (the durable buffer).",
+                         no_args_is_help=True)  # fmt: skip
+
+OutboxOpt = Annotated[
+    Path | None, typer.Option("--outbox", help="The outbox file (default: from the config).")
+]
+
+
+def _outbox_path(config: Path | None, outbox: Path | None) -> Path:
+    if outbox is not None:
+        return outbox
+    from edge.config import load_config  # noqa: PLC0415
+
+    return load_config(config or DEFAULT_CONFIG).outbox_path
+
+
+@buffer_app.command("stats")
+def stats(config: ConfigOpt = None, outbox: OutboxOpt = None, json_out: JsonOpt = False) -> None:
+    """Depth per lane, oldest age, dropped and quarantined counts, file size.
+
+    Safe while the agent runs. Example: tagway buffer stats --outbox /var/lib/tagway/outbox.db
+    """
+    from store_forward import read_stats  # noqa: PLC0415
+
+    path = _outbox_path(config, outbox)
+    figures = read_stats(path)
+    data: dict[str, Any] = {
+        "path": str(path), "used_bytes": figures.used_bytes, "quota_bytes": figures.quota_bytes,
+        "file_bytes": figures.file_bytes, "leased_chunks": figures.leased_chunks,
+        "schema_version": figures.schema_version, "dropped_readings": figures.dropped_readings,
+        "lanes": {lane.value: asdict(lane_stats) for lane, lane_stats in figures.lanes.items()},
+        "recoveries": [{"at": r.at, "moved_to": str(r.moved_to), "reason": r.reason}
+                       for r in figures.recoveries],
+    }  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(
+        f"{path}: {figures.used_bytes / 2**20:.2f} of {figures.quota_bytes / 2**20:.0f} MiB"
+        f" used, file {figures.file_bytes / 2**20:.2f} MiB, schema v{figures.schema_version}"
+    )
+    typer.echo(f"{'lane':<10} {'chunks':>8} {'readings':>10} {'oldest':>9} {'dropped':>9} "
+               f"{'quarantined':>11}")  # fmt: skip
+    for lane, s in figures.lanes.items():
+        oldest = f"{s.oldest_age_s:.0f}s" if s.oldest_age_s is not None else "-"
+        typer.echo(f"{lane.value:<10} {s.chunks:>8} {s.readings:>10} {oldest:>9} "
+                   f"{s.dropped_readings:>9} {s.quarantined_chunks:>11}")  # fmt: skip
+    for r in figures.recoveries:
+        typer.echo(
+            f"recovered from a damaged file at {r.at:.0f}: {r.reason} (moved to {r.moved_to})"
+        )
+
+
+@buffer_app.command("requeue-quarantine")
+def requeue_quarantine(
+    config: ConfigOpt = None, api: ApiOpt = None, outbox: OutboxOpt = None
+) -> None:
+    """Put quarantined chunks (refused by the cloud) back in the queue, after a fix.
+
+    Goes through the running agent when there is one, else opens the file directly.
+    Example: tagway buffer requeue-quarantine
+    """
+    if outbox is None:
+        try:
+            result = LocalClient(config, api).post("/v1/outbox/requeue-quarantine")
+        except Exception:  # noqa: BLE001 - any failure to reach the agent means: do it directly
+            result = None
+        if result is not None:
+            typer.echo(f"{result['requeued']} chunks requeued through the running agent")
+            return
+    from store_forward import Outbox  # noqa: PLC0415
+
+    with Outbox(_outbox_path(config, outbox)) as box:
+        typer.echo(f"{box.requeue_quarantine()} chunks requeued")

@@ -1,0 +1,76 @@
+"""How the CLI reports failures: one clear line on stderr, never a traceback for a user mistake.
+
+Every library package has its own error root (the import rules forbid a shared one); this module
+knows them all and turns each into a line naming what was wrong and where. Anything else is a bug:
+it gets one line too, and the traceback only with ``TAGWAY_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import NoReturn
+
+import typer
+
+
+class CliError(Exception):
+    """A user-facing failure with its exit code; the message is the whole story."""
+
+    def __init__(self, message: str, *, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _known() -> tuple[type[Exception], ...]:
+    # Imported here, not at the top: `tagway --help` must not pay for numpy and cryptography.
+    from edge.alarm_store import AlarmStoreError  # noqa: PLC0415
+    from edge.identity import IdentityError  # noqa: PLC0415
+    from edge.inference.model import ModelError  # noqa: PLC0415
+    from protocols.errors import ProtocolError  # noqa: PLC0415
+    from provisioning.errors import ProvisioningError  # noqa: PLC0415
+    from store_forward import OutboxError  # noqa: PLC0415
+
+    return (CliError, OutboxError, ProtocolError, ProvisioningError, IdentityError,
+            AlarmStoreError, ModelError)  # fmt: skip
+
+
+def fail(message: str, *, code: int = 1) -> NoReturn:
+    """Stop the command with one line on stderr."""
+    raise CliError(message, code=code)
+
+
+def report(exc: BaseException) -> int:
+    """Print `exc` as the CLI shows errors; return the exit code."""
+    import httpx  # noqa: PLC0415
+
+    from edge.config_loader import ConfigError  # noqa: PLC0415
+
+    if isinstance(exc, ConfigError):
+        for issue in exc.issues:
+            typer.echo(f"tagway: {issue}", err=True)
+        return 1
+    if isinstance(exc, _known()):
+        typer.echo(f"tagway: error: {exc}", err=True)
+        return exc.code if isinstance(exc, CliError) else 1
+    if isinstance(exc, httpx.HTTPError):
+        typer.echo(f"tagway: error: cannot reach {_url(exc)}: {exc}", err=True)
+        return 1
+    if isinstance(exc, PermissionError | FileNotFoundError | IsADirectoryError):
+        typer.echo(f"tagway: error: {exc.strerror}: {exc.filename}", err=True)
+        return 1
+    typer.echo(f"tagway: internal error: {type(exc).__name__}: {exc}", err=True)
+    if os.environ.get("TAGWAY_DEBUG"):
+        traceback.print_exception(exc, file=sys.stderr)
+    else:
+        typer.echo("tagway: set TAGWAY_DEBUG=1 to see the traceback, and please report it",
+                   err=True)  # fmt: skip
+    return 70  # EX_SOFTWARE
+
+
+def _url(exc: Exception) -> str:
+    try:
+        return str(exc.request.url)  # type: ignore[attr-defined]
+    except (RuntimeError, AttributeError):
+        return "the server"
