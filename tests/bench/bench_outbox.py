@@ -4,8 +4,8 @@ For 1, 16 and 64 KiB payloads under synchronous FULL and NORMAL, it pushes chunk
 append -> lease -> ack in rounds of 32 (32 appends, one commit each, then one lease of those 32
 and its ack) and measures the same commit pattern with a bare apsw loop on a bare table: 32
 single-row INSERT commits, then one transaction that SELECTs the 32 payloads and DELETEs them.
-Outbox and baseline alternate, twice each, and their times are summed, so drift on a shared
-machine hits both. ``ratio`` = outbox chunks/s / baseline chunks/s (target >= 0.8).
+Outbox and baseline alternate round by round on two files open side by side, so drift on a
+shared machine hits both. ``ratio`` = outbox chunks/s / baseline chunks/s (target >= 0.8).
 
 It then measures what the event loop suffers: `AsyncOutbox` appends, leases and acks 1 KiB and
 64 KiB chunks while a ticker records how late the loop runs its callbacks (the largest stall,
@@ -35,14 +35,13 @@ KIB = 1024
 SIZES = (1 * KIB, 16 * KIB, 64 * KIB)
 # Chunks per measured run, sized so the whole benchmark stays near a minute on a slow disk.
 CHUNKS = {
-    (Synchronous.FULL, 1 * KIB): 1024,
-    (Synchronous.FULL, 16 * KIB): 640,
-    (Synchronous.FULL, 64 * KIB): 384,
-    (Synchronous.NORMAL, 1 * KIB): 4096,
-    (Synchronous.NORMAL, 16 * KIB): 1536,
-    (Synchronous.NORMAL, 64 * KIB): 512,
+    (Synchronous.FULL, 1 * KIB): 2048,
+    (Synchronous.FULL, 16 * KIB): 1280,
+    (Synchronous.FULL, 64 * KIB): 768,
+    (Synchronous.NORMAL, 1 * KIB): 8192,
+    (Synchronous.NORMAL, 16 * KIB): 3072,
+    (Synchronous.NORMAL, 64 * KIB): 1024,
 }
-REPEATS = 2
 
 
 def _fresh(path: Path) -> None:
@@ -50,45 +49,56 @@ def _fresh(path: Path) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-def run_outbox(path: Path, sync: Synchronous, payload: bytes, chunks: int) -> float:
-    """Seconds to append, lease and ack `chunks` chunks through the outbox."""
-    _fresh(path)
+def measure_case(
+    workdir: Path, sync: Synchronous, payload: bytes, chunks: int
+) -> tuple[float, float]:
+    """Seconds spent by the outbox and by the raw baseline on `chunks` chunks each.
+
+    Both files are open at once and the two alternate round by round, so a neighbour's load
+    on the shared disk or CPU falls on both alike.
+    """
+    outbox_db, baseline_db = workdir / "outbox.db", workdir / "baseline.db"
+    _fresh(outbox_db)
+    _fresh(baseline_db)
     settings = OutboxSettings(quota_bytes=1 << 40, synchronous=sync)
-    with Outbox(path, settings) as outbox:
-        start = time.perf_counter()
-        for _ in range(chunks // ROUND):
-            for _ in range(ROUND):
-                outbox.append(payload, count=100, lane=Lane.TELEMETRY)
-            lease = outbox.lease(max_chunks=ROUND, max_bytes=1 << 30)
-            if outbox.ack(lease) != ROUND:
-                raise RuntimeError("outbox lost chunks during the benchmark")
-        return time.perf_counter() - start
-
-
-def run_baseline(path: Path, sync: Synchronous, payload: bytes, chunks: int) -> float:
-    """Seconds for the same commits on a bare table with raw apsw."""
-    _fresh(path)
-    conn = apsw.Connection(str(path))
+    conn = apsw.Connection(str(baseline_db))
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
         conn.execute(f"PRAGMA synchronous={sync.name}")
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
-        start = time.perf_counter()
-        for _ in range(chunks // ROUND):
-            for _ in range(ROUND):
-                conn.execute("BEGIN")
-                conn.execute("INSERT INTO t(payload) VALUES (?)", (payload,))
-                conn.execute("COMMIT")
-            conn.execute("BEGIN")
-            ids = [
-                (row[0],)
-                for row in conn.execute("SELECT id, payload FROM t ORDER BY id LIMIT ?", (ROUND,))
-            ]
-            conn.executemany("DELETE FROM t WHERE id = ?", ids)
-            conn.execute("COMMIT")
-        return time.perf_counter() - start
+        with Outbox(outbox_db, settings) as outbox:
+            ours = raw = 0.0
+            for _ in range(chunks // ROUND):
+                ours += _outbox_round(outbox, payload)
+                raw += _baseline_round(conn, payload)
     finally:
         conn.close()
+    return ours, raw
+
+
+def _outbox_round(outbox: Outbox, payload: bytes) -> float:
+    start = time.perf_counter()
+    for _ in range(ROUND):
+        outbox.append(payload, count=100, lane=Lane.TELEMETRY)
+    lease = outbox.lease(max_chunks=ROUND, max_bytes=1 << 30)
+    acked = outbox.ack(lease)
+    elapsed = time.perf_counter() - start
+    if acked != ROUND:
+        raise RuntimeError("the outbox lost chunks during the benchmark")
+    return elapsed
+
+
+def _baseline_round(conn: apsw.Connection, payload: bytes) -> float:
+    start = time.perf_counter()
+    for _ in range(ROUND):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t(payload) VALUES (?)", (payload,))
+        conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    rows = conn.execute("SELECT id, payload FROM t ORDER BY id LIMIT ?", (ROUND,)).fetchall()
+    conn.executemany("DELETE FROM t WHERE id = ?", [(row[0],) for row in rows])
+    conn.execute("COMMIT")
+    return time.perf_counter() - start
 
 
 async def _stall(path: Path, payload: bytes, rounds: int) -> float:
@@ -142,11 +152,8 @@ def main() -> None:
         for size in SIZES:
             chunks = CHUNKS[(sync, size)] // scale // ROUND * ROUND
             payload = os.urandom(size)
-            ours = raw = 0.0
-            for _ in range(REPEATS):
-                raw += run_baseline(baseline_db, sync, payload, chunks)
-                ours += run_outbox(outbox_db, sync, payload, chunks)
-            rate, raw_rate = REPEATS * chunks / ours, REPEATS * chunks / raw
+            ours, raw = measure_case(workdir, sync, payload, chunks)
+            rate, raw_rate = chunks / ours, chunks / raw
             name = f"{sync.value}_{size // KIB}KiB"
             cases[name] = {
                 "chunks_per_s": round(rate, 1),
