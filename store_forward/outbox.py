@@ -51,8 +51,13 @@ _FREE = (
     "SELECT id, count, created, payload FROM chunk "
     "WHERE id NOT IN (SELECT chunk_id FROM hold WHERE deadline > ?) ORDER BY id LIMIT ?"
 )
-_UNHOLD = "DELETE FROM hold WHERE chunk_id = ? AND lease_id = ? RETURNING chunk_id"
-_DELETE = "DELETE FROM chunk WHERE id = ? RETURNING id, count, size"
+# Set-based by lease id: the hold table holds only chunks in flight, so scanning it is cheaper
+# than one statement per chunk.
+_UNHOLD = "DELETE FROM hold WHERE lease_id = ?"
+_DELETE_HELD = (
+    "DELETE FROM chunk WHERE id IN (SELECT chunk_id FROM hold WHERE lease_id = ?) "
+    "RETURNING id, count, size"
+)
 
 DEFAULT_LEASE_BYTES = 1024 * 1024
 DEFAULT_LEASE_CHUNKS = 1000
@@ -84,9 +89,12 @@ class Outbox:
         self._path = Path(path)
         self._settings = settings if settings is not None else OutboxSettings()
         self._clock = clock
+        self._quota = self._settings.quota_bytes
         self._totals = LaneTotals()
         self._next_seq = 1
         self._data_version: int | None = None
+        self.reloads = 0
+        """How often the totals were recounted because another process wrote (for tests)."""
         try:
             conn, self._recovery = open_connection(self._path, self._settings, clock)
         except apsw.Error as exc:
@@ -125,7 +133,18 @@ class Outbox:
             DiskFull: the disk is full; nothing was stored.
             InvalidChunk: an empty payload, a negative count or an unknown lane.
         """
-        return self.append_many(((payload, count, lane),))[0]
+        # The hot path of the agent: one chunk per flush, so it skips append_many's lists.
+        payload, count, rank = _validated(payload, count, lane)
+        size = len(payload)
+        with self._transaction("append") as tx:
+            dropped = self._make_room(tx, size) if self._totals.used + size > self._quota else []
+            seq = self._next_seq
+            chunk_id = (rank << LANE_SHIFT) | seq
+            tx.execute(_INSERT, (chunk_id, count, size, self._clock(), payload))
+        self._next_seq = seq + 1
+        self._forget(dropped)
+        self._totals.add(rank, 1, count, size)
+        return ChunkId(chunk_id)
 
     def append_many(self, chunks: Iterable[tuple[bytes, int, Lane]]) -> list[ChunkId]:
         """Store several ``(payload, count, lane)`` chunks in one transaction: all or none.
@@ -149,8 +168,7 @@ class Outbox:
             else:
                 tx.executemany(_INSERT, rows)
         self._next_seq = seq + len(rows)
-        for lane in dropped:
-            self._totals.add(lane.rank, -lane.chunks, -lane.readings, -lane.nbytes)
+        self._forget(dropped)
         for chunk_id, count, size, _, _ in rows:
             self._totals.add(chunk_id >> LANE_SHIFT, 1, count, size)
         return [ChunkId(row[0]) for row in rows]
@@ -219,8 +237,8 @@ class Outbox:
         if not lease:
             return 0
         with self._transaction("release", soft=True) as tx:
-            back = list(tx.executemany(_UNHOLD, _held_by(lease)))
-        return len(back)
+            tx.execute(_UNHOLD, (lease.lease_id,))
+            return tx.changes()
 
     def quarantine(self, lease: Lease, reason: str) -> int:
         """Move the lease's chunks to the quarantine with `reason` (the cloud refused them as
@@ -229,16 +247,13 @@ class Outbox:
         if not lease:
             return 0
         with self._transaction("quarantine") as tx:
-            now = self._clock()
-            held = [(as_int(i),) for (i,) in tx.executemany(_UNHOLD, _held_by(lease))]
-            if held:
-                tx.executemany(
-                    "INSERT INTO quarantine(id, count, size, created, quarantined_at, reason, "
-                    "payload) SELECT id, count, size, created, ?, ?, payload FROM chunk "
-                    "WHERE id = ?",
-                    [(now, reason, chunk_id) for (chunk_id,) in held],
-                )
-            moved = _deleted_rows(tx, held)
+            tx.execute(
+                "INSERT INTO quarantine(id, count, size, created, quarantined_at, reason, "
+                "payload) SELECT id, count, size, created, ?, ?, payload FROM chunk "
+                "WHERE id IN (SELECT chunk_id FROM hold WHERE lease_id = ?)",
+                (self._clock(), reason, lease.lease_id),
+            )
+            moved = self._delete_held(tx, lease)
         for chunk_id, count, size in moved:
             self._totals.add(chunk_id >> LANE_SHIFT, -1, -count, -size)
             self._totals.add_quarantine(chunk_id >> LANE_SHIFT, 1, count, size)
@@ -287,6 +302,7 @@ class Outbox:
         conn = self._require_open()
         try:
             conn.execute("BEGIN")
+            scalar_int(conn, "SELECT count(*) FROM lane_counter")  # opens the read snapshot
             self._refresh(conn)
             result = collect(conn, self._path, self._totals, self._clock(), SCHEMA_VERSION)
             conn.execute("COMMIT")
@@ -331,10 +347,12 @@ class Outbox:
         try:
             if relax:
                 conn.execute("PRAGMA synchronous=NORMAL")
-            version = scalar_int(conn, "BEGIN IMMEDIATE; PRAGMA data_version")
-            self._refresh(conn, version)
+            conn.execute("BEGIN IMMEDIATE")
+            self._refresh(conn)
             yield conn
             conn.execute("COMMIT")
+            # Our own commit moves the file's data version too; remember it as seen.
+            self._data_version = conn.data_version()
         except apsw.Error as exc:
             rollback_quietly(conn)
             raise translate(exc, operation) from exc
@@ -345,12 +363,13 @@ class Outbox:
             if relax:
                 _restore_full_sync(conn)
 
-    def _refresh(self, conn: apsw.Connection, version: int | None = None) -> None:
-        """Recount the totals if another connection committed since we last looked."""
-        if version is None:
-            version = scalar_int(conn, "PRAGMA data_version")
+    def _refresh(self, conn: apsw.Connection) -> None:
+        """Recount the totals if another connection committed since we last looked. Call
+        inside a transaction that has read the file (the data version is the snapshot's)."""
+        version = conn.data_version()
         if version == self._data_version:
             return
+        self.reloads += 1
         self._totals = load_totals(conn)
         highest = [scalar_int(conn, "SELECT value FROM meta WHERE key = 'seq_hwm'")]
         for rank in range(len(LANES)):
@@ -364,8 +383,12 @@ class Outbox:
         self._next_seq = max(highest) + 1
         self._data_version = version
 
+    def _forget(self, dropped: list[Dropped]) -> None:
+        for lane in dropped:
+            self._totals.add(lane.rank, -lane.chunks, -lane.readings, -lane.nbytes)
+
     def _make_room(self, conn: apsw.Connection, needed: int) -> list[Dropped]:
-        quota = self._settings.quota_bytes
+        quota = self._quota
         used = self._totals.used
         if used + needed <= quota:
             return []
@@ -398,20 +421,15 @@ class Outbox:
         return dropped
 
     def _delete_held(self, conn: apsw.Connection, lease: Lease) -> list[tuple[int, int, int]]:
-        held = [(as_int(i),) for (i,) in conn.executemany(_UNHOLD, _held_by(lease))]
-        gone = _deleted_rows(conn, held)
-        record_deleted(conn, (chunk_id for chunk_id, _, _ in gone))
+        """Delete the chunks this lease still holds (not those handed to a newer lease since)."""
+        gone = [
+            (as_int(i), as_int(c), as_int(s))
+            for i, c, s in conn.execute(_DELETE_HELD, (lease.lease_id,))
+        ]
+        conn.execute(_UNHOLD, (lease.lease_id,))
+        if gone:
+            record_deleted(conn, (chunk_id for chunk_id, _, _ in gone))
         return gone
-
-
-def _deleted_rows(conn: apsw.Connection, held: list[tuple[int]]) -> list[tuple[int, int, int]]:
-    if not held:
-        return []
-    return [(as_int(i), as_int(c), as_int(s)) for i, c, s in conn.executemany(_DELETE, held)]
-
-
-def _held_by(lease: Lease) -> list[tuple[int, int]]:
-    return [(chunk.id, lease.lease_id) for chunk in lease.chunks]
 
 
 def _restore_full_sync(conn: apsw.Connection) -> None:

@@ -44,7 +44,7 @@ def open_connection(
         try:
             return _open_existing(path, settings, clock), None
         except _DAMAGE as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, _FailedCheck) else f"{type(exc).__name__}: {exc}"
     event = _move_aside(path, reason, clock) if reason is not None else None
     conn = connect(path, create=True, busy_timeout_s=settings.busy_timeout_s)
     try:
@@ -76,8 +76,9 @@ def _open_existing(
 ) -> apsw.Connection:
     conn = connect(path, create=False, busy_timeout_s=settings.busy_timeout_s)
     try:
-        configure(conn, settings.synchronous)
+        # Version first: a newer or a foreign file must not even be switched to WAL mode.
         check_version(conn, path)
+        configure(conn, settings.synchronous)
         check_file(conn, settings.startup_check)
         migrate(conn, path, clock)
         # Reading every row's header proves the chunk table is readable even with the check

@@ -36,22 +36,22 @@ class LaneTotals:
     q_readings: list[int] = field(default_factory=_zeros)
     q_bytes: list[int] = field(default_factory=_zeros)
 
-    @property
-    def used(self) -> int:
-        """Payload bytes counted against the quota."""
-        return sum(self.bytes) + sum(self.q_bytes)
+    used: int = 0
+    """Payload bytes counted against the quota: waiting and quarantined."""
 
     def add(self, rank: int, chunks: int, readings: int, nbytes: int) -> None:
         """Account for chunks entering (positive) or leaving (negative) the waiting lanes."""
         self.chunks[rank] += chunks
         self.readings[rank] += readings
         self.bytes[rank] += nbytes
+        self.used += nbytes
 
     def add_quarantine(self, rank: int, chunks: int, readings: int, nbytes: int) -> None:
         """Account for chunks entering or leaving the quarantine."""
         self.q_chunks[rank] += chunks
         self.q_readings[rank] += readings
         self.q_bytes[rank] += nbytes
+        self.used += nbytes
 
 
 def load_totals(conn: apsw.Connection) -> LaneTotals:

@@ -1,0 +1,200 @@
+"""Benchmark of the outbox against raw SQLite on the same disk, in the same run.
+
+For 1, 16 and 64 KiB payloads under synchronous FULL and NORMAL, it pushes chunks through
+append -> lease -> ack in rounds of 32 (32 appends, one commit each, then one lease of those 32
+and its ack) and measures the same commit pattern with a bare apsw loop on a bare table: 32
+single-row INSERT commits, then one transaction that SELECTs the 32 payloads and DELETEs them.
+Outbox and baseline alternate round by round on two files open side by side, so drift on a
+shared machine hits both. ``ratio`` = outbox chunks/s / baseline chunks/s (target >= 0.8).
+
+It then measures what the event loop suffers: `AsyncOutbox` appends, leases and acks 1 KiB and
+64 KiB chunks while a ticker records how late the loop runs its callbacks (the largest stall,
+in ms), next to the longest single blocking `Outbox.append` call (what running it on the loop
+would cost).
+
+Run: ``python tests/bench/bench_outbox.py [--quick]``. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import apsw
+
+from store_forward import AsyncOutbox, Lane, Outbox, OutboxSettings, Synchronous
+
+ROUND = 32
+KIB = 1024
+SIZES = (1 * KIB, 16 * KIB, 64 * KIB)
+# Chunks per measured run, sized so the whole benchmark stays near a minute on a slow disk.
+CHUNKS = {
+    (Synchronous.FULL, 1 * KIB): 2048,
+    (Synchronous.FULL, 16 * KIB): 1280,
+    (Synchronous.FULL, 64 * KIB): 768,
+    (Synchronous.NORMAL, 1 * KIB): 8192,
+    (Synchronous.NORMAL, 16 * KIB): 3072,
+    (Synchronous.NORMAL, 64 * KIB): 1024,
+}
+
+
+def _fresh(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def measure_case(
+    workdir: Path, sync: Synchronous, payload: bytes, chunks: int
+) -> tuple[float, float]:
+    """Seconds spent by the outbox and by the raw baseline on `chunks` chunks each.
+
+    Both files are open at once and the two alternate round by round, so a neighbour's load
+    on the shared disk or CPU falls on both alike.
+    """
+    outbox_db, baseline_db = workdir / "outbox.db", workdir / "baseline.db"
+    _fresh(outbox_db)
+    _fresh(baseline_db)
+    settings = OutboxSettings(quota_bytes=1 << 40, synchronous=sync)
+    conn = apsw.Connection(str(baseline_db))
+    try:
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        conn.execute(f"PRAGMA synchronous={sync.name}")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+        with Outbox(outbox_db, settings) as outbox:
+            ours = raw = 0.0
+            for _ in range(chunks // ROUND):
+                ours += _outbox_round(outbox, payload)
+                raw += _baseline_round(conn, payload)
+    finally:
+        conn.close()
+    return ours, raw
+
+
+def _outbox_round(outbox: Outbox, payload: bytes) -> float:
+    start = time.perf_counter()
+    for _ in range(ROUND):
+        outbox.append(payload, count=100, lane=Lane.TELEMETRY)
+    lease = outbox.lease(max_chunks=ROUND, max_bytes=1 << 30)
+    acked = outbox.ack(lease)
+    elapsed = time.perf_counter() - start
+    if acked != ROUND:
+        raise RuntimeError("the outbox lost chunks during the benchmark")
+    return elapsed
+
+
+def _baseline_round(conn: apsw.Connection, payload: bytes) -> float:
+    start = time.perf_counter()
+    for _ in range(ROUND):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t(payload) VALUES (?)", (payload,))
+        conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    rows = conn.execute("SELECT id, payload FROM t ORDER BY id LIMIT ?", (ROUND,)).fetchall()
+    conn.executemany("DELETE FROM t WHERE id = ?", [(row[0],) for row in rows])
+    conn.execute("COMMIT")
+    return time.perf_counter() - start
+
+
+async def _stall(path: Path, payload: bytes, rounds: int) -> float:
+    """Largest lateness (ms) of a 1 ms ticker while AsyncOutbox works."""
+    _fresh(path)
+    worst = 0.0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            worst = max(worst, (loop.time() - before - 0.001) * 1000)
+
+    async with AsyncOutbox(path, OutboxSettings(quota_bytes=1 << 40)) as outbox:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ticker(), name="bench-stall-ticker")
+            await asyncio.sleep(0.05)
+            for _ in range(rounds):
+                for _ in range(ROUND):
+                    await outbox.append(payload, count=100, lane=Lane.TELEMETRY)
+                await outbox.ack(await outbox.lease(max_chunks=ROUND))
+            stop.set()
+    return worst
+
+
+def _blocking_append_max_ms(path: Path, payload: bytes, rounds: int) -> float:
+    _fresh(path)
+    worst = 0.0
+    with Outbox(path, OutboxSettings(quota_bytes=1 << 40)) as outbox:
+        for _ in range(rounds * ROUND):
+            start = time.perf_counter()
+            outbox.append(payload, count=100, lane=Lane.TELEMETRY)
+            worst = max(worst, (time.perf_counter() - start) * 1000)
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a quarter of the chunks")
+    parser.add_argument("--dir", default=None, help="directory on the disk to measure")
+    args = parser.parse_args()
+    scale = 4 if args.quick else 1
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="bench-outbox-", dir=os.getcwd()))
+    outbox_db, baseline_db = workdir / "outbox.db", workdir / "baseline.db"
+    cases: dict[str, dict[str, float]] = {}
+    print(f"{'case':<14}{'chunks':>7}{'chunks/s':>11}{'MiB/s':>9}{'raw chunks/s':>14}{'ratio':>7}")
+    for sync in (Synchronous.FULL, Synchronous.NORMAL):
+        for size in SIZES:
+            chunks = CHUNKS[(sync, size)] // scale // ROUND * ROUND
+            payload = os.urandom(size)
+            ours, raw = measure_case(workdir, sync, payload, chunks)
+            rate, raw_rate = chunks / ours, chunks / raw
+            name = f"{sync.value}_{size // KIB}KiB"
+            cases[name] = {
+                "chunks_per_s": round(rate, 1),
+                "mib_per_s": round(rate * size / (1 << 20), 2),
+                "baseline_chunks_per_s": round(raw_rate, 1),
+                "ratio": round(rate / raw_rate, 3),
+            }
+            row = cases[name]
+            print(
+                f"{name:<14}{chunks:>7}{row['chunks_per_s']:>11}{row['mib_per_s']:>9}"
+                f"{row['baseline_chunks_per_s']:>14}{row['ratio']:>7}"
+            )
+    stall = {}
+    for size in (1 * KIB, 64 * KIB):
+        payload = os.urandom(size)
+        stall[f"{size // KIB}KiB"] = {
+            "loop_stall_max_ms": round(asyncio.run(_stall(outbox_db, payload, 8 // scale + 1)), 2),
+            "blocking_append_max_ms": round(_blocking_append_max_ms(outbox_db, payload, 4), 2),
+        }
+        print(f"event loop, {size // KIB} KiB: {stall[f'{size // KIB}KiB']}")
+    for db in (outbox_db, baseline_db):
+        _fresh(db)
+    if not args.dir:
+        workdir.rmdir()
+    ratios = [case["ratio"] for case in cases.values()]
+    print(
+        json.dumps(
+            {
+                "bench": "outbox",
+                "cases": cases,
+                "min_ratio": min(ratios),
+                "target_ratio": 0.8,
+                "meets_target": min(ratios) >= 0.8,
+                "loop_stall_max_ms": max(s["loop_stall_max_ms"] for s in stall.values()),
+                "event_loop": stall,
+                "python": sys.version.split()[0],
+                "sqlite": apsw.sqlite_lib_version(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
