@@ -20,6 +20,7 @@ Decisions taken after reading pymodbus 3.16.1:
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
@@ -238,6 +239,15 @@ class ModbusClient:
     def _trace_connect(self, connected: bool) -> None:
         if not connected:
             self._on_lost()
+
+
+def check_transport_support(config: ModbusDeviceConfig) -> None:
+    """Raise `DriverConfigError` when the installed libraries cannot serve `config.transport`."""
+    if config.transport == "rtu" and importlib.util.find_spec("serial") is None:
+        raise DriverConfigError(
+            f"{config.name}: transport 'rtu' (serial) needs the pyserial package, "
+            "which is not installed"
+        )
 
 
 def _target(config: ModbusDeviceConfig) -> str:

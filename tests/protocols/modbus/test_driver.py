@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from pymodbus import FramerType
 
 from protocols.driver import ConnectionState, Driver
-from protocols.errors import WriteError
+from protocols.errors import DriverConfigError, WriteError
 from protocols.modbus.config import ModbusDeviceConfig, ModbusTag, PollGroup
 from protocols.modbus.driver import ModbusDriver
 from protocols.reading import Quality, Reading
@@ -353,3 +355,41 @@ async def test_unreachable_device_reports_bad_quality_and_keeps_trying() -> None
     assert "not connected" in (batch[0].reason or "")
     assert "cannot connect" in (driver.link.last_error or "")
     assert driver.link.state is ConnectionState.CLOSED
+
+
+async def test_poll_groups_run_on_their_own_schedules(server: ModbusTestServer) -> None:
+    tags = [hr("fast_a", 0, poll_group="fast"), hr("slow_a", 100, poll_group="slow")]
+    groups = [PollGroup(name="fast", interval=0.1), PollGroup(name="slow", interval=0.5)]
+    driver = ModbusDriver(device(server, tags, poll_groups=groups))
+    async with running(driver) as sink:
+        await asyncio.sleep(1.08)
+        batches = list(sink.batches)
+    fast = [b for b in batches if b[0].tag == "fast_a"]
+    slow = [b for b in batches if b[0].tag == "slow_a"]
+    assert all(len(b) == 1 for b in batches)  # one list per group cycle, only its own tags
+    assert 9 <= len(fast) <= 12
+    assert 2 <= len(slow) <= 3
+    assert driver.counters.overruns == 0
+    gaps = [(b[0].ts - a[0].ts) / 1e6 for a, b in itertools.pairwise(fast)]
+    assert all(0.07 < gap < 0.2 for gap in gaps), gaps
+
+
+async def test_serial_rtu_needs_pyserial_or_reports_the_port() -> None:
+    config = ModbusDeviceConfig(
+        name="rtu1",
+        transport="rtu",
+        serial_port="/dev/tagway-no-such-port",
+        timeout=0.2,
+        poll_groups=[PollGroup(name="default", interval=0.1)],
+        tags=[hr("a", 0)],
+    )
+    if importlib.util.find_spec("serial") is None:
+        with pytest.raises(DriverConfigError, match="pyserial"):
+            async with ModbusDriver(config):
+                pass
+        return
+    driver = ModbusDriver(config)
+    async with running(driver) as sink:
+        batch = await sink.wait_for(lambda b: True)
+    assert all_bad(batch)
+    assert "/dev/tagway-no-such-port" in (driver.link.last_error or "")
