@@ -279,16 +279,16 @@ class ModbusDriver:
         except DeviceError as exc:
             if exc.code == ILLEGAL_DATA_ADDRESS:
                 return await self._split(state, block, exc)
-            return self._bad(block.tags, _reason(exc))
+            return self._bad(block.tags, self._reason(exc))
         except (DeviceTimeout, ConnectError) as exc:
-            return self._bad(block.tags, _reason(exc))
+            return self._bad(block.tags, self._reason(exc))
         ts = now_us()
         compiled = state.compiled(block)
         try:
             values = compiled.decoder.decode(payload)
         except CodecError as exc:
             self._counters.errors += 1
-            return self._bad(block.tags, _reason(exc))
+            return self._bad(block.tags, self._reason(exc))
         device, simulated, good = self.name, self._config.simulated, _GOOD
         return [
             _new_tuple(Reading, (device, name, ts, value, good, unit, simulated, None))
@@ -311,7 +311,7 @@ class ModbusDriver:
     ) -> list[Reading]:
         parts = state.plan.split(block)
         if not parts:
-            return self._bad(block.tags, _reason(exc))
+            return self._bad(block.tags, self._reason(exc))
         _log.info(
             "%s: %s %d+%d refused (exception 02); split into %d reads",
             self.name,
@@ -325,6 +325,10 @@ class ModbusDriver:
         for part in parts:
             readings.extend(await self._read_block(state, part))
         return readings
+
+    def _reason(self, exc: ProtocolError) -> str:
+        # The device name is already on the reading; keep the reason short.
+        return str(exc).replace(f"{self.name}: ", "")
 
     def _bad(self, tags: tuple[ModbusTag, ...], reason: str) -> list[Reading]:
         ts = now_us()
@@ -389,9 +393,3 @@ async def _write_verified(client: ModbusClient, tag: ModbusTag, value: Value) ->
         raise WriteError(
             f"{tag.name!r}: wrote {expected!r} at {tag.table} {tag.address}, read back {back!r}"
         )
-
-
-def _reason(exc: ProtocolError) -> str:
-    text = str(exc)
-    # The device name is already on the reading; keep the reason short.
-    return text.split(": ", 1)[1] if ": " in text else text
