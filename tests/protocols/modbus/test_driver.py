@@ -409,3 +409,14 @@ async def test_inter_request_delay_spaces_the_requests(server: ModbusTestServer)
         await sink.wait_for(lambda b: True)
     assert driver.groups[0].last_cycle_s >= 0.1  # two pauses between three requests
     assert server.memory.requests[3] == 3
+
+
+async def test_a_write_longer_than_fc16_allows_is_refused_before_sending(
+    server: ModbusTestServer,
+) -> None:
+    driver = ModbusDriver(device(server, [hr("note", 0, "string", length=124, writable=True)]))
+    async with running(driver) as sink:
+        await sink.wait_for(all_good)
+        with pytest.raises(WriteError, match="124 registers at 0 exceed the 123"):
+            await driver.write("note", "x")
+    assert server.memory.requests[16] == 0
