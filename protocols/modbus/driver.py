@@ -28,14 +28,7 @@ from typing import Final, Self
 
 from protocols.backoff import Backoff, BackoffPolicy
 from protocols.driver import ConnectionState, DriverCounters, Link, Sink
-from protocols.errors import (
-    CodecError,
-    ConnectError,
-    DeviceError,
-    DeviceTimeout,
-    ProtocolError,
-    WriteError,
-)
+from protocols.errors import CodecError, ConnectError, DeviceError, ProtocolError, WriteError
 from protocols.modbus.client import ILLEGAL_DATA_ADDRESS, ModbusClient, check_transport_support
 from protocols.modbus.codec import (
     BitBlockDecoder,
@@ -85,6 +78,7 @@ class PollGroupState:
     overruns: int = 0
     last_cycle_s: float = 0.0
     last_overrun_log: float = float("-inf")
+    failed_reads: int = 0
     _compiled: dict[ReadBlock, _Compiled] = field(default_factory=dict)
 
     def compiled(self, block: ReadBlock) -> _Compiled:
@@ -276,18 +270,15 @@ class ModbusDriver:
     async def _read_block(self, state: PollGroupState, block: ReadBlock) -> list[Reading]:
         try:
             payload = await self._fetch(block)
-        except DeviceError as exc:
-            if exc.code == ILLEGAL_DATA_ADDRESS:
-                return await self._split(state, block, exc)
-            return self._bad(block.tags, self._reason(exc))
-        except (DeviceTimeout, ConnectError) as exc:
-            return self._bad(block.tags, self._reason(exc))
-        ts = now_us()
-        compiled = state.compiled(block)
-        try:
+            ts = now_us()
+            compiled = state.compiled(block)
             values = compiled.decoder.decode(payload)
-        except CodecError as exc:
-            self._counters.errors += 1
+        except ProtocolError as exc:
+            state.failed_reads += 1
+            if isinstance(exc, DeviceError) and exc.code == ILLEGAL_DATA_ADDRESS:
+                return await self._split(state, block, exc)
+            if isinstance(exc, CodecError):
+                self._counters.errors += 1
             return self._bad(block.tags, self._reason(exc))
         device, simulated, good = self.name, self._config.simulated, _GOOD
         return [
@@ -311,19 +302,26 @@ class ModbusDriver:
     ) -> list[Reading]:
         parts = state.plan.split(block)
         if not parts:
+            state.forget_stale()
             return self._bad(block.tags, self._reason(exc))
         _log.info(
-            "%s: %s %d+%d refused (exception 02); split into %d reads",
+            "%s: %s %d+%d refused (exception 02); trying %d smaller reads",
             self.name,
             block.table,
             block.start,
             block.count,
             len(parts),
         )
-        state.forget_stale()
+        failed_before = state.failed_reads
+        clean = False
         readings: list[Reading] = []
-        for part in parts:
-            readings.extend(await self._read_block(state, part))
+        try:
+            for part in parts:
+                readings.extend(await self._read_block(state, part))
+            clean = state.failed_reads == failed_before
+        finally:  # also when cancelled mid-search: an unconfirmed cut must not stay behind
+            state.plan.settle(block, clean=clean)
+            state.forget_stale()
         return readings
 
     def _reason(self, exc: ProtocolError) -> str:

@@ -181,10 +181,12 @@ async def test_exception_02_inside_a_gap_is_split_and_remembered(server: ModbusT
         log = list(memory.log)
     assert all(all_good(b) for b in batches)
     assert [r.value for r in batches[0]] == [10, 11, 15, 19]
-    # Cycle 1: the merged read is refused, then its three parts; later cycles: the parts only.
-    assert log[:4] == [(3, 0, 10), (3, 0, 2), (3, 5, 1), (3, 9, 1)]
-    assert log[4:7] == [(3, 0, 2), (3, 5, 1), (3, 9, 1)]
-    assert driver.counters.errors == 1
+    # Cycle 1: the merged read is refused and searched (cut at the gap nearest the middle,
+    # 6..8, then at 2..4, which holds the bad register); every tag still reads good.
+    assert log[:5] == [(3, 0, 10), (3, 0, 6), (3, 0, 2), (3, 5, 1), (3, 9, 1)]
+    # Later cycles: only the bad gap stays cut; the good gap 6..8 is bridged again.
+    assert log[5:9] == [(3, 0, 2), (3, 5, 5), (3, 0, 2), (3, 5, 5)]
+    assert driver.counters.errors == 2
 
 
 async def test_a_refused_tag_is_bad_and_its_neighbours_are_not(server: ModbusTestServer) -> None:
