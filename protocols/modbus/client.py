@@ -20,6 +20,7 @@ Decisions taken after reading pymodbus 3.16.1:
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
@@ -29,7 +30,13 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
 from protocols.driver import DriverCounters
-from protocols.errors import ConnectError, DeviceError, DeviceTimeout, DriverConfigError
+from protocols.errors import (
+    ConnectError,
+    DeviceError,
+    DeviceTimeout,
+    DriverConfigError,
+    WriteError,
+)
 from protocols.modbus.config import ModbusDeviceConfig, Table
 
 EXCEPTION_NAMES: Final[dict[int, str]] = {
@@ -45,6 +52,7 @@ EXCEPTION_NAMES: Final[dict[int, str]] = {
     11: "gateway target device failed to respond",
 }
 ILLEGAL_DATA_ADDRESS: Final = 2
+MAX_REGISTERS_PER_WRITE: Final = 123  # Modbus spec, FC16
 FUNCTION_CODES: Final[dict[str, int]] = {
     "coil": 1,
     "discrete_input": 2,
@@ -164,6 +172,11 @@ class ModbusClient:
 
     async def write_registers(self, address: int, values: Sequence[int]) -> None:
         """FC6 for one register, FC16 for several (or always, with `use_write_multiple`)."""
+        if len(values) > MAX_REGISTERS_PER_WRITE:
+            raise WriteError(
+                f"{self._config.name}: {len(values)} registers at {address} exceed the "
+                f"{MAX_REGISTERS_PER_WRITE} one FC16 write may carry"
+            )
         unit = self._config.unit_id
         if len(values) == 1 and not self._config.use_write_multiple:
             await self._execute(
@@ -203,7 +216,8 @@ class ModbusClient:
         for _ in range(self._config.retries + 1):
             if not self._client.connected:
                 raise ConnectError(f"{name}: not connected")
-            await self._pace()
+            if self._config.inter_request_delay:
+                await self._pace()
             self._counters.requests += 1
             try:
                 response = await send()
@@ -214,7 +228,8 @@ class ModbusClient:
                 last = exc
                 continue
             finally:
-                self._last_request_end = asyncio.get_running_loop().time()
+                if self._config.inter_request_delay:
+                    self._last_request_end = asyncio.get_running_loop().time()
             if response.isError():
                 self._counters.errors += 1
                 code = response.exception_code
@@ -229,15 +244,26 @@ class ModbusClient:
 
     async def _pace(self) -> None:
         # Inter-request delay: slow devices and RTU gateways need silence between frames.
-        delay = self._config.inter_request_delay
-        if delay:
-            wait = self._last_request_end + delay - asyncio.get_running_loop().time()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        wait = (
+            self._last_request_end
+            + self._config.inter_request_delay
+            - asyncio.get_running_loop().time()
+        )
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def _trace_connect(self, connected: bool) -> None:
         if not connected:
             self._on_lost()
+
+
+def check_transport_support(config: ModbusDeviceConfig) -> None:
+    """Raise `DriverConfigError` when the installed libraries cannot serve `config.transport`."""
+    if config.transport == "rtu" and importlib.util.find_spec("serial") is None:
+        raise DriverConfigError(
+            f"{config.name}: transport 'rtu' (serial) needs the pyserial package, "
+            "which is not installed"
+        )
 
 
 def _target(config: ModbusDeviceConfig) -> str:

@@ -28,15 +28,8 @@ from typing import Final, Self
 
 from protocols.backoff import Backoff, BackoffPolicy
 from protocols.driver import ConnectionState, DriverCounters, Link, Sink
-from protocols.errors import (
-    CodecError,
-    ConnectError,
-    DeviceError,
-    DeviceTimeout,
-    ProtocolError,
-    WriteError,
-)
-from protocols.modbus.client import ILLEGAL_DATA_ADDRESS, ModbusClient
+from protocols.errors import CodecError, ConnectError, DeviceError, ProtocolError, WriteError
+from protocols.modbus.client import ILLEGAL_DATA_ADDRESS, ModbusClient, check_transport_support
 from protocols.modbus.codec import (
     BitBlockDecoder,
     RegisterBlockDecoder,
@@ -54,6 +47,8 @@ _log = logging.getLogger(__name__)
 _GOOD: Final = Quality.GOOD
 _BAD: Final = Quality.BAD
 _new_tuple: Final = tuple.__new__  # builds a Reading ~3x faster than its __new__
+
+_OVERRUN_LOG_INTERVAL_S: Final = 60.0
 
 Decoder = RegisterBlockDecoder | BitBlockDecoder
 
@@ -82,6 +77,8 @@ class PollGroupState:
     cycles: int = 0
     overruns: int = 0
     last_cycle_s: float = 0.0
+    last_overrun_log: float = float("-inf")
+    failed_reads: int = 0
     _compiled: dict[ReadBlock, _Compiled] = field(default_factory=dict)
 
     def compiled(self, block: ReadBlock) -> _Compiled:
@@ -157,6 +154,7 @@ class ModbusDriver:
         return self._counters
 
     async def __aenter__(self) -> Self:
+        check_transport_support(self._config)
         return self
 
     async def __aexit__(
@@ -242,16 +240,25 @@ class ModbusDriver:
                 missed = int(late // interval) + 1
                 state.overruns += missed
                 self._counters.overruns += missed
-                _log.warning(
-                    "%s: poll group %r overran by %.3f s (%d slot(s) late)",
-                    self.name,
-                    state.group.name,
-                    late,
-                    missed,
-                )
+                self._log_overrun(state, late)
                 due = loop.time()
             else:
                 await asyncio.sleep(-late)
+
+    def _log_overrun(self, state: PollGroupState, late: float) -> None:
+        # Once a minute at most: an overloaded group overruns every cycle, and the counter
+        # already holds the exact figure.
+        now = asyncio.get_running_loop().time()
+        if now - state.last_overrun_log >= _OVERRUN_LOG_INTERVAL_S:
+            state.last_overrun_log = now
+            _log.warning(
+                "%s: poll group %r runs late by %.3f s (interval %g s); %d overruns so far",
+                self.name,
+                state.group.name,
+                late,
+                state.group.interval,
+                state.overruns,
+            )
 
     async def read_group(self, state: PollGroupState) -> list[Reading]:
         """One cycle of a poll group: every block read, decoded, bad ones marked."""
@@ -263,19 +270,16 @@ class ModbusDriver:
     async def _read_block(self, state: PollGroupState, block: ReadBlock) -> list[Reading]:
         try:
             payload = await self._fetch(block)
-        except DeviceError as exc:
-            if exc.code == ILLEGAL_DATA_ADDRESS:
-                return await self._split(state, block, exc)
-            return self._bad(block.tags, _reason(exc))
-        except (DeviceTimeout, ConnectError) as exc:
-            return self._bad(block.tags, _reason(exc))
-        ts = now_us()
-        compiled = state.compiled(block)
-        try:
+            ts = now_us()
+            compiled = state.compiled(block)
             values = compiled.decoder.decode(payload)
-        except CodecError as exc:
-            self._counters.errors += 1
-            return self._bad(block.tags, _reason(exc))
+        except ProtocolError as exc:
+            state.failed_reads += 1
+            if isinstance(exc, DeviceError) and exc.code == ILLEGAL_DATA_ADDRESS:
+                return await self._split(state, block, exc)
+            if isinstance(exc, CodecError):
+                self._counters.errors += 1
+            return self._bad(block.tags, self._reason(exc))
         device, simulated, good = self.name, self._config.simulated, _GOOD
         return [
             _new_tuple(Reading, (device, name, ts, value, good, unit, simulated, None))
@@ -298,20 +302,31 @@ class ModbusDriver:
     ) -> list[Reading]:
         parts = state.plan.split(block)
         if not parts:
-            return self._bad(block.tags, _reason(exc))
+            state.forget_stale()
+            return self._bad(block.tags, self._reason(exc))
         _log.info(
-            "%s: %s %d+%d refused (exception 02); split into %d reads",
+            "%s: %s %d+%d refused (exception 02); trying %d smaller reads",
             self.name,
             block.table,
             block.start,
             block.count,
             len(parts),
         )
-        state.forget_stale()
+        failed_before = state.failed_reads
+        clean = False
         readings: list[Reading] = []
-        for part in parts:
-            readings.extend(await self._read_block(state, part))
+        try:
+            for part in parts:
+                readings.extend(await self._read_block(state, part))
+            clean = state.failed_reads == failed_before
+        finally:  # also when cancelled mid-search: an unconfirmed cut must not stay behind
+            state.plan.settle(block, clean=clean)
+            state.forget_stale()
         return readings
+
+    def _reason(self, exc: ProtocolError) -> str:
+        # The device name is already on the reading; keep the reason short.
+        return str(exc).replace(f"{self.name}: ", "")
 
     def _bad(self, tags: tuple[ModbusTag, ...], reason: str) -> list[Reading]:
         ts = now_us()
@@ -376,9 +391,3 @@ async def _write_verified(client: ModbusClient, tag: ModbusTag, value: Value) ->
         raise WriteError(
             f"{tag.name!r}: wrote {expected!r} at {tag.table} {tag.address}, read back {back!r}"
         )
-
-
-def _reason(exc: ProtocolError) -> str:
-    text = str(exc)
-    # The device name is already on the reading; keep the reason short.
-    return text.split(": ", 1)[1] if ": " in text else text

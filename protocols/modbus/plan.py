@@ -14,9 +14,17 @@ the same limits, ends no later, so it covers nothing more of what is left; and t
 read only shrinks when the read does. The exchange argument then gives the minimum count (the
 tests check it against a brute-force search).
 
-On exception 02 `ReadPlan.split` records cuts for the failed read (at each gap it spans, or at
-the tag boundary nearest its middle when it spans none) and returns the smaller reads that
-replace it; a read of one tag (or of tags that all overlap) cannot be split and stays bad.
+Exception 02 (a refused address inside a read) is a search. `ReadPlan.split(block)` adds one
+*tentative* cut inside the failed read (at the gap nearest its middle, else at the tag boundary
+nearest its middle) and returns the two reads that replace it; the caller reads them at once and
+reports with `settle(block, clean=...)`. If both halves read cleanly, the refused address lay in
+the gap at the cut: the cut becomes permanent. If a half failed, the failure is explained inside
+it (and its own search records it): the tentative cut is dropped, so it costs no request later.
+A read that cannot be split (one tag, or overlapping tags) holds a refused address itself: it is
+isolated with permanent cuts at both ends and stays bad. Every permanent cut is therefore one that
+any working read must respect, so once a cycle runs without refusals the plan is again the
+minimum (the tests check this against a brute-force search); with several refused addresses
+in one read that can take a few cycles, each of which still returns every readable tag.
 """
 
 from __future__ import annotations
@@ -158,36 +166,46 @@ class ReadPlan:
             else (max_registers, max_register_gap)
             for table in self._tables
         }
-        self._cuts: dict[Table, set[int]] = {table: set() for table in self._tables}
+        self._permanent: dict[Table, set[int]] = {table: set() for table in self._tables}
+        self._tentative: dict[ReadBlock, int] = {}
         self.blocks: tuple[ReadBlock, ...] = ()
         self._replan()
 
     @property
     def cuts(self) -> dict[Table, frozenset[int]]:
-        """The boundaries learned from exception 02, per table."""
-        return {table: frozenset(cuts) for table, cuts in self._cuts.items()}
+        """The boundaries learned from exception 02 (permanent ones), per table."""
+        return {table: frozenset(cuts) for table, cuts in self._permanent.items()}
 
     def split(self, block: ReadBlock) -> tuple[ReadBlock, ...]:
-        """Remember that `block` failed with exception 02 and return the reads replacing it.
+        """`block` was refused with exception 02: the reads to try instead (see module doc).
 
         Returns an empty tuple when the block cannot be split (one tag, or only overlapping
-        tags): the device refuses those tags' own addresses.
+        tags); the block is then isolated for good, since it holds a refused address itself.
         """
         table_tags = self._tables[block.table]
-        new_cuts = _gap_starts_inside(table_tags, block.start, block.end)
-        if not new_cuts:
-            middle = _boundary_nearest_middle(block, table_tags)
-            new_cuts = set() if middle is None else {middle}
-        if not new_cuts:
+        cut = _cut_nearest_middle(block, table_tags)
+        if cut is None:
+            self._permanent[block.table].update({block.start, block.end})
+            self._replan()
             return ()
-        self._cuts[block.table].update(new_cuts)
-        self._replan()
+        self._tentative[block] = cut
         return self._blocks_for(block.table, block.tags)
+
+    def settle(self, block: ReadBlock, *, clean: bool) -> None:
+        """Report how the reads `split(block)` returned went: `clean` if all succeeded."""
+        cut = self._tentative.pop(block)
+        if clean:
+            self._permanent[block.table].add(cut)
+        self._replan()
 
     def _replan(self) -> None:
         self.blocks = tuple(
             block for table, tags in self._tables.items() for block in self._blocks_for(table, tags)
         )
+
+    def _cuts_of(self, table: Table) -> set[int]:
+        tentative = {cut for b, cut in self._tentative.items() if b.table == table}
+        return self._permanent[table] | tentative
 
     def _blocks_for(self, table: Table, tags: Sequence[ModbusTag]) -> tuple[ReadBlock, ...]:
         max_count, max_gap = self._limits[table]
@@ -197,27 +215,28 @@ class ReadPlan:
             [(t.address, t.end) for t in tags],
             max_count=max_count,
             max_gap=max_gap,
-            cuts=self._cuts[table] | gap_cuts([(t.address, t.end) for t in all_tags], max_gap),
+            cuts=self._cuts_of(table) | gap_cuts([(t.address, t.end) for t in all_tags], max_gap),
         )
         return tuple(
             ReadBlock(table, w.start, w.count, tuple(tags[i] for i in w.members)) for w in windows
         )
 
 
-def _gap_starts_inside(tags: Sequence[ModbusTag], start: int, end: int) -> set[int]:
-    """Starts of the unconfigured runs strictly inside [start, end)."""
-    return {c for c in gap_cuts([(t.address, t.end) for t in tags], 0) if start < c < end}
-
-
-def _boundary_nearest_middle(block: ReadBlock, table_tags: Sequence[ModbusTag]) -> int | None:
-    """The tag boundary inside the block, not inside any tag, nearest the block's middle."""
+def _cut_nearest_middle(block: ReadBlock, table_tags: Sequence[ModbusTag]) -> int | None:
+    """Where to split a refused read: the gap start nearest its middle, else the tag boundary
+    nearest its middle; never inside a tag. None if the read cannot be split."""
+    middle = block.start + block.count / 2
+    gaps = [
+        c
+        for c in gap_cuts([(t.address, t.end) for t in table_tags], 0)
+        if block.start < c < block.end
+    ]
+    if gaps:
+        return min(gaps, key=lambda c: (abs(c - middle), c))
     candidates = {t.address for t in block.tags} | {t.end for t in block.tags}
     valid = [
         c
         for c in candidates
         if block.start < c < block.end and not any(t.address < c < t.end for t in table_tags)
     ]
-    if not valid:
-        return None
-    middle = block.start + block.count / 2
-    return min(valid, key=lambda c: (abs(c - middle), c))
+    return min(valid, key=lambda c: (abs(c - middle), c)) if valid else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from pymodbus import FramerType
 
 from protocols.driver import ConnectionState, Driver
-from protocols.errors import WriteError
+from protocols.errors import DriverConfigError, WriteError
 from protocols.modbus.config import ModbusDeviceConfig, ModbusTag, PollGroup
 from protocols.modbus.driver import ModbusDriver
 from protocols.reading import Quality, Reading
@@ -179,10 +181,12 @@ async def test_exception_02_inside_a_gap_is_split_and_remembered(server: ModbusT
         log = list(memory.log)
     assert all(all_good(b) for b in batches)
     assert [r.value for r in batches[0]] == [10, 11, 15, 19]
-    # Cycle 1: the merged read is refused, then its three parts; later cycles: the parts only.
-    assert log[:4] == [(3, 0, 10), (3, 0, 2), (3, 5, 1), (3, 9, 1)]
-    assert log[4:7] == [(3, 0, 2), (3, 5, 1), (3, 9, 1)]
-    assert driver.counters.errors == 1
+    # Cycle 1: the merged read is refused and searched (cut at the gap nearest the middle,
+    # 6..8, then at 2..4, which holds the bad register); every tag still reads good.
+    assert log[:5] == [(3, 0, 10), (3, 0, 6), (3, 0, 2), (3, 5, 1), (3, 9, 1)]
+    # Later cycles: only the bad gap stays cut; the good gap 6..8 is bridged again.
+    assert log[5:9] == [(3, 0, 2), (3, 5, 5), (3, 0, 2), (3, 5, 5)]
+    assert driver.counters.errors == 2
 
 
 async def test_a_refused_tag_is_bad_and_its_neighbours_are_not(server: ModbusTestServer) -> None:
@@ -325,7 +329,7 @@ async def test_a_slow_device_never_delays_another() -> None:
         async with running(fast_driver) as fast_sink, running(slow_driver) as slow_sink:
             await asyncio.sleep(1.05)
             fast_cycles, slow_cycles = len(fast_sink.batches), len(slow_sink.batches)
-    assert fast_cycles >= 9
+    assert fast_cycles >= 8
     assert fast_driver.counters.overruns == 0
     assert slow_cycles <= 5
     assert slow_driver.counters.overruns >= slow_cycles - 1  # every late start is counted
@@ -353,3 +357,68 @@ async def test_unreachable_device_reports_bad_quality_and_keeps_trying() -> None
     assert "not connected" in (batch[0].reason or "")
     assert "cannot connect" in (driver.link.last_error or "")
     assert driver.link.state is ConnectionState.CLOSED
+
+
+async def test_poll_groups_run_on_their_own_schedules(server: ModbusTestServer) -> None:
+    tags = [hr("fast_a", 0, poll_group="fast"), hr("slow_a", 100, poll_group="slow")]
+    groups = [PollGroup(name="fast", interval=0.1), PollGroup(name="slow", interval=0.5)]
+    driver = ModbusDriver(device(server, tags, poll_groups=groups))
+    async with running(driver) as sink:
+        await asyncio.sleep(1.08)
+        batches = list(sink.batches)
+    fast = [b for b in batches if b[0].tag == "fast_a"]
+    slow = [b for b in batches if b[0].tag == "slow_a"]
+    assert all(len(b) == 1 for b in batches)  # one list per group cycle, only its own tags
+    assert 8 <= len(fast) <= 12
+    assert 2 <= len(slow) <= 3
+    assert driver.counters.overruns == 0
+    gaps = [(b[0].ts - a[0].ts) / 1e6 for a, b in itertools.pairwise(fast)]
+    assert all(0.05 < gap < 0.3 for gap in gaps), gaps
+
+
+async def test_serial_rtu_needs_pyserial_or_reports_the_port() -> None:
+    config = ModbusDeviceConfig(
+        name="rtu1",
+        transport="rtu",
+        serial_port="/dev/tagway-no-such-port",
+        timeout=0.2,
+        poll_groups=[PollGroup(name="default", interval=0.1)],
+        tags=[hr("a", 0)],
+    )
+    if importlib.util.find_spec("serial") is None:
+        with pytest.raises(DriverConfigError, match="pyserial"):
+            async with ModbusDriver(config):
+                pass
+        return
+    driver = ModbusDriver(config)
+    async with running(driver) as sink:
+        batch = await sink.wait_for(lambda b: True)
+    assert all_bad(batch)
+    assert "/dev/tagway-no-such-port" in (driver.link.last_error or "")
+
+
+async def test_inter_request_delay_spaces_the_requests(server: ModbusTestServer) -> None:
+    tags = [hr("a", 0), hr("b", 50), hr("c", 100)]  # three reads (gaps > 16)
+    config = device(
+        server,
+        tags,
+        inter_request_delay=0.05,
+        poll_groups=[PollGroup(name="default", interval=1.0)],
+    )
+    driver = ModbusDriver(config)
+    assert len(driver.groups[0].plan.blocks) == 3
+    async with running(driver) as sink:
+        await sink.wait_for(lambda b: True)
+    assert driver.groups[0].last_cycle_s >= 0.1  # two pauses between three requests
+    assert server.memory.requests[3] == 3
+
+
+async def test_a_write_longer_than_fc16_allows_is_refused_before_sending(
+    server: ModbusTestServer,
+) -> None:
+    driver = ModbusDriver(device(server, [hr("note", 0, "string", length=124, writable=True)]))
+    async with running(driver) as sink:
+        await sink.wait_for(all_good)
+        with pytest.raises(WriteError, match="124 registers at 0 exceed the 123"):
+            await driver.write("note", "x")
+    assert server.memory.requests[16] == 0
