@@ -114,6 +114,9 @@ class OpcUaDeviceConfig(BaseModel):
         max_queued_readings: readings buffered between the network and the sink; None sizes it
             for the tag count (4 publishes' worth, at least 10,000). Overflow is counted.
         read_engineering_units: read each tag's EngineeringUnits property at connect.
+        session_state_dir: where the open session's token is kept (0600) so that a reconnect, or
+            a restarted agent, resumes the server's session and its queued notifications; a
+            private temporary directory when None.
         simulated: readings carry ``simulated=True`` (firmware_sim devices).
         tags: the tags, unique by name.
     """
@@ -138,6 +141,7 @@ class OpcUaDeviceConfig(BaseModel):
     reconnect_max_delay_s: float = Field(default=30.0, gt=0)
     max_queued_readings: int | None = Field(default=None, ge=1)
     read_engineering_units: bool = True
+    session_state_dir: Path | None = None
     simulated: bool = False
     tags: tuple[OpcUaTag, ...] = Field(min_length=1)
 

@@ -19,8 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from asyncua import ua
 
 from protocols.backoff import Backoff, BackoffPolicy
 from protocols.driver import ConnectionState, DriverCounters, Link, Sink
@@ -69,6 +75,9 @@ class OpcUaDriver:
         policy = backoff or BackoffPolicy(base=0.5, cap=config.reconnect_max_delay_s)
         self._backoff = Backoff(policy)
         self._session: ServerSession | None = None
+        self._previous_token: ua.NodeId | None = None
+        self._state_dir: Path | None = config.session_state_dir
+        self._own_state_dir = False
 
     @property
     def name(self) -> str:
@@ -87,12 +96,15 @@ class OpcUaDriver:
 
     @property
     def subscription_id(self) -> int | None:
-        """The server's id of our subscription (kept across a transfer), if any."""
+        """The server's id of our subscription (kept across a session resume), if any."""
         return self._monitored.subscription_id
 
     async def __aenter__(self) -> Self:
         if self._link.state is ConnectionState.CLOSED:
             raise RuntimeError(f"{self.name}: driver was closed; build a new one")
+        if self._state_dir is None:
+            self._state_dir = Path(tempfile.mkdtemp(prefix="tagway-opcua-"))
+            self._own_state_dir = True
         return self
 
     async def __aexit__(
@@ -104,6 +116,8 @@ class OpcUaDriver:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        if self._own_state_dir and self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
         self._link.to(ConnectionState.CLOSED)
 
     async def run(self, sink: Sink) -> None:
@@ -140,20 +154,32 @@ class OpcUaDriver:
             self._counters.readings += len(batch)
 
     async def _link_loop(self) -> None:
+        if self._state_dir is None:
+            raise RuntimeError(f"{self.name}: use the driver as an async context manager")
+        state_file = self._state_dir / f"{_safe(self.name)}.session.json"
         while True:
             self._link.to(ConnectionState.CONNECTING)
             try:
-                session = await ServerSession.open(self.config, self._counters)
+                session = await ServerSession.open(
+                    self.config,
+                    self._counters,
+                    state_file=state_file,
+                    previous_token=self._previous_token,
+                )
             except _LINK_ERRORS as exc:
                 await self._outage(str(exc))
                 continue
+            self._previous_token = session.token
             try:
                 reason = await self._serve(session)
             except _LINK_ERRORS as exc:
                 reason = str(exc)
-            finally:
+            except BaseException:
                 self._session = None
-                await session.close()
+                await session.close()  # stopping: an orderly goodbye, the server frees our session
+                raise
+            self._session = None
+            await session.abandon()  # lost: leave the session on the server for the resume
             await self._outage(reason)
 
     async def _serve(self, session: ServerSession) -> str:
@@ -229,3 +255,8 @@ class OpcUaDriver:
         return Reading(
             self.name, tag.name, now_us(), 0, Quality.BAD, item.unit, self.config.simulated, reason
         )
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of a device name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, TypeVar
 
 from asyncua import Client, ua
@@ -96,8 +97,14 @@ def translate(exc: BaseException, what: str) -> ConnectError | DeviceError | Dev
 class ServerSession:
     """A connected asyncua client plus what the driver learnt at connect time.
 
-    Built by `open()`; closed with `close()`. `lost` is set when asyncua reports the connection
-    lost (socket closed, keep-alive probe failed); `lost_reason` says why.
+    Built by `open()`; ended with `close()` (orderly: CloseSession, the server drops our
+    subscription) or `abandon()` (after a loss: nothing is sent, so the server keeps the session
+    and its queues for `session_timeout_s` and the next `open()` can resume it). `lost` is set when
+    asyncua reports the connection lost (socket closed, keep-alive probe failed).
+
+    Session resume (Part 4, 6.7: a new SecureChannel, then ActivateSession on the old session)
+    uses asyncua's `session_state_path`: the token and nonce are kept in `state_file` (mode 0600)
+    while a session is open, so the next `open()`, even from a restarted agent, tries it first.
     """
 
     def __init__(self, client: Client, config: OpcUaDeviceConfig, counters: DriverCounters) -> None:
@@ -108,11 +115,22 @@ class ServerSession:
         self.limits = OperationLimits()
         self.lost = asyncio.Event()
         self.lost_reason = "connection lost"
+        self.resumed = False
         self._data_types: dict[ua.NodeId, ua.VariantType] = {}
 
     @classmethod
-    async def open(cls, config: OpcUaDeviceConfig, counters: DriverCounters) -> ServerSession:
-        """Connect, secure, authenticate and read namespaces and limits; raises `ConnectError`."""
+    async def open(
+        cls,
+        config: OpcUaDeviceConfig,
+        counters: DriverCounters,
+        *,
+        state_file: Path,
+        previous_token: ua.NodeId | None = None,
+    ) -> ServerSession:
+        """Connect, secure, authenticate and read namespaces and limits; raises `ConnectError`.
+
+        `resumed` tells whether the server still had the session of `previous_token`.
+        """
         client = Client(
             config.endpoint,
             timeout=config.request_timeout_s,
@@ -123,6 +141,7 @@ class ServerSession:
         client.application_uri = config.application_uri
         client.product_uri = "urn:tagway"
         client.session_timeout = round(config.session_timeout_s * 1000)
+        client.session_state_path = state_file
         if config.username is not None and config.password is not None:
             client.set_user(config.username)
             client.set_password(config.password.get_secret_value())
@@ -134,6 +153,7 @@ class ServerSession:
             await client.connect()
         except (OSError, TimeoutError, ua.UaError) as exc:
             raise _connect_error(exc, config.endpoint) from exc
+        session.resumed = previous_token is not None and session.token == previous_token
         try:
             await session._learn_server()
         except BaseException:
@@ -259,6 +279,28 @@ class ServerSession:
             self.lost_reason = reason
             self.lost.set()
 
+    @property
+    def token(self) -> ua.NodeId:
+        """The session's AuthenticationToken (what a resume presents again)."""
+        return self.client.uaclient.session.authentication_token
+
+    async def abandon(self) -> None:
+        """Drop a lost session locally without telling the server (so it can be resumed)."""
+        protocol = self.client.uaclient.protocol
+        if protocol is not None and not protocol.is_closed:
+            # A half-open link (keep-alive probe failed): close our end first, so the
+            # CloseSession below cannot go out and delete the session we want to resume.
+            protocol.disconnect_socket()
+            for _ in range(50):
+                if protocol.is_closed:
+                    break
+                await asyncio.sleep(0.001)
+        try:
+            await self.client.close_session()  # stops asyncua's tasks; the socket is closed
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            _log.debug("%s: abandon: %r", self.config.name, exc)
+        self.client.disconnect_socket()
+
     async def close(self) -> None:
         """Close session, channel and socket; never raises and never hangs past the timeout."""
         try:
@@ -310,7 +352,10 @@ def _matching_endpoint(
         if endpoint.SecurityPolicyUri == policy_uri and endpoint.SecurityMode == mode:
             return endpoint
     offered = sorted(
-        {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}
+        {
+            f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}"
+            for e in endpoints
+        }
     )
     raise SecurityError(
         f"{config.endpoint} offers no Basic256Sha256/{config.security_mode} endpoint "

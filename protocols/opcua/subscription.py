@@ -6,10 +6,15 @@ silently bounded queue in iterator mode). Here the raw publish callback is used 
 one sink call, not 10,000.
 
 Across reconnects the subscription is kept when the server still has it: after a link drop the
-old session's subscription is moved to the new session with TransferSubscriptions (Part 4,
-5.13.7) and the notification messages we missed are fetched with Republish, so nothing the server
-queued is lost. After a server restart the transfer fails and the subscription and its monitored
-items are created anew (the server then sends every item's current value).
+session is resumed on a new SecureChannel (Part 4, 6.7), the notification messages that were in
+flight are fetched with Republish (5.13.6), and the server then delivers what it queued while the
+link was down, so nothing is lost beyond what the server itself discards (its monitored item queue
+size). After a server restart the resume fails and the subscription and its monitored items are
+created anew (the server then sends every item's current value).
+
+TransferSubscriptions (5.13.7) is not used: the resume covers the link-drop case, and asyncua's
+own server (firmware_sim) transfers without rerouting publish requests, which would leave a
+transferred subscription silent.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -35,9 +40,7 @@ _log = logging.getLogger(__name__)
 
 _DEADBAND_TYPES: Final = {"absolute": ua.DeadbandType.Absolute, "percent": ua.DeadbandType.Percent}
 _KEEPALIVE_TARGET_MS: Final = 5000.0  # a keep-alive at least this often when nothing changes
-_MAX_REPUBLISH: Final = (
-    10_000  # bound on messages fetched after a transfer (a server bug cannot loop us)
-)
+_MAX_REPUBLISH: Final = 10_000  # bound on messages fetched after a resume
 
 
 @dataclass(slots=True)
@@ -50,7 +53,7 @@ class ItemState:
 
 
 class MonitoredItems:
-    """The subscription of one driver: created once, transferred or re-created on reconnect.
+    """The subscription of one driver: created once, kept on resume, re-created otherwise.
 
     Args:
         config: the device config (publishing interval, names, simulated flag).
@@ -71,7 +74,7 @@ class MonitoredItems:
         self.keepalive_count = max(
             3, math.ceil(_KEEPALIVE_TARGET_MS / config.publishing_interval_ms)
         )
-        self._session: ServerSession | None = None
+        self._unconfirmed = False
 
     # Client handles are indexes into `items`: a list lookup on the hot path, and stable across
     # re-creation so a late notification from the old subscription still names the right tag.
@@ -82,54 +85,71 @@ class MonitoredItems:
         self.last_heard = time.monotonic()
         if not self.items:
             return []
-        if self.subscription_id is not None and await self._transfer(session):
+        if self.subscription_id is not None and session.resumed and not self._unconfirmed:
+            await self._resume(session)
             return []
+        if self.subscription_id is not None and session.resumed:
+            await self._delete_quietly(session, self.subscription_id)
         return await self._create(session)
 
-    async def _transfer(self, session: ServerSession) -> bool:
-        params = ua.TransferSubscriptionsParameters(
-            SubscriptionIds=[self.subscription_id], SendInitialValues=False
-        )
-        try:
-            results = await session.call(
-                "transfer subscription", session.client.uaclient.transfer_subscriptions(params)
-            )
-        except DeviceError as exc:
-            _log.info("%s: transfer refused (%s); creating anew", self._config.name, exc)
-            return False
-        if not results or not results[0].StatusCode.is_good():
-            return False
-        # asyncua 2.1 has no public way to route a transferred subscription's publish responses;
-        # its own Subscription.restore() registers the callback in this same table.
+    async def _resume(self, session: ServerSession) -> None:
+        """The server kept our session, so it kept the subscription and what it queued."""
+        await self._republish(session)
+        # asyncua 2.1 has no public way to route publish responses of a subscription that this
+        # client object did not create; its own Subscription.restore() uses this same table.
         uasession = session.client.uaclient.session
-        uasession._subscription_callbacks[self.subscription_id] = self.on_publish
+        uasession._subscription_callbacks[self.subscription_id] = self._callback(session)
         uasession.ensure_publish_loop()
-        await self._republish(session, results[0].AvailableSequenceNumbers or [])
-        _log.info("%s: subscription %s transferred", self._config.name, self.subscription_id)
-        return True
+        # Until a publish response proves the subscription alive, a second loss re-creates it
+        # instead of resuming again (a server that lost it must not trap us in a resume loop).
+        self._unconfirmed = True
+        _log.info(
+            "%s: session resumed, subscription %s kept", self._config.name, self.subscription_id
+        )
 
-    async def _republish(self, session: ServerSession, available: Sequence[int]) -> None:
-        missed = sorted(seq for seq in available if seq > self.last_sequence)[:_MAX_REPUBLISH]
-        for seq in missed:
+    async def _republish(self, session: ServerSession) -> None:
+        """Fetch the notification messages that were in flight when the link dropped."""
+        seq = self.last_sequence + 1
+        for _ in range(_MAX_REPUBLISH):
             try:
                 message = await session.call(
                     "republish",
                     session.client.uaclient.session.republish(self.subscription_id, seq),
                 )
             except DeviceError:
-                continue  # BadMessageNotAvailable: the server already discarded it
-            if message.NotificationData:
-                await self.on_publish(
-                    ua.PublishResult(self.subscription_id, NotificationMessage=message)
-                )
+                return  # BadMessageNotAvailable: nothing more was in flight
+            if not message.NotificationData:
+                return  # some servers answer an empty message instead
+            await self._on_publish(
+                ua.PublishResult(self.subscription_id, NotificationMessage=message), session
+            )
+            seq += 1
+
+    async def _delete_quietly(self, session: ServerSession, subscription_id: int) -> None:
+        try:
+            await session.call(
+                "delete subscription",
+                session.client.uaclient.delete_subscriptions([subscription_id]),
+            )
+        except DeviceError as exc:
+            _log.debug("%s: delete of stale subscription: %s", self._config.name, exc)
+
+    def _callback(self, session: ServerSession) -> Callable[[ua.PublishResult], Awaitable[None]]:
+        async def on_publish(result: ua.PublishResult) -> None:
+            await self._on_publish(result, session)
+
+        return on_publish
 
     async def _create(self, session: ServerSession) -> list[Reading]:
         result = await session.call(
             "create subscription",
-            session.client.uaclient.create_subscription(self._parameters(), self.on_publish),
+            session.client.uaclient.create_subscription(
+                self._parameters(), self._callback(session)
+            ),
         )
         self.subscription_id = result.SubscriptionId
         self.last_sequence = 0
+        self._unconfirmed = False
         failed: list[Reading] = []
         requests: list[ua.MonitoredItemCreateRequest] = []
         handles: list[int] = []
@@ -166,7 +186,7 @@ class MonitoredItems:
     def _parameters(self) -> ua.CreateSubscriptionParameters:
         interval = self._config.publishing_interval_ms
         # The server keeps the subscription (and its queues) about as long as it keeps the session,
-        # so a reconnect within session_timeout_s can transfer it; at least 3 keep-alives (5.13.2).
+        # so a reconnect within session_timeout_s finds it; at least 3 keep-alives (5.13.2).
         lifetime = max(
             3 * self.keepalive_count, math.ceil(self._config.session_timeout_s * 1000 / interval)
         )
@@ -188,12 +208,15 @@ class MonitoredItems:
         keepalive_s = self.keepalive_count * self._config.publishing_interval_ms / 1000
         return 2 * keepalive_s + self._config.request_timeout_s
 
-    async def on_publish(self, result: ua.PublishResult) -> None:
+    async def _on_publish(self, result: ua.PublishResult, session: ServerSession) -> None:
         """asyncua's publish callback: one publish response in, one batch to the buffer."""
+        if result.SubscriptionId != self.subscription_id:
+            return
         self.last_heard = time.monotonic()
+        self._unconfirmed = False
         message = result.NotificationMessage
         data = message.NotificationData
-        if not data or result.SubscriptionId != self.subscription_id:
+        if not data:
             return
         seq = message.SequenceNumber
         batch: list[Reading] = []
@@ -215,16 +238,14 @@ class MonitoredItems:
                                 name, item.tag.name, change.Value, received, item.unit, simulated
                             )
                         )
-            elif isinstance(notification, ua.StatusChangeNotification):
-                self._status_changed(notification.Status)
+            elif (
+                isinstance(notification, ua.StatusChangeNotification)
+                and not notification.Status.is_good()
+            ):
+                # BadTimeout (subscription expired), BadShutdown (server stopping, or asyncua
+                # reporting a lost link): this session's subscription is gone; reconnect.
+                session.mark_lost(f"subscription status {status_reason(notification.Status)}")
         self._buffer.put(batch)
-
-    def _status_changed(self, status: ua.StatusCode) -> None:
-        if status.is_good() or self._session is None:
-            return
-        # BadTimeout (subscription expired), BadShutdown (server stopping or asyncua reporting a
-        # lost link): the subscription is gone; the driver reconnects and re-subscribes.
-        self._session.mark_lost(f"subscription status {status_reason(status)}")
 
     def bad(self, item: ItemState, reason: str) -> Reading:
         """A bad reading for one subscribed tag, with the reason."""

@@ -42,8 +42,8 @@ class Collector:
     def good(self, tag: str) -> list[Reading]:
         return [r for r in self.of(tag) if r.quality is Quality.GOOD]
 
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, condition: Callable[[], bool], within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
             while not condition():
                 self._arrived.clear()
                 await self._arrived.wait()

@@ -33,7 +33,9 @@ NAMESPACE = "urn:tagway:firmware-sim"
 SERVER_URI = "urn:tagway:test-plant"
 
 # (tag, variant type, initial value, writable, (EURange low, high) or None, unit or None)
-PUMP_TAGS: tuple[tuple[str, ua.VariantType, object, bool, tuple[float, float] | None, str | None], ...] = (
+PUMP_TAGS: tuple[
+    tuple[str, ua.VariantType, object, bool, tuple[float, float] | None, str | None], ...
+] = (
     ("flow", ua.VariantType.Double, 12.5, False, (0.0, 100.0), "m³/h"),
     ("speed_sp", ua.VariantType.Double, 1450.0, True, (0.0, 3000.0), "rpm"),
     ("running", ua.VariantType.Boolean, True, True, None, None),
@@ -105,7 +107,8 @@ class PlantServer:
             await server.load_certificate(str(self.certificate))
             await server.load_private_key(str(self.private_key))
             validator = CertificateValidator(
-                CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+                CertificateValidatorOptions.BASIC_VALIDATION
+                | CertificateValidatorOptions.PEER_CLIENT
             )
 
             async def check_client(cert: object, app: ua.ApplicationDescription) -> None:
@@ -135,6 +138,10 @@ class PlantServer:
         if self.server is not None:
             server, self.server = self.server, None
             await server.stop()
+            # asyncua keeps a session whose client vanished (so it can be resumed, Part 4 6.7),
+            # and Server.stop() forgets to close those; a stopped server must not leave tasks.
+            for session in list(server.iserver._external_sessions.values()):
+                await session.close_session(True)
 
     async def restart(self, downtime: float = 0.0) -> None:
         """Stop, wait `downtime` seconds, and start a fresh server on the same port."""
@@ -144,7 +151,9 @@ class PlantServer:
 
     async def _build_pump(self, server: Server) -> None:
         objects = server.nodes.objects
-        folder = await objects.add_folder(ua.NodeId("pump1", self.ns), ua.QualifiedName("pump1", self.ns))
+        folder = await objects.add_folder(
+            ua.NodeId("pump1", self.ns), ua.QualifiedName("pump1", self.ns)
+        )
         await folder.add_property(
             ua.NodeId("pump1.Simulated", self.ns), ua.QualifiedName("Simulated", self.ns), True
         )
@@ -222,7 +231,12 @@ class PlantServer:
         stamp = source_ts or datetime.now(UTC)
         write = self.server.write_attribute_value
         for node, value in zip(nodes, values, strict=True):
-            await write(node, ua.DataValue(ua.Variant(value, vtype), SourceTimestamp=stamp, ServerTimestamp=stamp))
+            await write(
+                node,
+                ua.DataValue(
+                    ua.Variant(value, vtype), SourceTimestamp=stamp, ServerTimestamp=stamp
+                ),
+            )
 
     async def _pre_read(self, event: ServerItemCallback, _dispatcher: object) -> None:
         if not event.is_external:

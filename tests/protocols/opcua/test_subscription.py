@@ -1,0 +1,135 @@
+"""Subscriptions against a real asyncua server: no loss at 2,000 items, batching, deadbands."""
+
+from __future__ import annotations
+
+import pytest
+from asyncua import ua
+
+from protocols.opcua import OpcUaDriver, OpcUaTag
+from protocols.opcua.subscription import _item_request
+from protocols.reading import Quality
+from tests.protocols.opcua.conftest import Collector, device, pump_tag, running
+from tests.protocols.opcua.plant_server import NAMESPACE, PlantServer
+
+pytestmark = pytest.mark.integration
+
+ITEMS = 2000
+ROUNDS = 5
+
+
+async def test_every_change_of_2000_monitored_items_arrives_in_batches() -> None:
+    async with PlantServer(bulk=ITEMS) as plant:
+        tags = [
+            OpcUaTag(
+                name=f"v{i:05d}", node_id=f"nsu={NAMESPACE};s=bulk.v{i:05d}", queue_size=ROUNDS
+            )
+            for i in range(ITEMS)
+        ]
+        collector = Collector()
+        config = device(plant.url, tags, read_engineering_units=False)
+        async with running(OpcUaDriver(config), collector) as driver:
+            await collector.wait_for(lambda: len(collector.readings) >= ITEMS)  # initial values
+            initial_batches = len(collector.batches)
+            written = 0
+            for round_ in range(1, ROUNDS + 1):
+                values = [round_ * 100_000.0 + i for i in range(ITEMS)]
+                await plant.set_values(plant.bulk_nodes, values)
+                written += len(values)
+            await collector.wait_for(lambda: len(collector.readings) >= ITEMS + written, within=30)
+
+            by_tag: dict[str, list[float]] = {}
+            for reading in collector.readings[ITEMS:]:
+                assert reading.quality is Quality.GOOD
+                by_tag.setdefault(reading.tag, []).append(float(reading.value))
+            assert len(collector.readings) == ITEMS + written  # nothing lost, nothing doubled
+            assert len(by_tag) == ITEMS
+            for i in range(ITEMS):
+                assert by_tag[f"v{i:05d}"] == [r * 100_000.0 + i for r in range(1, ROUNDS + 1)]
+            assert driver.counters.dropped == 0
+            assert driver.counters.readings == ITEMS + written
+            # One sink call per publish response, not one per item.
+            assert len(collector.batches) - initial_batches <= 4 * ROUNDS
+            assert max(len(b) for b in collector.batches) >= ITEMS
+
+
+async def test_absolute_deadband_filters_small_changes(
+    plant: PlantServer, collector: Collector
+) -> None:
+    tags = [
+        pump_tag("flow", deadband_type="absolute", deadband_value=1.0),
+        OpcUaTag(name="flow_all", node_id=f"nsu={NAMESPACE};s=pump1.flow"),
+    ]
+    async with running(OpcUaDriver(device(plant.url, tags)), collector):
+        await collector.wait_for(lambda: len(collector.good("flow_all")) >= 1)
+        # 12.5 initial; 12.9 and 14.5 are within 1.0 of the value before them, 14.0 and 20 are not.
+        for value in (12.9, 14.0, 14.5, 20.0):
+            await plant.set_value("pump1.flow", value, ua.VariantType.Double)
+        await collector.wait_for(lambda: len(collector.good("flow_all")) >= 5)
+        await collector.wait_for(lambda: 20.0 in [r.value for r in collector.good("flow")])
+    assert [r.value for r in collector.good("flow_all")] == [12.5, 12.9, 14.0, 14.5, 20.0]
+    assert [r.value for r in collector.good("flow")] == [12.5, 14.0, 20.0]
+
+
+def test_monitored_item_request_carries_sampling_queue_and_deadband() -> None:
+    tag = OpcUaTag(
+        name="level",
+        node_id="ns=3;s=tank1.level",
+        sampling_interval_ms=250,
+        queue_size=20,
+        deadband_type="percent",
+        deadband_value=2.5,
+    )
+    request = _item_request(7, ua.NodeId("tank1.level", 3), tag)
+    params = request.RequestedParameters
+    assert (
+        params.ClientHandle,
+        params.SamplingInterval,
+        params.QueueSize,
+        params.DiscardOldest,
+    ) == (7, 250, 20, True)
+    assert params.Filter == ua.DataChangeFilter(
+        Trigger=ua.DataChangeTrigger.StatusValue,
+        DeadbandType=ua.DeadbandType.Percent,
+        DeadbandValue=2.5,
+    )
+    plain = _item_request(0, ua.NodeId(5), OpcUaTag(name="x", node_id="i=5"))
+    assert not isinstance(plain.RequestedParameters.Filter, ua.DataChangeFilter)  # null filter
+    assert plain.RequestedParameters.SamplingInterval == -1.0  # the publishing interval
+
+
+async def test_units_come_from_engineering_units_unless_overridden(
+    plant: PlantServer, collector: Collector
+) -> None:
+    tags = [pump_tag("flow"), pump_tag("speed_sp", unit="1/min"), pump_tag("mode")]
+    async with running(OpcUaDriver(device(plant.url, tags)), collector):
+        await collector.wait_for(
+            lambda: all(collector.good(t) for t in ("flow", "speed_sp", "mode"))
+        )
+    assert collector.good("flow")[0].unit == "m³/h"
+    assert collector.good("speed_sp")[0].unit == "1/min"
+    assert collector.good("mode")[0].unit is None
+    assert all(r.simulated for r in collector.readings)
+
+
+async def test_a_tag_the_server_lacks_is_bad_and_the_rest_still_flow(
+    plant: PlantServer, collector: Collector
+) -> None:
+    tags = [
+        pump_tag("flow"),
+        OpcUaTag(name="ghost", node_id=f"nsu={NAMESPACE};s=pump1.ghost"),
+        OpcUaTag(name="elsewhere", node_id="nsu=urn:not-served;s=x"),
+    ]
+    async with running(OpcUaDriver(device(plant.url, tags)), collector) as driver:
+        await collector.wait_for(
+            lambda: bool(
+                collector.good("flow") and collector.of("ghost") and collector.of("elsewhere")
+            )
+        )
+        await plant.set_value("pump1.flow", 33.0, ua.VariantType.Double)
+        await collector.wait_for(lambda: 33.0 in [r.value for r in collector.good("flow")])
+        assert driver.counters.errors >= 2
+    ghost = collector.of("ghost")[0]
+    assert (ghost.quality, ghost.reason) == (Quality.BAD, "opcua BadNodeIdUnknown (0x80340000)")
+    elsewhere = collector.of("elsewhere")[0]
+    assert elsewhere.quality is Quality.BAD
+    assert "namespace 'urn:not-served' is not served" in (elsewhere.reason or "")
