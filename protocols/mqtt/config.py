@@ -289,6 +289,7 @@ class MqttSourceConfig(BaseModel):
         simulated: mark every reading simulated (a payload's ``simulated`` flag also does).
         ca_file: CA bundle to verify an ``mqtts://`` broker; None uses the system store.
         keepalive_s: MQTT keep-alive; a dead link is noticed within about 1.5x this.
+        timeout_s: how long to wait for CONNACK and SUBACK before giving up on a connection.
         reconnect_base_s: the first reconnect delay's upper bound.
         reconnect_cap_s: the largest reconnect delay.
         max_batch: the most readings handed to the sink in one call.
@@ -311,6 +312,7 @@ class MqttSourceConfig(BaseModel):
     simulated: bool = False
     ca_file: FilePath | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=65_535)] = 30
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
     reconnect_base_s: Annotated[float, Field(gt=0)] = 0.5
     reconnect_cap_s: Annotated[float, Field(gt=0)] = 30.0
     max_batch: Annotated[int, Field(gt=0)] = 10_000

@@ -173,7 +173,7 @@ class MqttDriver:
             identifier=config.identifier,
             clean_session=config.clean_session,
             keepalive=config.keepalive_s,
-            timeout=10.0,
+            timeout=config.timeout_s,
             tls_context=self._tls,
             logger=_log,
             # aiomqtt builds its queue as queue_type(maxsize=...); handing it ours lets us
