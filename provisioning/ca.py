@@ -139,7 +139,7 @@ def issue_gateway_certificate(
     public_key = verify_csr(csr).public_key
     check_id(gateway_id, "gateway id")
     start = (now or datetime.now(UTC)) - _BACKDATE
-    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key())
     san = x509.SubjectAlternativeName(
         [x509.UniformResourceIdentifier(GATEWAY_URN_PREFIX + gateway_id)]
     )
@@ -155,10 +155,7 @@ def issue_gateway_certificate(
         .add_extension(_key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
-            critical=False,
-        )
+        .add_extension(aki, critical=False)
         .add_extension(san, critical=False)
         .sign(ca.private_key, hashes.SHA256())
     )

@@ -253,3 +253,11 @@ def test_unknown_critical_extension_is_refused(tenant_ca: TenantCA) -> None:
     leaf = _custom_leaf(tenant_ca, (client, False), (policy, True))
     with pytest.raises(CertificateError, match="unsupported critical extensions"):
         verify_gateway_certificate(leaf, tenant_ca.certificate)
+
+
+def test_authority_key_identifier_links_certificate_to_ca(
+    tenant_ca: TenantCA, gateway: Gateway
+) -> None:
+    aki = gateway.certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    ski = tenant_ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert aki.value.key_identifier == ski.value.digest
