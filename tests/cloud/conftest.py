@@ -57,7 +57,7 @@ def truncate(owner_dsn: str) -> None:
     where the tables hold a few rows and TRUNCATE pays for new files and exclusive locks)."""
     with psycopg.connect(owner_dsn) as conn:
         for table in _TABLES.split(","):
-            conn.execute(f"DELETE FROM {table.strip()}")
+            conn.execute(f"DELETE FROM {table.strip()}")  # noqa: S608 - constant table names
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
