@@ -183,7 +183,11 @@ async def test_bucketed_aggregates(cloud: Cloud) -> None:
         },
     ]
     day = await cloud.get(
-        tenant.admin, f"/v1/series/{series_id}/aggregate", bucket="1d", start=start - 2 * 86_400_000_000, end=now_us()
+        tenant.admin,
+        f"/v1/series/{series_id}/aggregate",
+        bucket="1d",
+        start=start - 2 * 86_400_000_000,
+        end=now_us(),
     )
     assert sum(b["count"] for b in day.json()) == 6
     for bad in ("0s", "2d", "10x", "500ms"):
