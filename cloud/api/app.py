@@ -1,0 +1,157 @@
+"""`create_app(settings)`: the stateless FastAPI service.
+
+Everything that matters lives in the database (idempotency, quotas, rate windows, usage), so any
+number of replicas can serve behind a load balancer. Errors are answered as
+``{"error": {"code", "message", "details"}}`` (see `cloud.errors`), 429s with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from cloud.api import admin, ingest, query, registry
+from cloud.api.deps import Runtime, StoredTokenAuthenticator, runtime
+from cloud.api.schemas import ErrorBody
+from cloud.auth import PlatformKeyAuthenticator
+from cloud.contract import ContractError
+from cloud.errors import CloudError, RateLimited, StorageError
+from cloud.metrics import CloudMetrics, MetricsMiddleware
+from cloud.settings import CloudSettings
+from cloud.storage import open_database
+from cloud.storage.repository import Repository
+
+log = logging.getLogger("tagway.cloud")
+
+_HTTP_CODES = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
+    """The one error shape of the API."""
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return JSONResponse(body, status_code=status)
+
+
+async def _cloud_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CloudError | ContractError)  # noqa: S101 - registered for these only
+    if isinstance(exc, StorageError):
+        log.error("storage error: %s", exc.message)
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this only
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    details = {
+        "path": list(first.get("loc", [])),
+        "errors": [{"path": list(e.get("loc", [])), "message": e.get("msg")} for e in errors],
+    }
+    return error_response(422, "invalid_request", str(first.get("msg")), details)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # noqa: S101 - registered for this only
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    response = error_response(exc.status_code, code, str(exc.detail))
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def create_app(settings: CloudSettings) -> FastAPI:
+    """The service for these settings; storage opens in the lifespan, closes at shutdown."""
+    metrics = CloudMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = await open_database(settings)
+        repo = Repository(db)
+        key = settings.platform_admin_key
+        app.state.runtime = Runtime(
+            settings=settings,
+            db=db,
+            repo=repo,
+            metrics=metrics,
+            authenticators=(
+                PlatformKeyAuthenticator(key.get_secret_value() if key else None),
+                StoredTokenAuthenticator(repo),
+            ),
+        )
+        log.info(
+            "storage: %s, timescaledb=%s, partitioning=%s, schema v%s",
+            db.info.backend,
+            db.info.timescaledb,
+            db.info.partitioning,
+            db.info.schema_version,
+        )
+        try:
+            yield
+        finally:
+            await db.close()
+
+    app = FastAPI(
+        title="tagway cloud",
+        version="1",
+        summary="Multi-tenant ingestion and query service for tagway gateways.",
+        lifespan=lifespan,
+        responses={
+            401: {"model": ErrorBody, "description": "Unauthenticated"},
+            422: {"model": ErrorBody, "description": "Invalid request"},
+        },
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_exception_handler(CloudError, _cloud_error)
+    app.add_exception_handler(ContractError, _cloud_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    for router in (ingest.router, admin.router, registry.router, query.router):
+        app.include_router(router)
+    _add_operations(app, metrics)
+    return app
+
+
+def _add_operations(app: FastAPI, metrics: CloudMetrics) -> None:
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
+    async def readyz(request: Request) -> dict[str, Any]:
+        """Readiness: the database answers; reports the backend and TimescaleDB detection."""
+        rt = runtime(request)
+        await rt.db.ping()
+        return {"status": "ready", **rt.db.info.model_dump()}
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus metrics of this replica."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def app_from_env() -> FastAPI:
+    """An app from ``TAGWAY_CLOUD_SETTINGS`` (JSON); for ``uvicorn --factory``."""
+    raw = os.environ.get("TAGWAY_CLOUD_SETTINGS", "{}")
+    return create_app(CloudSettings.model_validate_json(raw))

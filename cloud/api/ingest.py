@@ -1,0 +1,96 @@
+"""`POST /v1/ingest`: gateways post batches (see `cloud.contract` for the wire format)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from cloud.api.deps import Caller, Rt, now_us
+from cloud.contract import (
+    JSON,
+    MSGPACK,
+    PayloadTooLarge,
+    check_content_type,
+    check_time_window,
+    decode_batch,
+)
+from cloud.errors import Forbidden
+from cloud.storage.records import IngestResult
+
+router = APIRouter(tags=["ingest"])
+
+_DOC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": {"type": "object"}},
+            MSGPACK: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", details={"limit": limit})
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"body exceeds the limit of {limit} bytes", details={"limit": limit}
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/v1/ingest",
+    response_model=IngestResult,
+    openapi_extra=_DOC_BODY,
+    responses={
+        403: {"description": "Not a gateway, or the batch names another gateway"},
+        413: {"description": "Body, decompressed size or reading count over the limit"},
+        415: {"description": "Unknown Content-Type or Content-Encoding"},
+        429: {"description": "Over the tenant's rate limit or daily quota (see Retry-After)"},
+    },
+)
+async def ingest(request: Request, caller: Caller, rt: Rt) -> IngestResult:
+    """Store one batch, once per (gateway, seq); a replay answers `duplicate: true`."""
+    tenant_id, gateway_id = caller.require_gateway()
+    settings = rt.settings
+    content_type = request.headers.get("content-type")
+    check_content_type(content_type)
+    body = await read_body(request, settings.limits.max_body_bytes)
+    now = now_us()
+    quota = await rt.repo.admit_ingest(
+        tenant_id,
+        default_rate=settings.default_rate_limit,
+        default_quota=settings.default_ingest_quota_per_day,
+        window_s=settings.rate_window_s,
+        now_us=now,
+    )
+    batch = decode_batch(
+        body,
+        content_type=content_type,
+        content_encoding=request.headers.get("content-encoding"),
+        limits=settings.limits,
+    )
+    if batch.gateway_id != str(gateway_id):
+        raise Forbidden(
+            f"the batch names gateway {batch.gateway_id!r}, but the token is gateway {gateway_id}"
+        )
+    check_time_window(
+        batch,
+        now_us=now,
+        max_future_us=settings.max_future_skew_s * 1_000_000,
+        max_age_us=settings.max_age_days * 86_400_000_000,
+    )
+    result = await rt.repo.ingest(
+        tenant_id, gateway_id, batch, body_bytes=len(body), quota=quota, now_us=now
+    )
+    rt.metrics.batches.labels("duplicate" if result.duplicate else "stored").inc()
+    rt.metrics.readings.inc(result.stored)
+    return result

@@ -1,0 +1,98 @@
+"""Request and response bodies of API v1 that are not stored records."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.auth import Role
+from cloud.storage.records import ApiKey, Gateway, Point
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+MetadataValue = str | int | float | bool | None
+
+
+class Body(BaseModel):
+    """Base of request bodies: frozen, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TenantCreate(Body):
+    """A new tenant (platform admin)."""
+
+    name: Name
+    ingest_quota_per_day: int | None = Field(default=None, ge=0)
+    rate_limit: int | None = Field(default=None, ge=1)
+
+
+class TenantLimits(Body):
+    """A tenant's ingest quota (readings per UTC day) and rate limit (requests per window)."""
+
+    ingest_quota_per_day: int | None = Field(default=None, ge=0)
+    rate_limit: int | None = Field(default=None, ge=1)
+
+
+class ApiKeyCreate(Body):
+    """A new API key for a person or a program."""
+
+    name: Name
+    role: Role
+
+
+class ApiKeyCreated(Body):
+    """The new key and its secret: the only time the secret is shown."""
+
+    key: ApiKey
+    token: str
+
+
+class GatewayCreate(Body):
+    """A new gateway."""
+
+    name: Name
+
+
+class GatewayUpdate(Body):
+    """Rename a gateway."""
+
+    name: Name
+
+
+class GatewayCreated(Body):
+    """The gateway and its interim bearer token: the only time the token is shown."""
+
+    gateway: Gateway
+    token: str
+
+
+class DeviceUpdate(Body):
+    """Give a device a display name or replace its metadata."""
+
+    display_name: Name | None = None
+    metadata: dict[Annotated[str, Field(max_length=100)], MetadataValue] | None = Field(
+        default=None, max_length=50
+    )
+
+
+class RawPage(Body):
+    """One page of raw readings; pass `next_cursor` as `cursor` for the next page."""
+
+    series_id: int
+    points: list[Point]
+    next_cursor: str | None
+
+
+class ErrorDetail(Body):
+    """The error object."""
+
+    code: str
+    message: str
+    details: dict[str, object] = {}
+
+
+class ErrorBody(Body):
+    """Every error answer: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorDetail

@@ -1,0 +1,274 @@
+"""Tenants, keys, roles, gateways, devices, telemetry reads, alarms, usage and operations,
+on both backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud.contract import AlarmRecord, Batch, SeriesColumns
+from tests.cloud.conftest import PLATFORM_KEY, Cloud, make_batch, now_us
+
+pytestmark = pytest.mark.integration
+MINUTE_US = 60_000_000
+
+
+async def test_errors_have_one_shape(cloud: Cloud) -> None:
+    r = await cloud.client.get("/v1/devices")
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthenticated"
+    r = await cloud.get("nonsense", "/v1/devices")
+    assert r.status_code == 401
+    tenant = await cloud.tenant("acme")
+    r = await cloud.get(tenant.admin, "/v1/devices/999")
+    assert r.status_code == 404
+    assert r.json()["error"] == {"code": "not_found", "message": "device not found", "details": {}}
+    r = await cloud.get(tenant.admin, "/v1/devices/not-a-number")
+    assert r.status_code == 422
+    assert r.json()["error"]["details"]["path"] == ["path", "device_id"]
+    r = await cloud.client.post(
+        "/v1/api-keys", json={"name": "x", "role": "god"}, headers=cloud.auth(tenant.admin)
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["details"]["path"] == ["body", "role"]
+    r = await cloud.get(tenant.admin, "/v1/nowhere")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+
+
+async def test_tenants_are_for_the_platform_admin(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    await cloud.tenant("globex")
+    r = await cloud.get(PLATFORM_KEY, "/v1/tenants")
+    assert [t["name"] for t in r.json()] == ["acme", "globex"]
+    assert (await cloud.get(tenant.admin, "/v1/tenants")).status_code == 403
+    r = await cloud.client.post(
+        "/v1/tenants", json={"name": "acme"}, headers=cloud.auth(PLATFORM_KEY)
+    )
+    assert r.status_code == 409
+    r = await cloud.client.put(
+        f"/v1/tenants/{tenant.id}/limits",
+        json={"ingest_quota_per_day": 10, "rate_limit": 5},
+        headers=cloud.auth(PLATFORM_KEY),
+    )
+    assert r.json()["ingest_quota_per_day"] == 10
+    own = (await cloud.get(tenant.admin, "/v1/tenant")).json()
+    assert own["name"] == "acme"
+    assert own["rate_limit"] == 5
+    assert (await cloud.get(PLATFORM_KEY, "/v1/tenants/999")).status_code == 404
+    assert (await cloud.get(PLATFORM_KEY, "/v1/devices")).status_code == 403
+
+
+async def test_api_keys_shown_once_hashed_revocable_with_roles(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    viewer = await cloud.key(tenant, "viewer")
+    operator = await cloud.key(tenant, "operator")
+    keys = (await cloud.get(tenant.admin, "/v1/api-keys")).json()
+    assert [k["role"] for k in keys] == ["admin", "viewer", "operator"]
+    assert all("token" not in k and "key_hash" not in k for k in keys)
+    assert keys[1]["prefix"] == viewer[:14]
+    assert keys[0]["last_used_at"] is not None  # the admin key has been used
+    # roles
+    assert (await cloud.get(viewer, "/v1/devices")).status_code == 200
+    r = await cloud.client.post(
+        "/v1/api-keys", json={"name": "x", "role": "admin"}, headers=cloud.auth(viewer)
+    )
+    assert r.status_code == 403
+    r = await cloud.client.post("/v1/gateways", json={"name": "g"}, headers=cloud.auth(operator))
+    assert r.status_code == 403
+    # revocation takes effect at once
+    r = await cloud.client.delete(f"/v1/api-keys/{keys[1]['id']}", headers=cloud.auth(tenant.admin))
+    assert r.json()["revoked_at"] is not None
+    assert (await cloud.get(viewer, "/v1/devices")).status_code == 401
+
+
+async def test_gateways_crud(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant, "north")
+    r = await cloud.client.post(
+        "/v1/gateways", json={"name": "north"}, headers=cloud.auth(tenant.admin)
+    )
+    assert r.status_code == 409
+    r = await cloud.client.patch(
+        f"/v1/gateways/{gw[0]}", json={"name": "south"}, headers=cloud.auth(tenant.admin)
+    )
+    assert r.json()["name"] == "south"
+    assert r.json()["token_prefix"] == gw[1][:14]
+    await cloud.send(gw, make_batch(gw[0], 1))
+    r = await cloud.client.delete(f"/v1/gateways/{gw[0]}", headers=cloud.auth(tenant.admin))
+    assert r.status_code == 204
+    assert (await cloud.get(tenant.admin, "/v1/gateways")).json() == []
+    assert (await cloud.get(tenant.admin, "/v1/series")).json() == []
+    assert (await cloud.send(gw, make_batch(gw[0], 2))).status_code == 401
+
+
+async def test_devices_rename_metadata_delete(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    await cloud.send(gw, make_batch(gw[0], 1, devices=("pump1", "pump2")))
+    devices = (await cloud.get(tenant.admin, "/v1/devices", gateway_id=gw[0])).json()
+    assert [d["name"] for d in devices] == ["pump1", "pump2"]
+    operator = await cloud.key(tenant, "operator")
+    r = await cloud.client.patch(
+        f"/v1/devices/{devices[0]['id']}",
+        json={"display_name": "Feed pump", "metadata": {"site": "north", "line": 2}},
+        headers=cloud.auth(operator),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["display_name"] == "Feed pump"
+    assert r.json()["metadata"] == {"site": "north", "line": 2}
+    assert r.json()["name"] == "pump1"
+    r = await cloud.client.delete(f"/v1/devices/{devices[1]['id']}", headers=cloud.auth(operator))
+    assert r.status_code == 403
+    r = await cloud.client.delete(
+        f"/v1/devices/{devices[1]['id']}", headers=cloud.auth(tenant.admin)
+    )
+    assert r.status_code == 204
+    series = (await cloud.get(tenant.admin, "/v1/series")).json()
+    assert {s["device"] for s in series} == {"pump1"}
+    # the renamed device keeps receiving under the gateway's own name
+    await cloud.send(gw, make_batch(gw[0], 2, devices=("pump1",)))
+    assert len((await cloud.get(tenant.admin, "/v1/devices")).json()) == 1
+
+
+async def test_raw_pages_with_a_cursor(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    await cloud.send(gw, make_batch(gw[0], 1, tags=("flow",), n=25))
+    series_id = (await cloud.get(tenant.admin, "/v1/series")).json()[0]["id"]
+    seen: list[int] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 10, "start": 0} | ({"cursor": cursor} if cursor else {})
+        page = (await cloud.get(tenant.admin, f"/v1/series/{series_id}/raw", **params)).json()
+        seen += [p["ts"] for p in page["points"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert len(seen) == 25
+    assert seen == sorted(set(seen))
+    r = await cloud.get(tenant.admin, f"/v1/series/{series_id}/raw", cursor="!!bad!!")
+    assert r.status_code == 422
+    assert r.json()["error"]["details"]["path"] == ["query", "cursor"]
+
+
+async def test_bucketed_aggregates(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    start = (now_us() // MINUTE_US - 10) * MINUTE_US
+    ts = [start + i * 20_000_000 for i in range(6)]  # 3 per minute over 2 minutes
+    values = [1.0, 5.0, 3.0, 10.0, 20.0, 30.0]
+    batch = Batch(str(gw[0]), 1, now_us(), [SeriesColumns("pump1", "flow", ts, values)])
+    await cloud.send(gw, batch)
+    series_id = (await cloud.get(tenant.admin, "/v1/series")).json()[0]["id"]
+    r = await cloud.get(
+        tenant.admin,
+        f"/v1/series/{series_id}/aggregate",
+        bucket="1m",
+        start=start,
+        end=start + 2 * MINUTE_US,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == [
+        {"start": start, "min": 1.0, "max": 5.0, "avg": 3.0, "last": 3.0, "count": 3},
+        {
+            "start": start + MINUTE_US,
+            "min": 10.0,
+            "max": 30.0,
+            "avg": 20.0,
+            "last": 30.0,
+            "count": 3,
+        },
+    ]
+    day = await cloud.get(
+        tenant.admin,
+        f"/v1/series/{series_id}/aggregate",
+        bucket="1d",
+        start=start - 2 * 86_400_000_000,
+        end=now_us(),
+    )
+    assert sum(b["count"] for b in day.json()) == 6
+    for bad in ("0s", "2d", "10x", "500ms"):
+        r = await cloud.get(tenant.admin, f"/v1/series/{series_id}/aggregate", bucket=bad)
+        assert r.status_code == 422, bad
+        assert r.json()["error"]["details"]["path"] == ["query", "bucket"]
+    r = await cloud.get(tenant.admin, f"/v1/series/{series_id}/aggregate", bucket="1s", start=0)
+    assert r.status_code == 422  # too many buckets
+
+
+async def test_latest_per_device(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    await cloud.send(gw, make_batch(gw[0], 1, n=5))
+    device_id = (await cloud.get(tenant.admin, "/v1/devices")).json()[0]["id"]
+    latest = (await cloud.get(tenant.admin, f"/v1/devices/{device_id}/latest")).json()
+    assert [(v["tag"], v["value"], v["unit"]) for v in latest] == [
+        ("flow", 4.5, "m3/h"),
+        ("pressure", 4.5, "m3/h"),
+    ]
+
+
+async def test_alarms_list_filter_acknowledge(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    now = now_us()
+    alarms = [
+        AlarmRecord(device="pump1", name="flow_high", ts=now - 30, state="active"),
+        AlarmRecord(device="pump1", name="flow_high", ts=now - 20, state="cleared"),
+        AlarmRecord(device="pump2", name="door", ts=now - 10, kind="event", state="event"),
+    ]
+    await cloud.send(gw, Batch(str(gw[0]), 1, now, [], alarms))
+    everything = (await cloud.get(tenant.admin, "/v1/alarms")).json()
+    assert [a["state"] for a in everything] == ["event", "cleared", "active"]
+    active = (await cloud.get(tenant.admin, "/v1/alarms", state="active")).json()
+    assert len(active) == 1
+    events = (await cloud.get(tenant.admin, "/v1/alarms", kind="event", device="pump2")).json()
+    assert [e["name"] for e in events] == ["door"]
+    viewer = await cloud.key(tenant, "viewer")
+    ack = f"/v1/alarms/{active[0]['id']}/ack"
+    assert (await cloud.client.post(ack, headers=cloud.auth(viewer))).status_code == 403
+    operator = await cloud.key(tenant, "operator")
+    r = await cloud.client.post(ack, headers=cloud.auth(operator))
+    assert r.status_code == 200
+    assert r.json()["acknowledged_at"] is not None
+    assert r.json()["acknowledged_by"] is not None
+    assert (
+        await cloud.client.post("/v1/alarms/999/ack", headers=cloud.auth(operator))
+    ).status_code == 404
+
+
+async def test_usage_counts_api_calls_and_ingest(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    await cloud.send(gw, make_batch(gw[0], 1, n=5, dropped={"telemetry": 3, "alarms": 0}))
+    usage = (await cloud.get(tenant.admin, "/v1/usage")).json()
+    assert len(usage) == 1
+    day = usage[0]
+    assert day["readings"] == 10
+    assert day["batches"] == 1
+    assert day["dropped"] == 3
+    assert day["bytes"] > 0
+    assert day["api_calls"] >= 2  # creating the gateway and this call
+    r = await cloud.get(tenant.admin, "/v1/usage", start="2030-01-02", end="2030-01-01")
+    assert r.status_code == 422
+
+
+async def test_health_ready_metrics_openapi(cloud: Cloud, backend: str) -> None:
+    assert (await cloud.client.get("/healthz")).json() == {"status": "ok"}
+    ready = (await cloud.client.get("/readyz")).json()
+    assert ready["status"] == "ready"
+    assert ready["backend"] == ("postgresql" if backend == "postgres" else "sqlite")
+    assert ready["timescaledb"] is False  # not installed on this server
+    assert ready["partitioning"] == ("native" if backend == "postgres" else "none")
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    await cloud.send(gw, make_batch(gw[0], 1, n=5))
+    text = (await cloud.client.get("/metrics")).text
+    assert 'tagway_cloud_ingest_batches_total{result="stored"} 1.0' in text
+    assert "tagway_cloud_ingest_readings_total 10.0" in text
+    assert 'route="/v1/ingest"' in text
+    spec = (await cloud.client.get("/openapi.json")).json()
+    assert "/v1/ingest" in spec["paths"]
+    assert "/v1/series/{series_id}/aggregate" in spec["paths"]

@@ -1,0 +1,256 @@
+"""Tenant isolation. The API part runs on both backends; on PostgreSQL the app connects as the
+production app role (not the owner), so row-level security is live under every request. The
+database part talks to PostgreSQL directly as that role."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import psycopg
+import pytest
+
+from cloud.contract import AlarmRecord, Batch
+from cloud.settings import CloudSettings
+from cloud.storage.pg_schema import METADATA_TABLES
+from cloud.storage.postgres import PostgresDatabase
+from tests.cloud.conftest import APP_ROLE, Cloud, Tenant, app_dsn, make_batch, now_us, truncate
+
+pytestmark = pytest.mark.integration
+
+
+async def _populate(cloud: Cloud, name: str) -> tuple[Tenant, dict[str, int]]:
+    tenant = await cloud.tenant(name)
+    gw = await cloud.gateway(tenant, f"{name}-gw")
+    alarm = AlarmRecord(device=f"{name}-pump", name="high", ts=now_us() - 5)
+    batch = make_batch(gw[0], 1, devices=(f"{name}-pump",), n=5)
+    assert (
+        await cloud.send(gw, Batch(batch.gateway_id, 1, batch.created_at, batch.series, [alarm]))
+    ).status_code == 200
+    device = (await cloud.get(tenant.admin, "/v1/devices")).json()[0]["id"]
+    series = (await cloud.get(tenant.admin, "/v1/series")).json()[0]["id"]
+    alarm_id = (await cloud.get(tenant.admin, "/v1/alarms")).json()[0]["id"]
+    key_id = (await cloud.get(tenant.admin, "/v1/api-keys")).json()[0]["id"]
+    return tenant, {
+        "gateway": gw[0],
+        "device": device,
+        "series": series,
+        "alarm": alarm_id,
+        "key": key_id,
+    }
+
+
+async def _view(cloud: Cloud, tenant: Tenant) -> dict[str, Any]:
+    paths = ("/v1/gateways", "/v1/devices", "/v1/series", "/v1/alarms", "/v1/api-keys")
+    view = {p: (await cloud.get(tenant.admin, p)).json() for p in paths}
+    for entry in view["/v1/gateways"]:
+        entry.pop("last_seen_at")
+    for entry in view["/v1/api-keys"]:
+        entry.pop("last_used_at")
+    return view
+
+
+async def test_every_endpoint_hides_the_other_tenant(cloud: Cloud) -> None:
+    a, _ = await _populate(cloud, "alpha")
+    b, b_ids = await _populate(cloud, "beta")
+    b_before = await _view(cloud, b)
+    h = cloud.auth(a.admin)
+    c = cloud.client
+    answers = {
+        "get gateway": await c.get(f"/v1/gateways/{b_ids['gateway']}", headers=h),
+        "rename gateway": await c.patch(
+            f"/v1/gateways/{b_ids['gateway']}", json={"name": "x"}, headers=h
+        ),
+        "rotate token": await c.post(f"/v1/gateways/{b_ids['gateway']}/token", headers=h),
+        "revoke gateway": await c.post(f"/v1/gateways/{b_ids['gateway']}/revoke", headers=h),
+        "delete gateway": await c.delete(f"/v1/gateways/{b_ids['gateway']}", headers=h),
+        "get device": await c.get(f"/v1/devices/{b_ids['device']}", headers=h),
+        "patch device": await c.patch(
+            f"/v1/devices/{b_ids['device']}", json={"display_name": "x"}, headers=h
+        ),
+        "delete device": await c.delete(f"/v1/devices/{b_ids['device']}", headers=h),
+        "latest": await c.get(f"/v1/devices/{b_ids['device']}/latest", headers=h),
+        "raw": await c.get(f"/v1/series/{b_ids['series']}/raw", headers=h),
+        "aggregate": await c.get(f"/v1/series/{b_ids['series']}/aggregate", headers=h),
+        "ack alarm": await c.post(f"/v1/alarms/{b_ids['alarm']}/ack", headers=h),
+        "revoke key": await c.delete(f"/v1/api-keys/{b_ids['key']}", headers=h),
+    }
+    assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(answers, 404)
+    filtered = {
+        "devices": await cloud.get(a.admin, "/v1/devices", gateway_id=b_ids["gateway"]),
+        "series by device": await cloud.get(a.admin, "/v1/series", device_id=b_ids["device"]),
+        "series by gateway": await cloud.get(a.admin, "/v1/series", gateway_id=b_ids["gateway"]),
+        "alarms": await cloud.get(a.admin, "/v1/alarms", gateway_id=b_ids["gateway"]),
+        "alarms by device": await cloud.get(a.admin, "/v1/alarms", device="beta-pump"),
+    }
+    assert {name: r.json() for name, r in filtered.items()} == {name: [] for name in filtered}
+    a_view = await _view(cloud, a)
+    for path, rows in a_view.items():
+        assert rows, path
+        assert not {r["id"] for r in rows} & {r["id"] for r in b_before[path]}, path
+    assert await _view(cloud, b) == b_before  # nothing of B changed
+    assert (await cloud.get(b.admin, "/v1/tenant")).json()["name"] == "beta"
+
+
+async def test_a_gateway_of_a_can_never_write_into_b(cloud: Cloud) -> None:
+    a, _ = await _populate(cloud, "alpha")
+    b, b_ids = await _populate(cloud, "beta")
+    a_gw = a.gateways["alpha-gw"]
+    before = await _view(cloud, b)
+    forged = make_batch(b_ids["gateway"], 99, devices=("intruder",))
+    r = await cloud.send(a_gw, forged)
+    assert r.status_code == 403
+    assert (
+        await cloud.send(a_gw, make_batch(a_gw[0], 2, devices=("intruder",)))
+    ).status_code == 200
+    assert await _view(cloud, b) == before
+    assert "intruder" in {d["name"] for d in (await cloud.get(a.admin, "/v1/devices")).json()}
+    # A's user keys cannot post batches at all, into any tenant
+    assert (await cloud.send((0, a.admin), forged)).status_code == 403
+
+
+# ------------------------------------------------------------------ database, as the app role
+
+pg = pytest.mark.postgres
+
+
+@pytest.fixture
+async def two_tenants_pg(
+    migrated_pg: str, make_cloud_pg: Any
+) -> tuple[Cloud, dict[str, int], dict[str, int]]:
+    cloud = await make_cloud_pg()
+    _, a_ids = await _populate(cloud, "alpha")
+    _, b_ids = await _populate(cloud, "beta")
+    tenants = (await cloud.get("platform-secret-for-tests-only", "/v1/tenants")).json()
+    a_ids["tenant"], b_ids["tenant"] = tenants[0]["id"], tenants[1]["id"]
+    return cloud, a_ids, b_ids
+
+
+@pytest.fixture
+async def make_cloud_pg(migrated_pg: str, tmp_path: Any) -> Any:
+    from contextlib import AsyncExitStack  # noqa: PLC0415 - fixture plumbing
+
+    import httpx  # noqa: PLC0415 - fixture plumbing
+
+    from cloud.api.app import create_app  # noqa: PLC0415 - fixture plumbing
+
+    truncate(migrated_pg)
+    async with AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Cloud:
+            settings = CloudSettings(
+                database_url=app_dsn(migrated_pg),
+                platform_admin_key="platform-secret-for-tests-only",
+                **({"pool_min_size": 1, "pool_max_size": 2} | overrides),
+            )
+            app = create_app(settings)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+            await stack.enter_async_context(client)
+            return Cloud(client)
+
+        yield start
+
+
+@pg
+def test_the_app_role_is_not_privileged(migrated_pg: str) -> None:
+    with psycopg.connect(app_dsn(migrated_pg)) as conn:
+        row = conn.execute(
+            "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles"
+            " WHERE rolname = current_user"
+        ).fetchone()
+        assert row == (False, False, False, False)
+        owned = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
+            " WHERE r.rolname = %s",
+            [APP_ROLE],
+        ).fetchone()
+        assert owned == (0,)
+        forced = conn.execute(
+            "SELECT relname FROM pg_class WHERE relname = ANY(%s)"
+            " AND relrowsecurity AND relforcerowsecurity ORDER BY relname",
+            [["tenants", *METADATA_TABLES]],
+        ).fetchall()
+        assert {r[0] for r in forced} == {"tenants", *METADATA_TABLES}
+
+
+@pg
+async def test_without_tenant_context_nothing_is_visible(
+    two_tenants_pg: Any, migrated_pg: str
+) -> None:
+    with psycopg.connect(app_dsn(migrated_pg)) as conn:
+        for table in ("tenants", *METADATA_TABLES):
+            count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - constants
+            assert count == (0,), table
+        conn.rollback()
+        conn.execute("SELECT set_config('app.tenant_id', '999999', false)")
+        assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+
+
+@pg
+async def test_rls_admits_only_the_current_tenant(two_tenants_pg: Any, migrated_pg: str) -> None:
+    _, a_ids, b_ids = two_tenants_pg
+    with psycopg.connect(app_dsn(migrated_pg)) as conn:
+        conn.execute("SELECT set_config('app.tenant_id', %s, true)", [str(a_ids["tenant"])])
+        tenants = conn.execute("SELECT id FROM devices").fetchall()
+        assert tenants == [(a_ids["device"],)]
+        assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "INSERT INTO devices (tenant_id, gateway_id, name, created_at)"
+                " VALUES (%s, %s, 'sneak', 0)",
+                [b_ids["tenant"], b_ids["gateway"]],
+            )
+        conn.rollback()
+        conn.execute("SELECT set_config('app.tenant_id', %s, true)", [str(a_ids["tenant"])])
+        changed = conn.execute(
+            "UPDATE gateways SET name = 'stolen' WHERE id = %s", [b_ids["gateway"]]
+        ).rowcount
+        assert changed == 0
+        conn.rollback()
+
+
+@pg
+async def test_the_app_role_cannot_touch_partitions(two_tenants_pg: Any, migrated_pg: str) -> None:
+    today = dt.datetime.now(tz=dt.UTC).strftime("%Y%m%d")
+    with psycopg.connect(app_dsn(migrated_pg)) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT count(*) FROM telemetry_p{today}")  # noqa: S608 - a date
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"DROP TABLE telemetry_p{today}")
+        conn.rollback()
+        # the parent is readable, and only through an explicit tenant filter does it make sense
+        assert conn.execute("SELECT count(*) > 0 FROM telemetry").fetchone() == (True,)
+
+
+@pg
+async def test_a_pool_of_one_serving_a_then_b_leaks_nothing(
+    two_tenants_pg: Any, migrated_pg: str
+) -> None:
+    _, a_ids, b_ids = two_tenants_pg
+    settings = CloudSettings(database_url=app_dsn(migrated_pg), pool_min_size=1, pool_max_size=1)
+    db = await PostgresDatabase.open(settings)
+    try:
+        for _ in range(3):
+            async with db.transaction(a_ids["tenant"]) as tx:
+                assert await tx.fetch("SELECT id FROM devices") == [(a_ids["device"],)]
+            async with db.transaction(None) as tx:
+                assert await tx.fetchone("SELECT current_setting('app.tenant_id', true)") == ("",)
+                assert await tx.fetch("SELECT id FROM devices") == []
+            async with db.transaction(b_ids["tenant"]) as tx:
+                assert await tx.fetch("SELECT id FROM devices") == [(b_ids["device"],)]
+
+        # concurrent users of the single connection queue up and still see only their own rows
+        async def devices(tenant: int) -> list[Any]:
+            async with db.transaction(tenant) as tx:
+                await tx.fetch("SELECT pg_sleep(0.01)")
+                return await tx.fetch("SELECT id FROM devices")
+
+        results = await asyncio.gather(
+            *(devices(t) for t in [a_ids["tenant"], b_ids["tenant"]] * 4)
+        )
+        assert results == [[(a_ids["device"],)], [(b_ids["device"],)]] * 4
+    finally:
+        await db.close()

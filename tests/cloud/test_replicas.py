@@ -1,0 +1,146 @@
+"""Two service replicas (two real uvicorn processes, each on its own port-0 socket) against one
+PostgreSQL: batches posted through both store once, and quotas and rate limits hold across them
+because their state lives in the database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloud.contract import encode_batch
+from tests.cloud.conftest import PLATFORM_KEY, Cloud, app_dsn, make_batch, truncate
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start_replica(settings: dict[str, object]) -> tuple[subprocess.Popen[bytes], str]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    env = os.environ | {"TAGWAY_CLOUD_SETTINGS": json.dumps(settings), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "cloud.api.app:app_from_env",
+            "--fd",
+            str(sock.fileno()),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        pass_fds=(sock.fileno(),),
+        cwd=ROOT,
+    )
+    sock.close()  # the child holds its own copy
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"replica exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"replica at {url} not ready in 30 s")
+
+
+@pytest.fixture
+def replicas(migrated_pg: str) -> Iterator[list[str]]:
+    truncate(migrated_pg)
+    settings = {
+        "database_url": app_dsn(migrated_pg),
+        "platform_admin_key": PLATFORM_KEY,
+        "pool_min_size": 1,
+        "pool_max_size": 4,
+        "rate_window_s": 3600,
+    }
+    started = [_start_replica(settings) for _ in range(2)]
+    try:
+        for proc, url in started:
+            _wait_ready(url, proc)
+        yield [url for _, url in started]
+    finally:
+        for proc, _ in started:
+            proc.terminate()
+        for proc, _ in started:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def test_two_replicas_store_once_and_share_quotas(replicas: list[str]) -> None:
+    async with (
+        httpx.AsyncClient(base_url=replicas[0], timeout=30) as one,
+        httpx.AsyncClient(base_url=replicas[1], timeout=30) as two,
+    ):
+        first, second = Cloud(one), Cloud(two)
+        tenant = await first.tenant("acme")
+        gw = await first.gateway(tenant)
+        # every batch posted through both replicas at once: stored exactly once
+        origin = time.time_ns() // 1000 - 3_600_000_000  # an hour ago; 50 s per batch
+        batches = [
+            make_batch(gw[0], seq, n=50, start=origin + seq * 50_000_000) for seq in range(1, 11)
+        ]
+        bodies = [encode_batch(b) for b in batches]
+        answers = await asyncio.gather(
+            *(c.post(gw[1], body) for body in bodies for c in (first, second))
+        )
+        assert {a.status_code for a in answers} == {200}
+        assert sum(a.json()["duplicate"] for a in answers) == 10
+        assert sum(a.json()["stored"] for a in answers if not a.json()["duplicate"]) == 1000
+        usage = (await second.get(tenant.admin, "/v1/usage")).json()
+        assert sum(u["readings"] for u in usage) == 1000
+        assert sum(u["batches"] for u in usage) == 10
+        stored = 0
+        for series in (await first.get(tenant.admin, "/v1/series")).json():
+            page = await second.get(
+                tenant.admin, f"/v1/series/{series['id']}/raw", start=0, limit=10_000
+            )
+            stored += len(page.json()["points"])
+        assert stored == 1000
+
+        # the daily quota holds across replicas: 100 readings = 10 batches of 10
+        limited = await first.tenant("limited", ingest_quota_per_day=100)
+        lgw = await first.gateway(limited)
+        sends = [
+            (first, second)[seq % 2].post(lgw[1], encode_batch(make_batch(lgw[0], seq, n=5)))
+            for seq in range(1, 21)
+        ]
+        codes = [r.status_code for r in await asyncio.gather(*sends)]
+        assert sorted(codes) == [200] * 10 + [429] * 10
+        usage = (await second.get(limited.admin, "/v1/usage")).json()
+        assert sum(u["readings"] for u in usage) == 100
+
+        # and so does the rate limit: 6 requests per window in total, not per replica
+        rated = await second.tenant("rated", rate_limit=6)
+        rgw = await second.gateway(rated)
+        sends = [
+            (first, second)[seq % 2].post(rgw[1], encode_batch(make_batch(rgw[0], seq, n=1)))
+            for seq in range(1, 13)
+        ]
+        answers = await asyncio.gather(*sends)
+        assert sorted(a.status_code for a in answers) == [200] * 6 + [429] * 6
+        assert all("Retry-After" in a.headers for a in answers if a.status_code == 429)
