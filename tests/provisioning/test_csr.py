@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 
 from provisioning.csr import create_csr, csr_to_pem, load_csr_pem, verify_csr
 from provisioning.errors import CsrError
-from provisioning.keys import generate_private_key, same_public_key
+from provisioning.keys import generate_private_key, private_key_to_pem, same_public_key
 
 # DER of AlgorithmIdentifier ecdsa-with-SHA256 (RFC 5758 §3.2: parameters absent).
 _ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
@@ -109,6 +109,7 @@ def test_the_private_key_never_appears_in_the_csr() -> None:
     )
     der = csr.public_bytes(serialization.Encoding.DER)
     pem = csr_to_pem(csr)
-    for secret in (scalar, pkcs8, base64.b64encode(scalar), base64.b64encode(pkcs8)[:40]):
+    pem_body = b"".join(private_key_to_pem(key).splitlines()[1:-1])
+    for secret in (scalar, pkcs8, scalar.hex().encode(), base64.b64encode(scalar), pem_body):
         assert secret not in der
         assert secret not in pem

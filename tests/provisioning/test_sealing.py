@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from provisioning import sealing
+from provisioning import files, sealing
 from provisioning.ca import TenantCA, create_tenant_ca
 from provisioning.errors import KeyFileError, SealedKeyError
 from provisioning.keys import generate_private_key
@@ -126,7 +126,7 @@ def test_master_key_creation_race_keeps_the_winners_key(
     # Replica B checks, finds no file, and meanwhile replica A creates it: B must adopt A's key.
     path = tmp_path / "master.key"
     winner = MasterKey.generate()
-    real_read = sealing.read_private
+    real_read = files.read_private
     calls = 0
 
     def racing_read(target: Path) -> bytes:
