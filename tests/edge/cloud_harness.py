@@ -122,8 +122,8 @@ async def bootstrap(cloud: RunningCloud, tenant: str = "plant-a") -> None:
         r = await client.post("/v1/tenants", json={"name": tenant}, headers=platform)
         r.raise_for_status()
         tenant_id = r.json()["id"]
-        r = await client.post(f"/v1/tenants/{tenant_id}/api-keys",
-                              json={"name": "admin", "role": "admin"}, headers=platform)  # fmt: skip
+        admin = {"name": "admin", "role": "admin"}
+        r = await client.post(f"/v1/tenants/{tenant_id}/api-keys", json=admin, headers=platform)
         r.raise_for_status()
         cloud.admin_key = r.json()["token"]
         r = await client.post("/v1/gateways", json={"name": "gw1"},
