@@ -162,6 +162,8 @@ class AlarmEngine:
         """Feed a batch; return the transitions it caused."""
         events: list[AlarmEvent] = []
         by_series = self._by_series
+        if not by_series:
+            return events
         for reading in readings:
             key = (reading.device, reading.tag)
             rules = by_series.get(key)

@@ -10,7 +10,8 @@ otherwise, byte-shuffled so zstd sees the slowly changing high bytes together.
 Format version 1 (msgpack map, then zstd)::
 
     {"v": 1, "t0": <µs>,
-     "series": [[device, tag, unit|None, simulated, count, is_text], ...],
+     "series": {"device": [...], "tag": [...], "unit": [...], "sim": [...],
+                "count": [...], "text": [indexes of series holding strings]},
      "ts": <int32/int64 offsets, little-endian bytes>, "tsw": 4|8,
      "num": <shuffled float bytes>, "numw": 4|8, "txt": [str, ...],
      "q": <int8 bytes> | None}
@@ -20,6 +21,7 @@ Readings appear series by series, in the order the series first appeared in the 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,42 +55,74 @@ class ChunkSeries:
 
 
 def encode(readings: list[Reading]) -> bytes:
-    """Encode one flush of readings into a compressed chunk."""
+    """Encode one flush of readings into a compressed chunk.
+
+    Written for throughput: the readings are transposed into columns with `zip(*readings)` (C
+    speed, since `Reading` is a tuple), grouped by series with a stable numpy sort, and only the
+    rare text values take a per-reading Python path.
+    """
     if not readings:
         raise ValueError("a chunk needs at least one reading")
-    groups: dict[tuple[str, str], list[Reading]] = {}
-    for reading in readings:
-        key = (reading.device, reading.tag)
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [reading]
-        else:
-            group.append(reading)
-    ordered = [r for group in groups.values() for r in group]
-    t0 = min(r.ts for r in ordered)
-    offsets = np.fromiter((r.ts - t0 for r in ordered), dtype=np.int64, count=len(ordered))
+    devices, tags, stamps, values, qualities, units, simulated, _ = zip(*readings, strict=True)
+    # Each reading gets the position where its series first appeared (setdefault keeps the
+    # first); np.unique then numbers the series densely, in order of first appearance.
+    index: dict[tuple[str, str], int] = {}
+    first_seen = np.fromiter(
+        map(index.setdefault, zip(devices, tags, strict=True), itertools.count()),
+        dtype=np.int64,
+        count=len(readings),
+    )
+    _, firsts, sids = np.unique(first_seen, return_index=True, return_inverse=True)
+    sids = sids.astype(np.int64)
+    order = np.argsort(sids, kind="stable")
+    counts = np.bincount(sids)
+    ts = np.asarray(stamps, dtype=np.int64)[order]
+    t0 = int(ts.min())
+    offsets = ts - t0
     narrow = bool(offsets.max() < 2**31)
-    ts_bytes = offsets.astype("<i4" if narrow else "<i8").tobytes()
-    series: list[list[Any]] = []
-    numbers: list[float] = []
-    texts: list[str] = []
-    for (device, tag), group in groups.items():
-        first = group[0]
-        is_text = isinstance(first.value, str)
-        series.append([device, tag, first.unit, first.simulated, len(group), is_text])
-        if is_text:
-            texts.extend(str(r.value) for r in group)
-        else:
-            numbers.extend(_number(r.value) for r in group)
-    num_bytes, width = _shuffle(np.asarray(numbers, dtype=np.float64))
-    qualities = [_Q[r.quality] for r in ordered]
+    value_types = set(map(type, values))
+    text_series: set[int] = set()
+    if str in value_types:
+        text_series = {int(sids[i]) for i, v in enumerate(values) if isinstance(v, str)}
+    first = firsts.tolist()
+    series = {
+        "device": [devices[i] for i in first], "tag": [tags[i] for i in first],
+        "unit": [units[i] for i in first], "sim": [simulated[i] for i in first],
+        "count": counts.tolist(), "text": sorted(text_series),
+    }  # fmt: skip
+    ordered_values = [values[i] for i in order.tolist()] if text_series else None
+    numbers, texts = _value_columns(values, order, sids, text_series, ordered_values)
+    num_bytes, width = _shuffle(numbers)
+    if qualities.count(Quality.GOOD) == len(qualities):
+        quality_bytes = None
+    else:
+        codes = np.fromiter(map(_Q.__getitem__, qualities), dtype=np.int8, count=len(qualities))
+        quality_bytes = codes[order].tobytes()
     payload: dict[str, Any] = {
-        "v": FORMAT_VERSION, "t0": t0, "series": series, "ts": ts_bytes,
-        "tsw": 4 if narrow else 8, "num": num_bytes, "numw": width, "txt": texts,
-        "q": bytes(qualities) if any(qualities) else None,
+        "v": FORMAT_VERSION, "t0": t0, "series": series,
+        "ts": offsets.astype("<i4" if narrow else "<i8").tobytes(), "tsw": 4 if narrow else 8,
+        "num": num_bytes, "numw": width, "txt": texts, "q": quality_bytes,
     }  # fmt: skip
     raw: bytes = msgpack.packb(payload, use_bin_type=True)
     return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
+
+
+def _value_columns(
+    values: tuple[Any, ...],
+    order: npt.NDArray[np.int64],
+    sids: npt.NDArray[np.int64],
+    text_series: set[int],
+    ordered_values: list[Any] | None,
+) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """The numeric column (series order, text series left out) and the text column."""
+    if not text_series:
+        return np.asarray(values, dtype=np.float64)[order], []
+    assert ordered_values is not None  # noqa: S101 - computed together with text_series
+    ordered_sids = sids[order].tolist()
+    numbers = [float(v) for v, s in zip(ordered_values, ordered_sids, strict=True)
+               if s not in text_series]  # fmt: skip
+    texts = [str(v) for v, s in zip(ordered_values, ordered_sids, strict=True) if s in text_series]
+    return np.asarray(numbers, dtype=np.float64), texts
 
 
 def decode(chunk: bytes) -> list[ChunkSeries]:
@@ -131,7 +165,12 @@ def _split(
 ) -> list[ChunkSeries]:
     out: list[ChunkSeries] = []
     at = num_at = txt_at = 0
-    for device, tag, unit, simulated, count, is_text in data["series"]:
+    table = data["series"]
+    text = set(table["text"])
+    rows = zip(table["device"], table["tag"], table["unit"], table["sim"], table["count"],
+               strict=True)  # fmt: skip
+    for sid, (device, tag, unit, simulated, count) in enumerate(rows):
+        is_text = sid in text
         values: npt.NDArray[np.float64] | list[str]
         if is_text:
             values = list(data["txt"][txt_at : txt_at + count])
@@ -149,10 +188,6 @@ def _split(
     if at != len(ts) or num_at != len(numbers) or len(qualities) != len(ts):
         raise ChunkError("chunk columns do not add up: the chunk is damaged")
     return out
-
-
-def _number(value: float | int | bool | str) -> float:
-    return float(value)
 
 
 def _shuffle(values: npt.NDArray[np.float64]) -> tuple[bytes, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from protocols.reading import Reading
 from store_forward import Lane, OutboxError
 
 log = logging.getLogger(__name__)
+
+_series_key = operator.itemgetter(0, 1)  # (device, tag) of a Reading, at C speed
 
 Listener = Callable[[list[Reading], list[AlarmEvent]], None]
 
@@ -127,16 +130,14 @@ class Pipeline:
         counters = self.counters
         counters.received += len(readings)
         latest = self.latest
-        for reading in readings:
-            latest[(reading.device, reading.tag)] = reading
+        latest.update(zip(map(_series_key, readings), readings, strict=True))
         passed = self._rbe(readings)
         counters.suppressed += len(readings) - len(passed)
         extended = self._derived(readings)
         if self._inference is not None:
             extended = await self._inference(extended)
         extra = extended[len(readings) :]
-        for reading in extra:
-            latest[(reading.device, reading.tag)] = reading
+        latest.update(zip(map(_series_key, extra), extra, strict=True))
         counters.derived += len(extra)
         events = self._alarms.evaluate(extended)
         await self._buffer_readings(passed + extra)
