@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firmware_sim.faults import ActiveFault, Fault, scenario_faults
 from firmware_sim.modbus_server import Framing, ModbusPlantServer
+from firmware_sim.opcua_server import OpcuaPlantServer
 from firmware_sim.register_map import load_map
 from firmware_sim.simulation import MAX_DEVICES, PlantModel
 
@@ -43,6 +44,7 @@ class PlantConfig(BaseModel):
     opcua_security: Literal["none", "basic256sha256"] = "none"
     opcua_cert_dir: Path | None = None
     opcua_trust_dir: Path | None = None
+    opcua_publish_s: float = Field(default=0.25, gt=0)
     mqtt_url: str | None = None
     mqtt_interval_s: float = Field(default=1.0, gt=0)
     mqtt_batch: int = Field(default=1, ge=1, le=1000)
@@ -69,6 +71,7 @@ class Plant:
             seed=self.config.seed,
         )
         self.modbus: ModbusPlantServer | None = None
+        self.opcua: OpcuaPlantServer | None = None
         self._jobs: list[tuple[Coroutine[Any, Any, None], str]] = []
         self._runner: asyncio.Task[None] | None = None
 
@@ -104,6 +107,17 @@ class Plant:
             )
             await self.modbus.start()
             self._spawn(self.modbus.watch_links(), "sim-modbus-links")
+        if cfg.opcua:
+            self.opcua = OpcuaPlantServer(
+                model=self.model,
+                host=cfg.host,
+                port=cfg.opcua_port,
+                security=cfg.opcua_security,
+                cert_dir=cfg.opcua_cert_dir,
+                trust_dir=cfg.opcua_trust_dir,
+            )
+            await self.opcua.start()
+            self._spawn(self.opcua.run(cfg.opcua_publish_s), "sim-opcua-publish")
         if cfg.tick_s is not None:
             self._spawn(self._clock(cfg.tick_s), "sim-clock")
 
@@ -127,6 +141,8 @@ class Plant:
         self._jobs.clear()
         if self.modbus is not None:
             await self.modbus.stop()
+        if self.opcua is not None:
+            await self.opcua.stop()
 
     async def _clock(self, tick_s: float) -> None:
         while True:
@@ -143,6 +159,8 @@ class Plant:
         ports: dict[str, Any] = {}
         if self.modbus is not None:
             ports["modbus"] = {name: dev.port for name, dev in self.modbus.devices.items()}
+        if self.opcua is not None:
+            ports["opcua"] = self.opcua.port
         return ports
 
     def add_fault(self, fault: Fault) -> ActiveFault:
