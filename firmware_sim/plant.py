@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firmware_sim.faults import ActiveFault, Fault, scenario_faults
 from firmware_sim.modbus_server import Framing, ModbusPlantServer
+from firmware_sim.mqtt_devices import MqttPlantDevices
 from firmware_sim.opcua_server import OpcuaPlantServer
 from firmware_sim.register_map import load_map
 from firmware_sim.simulation import MAX_DEVICES, PlantModel
@@ -72,6 +73,7 @@ class Plant:
         )
         self.modbus: ModbusPlantServer | None = None
         self.opcua: OpcuaPlantServer | None = None
+        self.mqtt: MqttPlantDevices | None = None
         self._jobs: list[tuple[Coroutine[Any, Any, None], str]] = []
         self._runner: asyncio.Task[None] | None = None
 
@@ -118,6 +120,15 @@ class Plant:
             )
             await self.opcua.start()
             self._spawn(self.opcua.run(cfg.opcua_publish_s), "sim-opcua-publish")
+        if cfg.mqtt_url is not None:
+            self.mqtt = MqttPlantDevices(
+                model=self.model,
+                url=cfg.mqtt_url,
+                interval_s=cfg.mqtt_interval_s,
+                batch=cfg.mqtt_batch,
+                topic_prefix=cfg.mqtt_topic_prefix,
+            )
+            self._spawn(self.mqtt.run(), "sim-mqtt")
         if cfg.tick_s is not None:
             self._spawn(self._clock(cfg.tick_s), "sim-clock")
 
