@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--opcua-security", choices=["none", "basic256sha256"], default="none")
     add("--opcua-cert-dir", type=Path)
     add("--opcua-trust-dir", type=Path)
+    add("--opcua-publish", type=float, default=0.25, help="seconds between OPC UA publishes")
     add("--no-opcua", action="store_true")
     add("--mqtt-url", help="mqtt://[user:password@]host:port; MQTT devices are off without it")
     add("--mqtt-interval", type=float, default=1.0)
@@ -67,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> PlantConfig:
         opcua_security=args.opcua_security,
         opcua_cert_dir=args.opcua_cert_dir,
         opcua_trust_dir=args.opcua_trust_dir,
+        opcua_publish_s=args.opcua_publish,
         mqtt_url=args.mqtt_url,
         mqtt_interval_s=args.mqtt_interval,
         mqtt_batch=args.mqtt_batch,
