@@ -184,6 +184,7 @@ class OpcuaPlantServer:
         self._nodes: dict[str, dict[str, ua.NodeId]] = {}
         self._published: dict[ua.NodeId, tuple[Value, int]] = {}
         self.changes_published = 0
+        self.listening = False
 
     @property
     def endpoint(self) -> str:
@@ -211,6 +212,7 @@ class OpcuaPlantServer:
             raise ServeError(f"OPC UA: cannot listen on {self.host}:{self.port}") from exc
         if server.bserver is not None:
             self.port = server.bserver.port
+        self.listening = True
 
     async def _secure(self) -> None:
         if self.cert_dir is None or self.trust_dir is None:
@@ -310,8 +312,29 @@ class OpcuaPlantServer:
             await self.publish()
             await asyncio.sleep(interval)
 
+    async def watch_link(self, interval: float = 0.05) -> None:
+        """Follow the `opcua_server_down` fault until cancelled."""
+        while True:
+            await self.watch_link_once()
+            await asyncio.sleep(interval)
+
+    async def watch_link_once(self) -> None:
+        """Close or reopen the listener to match the faults in force now."""
+        listener = self.server.bserver
+        if listener is None:
+            return
+        down = self.model.faults.opcua_server_down()
+        if down and self.listening:
+            await listener.stop()  # closes every client transport, then the listener
+            self.listening = False
+        elif not down and not self.listening:
+            await listener.start()  # same host and port: BinaryServer kept the bound port
+            self.listening = True
+
     async def stop(self) -> None:
         """Close every session and the listener."""
+        if not self.listening and self.server.bserver is not None:
+            await self.server.bserver.start()  # asyncua's stop() expects a running listener
         await self.server.stop()
 
 

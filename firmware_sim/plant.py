@@ -115,6 +115,7 @@ class Plant:
             )
             await self.opcua.start()
             self._spawn(self.opcua.run(cfg.opcua_publish_s), "sim-opcua-publish")
+            self._spawn(self.opcua.watch_link(), "sim-opcua-link")
         if cfg.mqtt_url is not None:
             self.mqtt = MqttPlantDevices(
                 model=self.model,
@@ -182,7 +183,11 @@ class Plant:
 
     def apply_scenario(self, name: str) -> list[ActiveFault]:
         """Put the named scenario's faults in force (those on devices this plant has)."""
-        faults = [f for f in scenario_faults(name) if f.device in self.model.devices]
+        faults = [
+            f
+            for f in scenario_faults(name)
+            if getattr(f, "device", None) in (None, *self.model.devices)
+        ]
         return [self.model.add_fault(fault) for fault in faults]
 
     def clear_faults(self, fault_id: int | None = None) -> None:

@@ -18,6 +18,7 @@ from firmware_sim.faults import (
     DriftingSensor,
     Fault,
     FaultBook,
+    OpcuaServerDown,
     Restart,
     StuckSensor,
 )
@@ -138,6 +139,10 @@ class PlantModel:
 
     def add_fault(self, fault: Fault) -> ActiveFault:
         """Put `fault` in force; physical effects (restart, stuck capture) apply at once."""
+        if isinstance(fault, OpcuaServerDown):
+            record = self.faults.add(fault, self.sim_time)
+            self.generation += 1
+            return record
         device = self.device(fault.device)
         tag = getattr(fault, "tag", None)
         if tag is not None and tag not in self._tag_info[fault.device]:

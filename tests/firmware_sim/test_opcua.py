@@ -9,7 +9,7 @@ import pytest
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-from firmware_sim.faults import LinkDrop, OpcuaStatus
+from firmware_sim.faults import LinkDrop, OpcuaServerDown, OpcuaStatus
 from firmware_sim.opcua_server import NAMESPACE_URI, client_certificate
 from firmware_sim.plant import Plant
 
@@ -115,3 +115,28 @@ async def test_sign_and_encrypt_with_trusted_cert_and_refusal_of_untrusted(tmp_p
         with pytest.raises(ua.UaError):
             await anonymous.connect()  # no None endpoint is offered
         await anonymous.disconnect()
+
+
+async def test_server_down_is_connection_loss_and_the_port_comes_back() -> None:
+    async with Plant(devices=1, tick_s=None, modbus=False, control_port=None) as plant:
+        assert plant.opcua is not None
+        endpoint = plant.opcua.endpoint
+        client = Client(endpoint, timeout=3)
+        await client.connect()
+        ns = await client.get_namespace_index(NAMESPACE_URI)
+        node = client.get_node(ua.NodeId("pump1.flow", ns))
+        await node.read_value()
+        plant.add_fault(OpcuaServerDown())
+        await plant.opcua.watch_link_once()
+        with pytest.raises((ConnectionError, ua.UaError, TimeoutError)):
+            await node.read_value()
+        await client.disconnect()
+        with pytest.raises(ConnectionRefusedError):
+            await Client(endpoint, timeout=2).connect()
+        plant.clear_faults()
+        await plant.opcua.watch_link_once()
+        assert plant.opcua.endpoint == endpoint
+        async with Client(endpoint, timeout=5) as again:
+            ns = await again.get_namespace_index(NAMESPACE_URI)
+            value = await again.get_node(ua.NodeId("pump1.flow", ns)).read_value()
+            assert value == pytest.approx(plant.model.reported("pump1")["flow"])
