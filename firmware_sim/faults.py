@@ -92,6 +92,19 @@ class MqttOversize(_FaultBase):
     size: int = Field(default=1_048_576, ge=1024, le=256 * 1024 * 1024)
 
 
+class OpcuaServerDown(BaseModel):
+    """The OPC UA server closes every session and its listener; `seconds=None`: until cleared.
+
+    Plant-wide, because one OPC UA server serves every device; a client sees connection loss
+    and must reconnect and re-subscribe when the server listens again on the same port.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["opcua_server_down"] = "opcua_server_down"
+    seconds: float | None = Field(default=None, gt=0)
+
+
 class Restart(_FaultBase):
     """One-shot: the device reboots; links drop for `seconds`, counters start from zero."""
 
@@ -109,6 +122,7 @@ Fault = Annotated[
     | OpcuaStatus
     | MqttMalformed
     | MqttOversize
+    | OpcuaServerDown
     | Restart,
     Field(discriminator="kind"),
 ]
@@ -166,7 +180,11 @@ class FaultBook:
 
     def for_device(self, device: str) -> list[ActiveFault]:
         """Faults in force on `device`."""
-        return [rec for rec in self.active() if rec.fault.device == device]
+        return [rec for rec in self.active() if getattr(rec.fault, "device", None) == device]
+
+    def opcua_server_down(self) -> bool:
+        """True while the OPC UA server is to be unreachable."""
+        return any(isinstance(rec.fault, OpcuaServerDown) for rec in self.active())
 
     def link_down(self, device: str) -> bool:
         """True while the device's links are dropped (link drop or restart in progress)."""
@@ -205,6 +223,7 @@ SCENARIOS: Final[dict[str, tuple[str, ...]]] = {
         '{"kind": "modbus_exception", "device": "boiler1", "address": 0, "code": 6}',
     ),
     "opcua_bad": ('{"kind": "opcua_status", "device": "pump1", "status": "bad"}',),
+    "opcua_flap": ('{"kind": "opcua_server_down", "seconds": 5}',),
     "mqtt_malformed": (
         '{"kind": "mqtt_malformed", "device": "pump1"}',
         '{"kind": "mqtt_oversize", "device": "tank1", "size": 2000000}',

@@ -99,7 +99,8 @@ class SimulatedDevice:
         """Apply a setpoint write; only tags in `setpoints` are writable."""
         if tag not in self.setpoints:
             raise SimConfigError(f"{self.name}.{tag} is not a writable setpoint")
-        self.values[tag] = value
+        kind = type(self.values[tag])  # keep the tag's type whatever the protocol sent
+        self.values[tag] = kind(value)
 
     def restart(self) -> None:
         """Power-cycle: counters and uptime start again from zero; setpoints are kept."""

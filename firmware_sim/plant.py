@@ -19,9 +19,12 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from firmware_sim.control import ControlApi
 from firmware_sim.faults import ActiveFault, Fault, scenario_faults
+from firmware_sim.inventory import served_devices
 from firmware_sim.modbus_server import Framing, ModbusPlantServer
-from firmware_sim.register_map import load_map
+from firmware_sim.mqtt_devices import MqttPlantDevices
+from firmware_sim.opcua_server import OpcuaPlantServer
 from firmware_sim.simulation import MAX_DEVICES, PlantModel
 
 
@@ -43,18 +46,13 @@ class PlantConfig(BaseModel):
     opcua_security: Literal["none", "basic256sha256"] = "none"
     opcua_cert_dir: Path | None = None
     opcua_trust_dir: Path | None = None
+    opcua_publish_s: float = Field(default=0.25, gt=0)
     mqtt_url: str | None = None
     mqtt_interval_s: float = Field(default=1.0, gt=0)
     mqtt_batch: int = Field(default=1, ge=1, le=1000)
     mqtt_topic_prefix: str = "plant"
     control_port: int | None = Field(default=0, ge=0, le=65535)
     scenario: str = "normal"
-
-    def aux_tags(self, device_type: str) -> int:
-        """Generated tags a device of `device_type` needs to reach `tags_per_device`."""
-        if self.tags_per_device is None:
-            return 0
-        return max(0, self.tags_per_device - len(load_map(device_type).tags))
 
 
 class Plant:
@@ -65,16 +63,18 @@ class Plant:
         self.config = config or PlantConfig(**options)
         self.model = PlantModel(
             devices=self.config.devices,
-            aux_tags=self.config.aux_tags("pump"),
+            tags_per_device=self.config.tags_per_device,
             seed=self.config.seed,
         )
         self.modbus: ModbusPlantServer | None = None
+        self.opcua: OpcuaPlantServer | None = None
+        self.mqtt: MqttPlantDevices | None = None
+        self.control: ControlApi | None = None
         self._jobs: list[tuple[Coroutine[Any, Any, None], str]] = []
         self._runner: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        for fault in scenario_faults(self.config.scenario):
-            self.model.add_fault(fault)
+        self.apply_scenario(self.config.scenario)
         try:
             await self._start()
         except BaseException:
@@ -104,8 +104,32 @@ class Plant:
             )
             await self.modbus.start()
             self._spawn(self.modbus.watch_links(), "sim-modbus-links")
+        if cfg.opcua:
+            self.opcua = OpcuaPlantServer(
+                model=self.model,
+                host=cfg.host,
+                port=cfg.opcua_port,
+                security=cfg.opcua_security,
+                cert_dir=cfg.opcua_cert_dir,
+                trust_dir=cfg.opcua_trust_dir,
+            )
+            await self.opcua.start()
+            self._spawn(self.opcua.run(cfg.opcua_publish_s), "sim-opcua-publish")
+            self._spawn(self.opcua.watch_link(), "sim-opcua-link")
+        if cfg.mqtt_url is not None:
+            self.mqtt = MqttPlantDevices(
+                model=self.model,
+                url=cfg.mqtt_url,
+                interval_s=cfg.mqtt_interval_s,
+                batch=cfg.mqtt_batch,
+                topic_prefix=cfg.mqtt_topic_prefix,
+            )
+            self._spawn(self.mqtt.run(), "sim-mqtt")
         if cfg.tick_s is not None:
             self._spawn(self._clock(cfg.tick_s), "sim-clock")
+        if cfg.control_port is not None:
+            self.control = ControlApi(self, host=cfg.host, port=cfg.control_port)
+            await self.control.start()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._jobs.append((coro, name))
@@ -125,8 +149,12 @@ class Plant:
         for coro, _ in self._jobs:
             coro.close()  # never started: the plant failed before running
         self._jobs.clear()
+        if self.control is not None:
+            await self.control.stop()
         if self.modbus is not None:
             await self.modbus.stop()
+        if self.opcua is not None:
+            await self.opcua.stop()
 
     async def _clock(self, tick_s: float) -> None:
         while True:
@@ -143,11 +171,24 @@ class Plant:
         ports: dict[str, Any] = {}
         if self.modbus is not None:
             ports["modbus"] = {name: dev.port for name, dev in self.modbus.devices.items()}
+        if self.opcua is not None:
+            ports["opcua"] = self.opcua.port
+        if self.control is not None:
+            ports["control"] = self.control.port
         return ports
 
     def add_fault(self, fault: Fault) -> ActiveFault:
         """Put a fault in force now."""
         return self.model.add_fault(fault)
+
+    def apply_scenario(self, name: str) -> list[ActiveFault]:
+        """Put the named scenario's faults in force (those on devices this plant has)."""
+        faults = [
+            f
+            for f in scenario_faults(name)
+            if getattr(f, "device", None) in (None, *self.model.devices)
+        ]
+        return [self.model.add_fault(fault) for fault in faults]
 
     def clear_faults(self, fault_id: int | None = None) -> None:
         """End one fault, or all."""
@@ -156,3 +197,30 @@ class Plant:
     def request_counts(self) -> dict[str, dict[int, int]]:
         """Modbus requests received per device and function code."""
         return self.modbus.request_counts() if self.modbus is not None else {}
+
+    def counters(self) -> dict[str, Any]:
+        """What was served: Modbus requests, MQTT publishes, OPC UA changes (JSON-ready)."""
+        return {
+            "modbus": {
+                device: {str(fc): n for fc, n in sorted(counts.items())}
+                for device, counts in self.request_counts().items()
+            },
+            "mqtt": self.mqtt.publish_counts() if self.mqtt is not None else {},
+            "opcua": {
+                "changes_published": self.opcua.changes_published if self.opcua is not None else 0
+            },
+        }
+
+    def reset_counters(self) -> None:
+        """Start every count from zero."""
+        if self.modbus is not None:
+            self.modbus.reset_counts()
+        if self.mqtt is not None:
+            for device in self.mqtt.devices.values():
+                device.published.clear()
+        if self.opcua is not None:
+            self.opcua.changes_published = 0
+
+    def served_devices(self) -> list[dict[str, Any]]:
+        """What is served where, as plain data (see `firmware_sim.inventory`)."""
+        return served_devices(self)

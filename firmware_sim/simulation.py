@@ -7,6 +7,7 @@ the values as the device's sensors would report them (stuck and drifting sensors
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,6 +18,7 @@ from firmware_sim.faults import (
     DriftingSensor,
     Fault,
     FaultBook,
+    OpcuaServerDown,
     Restart,
     StuckSensor,
 )
@@ -41,12 +43,13 @@ class TagInfo:
 class PlantModel:
     """Every device of the plant, stepped together in simulated time."""
 
-    def __init__(self, *, devices: int, aux_tags: int = 0, seed: int = 1) -> None:
+    def __init__(self, *, devices: int, tags_per_device: int | None = None, seed: int = 1) -> None:
         """Build the plant.
 
         Args:
             devices: how many devices, laid out in groups of (pump, pump, tank, boiler).
-            aux_tags: extra generated float32 tags per device (the scale knob).
+            tags_per_device: pad every device with generated float32 tags up to this many
+                (the scale knob); None serves the register maps' own tags only.
             seed: the seed every device's noise generator derives from.
         """
         if not 1 <= devices <= MAX_DEVICES:
@@ -57,8 +60,8 @@ class PlantModel:
         self.devices: dict[str, SimulatedDevice] = {}
         self.maps: dict[str, RegisterMap] = {}
         for index, (name, kind) in enumerate(layout(devices), start=1):
-            import random  # noqa: PLC0415 - local so the module namespace stays the plant's
-
+            base = load_map(kind)
+            aux_tags = max(0, (tags_per_device or 0) - len(base.tags))
             device = DEVICE_CLASSES[kind](
                 name=name,
                 index=index,
@@ -66,7 +69,7 @@ class PlantModel:
                 aux=AuxSignals.create(aux_tags, seed * 100_003 + index),
             )
             self.devices[name] = device
-            self.maps[name] = load_map(kind).with_aux_tags(aux_tags)
+            self.maps[name] = base.with_aux_tags(aux_tags)
         self._tag_info = {name: self._build_tag_info(name) for name in self.devices}
 
     def device(self, name: str) -> SimulatedDevice:
@@ -136,6 +139,10 @@ class PlantModel:
 
     def add_fault(self, fault: Fault) -> ActiveFault:
         """Put `fault` in force; physical effects (restart, stuck capture) apply at once."""
+        if isinstance(fault, OpcuaServerDown):
+            record = self.faults.add(fault, self.sim_time)
+            self.generation += 1
+            return record
         device = self.device(fault.device)
         tag = getattr(fault, "tag", None)
         if tag is not None and tag not in self._tag_info[fault.device]:

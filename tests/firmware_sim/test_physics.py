@@ -14,7 +14,7 @@ def _run(model: PlantModel, seconds: int, dt: float = 1.0) -> None:
 
 
 def test_same_seed_same_values_other_seed_other_values() -> None:
-    a, b, c = (PlantModel(devices=8, aux_tags=5, seed=s) for s in (11, 11, 12))
+    a, b, c = (PlantModel(devices=8, tags_per_device=30, seed=s) for s in (11, 11, 12))
     for model in (a, b, c):
         _run(model, 120)
     for name in a.devices:

@@ -1,0 +1,90 @@
+"""What the plant serves, as plain data: the contract a tagway device config is generated from.
+
+`served_devices(plant)` returns one entry per (device, protocol), JSON-serialisable:
+
+- Modbus: `host`, `port`, `unit_id`, `framing`, and `tags` in tagway's Modbus tag vocabulary
+  (exactly the register map's fields);
+- OPC UA: `endpoint`, `namespace_uri`, `security`, and `tags` with `node_id`
+  (`nsu=urn:tagway:firmware-sim;s=<device>.<tag>`), `unit`, `low`, `high`, `kind`;
+- MQTT: `broker` (URL without the password), `topic`, `format` (`json`), `batch`, and `tags`.
+
+Every entry carries `simulated: true`, so the generated config flags the device as simulated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from firmware_sim.opcua_server import NAMESPACE_URI
+
+if TYPE_CHECKING:
+    from firmware_sim.plant import Plant
+
+
+def _modbus(plant: Plant, device: str) -> dict[str, Any]:
+    assert plant.modbus is not None  # noqa: S101 - the caller checked
+    server = plant.modbus.devices[device]
+    register_map = plant.model.maps[device]
+    return {
+        "protocol": "modbus",
+        "host": server.host,
+        "port": server.port,
+        "unit_id": register_map.unit_id,
+        "framing": server.framing,
+        "tags": [tag.model_dump(exclude_none=True) for tag in register_map.tags],
+    }
+
+
+def _opcua(plant: Plant, device: str) -> dict[str, Any]:
+    assert plant.opcua is not None  # noqa: S101 - the caller checked
+    return {
+        "protocol": "opcua",
+        "endpoint": plant.opcua.endpoint,
+        "namespace_uri": NAMESPACE_URI,
+        "security": plant.opcua.security,
+        "folder": device,
+        "tags": [
+            {
+                "name": tag,
+                "node_id": f"nsu={NAMESPACE_URI};s={device}.{tag}",
+                "unit": info.unit,
+                "low": info.low,
+                "high": info.high,
+                "kind": info.kind.__name__,
+            }
+            for tag, info in plant.model.tag_info(device).items()
+        ],
+    }
+
+
+def _mqtt(plant: Plant, device: str) -> dict[str, Any]:
+    assert plant.mqtt is not None  # noqa: S101 - the caller checked
+    publisher = plant.mqtt.devices[device]
+    broker = plant.mqtt.broker
+    user = f"{broker.username}@" if broker.username else ""
+    return {
+        "protocol": "mqtt",
+        "broker": f"mqtt://{user}{broker.host}:{broker.port}",
+        "topic": publisher.topic,
+        "format": "json",
+        "batch": publisher.batch,
+        "interval_s": publisher.interval_s,
+        "tags": [
+            {"name": tag, "unit": info.unit, "kind": info.kind.__name__}
+            for tag, info in plant.model.tag_info(device).items()
+        ],
+    }
+
+
+def served_devices(plant: Plant) -> list[dict[str, Any]]:
+    """One entry per device and protocol the running plant serves."""
+    out: list[dict[str, Any]] = []
+    for name, device in plant.model.devices.items():
+        common = {"name": name, "device_type": device.device_type, "simulated": True}
+        if plant.modbus is not None:
+            out.append(common | _modbus(plant, name))
+        if plant.opcua is not None:
+            out.append(common | _opcua(plant, name))
+        if plant.mqtt is not None:
+            out.append(common | _mqtt(plant, name))
+    return out
