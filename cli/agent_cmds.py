@@ -243,7 +243,7 @@ def alarms(
         typer.echo(f"{a['state']:<9} {a['severity']:<8} {a['name']:<32} {a['message']}")
 
 
-def write(  # noqa: PLR0917 - typer maps positional arguments to the command line
+def write(
     device: Annotated[str, typer.Argument(help="The device name.")],
     tag: Annotated[str, typer.Argument(help="A writable tag.")],
     value: Annotated[str, typer.Argument(help="The value: a number, true/false, or text.")],

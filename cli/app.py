@@ -14,6 +14,7 @@ import typer
 from cli import agent_cmds
 from cli.buffer_cmds import buffer_app
 from cli.errors import report
+from cli.sim_cmds import demo, sim_app
 
 app = typer.Typer(
     name="tagway",
@@ -31,6 +32,8 @@ app.command()(agent_cmds.tags)
 app.command()(agent_cmds.alarms)
 app.command()(agent_cmds.write)
 app.add_typer(buffer_app, name="buffer")
+app.add_typer(sim_app, name="sim")
+app.command()(demo)
 
 
 def _version() -> str:

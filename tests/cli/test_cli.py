@@ -10,20 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer.main
 import yaml
 
+from cli.app import app
 from firmware_sim.plant import Plant
 from tests.edge.harness import modbus_devices
 
 TAGWAY = [sys.executable, "-m", "cli"]
 
 
-async def tagway(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+async def tagway(*args: str, within: float = 60) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *TAGWAY, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "TAGWAY_CONFIG": "/nonexistent/config.yaml"},
     )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(), within)
     return proc.returncode or 0, out.decode(), err.decode()
 
 
@@ -47,10 +49,14 @@ async def test_a_bad_config_is_one_line_per_problem_and_no_traceback(tmp_path: P
     assert code == 1
     lines = err.strip().splitlines()
     assert lines == [
-        f"tagway: {config}:3: gateway.colour: unknown key (check the spelling; unknown keys are "
-        "errors)",
-        f"tagway: {config}:5: outbox.quota: Value error, 'lots' is not a size; write bytes or "
-        "e.g. '512MiB', '2GB' (got 'lots')",
+        (
+            f"tagway: {config}:3: gateway.colour: unknown key (check the spelling; unknown keys "
+            "are errors)"
+        ),
+        (
+            f"tagway: {config}:5: outbox.quota: Value error, 'lots' is not a size; write bytes or "
+            "e.g. '512MiB', '2GB' (got 'lots')"
+        ),
     ]
     assert "Traceback" not in out + err
 
@@ -112,10 +118,6 @@ async def test_run_status_tags_buffer_and_a_clean_sigterm(tmp_path: Path) -> Non
 
 
 def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:
-    import typer.main
-
-    from cli.app import app
-
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     group = typer.main.get_group(app)
     commands: list[tuple[str, object]] = []

@@ -1,0 +1,261 @@
+"""`tagway demo`: the whole product on embedded defaults, in one process.
+
+1. the cloud service on SQLite in the demo directory, on a free port;
+2. a tenant, an admin API key and a gateway enrolment;
+3. the simulated plant (pumps over Modbus, the boiler over OPC UA, tanks over MQTT through the
+   gateway's embedded broker), with bearing wear starting on pump1 after a while;
+4. the agent, configured from what the plant serves, with the shipped anomaly model and alarms;
+5. a short guide: the cloud URL and key, a curl that returns live telemetry, the TUI command.
+
+Everything runs until Ctrl-C (or `--duration`) and stops cleanly: the agent flushes its outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+import uvicorn
+import yaml
+from pydantic import SecretStr
+
+from cli.simconfig import agent_devices
+
+log = logging.getLogger("tagway.demo")
+
+
+@dataclass
+class DemoOptions:
+    """What the demo was asked to do."""
+
+    directory: Path
+    duration: float | None
+    wear_after: float
+    wear_minutes: float
+    devices: int
+    cloud_port: int
+    tui: bool
+
+
+class _Quiet(uvicorn.Server):
+    """uvicorn without its signal handlers: the demo owns Ctrl-C."""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._serve(sockets)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for the embedded broker, whose port the config names)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve_cloud(directory: Path, port: int, admin_key: str) -> AsyncIterator[str]:
+    """The cloud service on SQLite under uvicorn; yields its URL."""
+    from cloud.api.app import create_app  # noqa: PLC0415 - the composition root wires it
+    from cloud.settings import CloudSettings  # noqa: PLC0415
+
+    settings = CloudSettings(
+        database_url=f"sqlite:///{directory / 'cloud.db'}",
+        platform_admin_key=SecretStr(admin_key),
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    server = _Quiet(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="demo-cloud")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+async def enrol(cloud: str, platform_key: str, state_dir: Path) -> dict[str, str]:
+    """Create the demo tenant, an admin key and the gateway; returns the ids and secrets."""
+    platform = {"Authorization": f"Bearer {platform_key}"}
+    async with httpx.AsyncClient(base_url=cloud, timeout=10) as client:
+        r = await client.post("/v1/tenants", json={"name": "demo"}, headers=platform)
+        r.raise_for_status()
+        tenant = r.json()["id"]
+        body = {"name": "demo-admin", "role": "admin"}
+        r = await client.post(f"/v1/tenants/{tenant}/api-keys", json=body, headers=platform)
+        r.raise_for_status()
+        admin_key = r.json()["token"]
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        r = await client.post("/v1/gateways", json={"name": "demo-gateway"}, headers=admin)
+        r.raise_for_status()
+        gateway_id, token = str(r.json()["gateway"]["id"]), r.json()["token"]
+    token_file = state_dir / "gateway.token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    return {"tenant": str(tenant), "api_key": admin_key, "gateway_id": gateway_id,
+            "token_file": str(token_file)}  # fmt: skip
+
+
+def agent_config(
+    options: DemoOptions, served: list[dict[str, Any]], *, cloud: str, enrolment: dict[str, str],
+    broker_port: int, gateway_password: str, sim_password: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The demo agent's configuration, as the YAML file it is written to."""
+    from edge.models import PUMP_FEATURES, pump_anomaly_path, suggested_threshold  # noqa: PLC0415
+    from protocols.mqtt.broker import hash_password  # noqa: PLC0415
+
+    devices = agent_devices(
+        served, poll_interval=1.0,
+        mqtt_url=f"mqtt://gateway:{gateway_password}@127.0.0.1:{broker_port}",
+    )  # fmt: skip
+    pumps = [d["name"] for d in devices if d.get("device_type") == "pump"]
+    model_path = pump_anomaly_path()
+    threshold = suggested_threshold(model_path) or 1.0
+    state_dir = options.directory / "gateway"
+    return {
+        "gateway": {"name": "demo-gateway", "state_dir": str(state_dir)},
+        "cloud": {"url": cloud, "gateway_id": enrolment["gateway_id"],
+                  "token_file": enrolment["token_file"]},
+        "outbox": {"quota": "256MiB"},
+        "report": {"deadband_percent": 0.5, "heartbeat": 30},
+        "local_api": {"port": 0},
+        "mqtt_broker": {"host": "127.0.0.1", "port": broker_port, "users": [
+            {"username": "sim", "password_hash": hash_password(sim_password),
+             "publish": ["plant/#"]},
+            {"username": "gateway", "password_hash": hash_password(gateway_password),
+             "publish": [], "subscribe": ["plant/#"]},
+        ]},
+        "devices": devices,
+        "models": [{"name": "pump_anomaly", "path": str(model_path), "devices": pumps,
+                    "inputs": list(PUMP_FEATURES), "outputs": ["anomaly_score"],
+                    "alarm": {"threshold": threshold, "severity": "high", "on_delay": 10,
+                              "message": "bearing wear suspected: vibration and heat do not "
+                                         "match flow and load"}}],
+        "alarms": [
+            {"name": f"{p}.vibration_high", "device": p, "tag": "vibration", "kind": "high",
+             "limit": 7.1, "hysteresis": 0.5, "on_delay": 5, "severity": "critical",
+             "message": f"{p}: vibration above 7.1 mm/s (ISO 10816 zone D)"} for p in pumps
+        ] + [
+            {"name": f"{d['name']}.stale", "device": d["name"], "tag": _first_tag(d),
+             "kind": "stale", "stale": 60, "severity": "medium"}
+            for d in devices if d["protocol"] != "mqtt"
+        ],
+    }  # fmt: skip
+
+
+def _first_tag(device: dict[str, Any]) -> str:
+    return str(device["tags"][0]["name"])
+
+
+def guide(cloud: str, enrolment: dict[str, str], config_path: Path, options: DemoOptions) -> str:
+    """What the person who ran `make demo` reads."""
+    key = enrolment["api_key"]
+    return f"""
+tagway demo is running (everything below is SIMULATED data).
+
+  cloud        {cloud}        (OpenAPI: {cloud}/docs)
+  API key      {key}
+  agent config {config_path}
+  logs         {options.directory / "demo.log"}
+
+Live telemetry from the cloud's REST API:
+  curl -s -H "Authorization: Bearer {key}" {cloud}/v1/devices
+  curl -s -H "Authorization: Bearer {key}" {cloud}/v1/devices/1/latest
+
+The plant engineer's view, in a second terminal:
+  .venv/bin/tagway tui --config {config_path}
+  .venv/bin/tagway status --config {config_path}
+
+Bearing wear starts on pump1 after {options.wear_after:g} s; the anomaly alarm follows within
+minutes. Ctrl-C stops everything cleanly.
+"""
+
+
+async def run_demo(options: DemoOptions) -> None:
+    """Run the demo until Ctrl-C or `options.duration`."""
+    from edge.agent import Agent, UplinkIdentity  # noqa: PLC0415
+    from edge.config import load_config  # noqa: PLC0415
+    from firmware_sim.faults import BearingWear  # noqa: PLC0415
+    from firmware_sim.inventory import served_devices  # noqa: PLC0415
+    from firmware_sim.plant import Plant  # noqa: PLC0415
+
+    options.directory.mkdir(parents=True, exist_ok=True)
+    state_dir = options.directory / "gateway"
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    platform_key = secrets.token_urlsafe(24)
+    broker_port = free_port()
+    sim_password, gateway_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    async with contextlib.AsyncExitStack() as stack:
+        cloud = await stack.enter_async_context(
+            serve_cloud(options.directory, options.cloud_port, platform_key)
+        )
+        enrolment = await enrol(cloud, platform_key, state_dir)
+        plant = await stack.enter_async_context(Plant(
+            devices=options.devices, seed=7, tick_s=0.5, control_port=None,
+            mqtt_url=f"mqtt://sim:{sim_password}@127.0.0.1:{broker_port}",
+        ))  # fmt: skip
+        config = agent_config(
+            options, served_devices(plant), cloud=cloud, enrolment=enrolment,
+            broker_port=broker_port, gateway_password=gateway_password, sim_password=sim_password,
+        )  # fmt: skip
+        config_path = state_dir / "config.yaml"
+        config_path.write_text("# Written by `tagway demo`.\n" + yaml.safe_dump(config))
+        cfg = load_config(config_path)
+        token = await asyncio.to_thread(Path(enrolment["token_file"]).read_text)
+
+        async def static_token() -> str:
+            return token.strip()
+
+        agent = Agent(cfg, identity=UplinkIdentity(enrolment["gateway_id"], static_token))
+        agent_task = asyncio.create_task(agent.run(stop), name="demo-agent")
+        await _started(agent, agent_task)
+        (options.directory / "demo.json").write_text(json.dumps({
+            "cloud": cloud, "api_key": enrolment["api_key"], "config": str(config_path),
+        }))  # fmt: skip
+        typer.echo(guide(cloud, enrolment, config_path, options))
+        wear = asyncio.create_task(_wear_later(plant, options, BearingWear), name="demo-wear")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), options.duration)
+        typer.echo("stopping: agent first (it flushes its outbox), then the plant and the cloud")
+        stop.set()
+        wear.cancel()
+        await asyncio.gather(wear, return_exceptions=True)
+        await asyncio.wait_for(agent_task, 20)
+
+
+async def _started(agent: Any, task: asyncio.Task[None]) -> None:
+    ready = asyncio.create_task(agent.ready.wait())
+    done, _ = await asyncio.wait({ready, task}, timeout=30, return_when="FIRST_COMPLETED")
+    if task in done:
+        ready.cancel()
+        task.result()
+    if ready not in done:
+        raise RuntimeError("the agent did not start within 30 s; see demo.log")
+
+
+async def _wear_later(plant: Any, options: DemoOptions, fault: Any) -> None:
+    await asyncio.sleep(options.wear_after)
+    plant.add_fault(fault(device="pump1", minutes_to_failure=options.wear_minutes))
+    log.info("bearing wear started on pump1 (%g minutes to failure)", options.wear_minutes)
+    typer.echo(f"bearing wear started on pump1 ({options.wear_minutes:g} minutes to failure)")
