@@ -223,8 +223,8 @@ def test_a_file_from_a_newer_schema_is_refused_and_left_alone(
 def test_synchronous_setting_is_applied(db_path: Path, sync: Synchronous) -> None:
     with Outbox(db_path, OutboxSettings(synchronous=sync)) as outbox:
         outbox.append(b"x", count=1, lane=Lane.ALARM)
-        level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]  # noqa: SLF001 - the pragma is only visible on the connection
+        level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]
         assert level == {Synchronous.FULL: 2, Synchronous.NORMAL: 1}[sync]
         outbox.lease()  # leases relax to NORMAL and must restore the setting
-        level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]  # noqa: SLF001
+        level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]
         assert level == {Synchronous.FULL: 2, Synchronous.NORMAL: 1}[sync]

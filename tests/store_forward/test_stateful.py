@@ -74,8 +74,7 @@ class OutboxMachine(RuleBasedStateMachine):
         return hold is not None and hold[1] > self.clock.now
 
     def _expected_order(self, ids: set[int]) -> list[int]:
-        by_priority = sorted(ids, key=lambda i: (self.chunks[i].lane.rank, self.chunks[i].order))
-        return by_priority
+        return sorted(ids, key=lambda i: (self.chunks[i].lane.rank, self.chunks[i].order))
 
     def _add(self, chunk_id: int, lane: Lane, count: int, payload: bytes) -> None:
         assert chunk_id not in self.ever, "a chunk id was reused"
