@@ -79,7 +79,8 @@ def collect(
     }
     leased = _zeros()
     for rank, n in conn.execute(
-        "SELECT chunk_id >> ?, count(*) FROM hold WHERE deadline > ? GROUP BY 1",
+        "SELECT id >> ?, count(*) FROM chunk WHERE id IN (SELECT j.value FROM lease, "
+        "json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?) GROUP BY 1",
         (LANE_SHIFT, now),
     ):
         leased[as_int(rank)] = as_int(n)
