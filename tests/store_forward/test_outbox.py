@@ -184,7 +184,9 @@ def test_another_writer_is_seen_before_the_quota_check(
     second = open_outbox(quota_bytes=1000)
     a = first.append(b"x" * 400, count=1, lane=Lane.TELEMETRY)
     b = second.append(b"y" * 400, count=1, lane=Lane.TELEMETRY)
+    reloads = first.reloads
     c = first.append(b"z" * 400, count=1, lane=Lane.TELEMETRY)  # must drop a, not overflow
+    assert first.reloads == reloads + 1  # it noticed the other writer and recounted
     assert len({a, b, c}) == 3
     assert first.stats().used_bytes == 800
     assert second.lease().chunk_ids == (b, c)
