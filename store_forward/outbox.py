@@ -7,9 +7,13 @@ and releases commit at ``synchronous=NORMAL`` even under FULL: losing one to a p
 means the chunks are handed out again, which a lease timeout does anyway, and it spares the
 uplink a disk sync per batch.
 
+A chunk's id orders it: ``lane rank << 60 | sequence`` (see `schema`), so the queue is the
+table's primary key. A lease is one row holding its chunk ids; an ack deletes the lease's
+chunks that are still there, even after the lease expired (the cloud has them either way).
+
 The owner keeps per-lane totals in memory, so the quota check costs nothing. When another
-process commits to the file (``PRAGMA data_version`` changes), they are recounted inside the
-write transaction before they are used.
+connection commits to the file (SQLite's data version for it moves), they are recounted
+inside the write transaction before they are used.
 
 One `Outbox` belongs to one thread at a time; the agent uses `AsyncOutbox`, which gives it a
 thread of its own.
@@ -49,7 +53,7 @@ from .stats import LANES, LaneTotals, collect, load_totals
 
 _INSERT = "INSERT INTO chunk(id, count, size, created, payload) VALUES (?, ?, ?, ?, ?)"
 # One row per lease, its chunk ids a JSON array: leasing writes one small row, not one per
-# chunk (the benchmark measured per-chunk hold rows at a quarter of the outbox's overhead).
+# chunk (measured: a row per chunk cost ~8 us per chunk to write and delete, this ~1 us).
 _FREE = (
     "SELECT id, count, created, payload FROM chunk WHERE id NOT IN ("
     "SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?"
