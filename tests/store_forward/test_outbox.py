@@ -13,6 +13,7 @@ from store_forward import (
     Lane,
     Outbox,
     OutboxClosed,
+    OutboxMissing,
     OutboxSettings,
     SchemaTooNew,
     Synchronous,
@@ -234,3 +235,10 @@ def test_synchronous_setting_is_applied(db_path: Path, sync: Synchronous) -> Non
         outbox.lease()  # leases relax to NORMAL and must restore the setting
         level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]
         assert level == {Synchronous.FULL: 2, Synchronous.NORMAL: 1}[sync]
+
+
+def test_read_stats_never_creates_an_outbox(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.db"
+    with pytest.raises(OutboxMissing):
+        read_stats(missing)
+    assert not missing.exists()
