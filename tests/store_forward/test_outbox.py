@@ -17,6 +17,7 @@ from store_forward import (
     OutboxSettings,
     SchemaTooNew,
     Synchronous,
+    read_schema_version,
     read_stats,
 )
 
@@ -223,6 +224,7 @@ def test_a_file_from_a_newer_schema_is_refused_and_left_alone(
     assert "newer tagway" in str(caught.value)
     with pytest.raises(SchemaTooNew):
         read_stats(db_path)
+    assert read_schema_version(db_path) == SCHEMA_VERSION + 1  # readable, for installers
     assert sorted(p.name for p in db_path.parent.iterdir()) == before
 
 
