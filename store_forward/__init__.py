@@ -46,7 +46,7 @@ from .model import (
 )
 from .outbox import Outbox
 from .schema import SCHEMA_VERSION
-from .stats import read_stats
+from .stats import read_schema_version, read_stats
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -74,5 +74,6 @@ __all__ = [
     "StartupCheck",
     "StorageError",
     "Synchronous",
+    "read_schema_version",
     "read_stats",
 ]

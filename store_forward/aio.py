@@ -2,10 +2,10 @@
 
 Every call runs on one worker thread that owns the SQLite connection, so a commit's disk sync,
 a WAL checkpoint or a lock wait never blocks the loop: what the loop pays is handing the call
-over and taking the result back, a fraction of a millisecond (`tests/bench/bench_outbox.py`
-measures the largest stall). One thread also serialises the calls, which is what one SQLite
-connection needs. The thread exists between `open()` and `close()` (or the ``async with``
-block) and is joined on close.
+over, taking the result back, and waiting for the GIL while the worker runs Python code
+(`tests/bench/bench_outbox.py` measures the largest stall next to an idle loop's). One
+thread also serialises the calls, which is what one SQLite connection needs. The thread
+exists between `open()` and `close()` (or the ``async with`` block) and is joined on close.
 
 A call whose awaiting task is cancelled still runs to its end on the worker: an append that
 was cancelled may have committed. That is safe (the uplink and the cloud tolerate a chunk

@@ -20,7 +20,8 @@ DROP_ORDER = (Lane.TELEMETRY.rank, Lane.EVENT.rank)
 
 _VICTIMS = (
     "SELECT id, count, size FROM chunk WHERE id >= ? AND id < ? "
-    "AND id NOT IN (SELECT chunk_id FROM hold WHERE deadline > ?) ORDER BY id"
+    "AND id NOT IN (SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j "
+    "WHERE lease.deadline > ?) ORDER BY id"
 )
 
 
@@ -54,7 +55,6 @@ def drop_oldest(conn: apsw.Connection, excess: int, now: float) -> list[Dropped]
         return None
     ids = [(chunk_id,) for chunk_id, _, _ in victims]
     conn.executemany("DELETE FROM chunk WHERE id = ?", ids)
-    conn.executemany("DELETE FROM hold WHERE chunk_id = ?", ids)
     dropped = _per_lane(victims)
     for lane in dropped:
         conn.execute(

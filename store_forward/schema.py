@@ -4,8 +4,8 @@ crash leaves either the old or the new schema, never half of one.
 
 A chunk's id is ``lane rank << 60 | sequence``: ordering the `chunk` table by its primary key
 gives alarms first, then events, then telemetry, each first-in first-out, with no secondary
-index to maintain on append. Leases live in the small `hold` table so that leasing never
-rewrites a payload.
+index to maintain on append. A lease is one row in `lease` holding its chunk ids as a JSON
+array, so leasing never rewrites a payload and writes one small row per batch.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             created REAL NOT NULL,
             payload BLOB NOT NULL
         );
-        CREATE TABLE hold (
-            chunk_id INTEGER PRIMARY KEY,
-            lease_id INTEGER NOT NULL,
-            deadline REAL NOT NULL
+        CREATE TABLE lease (
+            lease_id INTEGER PRIMARY KEY,
+            deadline REAL NOT NULL,
+            chunk_ids TEXT NOT NULL
         );
         CREATE TABLE lane_counter (
             lane INTEGER PRIMARY KEY,

@@ -79,7 +79,8 @@ def collect(
     }
     leased = _zeros()
     for rank, n in conn.execute(
-        "SELECT chunk_id >> ?, count(*) FROM hold WHERE deadline > ? GROUP BY 1",
+        "SELECT id >> ?, count(*) FROM chunk WHERE id IN (SELECT j.value FROM lease, "
+        "json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?) GROUP BY 1",
         (LANE_SHIFT, now),
     ):
         leased[as_int(rank)] = as_int(n)
@@ -166,3 +167,28 @@ def read_stats(
     finally:
         conn.close()
     return result
+
+
+def read_schema_version(path: str | Path) -> int:
+    """The schema version recorded in the outbox file at `path`, without checking, migrating
+    or changing anything (for installers deciding whether a downgrade is safe). Compare it
+    with `SCHEMA_VERSION`, the newest this code knows.
+
+    Raises:
+        OutboxMissing: no file at `path`.
+        OutboxError: the file cannot be read as SQLite (translated from apsw).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OutboxMissing(f"no outbox at {path}")
+    try:
+        conn = connect(path, create=False, busy_timeout_s=5.0)
+    except apsw.Error as exc:
+        raise translate(exc, f"open of {path}") from exc
+    try:
+        conn.execute("PRAGMA query_only=1")
+        return scalar_int(conn, "PRAGMA user_version")
+    except apsw.Error as exc:
+        raise translate(exc, f"reading the schema version of {path}") from exc
+    finally:
+        conn.close()

@@ -13,9 +13,11 @@ from store_forward import (
     Lane,
     Outbox,
     OutboxClosed,
+    OutboxMissing,
     OutboxSettings,
     SchemaTooNew,
     Synchronous,
+    read_schema_version,
     read_stats,
 )
 
@@ -77,8 +79,12 @@ def test_expired_lease_is_handed_out_again(open_outbox: OpenOutbox, clock: FakeC
     assert outbox.stats().leased_chunks == 0
     second = outbox.lease()
     assert second.chunk_ids == (chunk,)
-    assert outbox.ack(first) == 0  # the chunk belongs to the newer lease now
-    assert outbox.ack(second) == 1
+    assert outbox.release(first) == 0  # expired and forgotten: nothing to give back
+    assert outbox.stats().leased_chunks == 1  # ...and the newer lease still holds it
+    # The first upload got through after all: the cloud has the chunk, so it goes for good.
+    assert outbox.ack(first) == 1
+    assert outbox.ack(second) == 0
+    assert not outbox.lease()
 
 
 def test_expired_lease_not_yet_handed_out_can_still_be_acked(
@@ -180,7 +186,9 @@ def test_another_writer_is_seen_before_the_quota_check(
     second = open_outbox(quota_bytes=1000)
     a = first.append(b"x" * 400, count=1, lane=Lane.TELEMETRY)
     b = second.append(b"y" * 400, count=1, lane=Lane.TELEMETRY)
+    reloads = first.reloads
     c = first.append(b"z" * 400, count=1, lane=Lane.TELEMETRY)  # must drop a, not overflow
+    assert first.reloads == reloads + 1  # it noticed the other writer and recounted
     assert len({a, b, c}) == 3
     assert first.stats().used_bytes == 800
     assert second.lease().chunk_ids == (b, c)
@@ -216,6 +224,7 @@ def test_a_file_from_a_newer_schema_is_refused_and_left_alone(
     assert "newer tagway" in str(caught.value)
     with pytest.raises(SchemaTooNew):
         read_stats(db_path)
+    assert read_schema_version(db_path) == SCHEMA_VERSION + 1  # readable, for installers
     assert sorted(p.name for p in db_path.parent.iterdir()) == before
 
 
@@ -223,8 +232,15 @@ def test_a_file_from_a_newer_schema_is_refused_and_left_alone(
 def test_synchronous_setting_is_applied(db_path: Path, sync: Synchronous) -> None:
     with Outbox(db_path, OutboxSettings(synchronous=sync)) as outbox:
         outbox.append(b"x", count=1, lane=Lane.ALARM)
-        level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]  # noqa: SLF001 - the pragma is only visible on the connection
+        level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]
         assert level == {Synchronous.FULL: 2, Synchronous.NORMAL: 1}[sync]
         outbox.lease()  # leases relax to NORMAL and must restore the setting
-        level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]  # noqa: SLF001
+        level = outbox._conn.execute("PRAGMA synchronous").fetchall()[0][0]  # type: ignore[union-attr]
         assert level == {Synchronous.FULL: 2, Synchronous.NORMAL: 1}[sync]
+
+
+def test_read_stats_never_creates_an_outbox(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.db"
+    with pytest.raises(OutboxMissing):
+        read_stats(missing)
+    assert not missing.exists()

@@ -39,7 +39,7 @@ def test_drop_oldest_drops_telemetry_then_events_never_alarms(
     outbox = open_outbox(quota_bytes=1000)
     alarm = outbox.append(bytes(300), count=1, lane=Lane.ALARM)
     e1, e2 = outbox.append_many([(bytes(100), 2, Lane.EVENT), (bytes(100), 3, Lane.EVENT)])
-    t1, t2 = outbox.append_many(
+    _t1, t2 = outbox.append_many(
         [(bytes(200), 10, Lane.TELEMETRY), (bytes(200), 20, Lane.TELEMETRY)]
     )
     # 900 used; 250 more must free 150: the oldest telemetry (200) goes first.

@@ -118,13 +118,13 @@ def test_disk_full_raises_and_leaves_the_outbox_consistent(
 ) -> None:
     outbox = open_outbox()
     kept = [outbox.append(os.urandom(2000), count=2, lane=Lane.EVENT) for _ in range(20)]
-    conn = outbox._conn  # noqa: SLF001 - SQLite's page limit is set on the connection
+    conn = outbox._conn
     assert conn is not None
     pages = conn.execute("PRAGMA page_count").fetchall()[0][0]
     conn.execute(f"PRAGMA max_page_count={pages + 2}")
-    with pytest.raises(DiskFull, match="full"):
+    with pytest.raises(DiskFull, match="full"):  # noqa: PT012 - fills the disk until it says so
         for _ in range(50):
-            kept.append(outbox.append(os.urandom(2000), count=2, lane=Lane.EVENT))
+            kept.append(outbox.append(os.urandom(2000), count=2, lane=Lane.EVENT))  # noqa: PERF401 - kept must hold the ids appended before the error
     with pytest.raises(DiskFull):
         outbox.append_many([(os.urandom(2000), 2, Lane.EVENT)] * 5)
     stats = outbox.stats()
@@ -163,9 +163,10 @@ def test_a_really_full_disk_raises_disk_full_and_keeps_committed_chunks(
     settings = OutboxSettings(synchronous=Synchronous.FULL, quota_bytes=1 << 30)
     kept: list[int] = []
     with Outbox(path, settings, clock=clock) as outbox:
-        with pytest.raises(DiskFull):
+        with pytest.raises(DiskFull):  # noqa: PT012 - fills the disk until it says so
             for _ in range(100):
-                kept.append(outbox.append(os.urandom(32 * 1024), count=1, lane=Lane.TELEMETRY))
+                chunk = outbox.append(os.urandom(32 * 1024), count=1, lane=Lane.TELEMETRY)
+                kept.append(chunk)
         assert kept
         assert outbox.stats().chunks == len(kept)
         lease = outbox.lease(max_chunks=1000, max_bytes=1 << 30)

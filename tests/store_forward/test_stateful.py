@@ -53,7 +53,7 @@ class OutboxMachine(RuleBasedStateMachine):
         self.outbox = Outbox(self.dir / "outbox.db", self.settings, clock=self.clock)
         self.chunks: dict[int, ModelChunk] = {}
         self.quarantined: dict[int, ModelChunk] = {}
-        self.holds: dict[int, tuple[int, float]] = {}  # chunk id -> (lease id, deadline)
+        self.lease_rows: dict[int, tuple[tuple[int, ...], float]] = {}  # id -> (chunks, deadline)
         self.ever: set[int] = set()
         self.gone: set[int] = set()  # acked: must never come back
         self.order = 0
@@ -70,12 +70,13 @@ class OutboxMachine(RuleBasedStateMachine):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _live(self, chunk_id: int) -> bool:
-        hold = self.holds.get(chunk_id)
-        return hold is not None and hold[1] > self.clock.now
+        return any(
+            chunk_id in ids and deadline > self.clock.now
+            for ids, deadline in self.lease_rows.values()
+        )
 
     def _expected_order(self, ids: set[int]) -> list[int]:
-        by_priority = sorted(ids, key=lambda i: (self.chunks[i].lane.rank, self.chunks[i].order))
-        return by_priority
+        return sorted(ids, key=lambda i: (self.chunks[i].lane.rank, self.chunks[i].order))
 
     def _add(self, chunk_id: int, lane: Lane, count: int, payload: bytes) -> None:
         assert chunk_id not in self.ever, "a chunk id was reused"
@@ -124,37 +125,38 @@ class OutboxMachine(RuleBasedStateMachine):
                 model.payload, model.count, model.lane,
             )  # fmt: skip
             assert not self._live(chunk.id), "a chunk in two live leases"
-            self.holds[chunk.id] = (lease.lease_id, lease.deadline)
+        # Leasing forgets expired leases, then records the new one (if it holds anything).
+        self.lease_rows = {k: row for k, row in self.lease_rows.items() if row[1] > self.clock.now}
+        if lease:
+            self.lease_rows[lease.lease_id] = (lease.chunk_ids, lease.deadline)
         return lease
 
-    def _held_by(self, lease: Lease) -> set[int]:
-        return {
-            i for i, (lease_id, _) in self.holds.items() if lease and lease_id == lease.lease_id
-        }
+    def _still_here(self, lease: Lease) -> list[int]:
+        return [i for i in lease.chunk_ids if i in self.chunks]
 
     @rule(lease=leases)
     def ack(self, lease: Lease) -> None:
-        held = self._held_by(lease)
-        assert self.outbox.ack(lease) == len(held)
-        for chunk_id in held:
+        # The cloud has them: whatever of the lease is still here goes, expired or not.
+        here = self._still_here(lease)
+        assert self.outbox.ack(lease) == len(here)
+        for chunk_id in here:
             del self.chunks[chunk_id]
-            del self.holds[chunk_id]
             self.gone.add(chunk_id)
+        self.lease_rows.pop(lease.lease_id, None)
 
     @rule(lease=leases)
     def release(self, lease: Lease) -> None:
-        held = self._held_by(lease)
-        assert self.outbox.release(lease) == len(held)
-        for chunk_id in held:
-            del self.holds[chunk_id]
+        known = self.lease_rows.pop(lease.lease_id, None) is not None
+        expected = len(self._still_here(lease)) if known else 0
+        assert self.outbox.release(lease) == expected
 
     @rule(lease=leases)
     def quarantine(self, lease: Lease) -> None:
-        held = self._held_by(lease)
-        assert self.outbox.quarantine(lease, "422 bad field") == len(held)
-        for chunk_id in held:
+        here = self._still_here(lease)
+        assert self.outbox.quarantine(lease, "422 bad field") == len(here)
+        for chunk_id in here:
             self.quarantined[chunk_id] = self.chunks.pop(chunk_id)
-            del self.holds[chunk_id]
+        self.lease_rows.pop(lease.lease_id, None)
 
     @precondition(lambda self: bool(self.quarantined))
     @rule()
@@ -187,7 +189,7 @@ class OutboxMachine(RuleBasedStateMachine):
             assert figures.quarantined_chunks == len(quarantined)
             assert figures.quarantined_bytes == sum(len(c.payload) for c in quarantined)
             assert figures.dropped_chunks == 0
-        assert stats.leased_chunks == sum(1 for i in self.holds if self._live(i))
+        assert stats.leased_chunks == sum(1 for i in self.chunks if self._live(i))
         assert not self.gone & set(self.chunks)
 
 
