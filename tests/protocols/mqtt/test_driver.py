@@ -18,6 +18,7 @@ from tests.protocols.mqtt.conftest import (
     PASSWORDS,
     Collector,
     eventually,
+    running,
     source_config,
     telemetry,
     until_state,
@@ -78,3 +79,19 @@ async def test_broker_tls_files_that_vanished_are_a_config_error(
     with pytest.raises(DriverConfigError, match="tls: cannot load certificate/key"):
         async with EmbeddedBroker(config):
             pass
+
+
+@pytest.mark.integration
+async def test_persistent_session_keeps_qos1_messages_while_the_driver_is_away(
+    broker: EmbeddedBroker, collector: Collector
+) -> None:
+    config = source_config(broker.url)  # clean_session=False and QoS 1 by default
+    async with running(MqttDriver(config, dead_letters=collector.dead), collector) as driver:
+        await until_state(driver, ConnectionState.CONNECTED)
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, username="pump1", password=PASSWORDS["pump1"]
+    ) as pump1:
+        await pump1.publish("plant/pump1/telemetry", telemetry(while_away=1), qos=1)
+    async with running(MqttDriver(config, dead_letters=collector.dead), collector):
+        await collector.until(lambda: len(collector.readings) == 1)
+    assert collector.readings[0].tag == "while_away"
