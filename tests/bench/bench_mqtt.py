@@ -8,6 +8,7 @@ seconds per 10,000 readings, and how many published values never arrived (should
 
     python tests/bench/bench_mqtt.py            # the default run, well under 90 s
     python tests/bench/bench_mqtt.py --measure 20 --per-message 10 --qos 0
+    python tests/bench/bench_mqtt.py --broker mosquitto   # the same driver, a C broker
 
 The last line is one JSON object.
 """
@@ -17,10 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from protocols.reading import Reading  # noqa: E402
 
 DEVICES = 10
 PASSWORD = "bench-password"  # noqa: S105 - a throwaway account on a loopback broker
+MOSQUITTO = "/usr/sbin/mosquitto"
 SCENARIOS = ((1_000, 50), (10_000, 50), (10_000, 10))  # (tags/s, tags per message)
 
 
@@ -156,13 +161,49 @@ async def scenario(
     }
 
 
-async def bench(args: argparse.Namespace) -> None:
+async def start_mosquitto(workdir: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """Mosquitto on a free loopback port with the bench accounts (for `--broker mosquitto`)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    passwords = workdir / "passwd"
+    passwords.touch(mode=0o600)
+    for user in ("devices", "agent"):
+        tool = await asyncio.create_subprocess_exec(
+            "mosquitto_passwd", "-b", str(passwords), user, PASSWORD
+        )
+        if await tool.wait():
+            raise SystemExit("mosquitto_passwd failed")
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {passwords}\npersistence false\nmax_queued_messages 100000\n"
+    )
+    broker = await asyncio.create_subprocess_exec(
+        MOSQUITTO, "-c", str(conf), stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    for _ in range(100):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return broker, port
+        await asyncio.sleep(0.05)
+    raise SystemExit("mosquitto did not start")
+
+
+async def start_broker(args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, int]:
+    """The broker process: the embedded amqtt broker (default) or Mosquitto."""
+    if args.broker == "mosquitto":
+        return await start_mosquitto(Path(tempfile.mkdtemp(prefix="bench-mqtt-")))
     broker = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--role", "broker", stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     assert broker.stdout is not None
+    return broker, int((await broker.stdout.readline()).decode())
+
+
+async def bench(args: argparse.Namespace) -> None:
+    broker, port = await start_broker(args)
     assert broker.stdin is not None
-    port = int((await broker.stdout.readline()).decode())
     config = MqttSourceConfig(
         name="bench",
         url=f"mqtt://127.0.0.1:{port}",
@@ -197,11 +238,22 @@ async def bench(args: argparse.Namespace) -> None:
             await asyncio.gather(task, return_exceptions=True)
     finally:
         broker.stdin.close()
+        if args.broker == "mosquitto":
+            broker.terminate()
         await broker.wait()
     figures = {
         f"{r['tags_per_s_offered']}_tags_s_{r['tags_per_message']}_per_msg": r for r in results
     }
-    print(json.dumps({"bench": "mqtt", "dead_letters": sink.letters, "scenarios": figures}))
+    print(
+        json.dumps(
+            {
+                "bench": "mqtt",
+                "broker": args.broker,
+                "dead_letters": sink.letters,
+                "scenarios": figures,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -210,6 +262,7 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--rate", type=int)
     parser.add_argument("--per-message", type=int, help="only the scenarios with this many tags")
+    parser.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded")
     parser.add_argument("--qos", type=int, choices=(0, 1, 2), default=1, help="the driver's QoS")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -219,6 +272,8 @@ def main() -> None:
         asyncio.run(serve_broker())
     elif args.role == "publish":
         asyncio.run(publish(args.port, args.rate, args.per_message, args.seconds))
+    elif args.broker == "mosquitto" and not Path(MOSQUITTO).exists():
+        raise SystemExit(f"--broker mosquitto: {MOSQUITTO} is not installed")
     else:
         asyncio.run(bench(args))
 
