@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -240,21 +241,21 @@ async def test_oversize_packet_closes_the_senders_connection(
 
 async def test_idle_sessions_expire(broker_config: EmbeddedBrokerConfig) -> None:
     config = broker_config.model_copy(update={"session_expiry_s": 2})
-
-    async def flaky_device(index: int) -> None:  # a persistent session with a fresh client id
-        async with aiomqtt.Client(
-            "127.0.0.1",
-            broker.port,
-            username="pump1",
-            password=PASSWORDS["pump1"],
-            identifier=f"flaky-{index}",
-            clean_session=False,
-        ):
-            pass
-
     async with EmbeddedBroker(config) as broker:
-        await asyncio.gather(*(flaky_device(index) for index in range(5)))
-        assert broker.session_count == 5  # kept while they might come back...
+        async with contextlib.AsyncExitStack() as devices:
+            for index in range(5):  # persistent sessions with fresh client ids, as flaky devices
+                await devices.enter_async_context(
+                    aiomqtt.Client(
+                        "127.0.0.1",
+                        broker.port,
+                        username="pump1",
+                        password=PASSWORDS["pump1"],
+                        identifier=f"flaky-{index}",
+                        clean_session=False,
+                    )
+                )
+        # All five disconnected together: their sessions are kept while they might come back...
+        assert broker.session_count == 5
         await eventually(lambda: broker.session_count == 0, within=6)  # ...then freed
 
 
