@@ -52,6 +52,8 @@ from protocols.mqtt.config import BrokerUser, EmbeddedBrokerConfig
 _log = logging.getLogger(__name__)
 _LISTENER: Final = "default"
 _PASSWORDS: Final = PasswordHash((Argon2Hasher(),))
+_DUMMY_HASH: Final = _PASSWORDS.hash("no such user")
+_CONCURRENT_VERIFICATIONS: Final = 2
 
 
 def hash_password(password: str) -> str:
@@ -81,14 +83,25 @@ class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no 
 
         users: dict[str, str] = field(default_factory=dict)
 
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        # A flood of CONNECTs must not turn into a flood of Argon2 runs: at most two at a time.
+        self._verifying = asyncio.Semaphore(_CONCURRENT_VERIFICATIONS)
+
     async def authenticate(self, *, session: Session) -> bool | None:
         """True only for a known user with the right password; anonymous clients are refused."""
         users: dict[str, str] = self.config.users
         expected = users.get(session.username or "")
-        if expected is None or session.password is None:
+        if session.username is None or session.password is None:
             return False
-        # Argon2 is slow by design; verifying on the loop would stall every other client.
-        return await asyncio.to_thread(_PASSWORDS.verify, session.password, expected)
+        async with self._verifying:
+            # Argon2 is slow by design; verifying on the loop would stall every other client.
+            # An unknown user is checked against a dummy hash so that timing does not reveal
+            # which usernames exist.
+            matches = await asyncio.to_thread(
+                _PASSWORDS.verify, session.password, expected or _DUMMY_HASH
+            )
+        return matches and expected is not None
 
 
 class DeviceAclPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no type information
@@ -292,6 +305,12 @@ class EmbeddedBroker:
             await self._broker.external_connected(guard, StreamWriterAdapter(writer), _LISTENER)
         except (OSError, AMQTTError) as exc:
             _log.debug("MQTT client %s dropped: %s", peer, exc)
+        except asyncio.CancelledError:
+            if self.state is not BrokerState.CLOSED:
+                raise
+            # Only close() cancels a connection, and then gathers it. Python 3.11's start_server
+            # logs a cancelled callback task as an error, so the shutdown ends here as a return.
+            task.uncancel()
         finally:
             self._connections.discard(task)
             writer.close()

@@ -198,7 +198,8 @@ class MqttDriver:
         _log.error("%s: %s", self.name, message)
 
     def _drain(self, inbox: _Inbox, *, everything: bool = False) -> list[aiomqtt.Message]:
-        """Take what is already queued, up to about one sink batch (everything on shutdown)."""
+        """Take what is already queued, up to `max_batch` messages (everything when the link
+        dropped, so nothing received is left behind)."""
         taken: list[aiomqtt.Message] = []
         limit = self.config.max_batch
         while not inbox.empty() and (everything or len(taken) < limit):

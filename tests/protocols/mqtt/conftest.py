@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 
 from protocols.driver import ConnectionState
 from protocols.mqtt.broker import EmbeddedBroker, hash_password
@@ -30,7 +32,11 @@ PASSWORDS = {"pump1": "pw-pump1", "pump2": "pw-pump2", "agent": "pw-agent"}
 @pytest.fixture(scope="session")
 def users() -> tuple[BrokerUser, ...]:
     """pump1 and pump2 may publish under plant/<self>/#; agent may subscribe to plant/#."""
-    hashes = {name: hash_password(pw) for name, pw in PASSWORDS.items()}
+    # Cheap Argon2 parameters keep connects fast in tests; the hash carries its parameters, so
+    # the broker verifies exactly as it would a production hash from `hash_password`.
+    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8 * 1024, parallelism=1),))
+    hashes = {name: cheap.hash(pw) for name, pw in PASSWORDS.items()}
+    assert hash_password("x").startswith("$argon2id$")
     return (
         BrokerUser(username="pump1", password_hash=hashes["pump1"]),
         BrokerUser(username="pump2", password_hash=hashes["pump2"]),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 
 import aiomqtt
@@ -63,6 +65,9 @@ async def test_devices_publish_with_credentials_and_the_driver_receives(
 async def test_wrong_password_is_refused(broker: EmbeddedBroker, collector: Collector) -> None:
     with pytest.raises(aiomqtt.MqttError, match="Not authorized"):
         async with device(broker, "pump1", password=PASSWORDS["pump2"]):
+            pass
+    with pytest.raises(aiomqtt.MqttError, match="Not authorized"):
+        async with device(broker, "intruder", password=PASSWORDS["pump1"]):  # unknown user
             pass
     with pytest.raises(aiomqtt.MqttError):
         async with aiomqtt.Client("127.0.0.1", broker.port):  # anonymous
@@ -236,21 +241,21 @@ async def test_oversize_packet_closes_the_senders_connection(
 
 async def test_idle_sessions_expire(broker_config: EmbeddedBrokerConfig) -> None:
     config = broker_config.model_copy(update={"session_expiry_s": 2})
-
-    async def flaky_device(index: int) -> None:  # a persistent session with a fresh client id
-        async with aiomqtt.Client(
-            "127.0.0.1",
-            broker.port,
-            username="pump1",
-            password=PASSWORDS["pump1"],
-            identifier=f"flaky-{index}",
-            clean_session=False,
-        ):
-            pass
-
     async with EmbeddedBroker(config) as broker:
-        await asyncio.gather(*(flaky_device(index) for index in range(5)))
-        assert broker.session_count == 5  # kept while they might come back...
+        async with contextlib.AsyncExitStack() as devices:
+            for index in range(5):  # persistent sessions with fresh client ids, as flaky devices
+                await devices.enter_async_context(
+                    aiomqtt.Client(
+                        "127.0.0.1",
+                        broker.port,
+                        username="pump1",
+                        password=PASSWORDS["pump1"],
+                        identifier=f"flaky-{index}",
+                        clean_session=False,
+                    )
+                )
+        # All five disconnected together: their sessions are kept while they might come back...
+        assert broker.session_count == 5
         await eventually(lambda: broker.session_count == 0, within=6)  # ...then freed
 
 
@@ -259,3 +264,18 @@ async def test_port_in_use_is_a_connect_error(broker: EmbeddedBroker) -> None:
     with pytest.raises(ConnectError, match="cannot bind"):
         async with EmbeddedBroker(taken):
             pass
+
+
+async def test_shutdown_with_a_half_open_client_leaves_no_tasks_and_no_errors(
+    broker_config: EmbeddedBrokerConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with EmbeddedBroker(broker_config) as broker:
+        _, silent_writer = await asyncio.open_connection("127.0.0.1", broker.port)  # no CONNECT
+        async with device(broker, "pump1") as pump1:
+            await eventually(lambda: broker.counters.connections == 2)
+            await broker.close()  # while one client is connected and one never spoke
+            with pytest.raises(aiomqtt.MqttError, match="Disconnected"):
+                await asyncio.wait_for(anext(pump1.messages), 5)
+    silent_writer.close()
+    await silent_writer.wait_closed()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
