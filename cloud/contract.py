@@ -455,8 +455,10 @@ def _values_column(
         for i, v in enumerate(items):
             if not isinstance(v, str):
                 raise InvalidBatch(f"a text series holds only strings, got {v!r}", path=(*path, i))
-            if len(v) > limits.max_text_length:
-                raise InvalidBatch(f"text longer than {limits.max_text_length}", path=(*path, i))
+            if len(v) > limits.max_text_length or "\x00" in v:
+                raise InvalidBatch(
+                    f"text longer than {limits.max_text_length} or holding NUL", path=(*path, i)
+                )
         return tuple(items)
     array = np.asarray(items) if items else np.empty(0, dtype=np.float64)
     if array.dtype.kind not in "iufb" or array.ndim != 1:
@@ -507,7 +509,7 @@ def _alarm(data: Any, path: Path, limits: Limits) -> AlarmRecord:
         raise InvalidBatch(f"state must be one of {sorted(ALARM_STATES)}", path=(*path, "state"))
     tag = item.get("tag")
     message = item.get("message", "")
-    if not isinstance(message, str) or len(message) > limits.max_text_length:
+    if not isinstance(message, str) or len(message) > limits.max_text_length or "\x00" in message:
         raise InvalidBatch("message must be a string of bounded length", path=(*path, "message"))
     value = item.get("value")
     if value is not None:
@@ -565,6 +567,8 @@ def _name(data: Any, path: Path, limits: Limits) -> str:
             f"expected a non-empty string of at most {limits.max_name_length} characters",
             path=path,
         )
+    if "\x00" in data:
+        raise InvalidBatch("strings may not contain NUL characters", path=path)
     return data
 
 
