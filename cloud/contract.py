@@ -20,8 +20,9 @@ A batch (version 1) is a map::
 - NaN and ±inf are refused (422, naming the series and the index): the cloud's aggregates and
   JSON answers have no honest way to carry them, and a gateway that produces them has a bug
   (a bad reading is expressed by its quality, not by its value).
-- `dropped` counts readings the gateway dropped under its outbox quota, per lane, so drops are
-  visible in the cloud instead of silently lost.
+- `dropped` counts readings the gateway dropped under its outbox quota since its previous
+  batch, per lane (a delta, not a running total), so drops are visible in the cloud instead of
+  silently lost. The cloud adds them up per gateway and lane and per tenant and day.
 
 Encodings, by Content-Type: `application/json`, and msgpack (`application/x-msgpack` or
 `application/vnd.tagway.batch+msgpack`) for gateways. Content-Encoding: identity, `zstd`, `gzip`.

@@ -61,6 +61,8 @@ CREATE TABLE alarms (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id INTEGER NOT
   message TEXT NOT NULL, value REAL, received_at INTEGER NOT NULL, acknowledged_at INTEGER,
   acknowledged_by INTEGER, UNIQUE (gateway_id, device, name, kind, state, ts));
 CREATE INDEX alarms_tenant_ts ON alarms (tenant_id, ts);
+CREATE TABLE gateway_drops (tenant_id INTEGER NOT NULL, gateway_id INTEGER NOT NULL,
+  lane TEXT NOT NULL, dropped INTEGER NOT NULL, PRIMARY KEY (gateway_id, lane));
 CREATE TABLE usage_daily (tenant_id INTEGER NOT NULL, day INTEGER NOT NULL,
   readings INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
   batches INTEGER NOT NULL DEFAULT 0, api_calls INTEGER NOT NULL DEFAULT 0,

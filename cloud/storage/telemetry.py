@@ -161,6 +161,14 @@ class TelemetryStore:
                 " WHERE tenant_id = %s AND id = %s",
                 [now_us, batch.seq, batch.seq, tenant_id, gateway_id],
             )
+            for lane, dropped in sorted(batch.dropped.items()):
+                if dropped:
+                    await tx.execute(
+                        "INSERT INTO gateway_drops AS g (tenant_id, gateway_id, lane, dropped)"
+                        " VALUES (%s, %s, %s, %s) ON CONFLICT (gateway_id, lane)"
+                        " DO UPDATE SET dropped = g.dropped + excluded.dropped",
+                        [tenant_id, gateway_id, lane, dropped],
+                    )
             await self._charge(
                 tx, tenant_id, batch, body_bytes=body_bytes, quota=quota, now_us=now_us
             )

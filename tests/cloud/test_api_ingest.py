@@ -57,6 +57,7 @@ async def test_batch_is_stored_and_readable(cloud: Cloud, content_type: str, enc
     assert stored["dropped"] == 7
     gateway = (await cloud.get(tenant.admin, f"/v1/gateways/{gw[0]}")).json()
     assert gateway["last_seq"] == 1
+    assert gateway["dropped"] == {"telemetry": 7}
     assert gateway["last_seen_at"] is not None
 
 
@@ -248,6 +249,7 @@ async def test_only_the_gateway_itself_may_post_its_batches(cloud: Cloud) -> Non
     gw2 = await cloud.gateway(tenant, "gw2")
     r = await cloud.send(gw1, make_batch(gw2[0], 1))
     assert r.status_code == 403
+    assert (await cloud.get(gw1[1], "/v1/devices")).status_code == 403  # gateways only ingest
     assert r.json()["error"]["code"] == "forbidden"
     r = await cloud.post(tenant.admin, encode_batch(make_batch(gw1[0], 1)))
     assert r.status_code == 403
