@@ -199,8 +199,16 @@ class SqliteDatabase:
             strict=True,
         )
         text = [(tenant_id, sid, ts, None, v, q) for sid, ts, v, q in rows.text_rows]
+        work = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self._insert, [*numeric, *text]), name="sqlite-executemany"
+        )
         try:
-            return await asyncio.to_thread(self._insert, [*numeric, *text])
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The worker thread still holds the connection: let it finish before the caller's
+            # rollback touches the same connection, then let the cancellation go on.
+            await asyncio.wait([work])
+            raise
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite: {exc}") from exc
 
