@@ -291,3 +291,22 @@ async def test_rate_limit_answers_429_with_retry_after(make_cloud: Any) -> None:
     r = await cloud.send(gw, make_batch(gw[0], 9, n=1))
     assert r.json()["error"]["code"] == "rate_limited"
     assert 0 < int(r.headers["Retry-After"]) <= 3600
+
+
+async def test_a_streamed_body_without_length_is_cut_off_at_the_limit(make_cloud: Any) -> None:
+    cloud: Cloud = await make_cloud(limits={"max_body_bytes": 100_000})
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    sent = 0
+
+    async def endless() -> Any:
+        nonlocal sent
+        for _ in range(1000):  # 64 MB if nobody stopped reading
+            sent += 65_536
+            yield b" " * 65_536
+
+    headers = cloud.auth(gw[1]) | {"Content-Type": JSON}
+    r = await cloud.client.post("/v1/ingest", content=endless(), headers=headers)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+    assert sent < 1_000_000  # the service stopped reading soon after the limit
