@@ -22,7 +22,7 @@ from tests.cloud.test_replicas import start_replica, wait_ready
 
 schemathesis = pytest.importorskip("schemathesis")
 pytestmark = pytest.mark.integration
-EXAMPLES_PER_OPERATION = 6
+EXAMPLES_PER_OPERATION = 4
 
 
 @pytest.fixture
