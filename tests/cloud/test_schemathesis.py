@@ -1,8 +1,8 @@
 """A bounded schemathesis run against the served OpenAPI schema: no request makes a 5xx.
 
-The service runs in a real uvicorn process (SQLite backend) with a tenant, a gateway and data in
-place; every operation gets a few generated requests (positive and negative), authenticated as
-the principal that operation is for.
+The service runs in a real uvicorn process (SQLite by default; PostgreSQL, as the app role, under
+`-m slow`) with a tenant, a gateway and data in place; every operation gets a few generated
+requests (positive and negative), authenticated as the principal that operation is for.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.cloud.conftest import PLATFORM_KEY, Cloud, make_batch
+from tests.cloud.conftest import PLATFORM_KEY, Cloud, app_dsn, make_batch, truncate
 from tests.cloud.test_replicas import start_replica, wait_ready
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -25,12 +25,21 @@ pytestmark = pytest.mark.integration
 EXAMPLES_PER_OPERATION = 4
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    settings_ = {
-        "database_url": f"sqlite:///{tmp_path / 'cloud.db'}",
-        "platform_admin_key": PLATFORM_KEY,
-    }
+@pytest.fixture(
+    params=[
+        "sqlite",
+        # The same run on PostgreSQL (as the app role) is longer: behind `slow`.
+        pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow]),
+    ]
+)
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "postgres":
+        owner = request.getfixturevalue("migrated_pg")
+        truncate(owner)
+        database_url = app_dsn(owner)
+    else:
+        database_url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    settings_ = {"database_url": database_url, "platform_admin_key": PLATFORM_KEY}
     proc, url = start_replica(settings_)
     try:
         wait_ready(url, proc)
