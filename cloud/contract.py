@@ -20,8 +20,9 @@ A batch (version 1) is a map::
 - NaN and ±inf are refused (422, naming the series and the index): the cloud's aggregates and
   JSON answers have no honest way to carry them, and a gateway that produces them has a bug
   (a bad reading is expressed by its quality, not by its value).
-- `dropped` counts readings the gateway dropped under its outbox quota, per lane, so drops are
-  visible in the cloud instead of silently lost.
+- `dropped` counts readings the gateway dropped under its outbox quota since its previous
+  batch, per lane (a delta, not a running total), so drops are visible in the cloud instead of
+  silently lost. The cloud adds them up per gateway and lane and per tenant and day.
 
 Encodings, by Content-Type: `application/json`, and msgpack (`application/x-msgpack` or
 `application/vnd.tagway.batch+msgpack`) for gateways. Content-Encoding: identity, `zstd`, `gzip`.
@@ -462,8 +463,10 @@ def _values_column(
         for i, v in enumerate(items):
             if not isinstance(v, str):
                 raise InvalidBatch(f"a text series holds only strings, got {v!r}", path=(*path, i))
-            if len(v) > limits.max_text_length:
-                raise InvalidBatch(f"text longer than {limits.max_text_length}", path=(*path, i))
+            if len(v) > limits.max_text_length or "\x00" in v:
+                raise InvalidBatch(
+                    f"text longer than {limits.max_text_length} or holding NUL", path=(*path, i)
+                )
         return tuple(items)
     array = np.asarray(items) if items else np.empty(0, dtype=np.float64)
     if array.dtype.kind not in "iufb" or array.ndim != 1:
@@ -514,7 +517,7 @@ def _alarm(data: Any, path: Path, limits: Limits) -> AlarmRecord:
         raise InvalidBatch(f"state must be one of {sorted(ALARM_STATES)}", path=(*path, "state"))
     tag = item.get("tag")
     message = item.get("message", "")
-    if not isinstance(message, str) or len(message) > limits.max_text_length:
+    if not isinstance(message, str) or len(message) > limits.max_text_length or "\x00" in message:
         raise InvalidBatch("message must be a string of bounded length", path=(*path, "message"))
     value = item.get("value")
     if value is not None:
@@ -572,6 +575,8 @@ def _name(data: Any, path: Path, limits: Limits) -> str:
             f"expected a non-empty string of at most {limits.max_name_length} characters",
             path=path,
         )
+    if "\x00" in data:
+        raise InvalidBatch("strings may not contain NUL characters", path=path)
     return data
 
 

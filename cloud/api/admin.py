@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from cloud.api.deps import AdminTenant, Caller, Rt, ViewerTenant, now_us
+from cloud.api.deps import AdminTenant, Caller, Id, Rt, ViewerTenant, now_us
 from cloud.api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -40,14 +40,14 @@ async def list_tenants(caller: Caller, rt: Rt) -> list[Tenant]:
 
 
 @router.get("/v1/tenants/{tenant_id}", tags=["tenants"])
-async def get_tenant(tenant_id: int, caller: Caller, rt: Rt) -> Tenant:
+async def get_tenant(tenant_id: Id, caller: Caller, rt: Rt) -> Tenant:
     """One tenant (platform admin)."""
     caller.require_platform_admin()
     return await rt.repo.get_tenant(tenant_id)
 
 
 @router.put("/v1/tenants/{tenant_id}/limits", tags=["tenants"])
-async def set_tenant_limits(tenant_id: int, body: TenantLimits, caller: Caller, rt: Rt) -> Tenant:
+async def set_tenant_limits(tenant_id: Id, body: TenantLimits, caller: Caller, rt: Rt) -> Tenant:
     """Set a tenant's ingest quota and rate limit (platform admin; null = service default)."""
     caller.require_platform_admin()
     return await rt.repo.update_tenant_limits(
@@ -57,7 +57,7 @@ async def set_tenant_limits(tenant_id: int, body: TenantLimits, caller: Caller, 
 
 @router.post("/v1/tenants/{tenant_id}/api-keys", status_code=201, tags=["tenants"])
 async def bootstrap_api_key(
-    tenant_id: int, body: ApiKeyCreate, caller: Caller, rt: Rt
+    tenant_id: Id, body: ApiKeyCreate, caller: Caller, rt: Rt
 ) -> ApiKeyCreated:
     """Create a key in a tenant (platform admin): how a tenant gets its first admin."""
     caller.require_platform_admin()
@@ -101,7 +101,7 @@ async def list_api_keys(tenant_id: AdminTenant, rt: Rt) -> list[ApiKey]:
 
 
 @router.delete("/v1/api-keys/{key_id}", tags=["api-keys"])
-async def revoke_api_key(key_id: int, tenant_id: AdminTenant, rt: Rt) -> ApiKey:
+async def revoke_api_key(key_id: Id, tenant_id: AdminTenant, rt: Rt) -> ApiKey:
     """Revoke a key; it is refused from the next request on, on every replica."""
     return await rt.repo.revoke_api_key(tenant_id, key_id, now_us=now_us())
 
@@ -123,21 +123,21 @@ async def list_gateways(tenant_id: ViewerTenant, rt: Rt) -> list[Gateway]:
 
 
 @router.get("/v1/gateways/{gateway_id}", tags=["gateways"])
-async def get_gateway(gateway_id: int, tenant_id: ViewerTenant, rt: Rt) -> Gateway:
+async def get_gateway(gateway_id: Id, tenant_id: ViewerTenant, rt: Rt) -> Gateway:
     """One gateway."""
     return await rt.repo.get_gateway(tenant_id, gateway_id)
 
 
 @router.patch("/v1/gateways/{gateway_id}", tags=["gateways"])
 async def rename_gateway(
-    gateway_id: int, body: GatewayUpdate, tenant_id: AdminTenant, rt: Rt
+    gateway_id: Id, body: GatewayUpdate, tenant_id: AdminTenant, rt: Rt
 ) -> Gateway:
     """Rename a gateway."""
     return await rt.repo.update_gateway(tenant_id, gateway_id, name=body.name)
 
 
 @router.post("/v1/gateways/{gateway_id}/token", tags=["gateways"])
-async def rotate_gateway_token(gateway_id: int, tenant_id: AdminTenant, rt: Rt) -> GatewayCreated:
+async def rotate_gateway_token(gateway_id: Id, tenant_id: AdminTenant, rt: Rt) -> GatewayCreated:
     """Issue a new interim token; the old one is refused at once."""
     secret = new_secret(GATEWAY_TOKEN_PREFIX)
     gateway = await rt.repo.update_gateway(
@@ -147,13 +147,13 @@ async def rotate_gateway_token(gateway_id: int, tenant_id: AdminTenant, rt: Rt) 
 
 
 @router.post("/v1/gateways/{gateway_id}/revoke", tags=["gateways"])
-async def revoke_gateway(gateway_id: int, tenant_id: AdminTenant, rt: Rt) -> Gateway:
+async def revoke_gateway(gateway_id: Id, tenant_id: AdminTenant, rt: Rt) -> Gateway:
     """Revoke a gateway's token; its batches are refused from now on (its data is kept)."""
     return await rt.repo.update_gateway(tenant_id, gateway_id, revoke_at=now_us())
 
 
 @router.delete("/v1/gateways/{gateway_id}", status_code=204, tags=["gateways"])
-async def delete_gateway(gateway_id: int, tenant_id: AdminTenant, rt: Rt) -> Response:
+async def delete_gateway(gateway_id: Id, tenant_id: AdminTenant, rt: Rt) -> Response:
     """Delete a gateway with its devices, series, telemetry and alarms."""
     await rt.repo.delete_gateway(tenant_id, gateway_id)
     return Response(status_code=204)

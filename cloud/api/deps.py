@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.auth import Authenticator, Principal, PrincipalKind, Role, token_digest
@@ -95,3 +95,7 @@ def admin(caller: Caller) -> int:
 ViewerTenant = Annotated[int, Depends(viewer)]
 OperatorTenant = Annotated[int, Depends(operator)]
 AdminTenant = Annotated[int, Depends(admin)]
+
+
+Id = Annotated[int, Path(ge=1, le=2**63 - 1, description="an id of the caller's tenant")]
+IdFilter = Annotated[int | None, Query(ge=1, le=2**63 - 1)]

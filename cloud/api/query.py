@@ -10,7 +10,7 @@ from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Query
 
-from cloud.api.deps import Caller, Rt, ViewerTenant, now_us
+from cloud.api.deps import Caller, Id, IdFilter, Rt, ViewerTenant, now_us
 from cloud.api.schemas import RawPage
 from cloud.auth import Role
 from cloud.errors import InvalidRequest
@@ -60,7 +60,7 @@ def _window(start: int | None, end: int | None) -> tuple[int, int]:
 
 @router.get("/v1/series/{series_id}/raw", tags=["telemetry"])
 async def raw(
-    series_id: int,
+    series_id: Id,
     *,
     tenant_id: ViewerTenant,
     rt: Rt,
@@ -84,7 +84,7 @@ async def raw(
 
 @router.get("/v1/series/{series_id}/aggregate", tags=["telemetry"])
 async def aggregate(
-    series_id: int,
+    series_id: Id,
     *,
     tenant_id: ViewerTenant,
     rt: Rt,
@@ -111,7 +111,7 @@ async def list_alarms(
     state: Literal["active", "acknowledged", "cleared", "event"] | None = None,
     kind: Literal["alarm", "event"] | None = None,
     device: Annotated[str | None, Query(max_length=200)] = None,
-    gateway_id: int | None = None,
+    gateway_id: IdFilter = None,
     since: Micros | None = None,
     until: Micros | None = None,
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
@@ -130,7 +130,7 @@ async def list_alarms(
 
 
 @router.post("/v1/alarms/{alarm_id}/ack", tags=["alarms"])
-async def acknowledge_alarm(alarm_id: int, caller: Caller, rt: Rt) -> Alarm:
+async def acknowledge_alarm(alarm_id: Id, caller: Caller, rt: Rt) -> Alarm:
     """Acknowledge an alarm (the first acknowledgement is kept, with the key that made it)."""
     tenant_id = caller.require_user(Role.OPERATOR)
     return await rt.repo.acknowledge_alarm(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from cloud.api.deps import AdminTenant, OperatorTenant, Rt, ViewerTenant
+from cloud.api.deps import AdminTenant, Id, IdFilter, OperatorTenant, Rt, ViewerTenant
 from cloud.api.schemas import DeviceUpdate
 from cloud.storage.records import Device, LatestValue, Series
 
@@ -13,21 +13,21 @@ router = APIRouter(tags=["devices"])
 
 @router.get("/v1/devices")
 async def list_devices(
-    tenant_id: ViewerTenant, rt: Rt, gateway_id: int | None = None
+    tenant_id: ViewerTenant, rt: Rt, gateway_id: IdFilter = None
 ) -> list[Device]:
     """The tenant's devices, optionally of one gateway."""
     return await rt.repo.list_devices(tenant_id, gateway_id=gateway_id)
 
 
 @router.get("/v1/devices/{device_id}")
-async def get_device(device_id: int, tenant_id: ViewerTenant, rt: Rt) -> Device:
+async def get_device(device_id: Id, tenant_id: ViewerTenant, rt: Rt) -> Device:
     """One device."""
     return await rt.repo.get_device(tenant_id, device_id)
 
 
 @router.patch("/v1/devices/{device_id}")
 async def update_device(
-    device_id: int, body: DeviceUpdate, tenant_id: OperatorTenant, rt: Rt
+    device_id: Id, body: DeviceUpdate, tenant_id: OperatorTenant, rt: Rt
 ) -> Device:
     """Set the display name or replace the metadata (the gateway's own name never changes)."""
     return await rt.repo.update_device(
@@ -36,21 +36,21 @@ async def update_device(
 
 
 @router.delete("/v1/devices/{device_id}", status_code=204)
-async def delete_device(device_id: int, tenant_id: AdminTenant, rt: Rt) -> Response:
+async def delete_device(device_id: Id, tenant_id: AdminTenant, rt: Rt) -> Response:
     """Delete a device with its series and telemetry."""
     await rt.repo.delete_device(tenant_id, device_id)
     return Response(status_code=204)
 
 
 @router.get("/v1/devices/{device_id}/latest", tags=["telemetry"])
-async def latest(device_id: int, tenant_id: ViewerTenant, rt: Rt) -> list[LatestValue]:
+async def latest(device_id: Id, tenant_id: ViewerTenant, rt: Rt) -> list[LatestValue]:
     """The newest reading of every series of the device."""
     return await rt.repo.latest(tenant_id, device_id)
 
 
 @router.get("/v1/series", tags=["telemetry"])
 async def list_series(
-    tenant_id: ViewerTenant, rt: Rt, device_id: int | None = None, gateway_id: int | None = None
+    tenant_id: ViewerTenant, rt: Rt, device_id: IdFilter = None, gateway_id: IdFilter = None
 ) -> list[Series]:
     """The tenant's series, optionally of one device or gateway."""
     return await rt.repo.list_series(tenant_id, device_id=device_id, gateway_id=gateway_id)

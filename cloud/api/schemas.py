@@ -9,8 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.auth import Role
 from cloud.storage.records import ApiKey, Gateway, Point
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-MetadataValue = str | int | float | bool | None
+# PostgreSQL text cannot hold NUL, so no string field may carry one.
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+BIGINT_MAX = 2**63 - 1
+Quota = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
+Rate = Annotated[int, Field(ge=1, le=2**31 - 1)]
+MetadataValue = (
+    Annotated[str, Field(max_length=1000, pattern=r"^[^\x00]*$")]
+    | Annotated[int, Field(ge=-BIGINT_MAX, le=BIGINT_MAX)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | bool
+    | None
+)
 
 
 class Body(BaseModel):
@@ -23,15 +33,15 @@ class TenantCreate(Body):
     """A new tenant (platform admin)."""
 
     name: Name
-    ingest_quota_per_day: int | None = Field(default=None, ge=0)
-    rate_limit: int | None = Field(default=None, ge=1)
+    ingest_quota_per_day: Quota | None = None
+    rate_limit: Rate | None = None
 
 
 class TenantLimits(Body):
     """A tenant's ingest quota (readings per UTC day) and rate limit (requests per window)."""
 
-    ingest_quota_per_day: int | None = Field(default=None, ge=0)
-    rate_limit: int | None = Field(default=None, ge=1)
+    ingest_quota_per_day: Quota | None = None
+    rate_limit: Rate | None = None
 
 
 class ApiKeyCreate(Body):
@@ -71,9 +81,9 @@ class DeviceUpdate(Body):
     """Give a device a display name or replace its metadata."""
 
     display_name: Name | None = None
-    metadata: dict[Annotated[str, Field(max_length=100)], MetadataValue] | None = Field(
-        default=None, max_length=50
-    )
+    metadata: (
+        dict[Annotated[str, Field(max_length=100, pattern=r"^[^\x00]*$")], MetadataValue] | None
+    ) = Field(default=None, max_length=50)
 
 
 class RawPage(Body):

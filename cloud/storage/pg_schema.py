@@ -38,6 +38,7 @@ METADATA_TABLES: Final = (
     "alarms",
     "usage_daily",
     "rate_window",
+    "gateway_drops",
 )
 
 _TABLES: Final = """
@@ -75,6 +76,8 @@ CREATE TABLE alarms (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tenant_
   acknowledged_at bigint, acknowledged_by bigint,
   UNIQUE (gateway_id, device, name, kind, state, ts));
 CREATE INDEX alarms_tenant_ts ON alarms (tenant_id, ts);
+CREATE TABLE gateway_drops (tenant_id bigint NOT NULL, gateway_id bigint NOT NULL,
+  lane text NOT NULL, dropped bigint NOT NULL, PRIMARY KEY (gateway_id, lane));
 CREATE TABLE usage_daily (tenant_id bigint NOT NULL, day bigint NOT NULL,
   readings bigint NOT NULL DEFAULT 0, bytes bigint NOT NULL DEFAULT 0,
   batches bigint NOT NULL DEFAULT 0, api_calls bigint NOT NULL DEFAULT 0,

@@ -13,6 +13,7 @@ same readings under a new seq, or overlapping batches).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -136,14 +137,23 @@ class PostgresDatabase:
         self, tenant_id: int | None, *, platform: bool = False
     ) -> AsyncIterator[Tx]:
         """A transaction with `app.tenant_id` (and `app.platform`) set for its duration only."""
+        # BEGIN and the tenant context travel in one round trip (simple query protocol). The
+        # tenant id is an int and the flag a constant, so the literals cannot inject anything.
+        tenant = "" if tenant_id is None else str(int(tenant_id))
+        begin = (
+            f"BEGIN; SELECT set_config('app.tenant_id', '{tenant}', true),"
+            f" set_config('app.platform', '{'on' if platform else 'off'}', true)"
+        )
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT set_config('app.tenant_id', %s, true),"
-                    " set_config('app.platform', %s, true)",
-                    ["" if tenant_id is None else str(tenant_id), "on" if platform else "off"],
-                )
-                yield PgTx(conn)
+            async with self.pool.connection() as conn:
+                await conn.execute(begin.encode())
+                try:
+                    yield PgTx(conn)
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):  # a broken link: the pool drops it
+                        await conn.rollback()
+                    raise
+                await conn.commit()
         except pg_errors.IntegrityError as exc:
             raise Conflict(f"conflicts with existing data: {exc.diag.message_primary}") from exc
         except (psycopg.Error, PoolTimeout) as exc:

@@ -51,6 +51,7 @@ class Gateway(Record):
     last_seen_at: int | None = None
     last_seq: int | None = None
     revoked_at: int | None = None
+    dropped: dict[str, int] = {}
 
 
 class Device(Record):

@@ -56,8 +56,9 @@ def _key(row: Row) -> ApiKey:
     )
 
 
-def _gateway(row: Row) -> Gateway:
+def _gateway(row: Row, dropped: dict[str, int] | None = None) -> Gateway:
     return Gateway(
+        dropped=dropped or {},
         id=row[0],
         name=row[1],
         token_prefix=row[2],
@@ -203,15 +204,22 @@ class Repository(TelemetryStore):
         return _gateway(row)
 
     async def list_gateways(self, tenant_id: int) -> list[Gateway]:
-        """The tenant's gateways."""
+        """The tenant's gateways, with the readings each reported dropped, per lane."""
         async with self.db.transaction(tenant_id) as tx:
             rows = await tx.fetch(
                 f"SELECT {_GATEWAY} FROM gateways WHERE tenant_id = %s ORDER BY id", [tenant_id]
             )
-        return [_gateway(r) for r in rows]
+            drops = await tx.fetch(
+                "SELECT gateway_id, lane, dropped FROM gateway_drops WHERE tenant_id = %s",
+                [tenant_id],
+            )
+        by_gateway: dict[int, dict[str, int]] = {}
+        for gateway_id, lane, dropped in drops:
+            by_gateway.setdefault(gateway_id, {})[lane] = dropped
+        return [_gateway(r, by_gateway.get(r[0])) for r in rows]
 
     async def get_gateway(self, tenant_id: int, gateway_id: int) -> Gateway:
-        """One gateway of the tenant."""
+        """One gateway of the tenant, with the readings it reported dropped, per lane."""
         async with self.db.transaction(tenant_id) as tx:
             row = await _one(
                 tx,
@@ -219,7 +227,11 @@ class Repository(TelemetryStore):
                 [tenant_id, gateway_id],
                 "gateway",
             )
-        return _gateway(row)
+            drops = await tx.fetch(
+                "SELECT lane, dropped FROM gateway_drops WHERE tenant_id = %s AND gateway_id = %s",
+                [tenant_id, gateway_id],
+            )
+        return _gateway(row, dict(drops))
 
     async def update_gateway(
         self,
@@ -274,7 +286,7 @@ class Repository(TelemetryStore):
                 " (SELECT id FROM series WHERE tenant_id = %s AND gateway_id = %s)",
                 [tenant_id, tenant_id, gateway_id],
             )
-            for table in ("alarms", "ingest_batch", "series", "devices"):
+            for table in ("alarms", "ingest_batch", "gateway_drops", "series", "devices"):
                 await tx.execute(
                     f"DELETE FROM {table} WHERE tenant_id = %s AND gateway_id = %s",
                     [tenant_id, gateway_id],

@@ -61,6 +61,8 @@ CREATE TABLE alarms (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id INTEGER NOT
   message TEXT NOT NULL, value REAL, received_at INTEGER NOT NULL, acknowledged_at INTEGER,
   acknowledged_by INTEGER, UNIQUE (gateway_id, device, name, kind, state, ts));
 CREATE INDEX alarms_tenant_ts ON alarms (tenant_id, ts);
+CREATE TABLE gateway_drops (tenant_id INTEGER NOT NULL, gateway_id INTEGER NOT NULL,
+  lane TEXT NOT NULL, dropped INTEGER NOT NULL, PRIMARY KEY (gateway_id, lane));
 CREATE TABLE usage_daily (tenant_id INTEGER NOT NULL, day INTEGER NOT NULL,
   readings INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
   batches INTEGER NOT NULL DEFAULT 0, api_calls INTEGER NOT NULL DEFAULT 0,
@@ -197,8 +199,16 @@ class SqliteDatabase:
             strict=True,
         )
         text = [(tenant_id, sid, ts, None, v, q) for sid, ts, v, q in rows.text_rows]
+        work = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self._insert, [*numeric, *text]), name="sqlite-executemany"
+        )
         try:
-            return await asyncio.to_thread(self._insert, [*numeric, *text])
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The worker thread still holds the connection: let it finish before the caller's
+            # rollback touches the same connection, then let the cancellation go on.
+            await asyncio.wait([work])
+            raise
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite: {exc}") from exc
 

@@ -98,18 +98,17 @@ class TelemetryStore:
         window_us = window_s * US
         start = now_us - now_us % window_us
         async with self.db.transaction(tenant_id) as tx:
-            limits = await tx.fetchone(
-                "SELECT ingest_quota_per_day, rate_limit FROM tenants WHERE id = %s", [tenant_id]
-            )
-            if limits is None:
-                raise NotFound("tenant not found")
             row = await tx.fetchone(
                 "INSERT INTO rate_window (tenant_id, window_start, hits) VALUES (%s, %s, 1)"
                 " ON CONFLICT (tenant_id, window_start)"
-                " DO UPDATE SET hits = rate_window.hits + 1 RETURNING hits",
-                [tenant_id, start],
+                " DO UPDATE SET hits = rate_window.hits + 1 RETURNING hits,"
+                " (SELECT ingest_quota_per_day FROM tenants WHERE id = %s),"
+                " (SELECT rate_limit FROM tenants WHERE id = %s)",
+                [tenant_id, start, tenant_id, tenant_id],
             )
-            hits = row[0] if row else 1
+            if row is None:
+                raise NotFound("tenant not found")
+            hits, limits = row[0], row[1:]
             if hits == 1:  # first request of a window: forget the old windows
                 await tx.execute(
                     "DELETE FROM rate_window WHERE tenant_id = %s AND window_start < %s",
@@ -146,9 +145,6 @@ class TelemetryStore:
             )
             if claimed is None:
                 return await self._duplicate(tx, tenant_id, gateway_id, batch.seq)
-            await self._charge(
-                tx, tenant_id, batch, body_bytes=body_bytes, quota=quota, now_us=now_us
-            )
             keys = [(s.device, s.tag, s.unit) for s in batch.series]
             ids = await self.db.resolve_series(tx, tenant_id, gateway_id, keys) if keys else []
             stored = await self.db.write_telemetry(tx, tenant_id, BatchRows.build(batch, ids))
@@ -157,11 +153,24 @@ class TelemetryStore:
                 "UPDATE ingest_batch SET stored = %s WHERE gateway_id = %s AND seq = %s",
                 [stored, gateway_id, batch.seq],
             )
+            # The rows every batch of this gateway/tenant updates come last, so their row locks
+            # are held only until the commit and concurrent batches overlap their bulk writes.
             await tx.execute(
                 "UPDATE gateways SET last_seen_at = %s,"
                 " last_seq = CASE WHEN last_seq IS NULL OR last_seq < %s THEN %s ELSE last_seq END"
                 " WHERE tenant_id = %s AND id = %s",
                 [now_us, batch.seq, batch.seq, tenant_id, gateway_id],
+            )
+            for lane, dropped in sorted(batch.dropped.items()):
+                if dropped:
+                    await tx.execute(
+                        "INSERT INTO gateway_drops AS g (tenant_id, gateway_id, lane, dropped)"
+                        " VALUES (%s, %s, %s, %s) ON CONFLICT (gateway_id, lane)"
+                        " DO UPDATE SET dropped = g.dropped + excluded.dropped",
+                        [tenant_id, gateway_id, lane, dropped],
+                    )
+            await self._charge(
+                tx, tenant_id, batch, body_bytes=body_bytes, quota=quota, now_us=now_us
             )
         return IngestResult(
             duplicate=False, seq=batch.seq, readings=readings, stored=stored, received_at=now_us
@@ -183,17 +192,18 @@ class TelemetryStore:
     ) -> None:
         day = now_us // DAY_US
         readings = batch.reading_count
-        await tx.execute(
-            "INSERT INTO usage_daily (tenant_id, day) VALUES (%s, %s)"
-            " ON CONFLICT (tenant_id, day) DO NOTHING",
-            [tenant_id, day],
-        )
-        charged = await tx.fetchone(
-            "UPDATE usage_daily SET readings = readings + %s, bytes = bytes + %s,"
-            " batches = batches + 1, dropped = dropped + %s"
-            " WHERE tenant_id = %s AND day = %s AND readings + %s <= %s RETURNING readings",
-            [readings, body_bytes, sum(batch.dropped.values()), tenant_id, day, readings, quota],
-        )
+        # One statement: insert today's row or add to it, unless that would pass the quota.
+        # Concurrent batches serialize on the row, so the quota holds across replicas.
+        charged = None
+        if readings <= quota:
+            charged = await tx.fetchone(
+                "INSERT INTO usage_daily AS u (tenant_id, day, readings, bytes, batches, dropped)"
+                " VALUES (%s, %s, %s, %s, 1, %s) ON CONFLICT (tenant_id, day) DO UPDATE SET"
+                " readings = u.readings + excluded.readings, bytes = u.bytes + excluded.bytes,"
+                " batches = u.batches + 1, dropped = u.dropped + excluded.dropped"
+                " WHERE u.readings + excluded.readings <= %s RETURNING readings",
+                [tenant_id, day, readings, body_bytes, sum(batch.dropped.values()), quota],
+            )
         if charged is None:
             raise RateLimited(
                 f"the tenant's daily quota of {quota} readings is used up",

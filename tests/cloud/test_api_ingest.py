@@ -57,6 +57,7 @@ async def test_batch_is_stored_and_readable(cloud: Cloud, content_type: str, enc
     assert stored["dropped"] == 7
     gateway = (await cloud.get(tenant.admin, f"/v1/gateways/{gw[0]}")).json()
     assert gateway["last_seq"] == 1
+    assert gateway["dropped"] == {"telemetry": 7}
     assert gateway["last_seen_at"] is not None
 
 
@@ -248,6 +249,7 @@ async def test_only_the_gateway_itself_may_post_its_batches(cloud: Cloud) -> Non
     gw2 = await cloud.gateway(tenant, "gw2")
     r = await cloud.send(gw1, make_batch(gw2[0], 1))
     assert r.status_code == 403
+    assert (await cloud.get(gw1[1], "/v1/devices")).status_code == 403  # gateways only ingest
     assert r.json()["error"]["code"] == "forbidden"
     r = await cloud.post(tenant.admin, encode_batch(make_batch(gw1[0], 1)))
     assert r.status_code == 403
@@ -289,3 +291,22 @@ async def test_rate_limit_answers_429_with_retry_after(make_cloud: Any) -> None:
     r = await cloud.send(gw, make_batch(gw[0], 9, n=1))
     assert r.json()["error"]["code"] == "rate_limited"
     assert 0 < int(r.headers["Retry-After"]) <= 3600
+
+
+async def test_a_streamed_body_without_length_is_cut_off_at_the_limit(make_cloud: Any) -> None:
+    cloud: Cloud = await make_cloud(limits={"max_body_bytes": 100_000})
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    sent = 0
+
+    async def endless() -> Any:
+        nonlocal sent
+        for _ in range(1000):  # 64 MB if nobody stopped reading
+            sent += 65_536
+            yield b" " * 65_536
+
+    headers = cloud.auth(gw[1]) | {"Content-Type": JSON}
+    r = await cloud.client.post("/v1/ingest", content=endless(), headers=headers)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+    assert sent < 1_000_000  # the service stopped reading soon after the limit

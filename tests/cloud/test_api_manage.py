@@ -243,12 +243,15 @@ async def test_usage_counts_api_calls_and_ingest(cloud: Cloud) -> None:
     tenant = await cloud.tenant("acme")
     gw = await cloud.gateway(tenant)
     await cloud.send(gw, make_batch(gw[0], 1, n=5, dropped={"telemetry": 3, "alarms": 0}))
+    await cloud.send(gw, make_batch(gw[0], 2, n=1, dropped={"telemetry": 2}))
+    gateway = (await cloud.get(tenant.admin, "/v1/gateways")).json()[0]
+    assert gateway["dropped"] == {"telemetry": 5}
     usage = (await cloud.get(tenant.admin, "/v1/usage")).json()
     assert len(usage) == 1
     day = usage[0]
-    assert day["readings"] == 10
-    assert day["batches"] == 1
-    assert day["dropped"] == 3
+    assert day["readings"] == 12
+    assert day["batches"] == 2
+    assert day["dropped"] == 5
     assert day["bytes"] > 0
     assert day["api_calls"] >= 2  # creating the gateway and this call
     r = await cloud.get(tenant.admin, "/v1/usage", start="2030-01-02", end="2030-01-01")

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _start_replica(settings: dict[str, object]) -> tuple[subprocess.Popen[bytes], str]:
+def start_replica(settings: dict[str, object]) -> tuple[subprocess.Popen[bytes], str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -51,7 +51,7 @@ def _start_replica(settings: dict[str, object]) -> tuple[subprocess.Popen[bytes]
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -75,10 +75,10 @@ def replicas(migrated_pg: str) -> Iterator[list[str]]:
         "pool_max_size": 4,
         "rate_window_s": 3600,
     }
-    started = [_start_replica(settings) for _ in range(2)]
+    started = [start_replica(settings) for _ in range(2)]
     try:
         for proc, url in started:
-            _wait_ready(url, proc)
+            wait_ready(url, proc)
         yield [url for _, url in started]
     finally:
         for proc, _ in started:

@@ -1,0 +1,60 @@
+"""``python -m cloud migrate`` applies the schema, idempotently, on both backends."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _migrate(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cloud", "migrate", "--database-url", url],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+
+
+def test_migrate_sqlite_twice(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    first, second = _migrate(url), _migrate(url)
+    assert first.returncode == second.returncode == 0, first.stderr
+    assert second.stdout.strip() == "sqlite schema at version 1"
+
+
+@pytest.mark.postgres
+def test_migrate_postgres_twice(postgres_dsn: str) -> None:
+    dsn = psycopg.conninfo.make_conninfo(postgres_dsn, dbname="postgres")
+    name = f"tagway_migrate_{os.getpid()}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = psycopg.conninfo.make_conninfo(dsn, dbname=name)
+        first, second = _migrate(url), _migrate(url)
+        assert first.returncode == second.returncode == 0, first.stderr
+        assert "version 1" in second.stdout
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migrate_reports_an_unreachable_database() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _migrate(f"postgresql://nobody@127.0.0.1:{port}/none?connect_timeout=2")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: PostgreSQL migration failed")
