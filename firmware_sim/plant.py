@@ -161,6 +161,12 @@ class Plant:
             await asyncio.sleep(tick_s)
             self.step(tick_s)
 
+    async def wait(self) -> None:
+        """Return when the plant's background work ends; raises what made it fail."""
+        if self._runner is None:
+            raise RuntimeError("the plant is not running")
+        await asyncio.shield(self._runner)
+
     def step(self, dt: float) -> None:
         """Advance the plant by `dt` simulated seconds (tests with `tick_s=None` call this)."""
         self.model.step(dt)
