@@ -195,3 +195,14 @@ class _client:  # noqa: N801 - reads as a context-manager function at the call s
 
     async def __aexit__(self, *exc: object) -> None:
         self.client.close()
+
+
+async def test_read_only_holding_register_refuses_a_write_and_keeps_its_value(
+    frozen_plant: Plant,
+) -> None:
+    port = frozen_plant.ports["modbus"]["boiler1"]
+    code, out = await mbpoll(port, "-t", "4", "-r", "10", write=("7",))
+    assert code != 0
+    assert "illegal data address" in out.lower(), out
+    _, out = await mbpoll(port, "-t", "4:hex", "-r", "10")
+    assert mbpoll_values(out)[10] == "0x0102"
