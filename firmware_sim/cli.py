@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--devices", type=int, default=4, help="devices, in groups of pump, pump, tank, boiler")
     add("--tags-per-device", type=int, help="pad each device with generated tags up to this many")
     add("--seed", type=int, default=1)
-    add("--tick", type=float, default=0.5, help="simulated seconds per step (one step per tick)")
+    add("--tick", type=float, default=0.5, help="wall seconds between model steps")
+    add("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
     add("--host", default="127.0.0.1")
     add("--modbus-port", type=int, default=0, help="first device's port (others follow); 0: any")
     add("--modbus-framing", choices=["socket", "rtu"], default="socket")
@@ -60,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> PlantConfig:
         tags_per_device=args.tags_per_device,
         seed=args.seed,
         tick_s=args.tick,
+        time_scale=args.time_scale,
         host=args.host,
         modbus=not args.no_modbus,
         modbus_port=args.modbus_port,

@@ -71,8 +71,12 @@ async def test_faults_counters_writes_and_contract_over_http() -> None:
         assert (await http.post("/faults", json={"kind": "melt"})).status_code == 400
         assert (
             await http.post("/faults", json={"kind": "stuck", "device": "nope", "tag": "x"})
+        ).status_code == 404
+        assert (
+            await http.post("/faults", json={"kind": "stuck", "device": "pump1", "tag": "x"})
         ).status_code == 400
         assert (await http.get("/nowhere")).status_code == 404
+        assert (await http.get("/values/pump9")).status_code == 404
 
 
 async def test_cli_prints_ports_as_json_and_serves_the_scenario(tmp_path: Path) -> None:
