@@ -95,7 +95,7 @@ async def test_speed_setpoint_write_is_scaled_and_acts_on_the_model(frozen_plant
     assert frozen_plant.model.reported("pump2")["flow"] < 0.7 * flow_before  # type: ignore[operator]
 
 
-async def test_read_only_registers_refuse_writes_with_exception_02(frozen_plant: Plant) -> None:
+async def test_writes_beyond_the_map_get_exception_02(frozen_plant: Plant) -> None:
     async with _client(frozen_plant.ports["modbus"]["boiler1"]) as client:
         reply = await client.write_register(5, 1)  # past the boiler's holding registers
         assert reply.isError()
