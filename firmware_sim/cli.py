@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--devices", type=int, default=4, help="devices, in groups of pump, pump, tank, boiler")
     add("--tags-per-device", type=int, help="pad each device with generated tags up to this many")
     add("--seed", type=int, default=1)
-    add("--tick", type=float, default=0.5, help="simulated seconds per step (one step per tick)")
+    add("--tick", type=float, default=0.5, help="wall seconds between model steps")
+    add("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
     add("--host", default="127.0.0.1")
     add("--modbus-port", type=int, default=0, help="first device's port (others follow); 0: any")
     add("--modbus-framing", choices=["socket", "rtu"], default="socket")
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--control-port", type=int, default=0)
     add("--scenario", default="normal", choices=sorted(SCENARIOS))
     add("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    add("--inventory", type=Path, help="write what is served where (JSON) to this file")
     return parser
 
 
@@ -59,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> PlantConfig:
         tags_per_device=args.tags_per_device,
         seed=args.seed,
         tick_s=args.tick,
+        time_scale=args.time_scale,
         host=args.host,
         modbus=not args.no_modbus,
         modbus_port=args.modbus_port,
@@ -117,17 +120,27 @@ def serving_line(plant: Plant) -> str:
     return json.dumps(document)
 
 
-async def run(config: PlantConfig, duration: float | None) -> None:
-    """Serve the plant until SIGINT/SIGTERM or `duration` seconds."""
+async def run(config: PlantConfig, duration: float | None, inventory: Path | None) -> None:
+    """Serve the plant until SIGINT/SIGTERM, `duration` seconds, or a failure inside it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with Plant(config) as plant:
+        if inventory is not None:
+            document = json.dumps(plant.served_devices(), indent=2)
+            await asyncio.to_thread(inventory.write_text, document)
         print("\n".join(describe(plant)), flush=True)  # noqa: T201 - the command's output
         print(serving_line(plant), flush=True)  # noqa: T201
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=duration)
+        stopped = asyncio.create_task(stop.wait(), name="sim-cli-signal")
+        failed = asyncio.create_task(plant.wait(), name="sim-cli-plant")
+        try:
+            await asyncio.wait({stopped, failed}, timeout=duration, return_when="FIRST_COMPLETED")
+        finally:
+            stopped.cancel()
+            failed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        asyncio.run(run(config, args.duration))
+        asyncio.run(run(config, args.duration, args.inventory))
     except (SimError, ValidationError) as exc:
         print(f"firmware_sim: {exc}", file=sys.stderr)  # noqa: T201
         return 2

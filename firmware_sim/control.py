@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
-from firmware_sim.errors import SimError
+from firmware_sim.errors import SimError, UnknownDevice
 from firmware_sim.faults import FAULT_ADAPTER
 from firmware_sim.inventory import served_devices
 
@@ -118,9 +118,11 @@ class ControlApi:
             raise HttpError(400, f"body is not JSON: {exc}") from exc
         try:
             return self._route(method.upper(), path.split("?", 1)[0].rstrip("/"), body)
-        except (SimError, ValidationError, KeyError) as exc:
-            if isinstance(exc, HttpError):
-                raise
+        except HttpError:
+            raise
+        except UnknownDevice as exc:
+            raise HttpError(404, str(exc)) from exc
+        except (SimError, ValidationError, KeyError, TypeError, ValueError) as exc:
             raise HttpError(400, str(exc)) from exc
 
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:  # noqa: PLR0911 - one return per route reads best

@@ -4,7 +4,8 @@ SimError                  root of everything firmware_sim raises
 ├── SimConfigError        a plant option, register map or fault cannot work as given
 ├── EncodingError         a value cannot be encoded into (or decoded from) registers
 ├── UnknownDevice         a fault, write or query names a device the plant does not have
-└── ServeError            a protocol endpoint could not be started (port taken, certificate)
+├── ServeError            a protocol endpoint could not be started (port taken, certificate)
+└── HttpError             a control-API request answered with an error status (control.py)
 """
 
 from __future__ import annotations

@@ -13,11 +13,19 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 Table = Literal["coil", "discrete_input", "input_register", "holding_register"]
+
+
+class LinkState(StrEnum):
+    """Whether a server's listener is accepting connections (link faults move it)."""
+
+    LISTENING = "listening"
+    DROPPED = "dropped"
 
 
 class _FaultBase(BaseModel):

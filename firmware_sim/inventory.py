@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from firmware_sim.opcua_server import NAMESPACE_URI
+from firmware_sim.modbus_server import ModbusPlantServer
+from firmware_sim.mqtt_devices import MqttPlantDevices
+from firmware_sim.opcua_server import NAMESPACE_URI, OpcuaPlantServer
+from firmware_sim.simulation import PlantModel
 
 if TYPE_CHECKING:
     from firmware_sim.plant import Plant
 
 
-def _modbus(plant: Plant, device: str) -> dict[str, Any]:
-    assert plant.modbus is not None  # noqa: S101 - the caller checked
-    server = plant.modbus.devices[device]
-    register_map = plant.model.maps[device]
+def _modbus(model: PlantModel, modbus: ModbusPlantServer, device: str) -> dict[str, Any]:
+    server = modbus.devices[device]
+    register_map = model.maps[device]
     return {
         "protocol": "modbus",
         "host": server.host,
@@ -35,13 +37,12 @@ def _modbus(plant: Plant, device: str) -> dict[str, Any]:
     }
 
 
-def _opcua(plant: Plant, device: str) -> dict[str, Any]:
-    assert plant.opcua is not None  # noqa: S101 - the caller checked
+def _opcua(model: PlantModel, opcua: OpcuaPlantServer, device: str) -> dict[str, Any]:
     return {
         "protocol": "opcua",
-        "endpoint": plant.opcua.endpoint,
+        "endpoint": opcua.endpoint,
         "namespace_uri": NAMESPACE_URI,
-        "security": plant.opcua.security,
+        "security": opcua.security,
         "folder": device,
         "tags": [
             {
@@ -52,15 +53,14 @@ def _opcua(plant: Plant, device: str) -> dict[str, Any]:
                 "high": info.high,
                 "kind": info.kind.__name__,
             }
-            for tag, info in plant.model.tag_info(device).items()
+            for tag, info in model.tag_info(device).items()
         ],
     }
 
 
-def _mqtt(plant: Plant, device: str) -> dict[str, Any]:
-    assert plant.mqtt is not None  # noqa: S101 - the caller checked
-    publisher = plant.mqtt.devices[device]
-    broker = plant.mqtt.broker
+def _mqtt(model: PlantModel, mqtt: MqttPlantDevices, device: str) -> dict[str, Any]:
+    publisher = mqtt.devices[device]
+    broker = mqtt.broker
     user = f"{broker.username}@" if broker.username else ""
     return {
         "protocol": "mqtt",
@@ -71,7 +71,7 @@ def _mqtt(plant: Plant, device: str) -> dict[str, Any]:
         "interval_s": publisher.interval_s,
         "tags": [
             {"name": tag, "unit": info.unit, "kind": info.kind.__name__}
-            for tag, info in plant.model.tag_info(device).items()
+            for tag, info in model.tag_info(device).items()
         ],
     }
 
@@ -82,9 +82,9 @@ def served_devices(plant: Plant) -> list[dict[str, Any]]:
     for name, device in plant.model.devices.items():
         common = {"name": name, "device_type": device.device_type, "simulated": True}
         if plant.modbus is not None:
-            out.append(common | _modbus(plant, name))
+            out.append(common | _modbus(plant.model, plant.modbus, name))
         if plant.opcua is not None:
-            out.append(common | _opcua(plant, name))
+            out.append(common | _opcua(plant.model, plant.opcua, name))
         if plant.mqtt is not None:
-            out.append(common | _mqtt(plant, name))
+            out.append(common | _mqtt(plant.model, plant.mqtt, name))
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from enum import StrEnum
 from typing import Literal
 
 from pymodbus.constants import ExcCodes
@@ -25,6 +24,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from firmware_sim.errors import ServeError
+from firmware_sim.faults import LinkState
 from firmware_sim.register_image import BIT_TABLES, TABLE_OF_FUNCTION, RegisterImage
 from firmware_sim.register_map import Table
 from firmware_sim.simulation import PlantModel
@@ -33,13 +33,6 @@ log = logging.getLogger(__name__)
 
 Framing = Literal["socket", "rtu"]
 _FRAMERS = {"socket": FramerType.SOCKET, "rtu": FramerType.RTU}
-
-
-class LinkState(StrEnum):
-    """Whether a device's Modbus port is accepting connections."""
-
-    LISTENING = "listening"
-    DROPPED = "dropped"
 
 
 class ModbusDevice:

@@ -246,7 +246,8 @@ class Boiler(SimulatedDevice):
             temperature=160.0, pressure=1.013 * math.exp(0.0286 * 60.0), firing_rate=0.0,
             steam_flow=3.0, flue_gas_temperature=200.0, fuel_total=0.0, heat_total=0,
             uptime_ms=0, burner_seconds=0, heat_balance=0, oxygen=20.9, burner_starts=0,
-            model_name="SIMBOIL1", temperature_setpoint=170.0, pressure_limit=10.0,
+            model_name="SIMBOIL1", firmware_version=0x0102, temperature_setpoint=170.0,
+            pressure_limit=10.0,
             burner_enable=True, burner_on=False, flame_detected=False, pressure_alarm=False,
             status_burner_on=False, status_flame=False, status_pressure_alarm=False,
         )  # fmt: skip

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from firmware_sim.errors import ServeError, SimConfigError
-from firmware_sim.faults import OpcuaStatus
+from firmware_sim.faults import LinkState, OpcuaStatus
 from firmware_sim.model import Value
 from firmware_sim.simulation import PlantModel, TagInfo
 
@@ -184,7 +184,7 @@ class OpcuaPlantServer:
         self._nodes: dict[str, dict[str, ua.NodeId]] = {}
         self._published: dict[ua.NodeId, tuple[Value, int]] = {}
         self.changes_published = 0
-        self.listening = False
+        self.state = LinkState.DROPPED
 
     @property
     def endpoint(self) -> str:
@@ -212,7 +212,7 @@ class OpcuaPlantServer:
             raise ServeError(f"OPC UA: cannot listen on {self.host}:{self.port}") from exc
         if server.bserver is not None:
             self.port = server.bserver.port
-        self.listening = True
+        self.state = LinkState.LISTENING
 
     async def _secure(self) -> None:
         if self.cert_dir is None or self.trust_dir is None:
@@ -324,16 +324,16 @@ class OpcuaPlantServer:
         if listener is None:
             return
         down = self.model.faults.opcua_server_down()
-        if down and self.listening:
+        if down and self.state is LinkState.LISTENING:
             await listener.stop()  # closes every client transport, then the listener
-            self.listening = False
-        elif not down and not self.listening:
+            self.state = LinkState.DROPPED
+        elif not down and self.state is LinkState.DROPPED:
             await listener.start()  # same host and port: BinaryServer kept the bound port
-            self.listening = True
+            self.state = LinkState.LISTENING
 
     async def stop(self) -> None:
         """Close every session and the listener."""
-        if not self.listening and self.server.bserver is not None:
+        if self.state is LinkState.DROPPED and self.server.bserver is not None:
             await self.server.bserver.start()  # asyncua's stop() expects a running listener
         await self.server.stop()
 

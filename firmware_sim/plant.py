@@ -37,6 +37,7 @@ class PlantConfig(BaseModel):
     tags_per_device: int | None = Field(default=None, ge=1, le=30_000)
     seed: int = 1
     tick_s: float | None = Field(default=0.5, gt=0)
+    time_scale: float = Field(default=1.0, gt=0, le=3600)
     host: str = "127.0.0.1"
     modbus: bool = True
     modbus_port: int = Field(default=0, ge=0, le=65535)
@@ -126,7 +127,7 @@ class Plant:
             )
             self._spawn(self.mqtt.run(), "sim-mqtt")
         if cfg.tick_s is not None:
-            self._spawn(self._clock(cfg.tick_s), "sim-clock")
+            self._spawn(self._clock(cfg.tick_s, cfg.time_scale), "sim-clock")
         if cfg.control_port is not None:
             self.control = ControlApi(self, host=cfg.host, port=cfg.control_port)
             await self.control.start()
@@ -156,10 +157,18 @@ class Plant:
         if self.opcua is not None:
             await self.opcua.stop()
 
-    async def _clock(self, tick_s: float) -> None:
+    async def _clock(self, tick_s: float, time_scale: float) -> None:
+        # Fixed simulated steps (not measured wall time) keep a free-running plant's physics
+        # identical to a stepped one; `time_scale` runs minutes of wear in seconds for demos.
         while True:
             await asyncio.sleep(tick_s)
-            self.step(tick_s)
+            self.step(tick_s * time_scale)
+
+    async def wait(self) -> None:
+        """Return when the plant's background work ends; raises what made it fail."""
+        if self._runner is None:
+            raise RuntimeError("the plant is not running")
+        await asyncio.shield(self._runner)
 
     def step(self, dt: float) -> None:
         """Advance the plant by `dt` simulated seconds (tests with `tick_s=None` call this)."""

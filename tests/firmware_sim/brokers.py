@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 from collections.abc import AsyncIterator
@@ -44,19 +45,42 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def mosquitto_broker(tmp_path: Path) -> AsyncIterator[int]:
-    """A private Mosquitto process on a free loopback port; yields the port."""
+async def mosquitto_broker(
+    tmp_path: Path, credentials: tuple[str, str] | None = None
+) -> AsyncIterator[int]:
+    """A private Mosquitto process on a free loopback port; yields the port.
+
+    With `credentials`, anonymous clients are refused and only that user may connect.
+    """
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed")
     port = _free_port()
     config = tmp_path / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    lines = [f"listener {port} 127.0.0.1"]
+    if os.geteuid() == 0:
+        # Started as root, Mosquitto drops to user `mosquitto`, who cannot read pytest's tmp dir.
+        lines.append("user root")
+    if credentials is None:
+        lines.append("allow_anonymous true")
+    else:
+        passwords = tmp_path / "passwords"
+        passwd = shutil.which("mosquitto_passwd")
+        if passwd is None:
+            pytest.skip("mosquitto_passwd is not installed")
+        maker = await asyncio.create_subprocess_exec(
+            passwd, "-b", "-c", str(passwords), *credentials
+        )
+        await maker.wait()
+        lines += ["allow_anonymous false", f"password_file {passwords}"]
+    config.write_text("\n".join(lines) + "\n")
     proc = await asyncio.create_subprocess_exec(
         MOSQUITTO, "-c", str(config),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
         for _ in range(100):
+            if proc.returncode is not None:
+                pytest.fail(f"mosquitto exited with {proc.returncode}; config: {lines}")
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
@@ -67,5 +91,6 @@ async def mosquitto_broker(tmp_path: Path) -> AsyncIterator[int]:
             break
         yield port
     finally:
-        proc.terminate()
+        if proc.returncode is None:
+            proc.terminate()
         await proc.wait()

@@ -71,14 +71,19 @@ async def test_faults_counters_writes_and_contract_over_http() -> None:
         assert (await http.post("/faults", json={"kind": "melt"})).status_code == 400
         assert (
             await http.post("/faults", json={"kind": "stuck", "device": "nope", "tag": "x"})
+        ).status_code == 404
+        assert (
+            await http.post("/faults", json={"kind": "stuck", "device": "pump1", "tag": "x"})
         ).status_code == 400
         assert (await http.get("/nowhere")).status_code == 404
+        assert (await http.get("/values/pump9")).status_code == 404
 
 
-async def test_cli_prints_ports_as_json_and_serves_the_scenario() -> None:
+async def test_cli_prints_ports_as_json_and_serves_the_scenario(tmp_path: Path) -> None:
+    inventory = tmp_path / "served.json"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "firmware_sim", "plant", "--devices", "2", "--no-opcua",
-        "--scenario", "modbus_exceptions", "--duration", "60",
+        "--scenario", "modbus_exceptions", "--duration", "60", "--inventory", str(inventory),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(_REPO)}, cwd=_REPO,
     )  # fmt: skip
@@ -94,6 +99,11 @@ async def test_cli_prints_ports_as_json_and_serves_the_scenario() -> None:
         assert serving["simulated"] is True
         assert "SIMULATED" in human[0]
         assert f"127.0.0.1:{serving['modbus']['pump1']}" in "".join(human)
+        served = json.loads(inventory.read_text())
+        assert {(d["name"], d["protocol"], d["port"]) for d in served} == {
+            ("pump1", "modbus", serving["modbus"]["pump1"]),
+            ("pump2", "modbus", serving["modbus"]["pump2"]),
+        }
         _, out = await mbpoll(serving["modbus"]["pump1"], "-t", "3", "-r", "0")
         assert "illegal data address" in out.lower()
         code, _ = await mbpoll(serving["modbus"]["pump2"], "-t", "3", "-r", "0")

@@ -95,7 +95,7 @@ async def test_speed_setpoint_write_is_scaled_and_acts_on_the_model(frozen_plant
     assert frozen_plant.model.reported("pump2")["flow"] < 0.7 * flow_before  # type: ignore[operator]
 
 
-async def test_read_only_registers_refuse_writes_with_exception_02(frozen_plant: Plant) -> None:
+async def test_writes_beyond_the_map_get_exception_02(frozen_plant: Plant) -> None:
     async with _client(frozen_plant.ports["modbus"]["boiler1"]) as client:
         reply = await client.write_register(5, 1)  # past the boiler's holding registers
         assert reply.isError()
@@ -195,3 +195,14 @@ class _client:  # noqa: N801 - reads as a context-manager function at the call s
 
     async def __aexit__(self, *exc: object) -> None:
         self.client.close()
+
+
+async def test_read_only_holding_register_refuses_a_write_and_keeps_its_value(
+    frozen_plant: Plant,
+) -> None:
+    port = frozen_plant.ports["modbus"]["boiler1"]
+    code, out = await mbpoll(port, "-t", "4", "-r", "10", write=("7",))
+    assert code != 0
+    assert "illegal data address" in out.lower(), out
+    _, out = await mbpoll(port, "-t", "4:hex", "-r", "10")
+    assert mbpoll_values(out)[10] == "0x0102"

@@ -11,7 +11,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from firmware_sim.errors import SimConfigError
 from firmware_sim.faults import LinkDrop, MqttMalformed, MqttOversize
+from firmware_sim.mqtt_devices import BrokerAddress
 from firmware_sim.plant import Plant
 
 from .brokers import amqtt_broker, mosquitto_broker
@@ -104,3 +106,29 @@ async def test_mosquitto_sub_sees_the_telemetry(tmp_path: Path) -> None:
         lines = out.decode().splitlines()
         assert len(lines) == 2
         assert json.loads(lines[0])["values"]["serial_number"] == "SP00002X"
+
+
+def test_broker_url_with_credentials() -> None:
+    address = BrokerAddress.from_url("mqtt://sim%40plant:s3cr%3At@broker.local:1884")
+    assert address == BrokerAddress("broker.local", 1884, "sim@plant", "s3cr:t")
+    assert BrokerAddress.from_url("tcp://10.0.0.5").port == 1883
+    with pytest.raises(SimConfigError):
+        BrokerAddress.from_url("http://broker")
+
+
+async def test_devices_log_in_with_credentials(tmp_path: Path) -> None:
+    password = "pa55"  # noqa: S105 - a throwaway broker user made for this test
+    async with mosquitto_broker(tmp_path, credentials=("sim", password)) as port:
+        with pytest.raises(aiomqtt.MqttCodeError):
+            async with aiomqtt.Client("127.0.0.1", port, identifier="anonymous"):
+                pass
+        async with Plant(
+            devices=1, modbus=False, opcua=False, control_port=None,
+            mqtt_url=f"mqtt://sim:{password}@127.0.0.1:{port}", mqtt_interval_s=0.05,
+        ), aiomqtt.Client(
+            "127.0.0.1", port, username="sim", password=password, identifier="reader"
+        ) as client:  # fmt: skip
+            await client.subscribe("plant/pump1/telemetry")
+            async with asyncio.timeout(10):
+                message = await anext(aiter(client.messages))
+        assert json.loads(bytes(message.payload))["simulated"] is True  # type: ignore[arg-type]
