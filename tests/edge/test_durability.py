@@ -83,8 +83,9 @@ async def test_a_long_outage_fills_the_quota_drops_oldest_telemetry_and_counts_i
     tmp_path: Path, plant: Plant
 ) -> None:
     devices = modbus_devices(plant, interval=0.05)
+    # An alarm that fires at once, so the alarm lane holds something the quota must not drop.
     alarm = {"name": "pump1.flow_seen", "device": "pump1", "tag": "flow", "kind": "high",
-             "limit": -1.0, "severity": "low"}  # fires at once: an alarm stored in the outbox  # fmt: skip
+             "limit": -1.0, "severity": "low"}  # fmt: skip
     async with serve_cloud(tmp_path / "cloud.db") as cloud:
         await bootstrap(cloud)
     token_file = tmp_path / "gateway.token"
