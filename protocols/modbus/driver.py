@@ -242,6 +242,9 @@ class ModbusDriver:
                 self._counters.overruns += missed
                 self._log_overrun(state, late)
                 due = loop.time()
+                # Yield even when late: a cycle of "not connected" readings never awaits the
+                # network, and without this the link task (and cancellation) would starve.
+                await asyncio.sleep(0)
             else:
                 await asyncio.sleep(-late)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib.util
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -422,3 +423,54 @@ async def test_a_write_longer_than_fc16_allows_is_refused_before_sending(
         with pytest.raises(WriteError, match="124 registers at 0 exceed the 123"):
             await driver.write("note", "x")
     assert server.memory.requests[16] == 0
+
+
+class _Enough(Exception):
+    """Raised by a test sink to stop the driver."""
+
+
+async def test_an_overrunning_group_still_lets_the_link_task_run() -> None:
+    """Disconnected cycles never await the network; a slow sink makes every one of them late.
+    The poll loop must still yield, or reconnects (and cancellation) would starve."""
+    memory = PlantMemory()
+    async with ModbusTestServer(memory) as server:
+        port = server.port
+    config = ModbusDeviceConfig(
+        name="ghost",
+        host="127.0.0.1",
+        port=port,
+        timeout=0.2,
+        reconnect_base=0.01,
+        reconnect_cap=0.02,
+        poll_groups=[PollGroup(name="default", interval=0.001)],
+        tags=[hr("a", 0)],
+    )
+    loop = asyncio.get_running_loop()
+    ticks = 0
+    ticking = True
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    seen: list[int] = []
+
+    async def blocking_sink(batch: list[Reading]) -> None:
+        seen.append(ticks)
+        time.sleep(0.002)  # noqa: ASYNC251 - the point: a sink that blocks makes every cycle late
+        if len(seen) >= 20:
+            raise _Enough
+
+    tick()
+    driver = ModbusDriver(config)
+    try:
+        async with driver:
+            with pytest.raises(ExceptionGroup) as caught:
+                await driver.run(blocking_sink)
+    finally:
+        ticking = False
+    assert caught.group_contains(_Enough)
+    assert len(set(seen)) == len(seen)  # the event loop turned between every two cycles
+    assert driver.counters.overruns >= 19
