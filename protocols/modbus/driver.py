@@ -30,7 +30,12 @@ from typing import Final, Self
 from protocols.backoff import Backoff, BackoffPolicy
 from protocols.driver import ConnectionState, DriverCounters, Link, Sink
 from protocols.errors import CodecError, ConnectError, DeviceError, ProtocolError, WriteError
-from protocols.modbus.client import ILLEGAL_DATA_ADDRESS, ModbusClient, check_transport_support
+from protocols.modbus.client import (
+    ILLEGAL_DATA_ADDRESS,
+    ModbusClient,
+    check_transport_support,
+    raise_if_cancelling,
+)
 from protocols.modbus.codec import (
     BitBlockDecoder,
     RegisterBlockDecoder,
@@ -194,6 +199,9 @@ class ModbusDriver:
                     client.close()
                     self._link.to(ConnectionState.BACKOFF, error=str(exc))
                     self._attempted.set()
+                except BaseException:  # cancelled mid-connect: do not leave a socket open
+                    client.close()
+                    raise
                 else:
                     self._client = client
                     self._link.to(ConnectionState.CONNECTED)
@@ -229,6 +237,7 @@ class ModbusDriver:
         await self._attempted.wait()
         due = loop.time()
         while True:
+            raise_if_cancelling()
             started = loop.time()
             batch = await self.read_group(state)
             state.cycles += 1

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib.util
 import itertools
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -474,3 +475,65 @@ async def test_an_overrunning_group_still_lets_the_link_task_run() -> None:
     assert caught.group_contains(_Enough)
     assert len(set(seen)) == len(seen)  # the event loop turned between every two cycles
     assert driver.counters.overruns >= 19
+
+
+async def test_busy_drivers_stop_when_cancelled(server: ModbusTestServer) -> None:
+    """Cancelling a driver in the middle of a response must stop it. pymodbus's wait_for can
+    swallow such a cancellation on Python 3.11 (a race: without the driver's guard, some of
+    these drivers never stop; how many depends on timing)."""
+    tags = [hr(f"t{a}", a) for a in range(600)]
+    rng = random.Random(5)
+
+    async def discard(batch: list[Reading]) -> None:
+        pass
+
+    still_running = 0
+    for _ in range(12):
+        drivers = [
+            ModbusDriver(
+                device(
+                    server,
+                    tags,
+                    name=f"busy{i}",
+                    poll_groups=[PollGroup(name="default", interval=0.0005)],
+                )
+            )
+            for i in range(6)
+        ]
+        tasks = [
+            asyncio.create_task(d.run(discard), name=f"busy{i}") for i, d in enumerate(drivers)
+        ]
+        await asyncio.sleep(rng.uniform(0.03, 0.08))
+        for task in tasks:
+            task.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=1.0)
+        still_running += len(pending)
+        for task in pending:  # clean up after a failure, so the report is about the count
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        for driver in drivers:
+            await driver.__aexit__(None, None, None)
+    assert still_running == 0
+
+
+async def test_a_swallowed_cancellation_still_stops_the_driver(server: ModbusTestServer) -> None:
+    """The deterministic form of the race above: a sink that swallows the cancellation."""
+    entered = asyncio.Event()
+
+    async def careless_sink(batch: list[Reading]) -> None:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.5)
+
+    driver = ModbusDriver(device(server, [hr("a", 0)]))
+    async with driver:
+        task = asyncio.create_task(driver.run(careless_sink), name="careless")
+        await entered.wait()
+        task.cancel()
+        _, pending = await asyncio.wait([task], timeout=1.5)
+        if pending:  # clean up so the failure reports the real problem, not a leaked task
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+    assert not pending
+    assert task.cancelled()
