@@ -15,6 +15,7 @@ Decisions taken after reading pymodbus 3.16.1:
   returned `ExceptionResponse` (`isError()`), not a raised error; a timeout is a raised
   `ModbusIOException`; a request on a closed client raises `ConnectionException`.
 - RTU over TCP is `AsyncModbusTcpClient(framer=FramerType.RTU)`; serial RTU needs pyserial.
+- Its `asyncio.wait_for` can swallow a cancellation on Python 3.11: see `raise_if_cancelling`.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class ModbusClient:
         target = _target(self._config)
         try:
             ok = await self._client.connect()
+            raise_if_cancelling()  # pymodbus's connect also goes through wait_for
         except OSError as exc:  # serial ports raise on open
             raise ConnectError(f"{self._config.name}: cannot connect to {target}: {exc}") from exc
         if not ok:
@@ -221,6 +223,7 @@ class ModbusClient:
             self._counters.requests += 1
             try:
                 response = await send()
+                raise_if_cancelling()
             except ConnectionException as exc:
                 raise ConnectError(f"{name}: link lost: {exc}") from exc
             except ModbusIOException as exc:
@@ -255,6 +258,19 @@ class ModbusClient:
     def _trace_connect(self, connected: bool) -> None:
         if not connected:
             self._on_lost()
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that pymodbus swallowed.
+
+    pymodbus awaits each response with `asyncio.wait_for`, which in Python 3.11 returns the
+    result instead of raising when the cancellation arrives just as the response does
+    (CPython gh-86296, fixed in 3.12). The task still counts the request (`cancelling()`), so we
+    honour it here; otherwise a busy driver could ignore its shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def check_transport_support(config: ModbusDeviceConfig) -> None:

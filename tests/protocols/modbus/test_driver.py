@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import importlib.util
 import itertools
+import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -422,3 +424,116 @@ async def test_a_write_longer_than_fc16_allows_is_refused_before_sending(
         with pytest.raises(WriteError, match="124 registers at 0 exceed the 123"):
             await driver.write("note", "x")
     assert server.memory.requests[16] == 0
+
+
+class _Enough(Exception):
+    """Raised by a test sink to stop the driver."""
+
+
+async def test_an_overrunning_group_still_lets_the_link_task_run() -> None:
+    """Disconnected cycles never await the network; a slow sink makes every one of them late.
+    The poll loop must still yield, or reconnects (and cancellation) would starve."""
+    memory = PlantMemory()
+    async with ModbusTestServer(memory) as server:
+        port = server.port
+    config = ModbusDeviceConfig(
+        name="ghost",
+        host="127.0.0.1",
+        port=port,
+        timeout=0.2,
+        reconnect_base=0.01,
+        reconnect_cap=0.02,
+        poll_groups=[PollGroup(name="default", interval=0.001)],
+        tags=[hr("a", 0)],
+    )
+    loop = asyncio.get_running_loop()
+    ticks = 0
+    ticking = True
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    seen: list[int] = []
+
+    async def blocking_sink(batch: list[Reading]) -> None:
+        seen.append(ticks)
+        time.sleep(0.002)  # noqa: ASYNC251 - the point: a sink that blocks makes every cycle late
+        if len(seen) >= 20:
+            raise _Enough
+
+    tick()
+    driver = ModbusDriver(config)
+    try:
+        async with driver:
+            with pytest.raises(ExceptionGroup) as caught:
+                await driver.run(blocking_sink)
+    finally:
+        ticking = False
+    assert caught.group_contains(_Enough)
+    assert len(set(seen)) == len(seen)  # the event loop turned between every two cycles
+    assert driver.counters.overruns >= 19
+
+
+async def test_busy_drivers_stop_when_cancelled(server: ModbusTestServer) -> None:
+    """Cancelling a driver in the middle of a response must stop it. pymodbus's wait_for can
+    swallow such a cancellation on Python 3.11 (a race: without the driver's guard, some of
+    these drivers never stop; how many depends on timing)."""
+    tags = [hr(f"t{a}", a) for a in range(600)]
+    rng = random.Random(5)
+
+    async def discard(batch: list[Reading]) -> None:
+        pass
+
+    still_running = 0
+    for _ in range(12):
+        drivers = [
+            ModbusDriver(
+                device(
+                    server,
+                    tags,
+                    name=f"busy{i}",
+                    poll_groups=[PollGroup(name="default", interval=0.0005)],
+                )
+            )
+            for i in range(6)
+        ]
+        tasks = [
+            asyncio.create_task(d.run(discard), name=f"busy{i}") for i, d in enumerate(drivers)
+        ]
+        await asyncio.sleep(rng.uniform(0.03, 0.08))
+        for task in tasks:
+            task.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=1.0)
+        still_running += len(pending)
+        for task in pending:  # clean up after a failure, so the report is about the count
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        for driver in drivers:
+            await driver.__aexit__(None, None, None)
+    assert still_running == 0
+
+
+async def test_a_swallowed_cancellation_still_stops_the_driver(server: ModbusTestServer) -> None:
+    """The deterministic form of the race above: a sink that swallows the cancellation."""
+    entered = asyncio.Event()
+
+    async def careless_sink(batch: list[Reading]) -> None:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.5)
+
+    driver = ModbusDriver(device(server, [hr("a", 0)]))
+    async with driver:
+        task = asyncio.create_task(driver.run(careless_sink), name="careless")
+        await entered.wait()
+        task.cancel()
+        _, pending = await asyncio.wait([task], timeout=1.5)
+        if pending:  # clean up so the failure reports the real problem, not a leaked task
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+    assert not pending
+    assert task.cancelled()
