@@ -60,7 +60,8 @@ _MODES: Final = {
     "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
 }
 DEFAULT_CHUNK: Final = 1000
-"""Items per request when the server states no limit (0): keeps each message a sane size."""
+"""Most items per request even when the server allows more: a server handles one request at a
+time, and 10,000 monitored items in one call stall it long enough to fail its own keep-alive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +74,8 @@ class OperationLimits:
 
     @staticmethod
     def chunk(limit: int) -> int:
-        """The batch size to use for a limit (`DEFAULT_CHUNK` when there is none)."""
-        return limit if limit > 0 else DEFAULT_CHUNK
+        """The batch size for a limit: the limit, capped at `DEFAULT_CHUNK`."""
+        return min(limit, DEFAULT_CHUNK) if limit > 0 else DEFAULT_CHUNK
 
 
 def chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:

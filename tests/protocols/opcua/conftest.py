@@ -73,7 +73,7 @@ def device(url: str, tags: list[OpcUaTag], **extra: Any) -> OpcUaDeviceConfig:
         "publishing_interval_ms": 100,
         "poll_interval_ms": 100,
         "request_timeout_s": 2.0,
-        "keepalive_interval_s": 0.5,
+        "keepalive_interval_s": 2.0,
         "reconnect_max_delay_s": 1.0,
         "simulated": True,
     }
