@@ -72,7 +72,7 @@ class PlantServer:
     Args:
         port: 0 picks a free port; after `start()` the chosen one is in `port` (reused by restart).
         bulk: how many bulk variables to create.
-        certificate, private_key: enable only the Basic256Sha256 SignAndEncrypt and Sign endpoints.
+        certificate, private_key: enable only Basic256Sha256 endpoints, in `secure_modes`.
         max_nodes_per_read: publish and enforce this OperationLimit (0: none).
     """
 
@@ -84,12 +84,14 @@ class PlantServer:
         certificate: Path | None = None,
         private_key: Path | None = None,
         max_nodes_per_read: int = 0,
+        secure_modes: tuple[str, ...] = ("SignAndEncrypt", "Sign"),
     ) -> None:
         self.port = port
         self.bulk = bulk
         self.certificate = certificate
         self.private_key = private_key
         self.max_nodes_per_read = max_nodes_per_read
+        self.secure_modes = secure_modes
         self.read_sizes: list[int] = []
         self.client_certificates_seen = 0
         self.ns = 0
@@ -121,10 +123,7 @@ class PlantServer:
         await server.set_application_uri(SERVER_URI)
         if self.certificate is not None and self.private_key is not None:
             server.set_security_policy(
-                [
-                    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-                    ua.SecurityPolicyType.Basic256Sha256_Sign,
-                ]
+                [getattr(ua.SecurityPolicyType, f"Basic256Sha256_{m}") for m in self.secure_modes]
             )
             await server.load_certificate(str(self.certificate))
             await server.load_private_key(str(self.private_key))

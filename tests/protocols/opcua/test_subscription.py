@@ -97,37 +97,29 @@ def test_monitored_item_request_carries_sampling_queue_and_deadband() -> None:
     assert plain.RequestedParameters.SamplingInterval == -1.0  # the publishing interval
 
 
-async def test_units_come_from_engineering_units_unless_overridden(
-    plant: PlantServer, collector: Collector
-) -> None:
-    tags = [pump_tag("flow"), pump_tag("speed_sp", unit="1/min"), pump_tag("mode")]
-    async with running(OpcUaDriver(device(plant.url, tags)), collector):
-        await collector.wait_for(
-            lambda: all(collector.good(t) for t in ("flow", "speed_sp", "mode"))
-        )
-    assert collector.good("flow")[0].unit == "m³/h"
-    assert collector.good("speed_sp")[0].unit == "1/min"
-    assert collector.good("mode")[0].unit is None
-    assert all(r.simulated for r in collector.readings)
-
-
-async def test_a_tag_the_server_lacks_is_bad_and_the_rest_still_flow(
+async def test_connect_learns_units_and_reports_tags_the_server_lacks(
     plant: PlantServer, collector: Collector
 ) -> None:
     tags = [
         pump_tag("flow"),
+        pump_tag("speed_sp", unit="1/min"),
+        pump_tag("mode"),
         OpcUaTag(name="ghost", node_id=f"nsu={NAMESPACE};s=pump1.ghost"),
         OpcUaTag(name="elsewhere", node_id="nsu=urn:not-served;s=x"),
     ]
     async with running(OpcUaDriver(device(plant.url, tags)), collector) as driver:
         await collector.wait_for(
-            lambda: bool(
-                collector.good("flow") and collector.of("ghost") and collector.of("elsewhere")
-            )
+            lambda: all(collector.of(t) for t in ("flow", "speed_sp", "mode", "ghost", "elsewhere"))
         )
         await plant.set_value("pump1.flow", 33.0, ua.VariantType.Double)
         await collector.wait_for(lambda: 33.0 in [r.value for r in collector.good("flow")])
         assert driver.counters.errors >= 2
+    # Units: the node's EngineeringUnits property, unless the config overrides it.
+    assert collector.good("flow")[0].unit == "m³/h"
+    assert collector.good("speed_sp")[0].unit == "1/min"
+    assert collector.good("mode")[0].unit is None
+    assert all(r.simulated for r in collector.readings)
+    # A missing node or namespace is a bad reading with the reason; the other tags still flow.
     ghost = collector.of("ghost")[0]
     assert (ghost.quality, ghost.reason) == (Quality.BAD, "opcua BadNodeIdUnknown (0x80340000)")
     elsewhere = collector.of("elsewhere")[0]
