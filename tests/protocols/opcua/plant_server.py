@@ -27,6 +27,7 @@ from pathlib import Path
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.common.utils import ServiceError
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
 NAMESPACE = "urn:tagway:firmware-sim"
@@ -45,6 +46,24 @@ PUMP_TAGS: tuple[
 
 
 _BULK_FOLDER = 100
+
+
+class _Users:
+    """asyncua user manager: these user names and passwords, nobody else (not anonymous)."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def get_user(
+        self,
+        iserver: object,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: object = None,
+    ) -> User | None:
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
 
 
 def _variable_item(node: ua.NodeId, parent: ua.NodeId) -> ua.AddNodesItem:
@@ -74,6 +93,7 @@ class PlantServer:
         bulk: how many bulk variables to create.
         certificate, private_key: enable only Basic256Sha256 endpoints, in `secure_modes`.
         max_nodes_per_read: publish and enforce this OperationLimit (0: none).
+        users: require one of these user names and passwords (anonymous refused).
     """
 
     def __init__(
@@ -85,6 +105,7 @@ class PlantServer:
         private_key: Path | None = None,
         max_nodes_per_read: int = 0,
         secure_modes: tuple[str, ...] = ("SignAndEncrypt", "Sign"),
+        users: dict[str, str] | None = None,
     ) -> None:
         self.port = port
         self.bulk = bulk
@@ -92,6 +113,7 @@ class PlantServer:
         self.private_key = private_key
         self.max_nodes_per_read = max_nodes_per_read
         self.secure_modes = secure_modes
+        self.users = users
         self.read_sizes: list[int] = []
         self.client_certificates_seen = 0
         self.ns = 0
@@ -116,7 +138,7 @@ class PlantServer:
 
     async def start(self) -> None:
         """Build the address space and listen."""
-        server = Server()
+        server = Server(user_manager=_Users(self.users) if self.users else None)
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name("tagway test plant")
