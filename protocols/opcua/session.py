@@ -92,6 +92,10 @@ def translate(exc: BaseException, what: str) -> ConnectError | DeviceError | Dev
         if name.startswith(_SECURITY_STATUS_PREFIXES):
             return SecurityError(f"{what}: refused by the server: {name}")
         return DeviceError(f"{what}: {name}", code=exc.code)
+    if isinstance(exc, ua.UaError) and "certificate" in str(exc).lower():
+        # e.g. "Server certificate mismatch": CreateSession presented another certificate
+        # than the endpoint we checked against the trust list.
+        return SecurityError(f"{what}: {exc}")
     return ConnectError(f"{what}: {type(exc).__name__}: {exc}")
 
 
