@@ -49,6 +49,13 @@ class Collector:
                 await self._arrived.wait()
 
 
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until `condition()` holds, checking every 50 ms, failing after `within` seconds."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - counters have no event; polling them is the point
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def running(driver: OpcUaDriver, sink: Any) -> AsyncIterator[OpcUaDriver]:
     """Run the driver in a named task for the duration of the block."""

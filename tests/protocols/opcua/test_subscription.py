@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asyncua import ua
 
 from protocols.opcua import OpcUaDriver, OpcUaTag
 from protocols.opcua.subscription import _item_request
-from protocols.reading import Quality
-from tests.protocols.opcua.conftest import Collector, device, pump_tag, running
+from protocols.reading import Quality, Reading
+from tests.protocols.opcua.conftest import Collector, device, eventually, pump_tag, running
 from tests.protocols.opcua.plant_server import NAMESPACE, PlantServer
 
 pytestmark = pytest.mark.integration
@@ -125,3 +127,34 @@ async def test_connect_learns_units_and_reports_tags_the_server_lacks(
     elsewhere = collector.of("elsewhere")[0]
     assert elsewhere.quality is Quality.BAD
     assert "namespace 'urn:not-served' is not served" in (elsewhere.reason or "")
+
+
+async def test_a_slow_sink_makes_the_buffer_drop_and_every_drop_is_counted() -> None:
+    items, rounds = 100, 10
+    async with PlantServer(bulk=items) as plant:
+        tags = [
+            OpcUaTag(
+                name=f"v{i:05d}", node_id=f"nsu={NAMESPACE};s=bulk.v{i:05d}", queue_size=rounds
+            )
+            for i in range(items)
+        ]
+        delivered: list[int] = []
+
+        async def slow_sink(batch: list[Reading]) -> None:
+            delivered.append(len(batch))
+            await asyncio.sleep(0.4)  # far slower than one publish per 100 ms
+
+        config = device(plant.url, tags, read_engineering_units=False, max_queued_readings=150)
+        async with running(OpcUaDriver(config), slow_sink) as driver:
+            await eventually(lambda: sum(delivered) >= items)
+            for round_ in range(1, rounds + 1):
+                await plant.set_values(
+                    plant.bulk_nodes, [round_ * 1000.0 + i for i in range(items)]
+                )
+                await asyncio.sleep(0.12)
+            produced = items * (rounds + 1)  # initial values and every change
+            counters = driver.counters
+            await eventually(lambda: counters.readings + counters.dropped >= produced, within=20)
+            assert driver.counters.dropped > 0
+            assert driver.counters.readings == sum(delivered)
+            assert driver.counters.readings + driver.counters.dropped == produced
