@@ -99,6 +99,11 @@ class OpcUaDriver:
         """The server's id of our subscription (kept across a session resume), if any."""
         return self._monitored.subscription_id
 
+    @property
+    def decoded(self) -> dict[str, int]:
+        """DataChangeNotifications decoded by the fast path and by asyncua, for diagnostics."""
+        return dict(self._monitored.decoded)
+
     async def __aenter__(self) -> Self:
         if self._link.state is ConnectionState.CLOSED:
             raise RuntimeError(f"{self.name}: driver was closed; build a new one")

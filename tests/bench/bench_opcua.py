@@ -114,6 +114,7 @@ async def measure(items: int, port: int, window: float, server_pid: int) -> dict
         server_cpu = process_cpu_s(server_pid) - server_cpu0
         readings, batches = sink.readings - readings0, sink.batches - batches0
         dropped = driver.counters.dropped
+        decoded = driver.decoded
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -130,6 +131,7 @@ async def measure(items: int, port: int, window: float, server_pid: int) -> dict
         else None,
         "dropped": dropped,
         "reconnects": driver.link.reconnects,
+        "decoded": decoded,
         "server_cpu_pct_of_one_core": round(100 * server_cpu / wall, 1),
     }
 

@@ -49,6 +49,7 @@ async def test_every_change_of_2000_monitored_items_arrives_in_batches() -> None
                 assert by_tag[f"v{i:05d}"] == [r * 100_000.0 + i for r in range(1, ROUNDS + 1)]
             assert driver.counters.dropped == 0
             assert driver.counters.readings == ITEMS + written
+            assert driver.decoded["general"] == 0  # every publish took the fast decoder
             # One sink call per publish response, not one per item: hundreds of readings a call.
             assert written / (len(collector.batches) - initial_batches) >= 100
             assert max(len(b) for b in collector.batches) >= ITEMS
