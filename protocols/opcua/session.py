@@ -158,6 +158,9 @@ class ServerSession:
             await client.connect()
         except (OSError, TimeoutError, ua.UaError) as exc:
             raise _connect_error(exc, config.endpoint) from exc
+        except BaseException:
+            client.disconnect_socket()  # cancelled mid-handshake: asyncua cleans up on Exception
+            raise
         session.resumed = previous_token is not None and session.token == previous_token
         try:
             await session._learn_server()
