@@ -76,6 +76,7 @@ class MonitoredItems:
             3, math.ceil(_KEEPALIVE_TARGET_MS / config.publishing_interval_ms)
         )
         self._unconfirmed = False
+        self._keepalive_s = self.keepalive_count * config.publishing_interval_ms / 1000
         # DataChangeNotifications decoded by protocols.opcua.wire ("fast") or by asyncua.
         self.decoded = {"fast": 0, "general": 0}
 
@@ -153,6 +154,9 @@ class MonitoredItems:
             ),
         )
         self.subscription_id = result.SubscriptionId
+        # The server may revise both (Part 4, 5.13.2); silence is judged by what it granted.
+        revised = result.RevisedPublishingInterval * result.RevisedMaxKeepAliveCount / 1000
+        self._keepalive_s = max(revised, self._keepalive_s)
         self.last_sequence = 0
         self._unconfirmed = False
         failed: list[Reading] = []
@@ -210,8 +214,7 @@ class MonitoredItems:
 
     def silence_limit(self) -> float:
         """How long without any publish response means the subscription is dead."""
-        keepalive_s = self.keepalive_count * self._config.publishing_interval_ms / 1000
-        return 2 * keepalive_s + self._config.request_timeout_s
+        return 2 * self._keepalive_s + self._config.request_timeout_s
 
     async def _on_publish(self, result: ua.PublishResult, session: ServerSession) -> None:
         """asyncua's publish callback: one publish response in, one batch to the buffer."""
