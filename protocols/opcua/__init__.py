@@ -5,6 +5,7 @@
 - `security`: the gateway's application certificate and the server-certificate trust list.
 - `session`: one connected session (connect, security, namespaces, OperationLimits, units).
 - `subscription`, `polling`, `buffer`: the two ways in, and the bounded hand-off to the sink.
+- `wire`: a fast decoder for PublishResponses of plain data changes (asyncua decodes the rest).
 - `driver`: `OpcUaDriver`, the `protocols.driver.Driver` for OPC UA.
 
 Errors come from the one tree in `protocols.errors` (root `ProtocolError`); this package raises:

@@ -25,6 +25,7 @@ from typing import Final, NamedTuple
 from asyncua import ua
 
 from protocols.errors import CodecError
+from protocols.opcua.wire import RawChange
 from protocols.reading import Quality, Reading, Value, datetime_to_us
 
 _IDENTIFIER_KINDS: Final = frozenset({"i", "s", "g", "b"})
@@ -196,6 +197,30 @@ def to_reading(  # noqa: PLR0917 - hot path: positional, like the Reading tuple 
             quality, reason = Quality.BAD, _BAD_NO_VALUE_REASON
         value = 0
     ts = timestamp_us(dv, received_us)
+    return Reading(device, tag, ts, value, quality, unit, simulated, reason)
+
+
+def raw_to_reading(  # noqa: PLR0917 - hot path: positional, like the Reading tuple it builds
+    device: str,
+    tag: str,
+    change: RawChange,
+    received_us: int,
+    unit: str | None,
+    simulated: bool,
+) -> Reading:
+    """`to_reading` for a change decoded by `protocols.opcua.wire` (same rules, plain ints)."""
+    status = change.status
+    if status == 0:
+        quality, reason = Quality.GOOD, None
+    else:
+        quality = Quality.from_opcua_status(status)
+        reason = None if quality is Quality.GOOD else status_reason(ua.StatusCode(status))
+    value = change.value
+    if value is None:
+        if quality is Quality.GOOD:
+            quality, reason = Quality.BAD, _BAD_NO_VALUE_REASON
+        value = 0
+    ts = change.source_us or change.server_us or received_us
     return Reading(device, tag, ts, value, quality, unit, simulated, reason)
 
 

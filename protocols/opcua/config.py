@@ -109,7 +109,9 @@ class OpcUaDeviceConfig(BaseModel):
         request_timeout_s: per-request timeout.
         session_timeout_s: how long the server keeps our session (and its queues) after a link
             drop; a reconnect within this window resumes the subscription without loss.
-        keepalive_interval_s: how often the link is probed when nothing else is heard.
+        keepalive_interval_s: how often asyncua probes the link (a ServerStatus read); a probe
+            unanswered for this long means the link is lost. Too short, and a server busy with a
+            large publish is taken for dead.
         reconnect_max_delay_s: the cap of the jittered reconnect backoff.
         max_queued_readings: readings buffered between the network and the sink; None sizes it
             for the tag count (4 publishes' worth, at least 10,000). Overflow is counted.
@@ -137,7 +139,7 @@ class OpcUaDeviceConfig(BaseModel):
     poll_interval_ms: float = Field(default=1000.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
     session_timeout_s: float = Field(default=60.0, gt=0)
-    keepalive_interval_s: float = Field(default=1.0, gt=0)
+    keepalive_interval_s: float = Field(default=5.0, gt=0)
     reconnect_max_delay_s: float = Field(default=30.0, gt=0)
     max_queued_readings: int | None = Field(default=None, ge=1)
     read_engineering_units: bool = True

@@ -22,6 +22,7 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -48,6 +49,7 @@ from protocols.reading import Quality, Reading, Value, now_us
 _log = logging.getLogger(__name__)
 
 _LINK_ERRORS = (ConnectError, DeviceError, DeviceTimeout)
+_STABLE_S = 10.0  # a session that lasted this long resets the reconnect backoff
 
 
 class OpcUaDriver:
@@ -98,6 +100,11 @@ class OpcUaDriver:
     def subscription_id(self) -> int | None:
         """The server's id of our subscription (kept across a session resume), if any."""
         return self._monitored.subscription_id
+
+    @property
+    def decoded(self) -> dict[str, int]:
+        """DataChangeNotifications decoded by the fast path and by asyncua, for diagnostics."""
+        return dict(self._monitored.decoded)
 
     async def __aenter__(self) -> Self:
         if self._link.state is ConnectionState.CLOSED:
@@ -170,6 +177,7 @@ class OpcUaDriver:
                 await self._outage(str(exc))
                 continue
             self._previous_token = session.token
+            started = time.monotonic()
             try:
                 reason = await self._serve(session)
             except _LINK_ERRORS as exc:
@@ -180,6 +188,8 @@ class OpcUaDriver:
                 raise
             self._session = None
             await session.abandon()  # lost: leave the session on the server for the resume
+            if time.monotonic() - started >= _STABLE_S:
+                self._backoff.reset()  # a flapping server keeps backing off; a stable one resets
             await self._outage(reason)
 
     async def _serve(self, session: ServerSession) -> str:
@@ -188,7 +198,6 @@ class OpcUaDriver:
         bad += await self._monitored.attach(session)
         self._session = session
         self._link.to(ConnectionState.CONNECTED)
-        self._backoff.reset()
         self._buffer.put(bad)
         async with asyncio.TaskGroup() as group:
             poller = group.create_task(self._poll(session), name=f"opcua-poll-{self.name}")

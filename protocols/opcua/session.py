@@ -60,7 +60,8 @@ _MODES: Final = {
     "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
 }
 DEFAULT_CHUNK: Final = 1000
-"""Items per request when the server states no limit (0): keeps each message a sane size."""
+"""Most items per request even when the server allows more: a server handles one request at a
+time, and 10,000 monitored items in one call stall it long enough to fail its own keep-alive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +74,8 @@ class OperationLimits:
 
     @staticmethod
     def chunk(limit: int) -> int:
-        """The batch size to use for a limit (`DEFAULT_CHUNK` when there is none)."""
-        return limit if limit > 0 else DEFAULT_CHUNK
+        """The batch size for a limit: the limit, capped at `DEFAULT_CHUNK`."""
+        return min(limit, DEFAULT_CHUNK) if limit > 0 else DEFAULT_CHUNK
 
 
 def chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
@@ -91,6 +92,10 @@ def translate(exc: BaseException, what: str) -> ConnectError | DeviceError | Dev
         if name.startswith(_SECURITY_STATUS_PREFIXES):
             return SecurityError(f"{what}: refused by the server: {name}")
         return DeviceError(f"{what}: {name}", code=exc.code)
+    if isinstance(exc, ua.UaError) and "certificate" in str(exc).lower():
+        # e.g. "Server certificate mismatch": CreateSession presented another certificate
+        # than the endpoint we checked against the trust list.
+        return SecurityError(f"{what}: {exc}")
     return ConnectError(f"{what}: {type(exc).__name__}: {exc}")
 
 
@@ -153,6 +158,9 @@ class ServerSession:
             await client.connect()
         except (OSError, TimeoutError, ua.UaError) as exc:
             raise _connect_error(exc, config.endpoint) from exc
+        except BaseException:
+            client.disconnect_socket()  # cancelled mid-handshake: asyncua cleans up on Exception
+            raise
         session.resumed = previous_token is not None and session.token == previous_token
         try:
             await session._learn_server()

@@ -31,9 +31,10 @@ from asyncua import ua
 from protocols.driver import DriverCounters
 from protocols.errors import DeviceError
 from protocols.opcua.buffer import ReadingBuffer
-from protocols.opcua.codec import status_reason, to_reading
+from protocols.opcua.codec import raw_to_reading, status_reason, to_reading
 from protocols.opcua.config import OpcUaDeviceConfig, OpcUaTag
 from protocols.opcua.session import ServerSession, chunks
+from protocols.opcua.wire import DataChanges, install_fast_publish
 from protocols.reading import Quality, Reading, now_us
 
 _log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class MonitoredItems:
             3, math.ceil(_KEEPALIVE_TARGET_MS / config.publishing_interval_ms)
         )
         self._unconfirmed = False
+        self._keepalive_s = self.keepalive_count * config.publishing_interval_ms / 1000
+        # DataChangeNotifications decoded by protocols.opcua.wire ("fast") or by asyncua.
+        self.decoded = {"fast": 0, "general": 0}
 
     # Client handles are indexes into `items`: a list lookup on the hot path, and stable across
     # re-creation so a late notification from the old subscription still names the right tag.
@@ -98,6 +102,7 @@ class MonitoredItems:
         # asyncua 2.1 has no public way to route publish responses of a subscription that this
         # client object did not create; its own Subscription.restore() uses this same table.
         uasession = session.client.uaclient.session
+        install_fast_publish(uasession)
         uasession._subscription_callbacks[self.subscription_id] = self._callback(session)
         uasession.ensure_publish_loop()
         # Until a publish response proves the subscription alive, a second loss re-creates it
@@ -141,6 +146,7 @@ class MonitoredItems:
         return on_publish
 
     async def _create(self, session: ServerSession) -> list[Reading]:
+        install_fast_publish(session.client.uaclient.session)
         result = await session.call(
             "create subscription",
             session.client.uaclient.create_subscription(
@@ -148,6 +154,9 @@ class MonitoredItems:
             ),
         )
         self.subscription_id = result.SubscriptionId
+        # The server may revise both (Part 4, 5.13.2); silence is judged by what it granted.
+        revised = result.RevisedPublishingInterval * result.RevisedMaxKeepAliveCount / 1000
+        self._keepalive_s = max(revised, self._keepalive_s)
         self.last_sequence = 0
         self._unconfirmed = False
         failed: list[Reading] = []
@@ -205,8 +214,7 @@ class MonitoredItems:
 
     def silence_limit(self) -> float:
         """How long without any publish response means the subscription is dead."""
-        keepalive_s = self.keepalive_count * self._config.publishing_interval_ms / 1000
-        return 2 * keepalive_s + self._config.request_timeout_s
+        return 2 * self._keepalive_s + self._config.request_timeout_s
 
     async def _on_publish(self, result: ua.PublishResult, session: ServerSession) -> None:
         """asyncua's publish callback: one publish response in, one batch to the buffer."""
@@ -228,7 +236,16 @@ class MonitoredItems:
         items = self.items
         name, simulated = self._config.name, self._config.simulated
         for notification in data:
-            if isinstance(notification, ua.DataChangeNotification):
+            if isinstance(notification, DataChanges):
+                self.decoded["fast"] += 1
+                for raw in notification.changes:
+                    if 0 <= raw.handle < len(items):
+                        item = items[raw.handle]
+                        batch.append(
+                            raw_to_reading(name, item.tag.name, raw, received, item.unit, simulated)
+                        )
+            elif isinstance(notification, ua.DataChangeNotification):
+                self.decoded["general"] += 1
                 for change in notification.MonitoredItems:
                     handle = change.ClientHandle
                     if 0 <= handle < len(items):

@@ -49,6 +49,13 @@ class Collector:
                 await self._arrived.wait()
 
 
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until `condition()` holds, checking every 50 ms, failing after `within` seconds."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - counters have no event; polling them is the point
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def running(driver: OpcUaDriver, sink: Any) -> AsyncIterator[OpcUaDriver]:
     """Run the driver in a named task for the duration of the block."""
@@ -73,7 +80,7 @@ def device(url: str, tags: list[OpcUaTag], **extra: Any) -> OpcUaDeviceConfig:
         "publishing_interval_ms": 100,
         "poll_interval_ms": 100,
         "request_timeout_s": 2.0,
-        "keepalive_interval_s": 0.5,
+        "keepalive_interval_s": 2.0,
         "reconnect_max_delay_s": 1.0,
         "simulated": True,
     }

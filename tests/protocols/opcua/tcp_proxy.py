@@ -11,7 +11,8 @@ class TcpProxy:
 
     `cut()` closes every forwarded connection at once (both ends see the link die) and, while
     `blocked`, new connections are accepted and closed immediately: the server stays up, the
-    network between is down.
+    network between is down. `freeze()` stops forwarding on the open connections without closing
+    them: a half-open link that only a keep-alive can detect.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -21,6 +22,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
+        self._flowing: set[asyncio.Event] = set()
 
     async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -45,6 +47,14 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        for flowing in self._flowing:
+            flowing.set()
+
+    def freeze(self) -> None:
+        """Stop forwarding on every open connection, leaving them open; new ones still work."""
+        for flowing in self._flowing:
+            flowing.clear()
+        self._flowing = set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.blocked:
@@ -56,14 +66,22 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.update({writer, up_writer})
+        flowing = asyncio.Event()
+        flowing.set()
+        self._flowing.add(flowing)
         for src, dst, name in ((reader, up_writer, "up"), (up_reader, writer, "down")):
-            task = asyncio.create_task(self._pump(src, dst), name=f"proxy-{name}-{self.port}")
+            task = asyncio.create_task(
+                self._pump(src, dst, flowing), name=f"proxy-{name}-{self.port}"
+            )
             self._pumps.add(task)
             task.add_done_callback(self._pumps.discard)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await src.read(65536):
+                await flowing.wait()  # frozen: hold everything, close nothing
                 dst.write(data)
                 await dst.drain()
         dst.transport.abort()

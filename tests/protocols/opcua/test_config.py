@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from protocols.opcua import OpcUaDeviceConfig, OpcUaTag
+from protocols.driver import ConnectionState, Driver
+from protocols.opcua import OpcUaDeviceConfig, OpcUaDriver, OpcUaTag
 
 TAG = {"name": "flow", "node_id": "nsu=urn:tagway:firmware-sim;s=pump1.flow"}
 
@@ -112,3 +113,19 @@ def test_tag_exposes_its_parsed_node() -> None:
     tag = OpcUaTag(name="flow", node_id=" ns=3;s=pump1.flow ")
     assert tag.node_id == "ns=3;s=pump1.flow"
     assert tag.node.namespace_index == 3
+
+
+async def test_driver_satisfies_the_contract_and_closes_for_good() -> None:
+    driver = OpcUaDriver(_device())
+    assert isinstance(driver, Driver)
+    assert (driver.name, driver.link.state, driver.counters.as_dict()["readings"]) == (
+        "pump1",
+        ConnectionState.IDLE,
+        0,
+    )
+    async with driver:
+        pass
+    assert driver.link.state is ConnectionState.CLOSED
+    with pytest.raises(RuntimeError, match="driver was closed"):
+        async with driver:
+            pass

@@ -88,3 +88,28 @@ async def test_link_drop_resumes_the_session_and_loses_no_change(
 
     # Every change made during the outage arrived, once, in order; no re-sent initial value.
     assert _values_after_last_bad(collector, "flow") == [1.0, 2.0, 3.0, 4.0]
+
+
+async def test_half_open_link_is_found_by_the_keep_alive_and_the_session_resumed(
+    plant: PlantServer, collector: Collector
+) -> None:
+    async with TcpProxy(plant.port) as proxy:
+        config = device(proxy.url(), [pump_tag("flow", queue_size=10)], keepalive_interval_s=1.0)
+        async with running(OpcUaDriver(config), collector) as driver:
+            await collector.wait_for(lambda: bool(collector.good("flow")))
+            subscription = driver.subscription_id
+
+            proxy.freeze()  # no FIN, no RST: only the keep-alive probe can notice
+            await plant.set_value("pump1.flow", 61.0, ua.VariantType.Double)
+            await collector.wait_for(
+                lambda: any(r.quality is Quality.BAD for r in collector.of("flow")), within=15
+            )
+            assert "TimeoutError" in (driver.link.last_error or "")
+            await plant.set_value("pump1.flow", 62.0, ua.VariantType.Double)
+
+            await collector.wait_for(
+                lambda: _values_after_last_bad(collector, "flow")[-1:] == [62.0], within=20
+            )
+            # The abandoned session was not closed (no CloseSession went out), so it resumed.
+            assert driver.subscription_id == subscription
+    assert _values_after_last_bad(collector, "flow") == [61.0, 62.0]

@@ -51,19 +51,24 @@ async def test_trusted_server_works_and_the_gateway_certificate_is_created(
     (tmp_path / "trusted").mkdir()
     shutil.copy(server_cert.cert_path, tmp_path / "trusted" / "plant.der")
     collector = Collector()
+    users = {"operator": "s3cret"}
     async with PlantServer(
-        certificate=server_cert.cert_path, private_key=server_cert.key_path
+        certificate=server_cert.cert_path, private_key=server_cert.key_path, users=users
     ) as plant:
-        config = _secure(tmp_path, plant.url, "SignAndEncrypt")
+        config = _secure(tmp_path, plant.url, username="operator", password="s3cret")  # noqa: S106
         async with running(OpcUaDriver(config), collector) as driver:
             await collector.wait_for(lambda: bool(collector.good("flow")))
             await plant.set_value("pump1.flow", 77.0, ua.VariantType.Double)
             await collector.wait_for(lambda: 77.0 in [r.value for r in collector.good("flow")])
             await driver.write("speed_sp", 1600)
-            assert (
-                await plant.server.get_node(plant.node("pump1.speed_sp")).read_value()
-            ) == 1600.0  # type: ignore[union-attr]
+            assert plant.server is not None
+            node = plant.node("pump1.speed_sp")
+            assert plant.server.read_attribute_value(node).Value.Value == 1600.0
         assert plant.client_certificates_seen >= 1  # the server checked our certificate's SAN URI
+
+        wrong = _secure(tmp_path, plant.url, username="operator", password="guess")  # noqa: S106
+        with pytest.raises(SecurityError, match="refused by the server: BadUserAccessDenied"):
+            await ServerSession.open(wrong, DriverCounters(), state_file=tmp_path / "s.json")
 
     cert = x509.load_der_x509_certificate((tmp_path / "gateway" / "cert.der").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -101,31 +106,26 @@ async def test_untrusted_server_certificate_is_refused_with_a_clear_error(
 
 
 async def test_sign_only_with_a_server_certificate_issued_by_a_trusted_ca(tmp_path: Path) -> None:
+    # The server offers Sign only: asking it for SignAndEncrypt is refused with what it offers.
     ca = issue(tmp_path / "ca", "plant-ca", uri="", ca=True)
     server_cert = issue(tmp_path / "server", "plant-server", uri=SERVER_URI, issuer=ca)
     (tmp_path / "trusted").mkdir()
     shutil.copy(ca.cert_path, tmp_path / "trusted" / "ca.der")
     collector = Collector()
-    async with (
-        PlantServer(certificate=server_cert.cert_path, private_key=server_cert.key_path) as plant,
-        running(OpcUaDriver(_secure(tmp_path, plant.url, "Sign")), collector),
-    ):
-        await collector.wait_for(lambda: bool(collector.good("flow")))
-        await plant.set_value("pump1.flow", 5.0, ua.VariantType.Double)
-        await collector.wait_for(lambda: 5.0 in [r.value for r in collector.good("flow")])
-
-
-async def test_policy_the_server_does_not_offer_is_named(
-    tmp_path: Path, plant: PlantServer
-) -> None:
-    (tmp_path / "trusted").mkdir()
-    with pytest.raises(
-        SecurityError,
-        match=r"offers no Basic256Sha256/SignAndEncrypt endpoint \(it offers None/None\)",
-    ):
-        await ServerSession.open(
-            _secure(tmp_path, plant.url), DriverCounters(), state_file=tmp_path / "s.json"
-        )
+    async with PlantServer(
+        certificate=server_cert.cert_path, private_key=server_cert.key_path, secure_modes=("Sign",)
+    ) as plant:
+        async with running(OpcUaDriver(_secure(tmp_path, plant.url, "Sign")), collector):
+            await collector.wait_for(lambda: bool(collector.good("flow")))
+            await plant.set_value("pump1.flow", 5.0, ua.VariantType.Double)
+            await collector.wait_for(lambda: 5.0 in [r.value for r in collector.good("flow")])
+        with pytest.raises(
+            SecurityError,
+            match=r"no Basic256Sha256/SignAndEncrypt endpoint \(it offers Basic256Sha256/Sign\)",
+        ):
+            await ServerSession.open(
+                _secure(tmp_path, plant.url), DriverCounters(), state_file=tmp_path / "s.json"
+            )
 
 
 def test_existing_certificate_with_another_uri_is_refused(tmp_path: Path) -> None:
