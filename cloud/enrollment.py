@@ -47,15 +47,13 @@ from cloud.storage.provisioning import NewCertificate, ProvisioningStore, Redeem
 from provisioning.ca import TenantCA, create_tenant_ca, issue_gateway_certificate
 from provisioning.certificates import certificates_to_pem, load_certificates_pem, thumbprint
 from provisioning.claim import check_claim_token, hash_claim_token
-from provisioning.csr import VerifiedCsr, csr_thumbprint, load_csr_pem, verify_csr
+from provisioning.csr import CSR_CLAIM, VerifiedCsr, csr_thumbprint, load_csr_pem, verify_csr
 from provisioning.errors import ProvisioningError, SealedKeyError
 from provisioning.files import InsecureFileMode, read_private
 from provisioning.keys import PublicKey
 from provisioning.sealing import MasterKey, load_or_create_master_key
 
 log = logging.getLogger("tagway.cloud.enrollment")
-
-CSR_CLAIM = "csr"
 
 
 def now_us() -> int:

@@ -23,6 +23,8 @@ from provisioning.keys import PrivateKey, PublicKey, is_p256
 
 # RFC 5280 upper bound for commonName (ub-common-name).
 MAX_NAME_LENGTH: Final = 64
+# The gateway-token claim that binds a rotation request's token to its CSR (`csr_thumbprint`).
+CSR_CLAIM: Final = "csr"
 
 
 @dataclass(frozen=True, slots=True)
