@@ -33,6 +33,7 @@ from cloud.errors import CloudError, Forbidden
 from cloud.gateway_auth import (
     GatewayTokenAuthenticator,
     GatewayTokenVerifier,
+    VerifiedToken,
     WithoutStaticGatewayTokens,
 )
 from cloud.provisioning_errors import (
@@ -43,7 +44,12 @@ from cloud.provisioning_errors import (
 )
 from cloud.settings import CloudSettings
 from cloud.storage.base import Database, Tx
-from cloud.storage.provisioning import NewCertificate, ProvisioningStore, Redeemed
+from cloud.storage.provisioning import (
+    CertificateEntry,
+    NewCertificate,
+    ProvisioningStore,
+    Redeemed,
+)
 from provisioning.ca import TenantCA, create_tenant_ca, issue_gateway_certificate
 from provisioning.certificates import certificates_to_pem, load_certificates_pem, thumbprint
 from provisioning.claim import check_claim_token, hash_claim_token
@@ -71,6 +77,7 @@ class Issued:
     chain_pem: str
     not_after: int
     redeemed: Redeemed | None = None
+    redelivered: bool = False
 
 
 def master_key_path(settings: CloudSettings) -> Path | None:
@@ -238,32 +245,45 @@ class Enrollment:
                 reason="csr_binding",
             )
         master_key = self._require_master_key()
-        now = now_us()
-        new_key = key_id(checked.public_key)
-        tenant_id = entry.tenant_id
-        async with self._db.transaction(tenant_id) as tx:
-            state = await self._lock_for_rotation(tx, entry, verified.content.thumbprint)
-            if not await self.store.use_rotation_token(
-                tx, tenant_id, gateway_id, jti=verified.content.token_id,
-                expires_at=verified.content.expires_at * 1_000_000, now_us=now,
-            ):  # fmt: skip
-                raise GatewayTokenRefused("this rotation token was used before", reason="replayed")
-            current = await self.store.current_certificate(tx, tenant_id, gateway_id)
-            ca = await self._tenant_ca(tx, tenant_id, master_key, now)
-            if state == "rotated":
-                return self._redelivered(current, new_key, entry, ca)
-            if current is not None and current[0] == new_key:
-                raise CsrInvalid("a rotation needs a new key; this CSR is for the current one")
-            certificate = issue_gateway_certificate(
-                ca, csr, gateway_id=str(gateway_id), validity=self.validity
+        async with self._db.transaction(entry.tenant_id) as tx:
+            issued = await self._rotate_in(
+                tx, verified, csr, key_id(checked.public_key), master_key
             )
-            record = _record(certificate)
-            await self.store.add_certificate(tx, tenant_id, gateway_id, record, now_us=now)
-        log.info("rotated the certificate of gateway %s in tenant %s", gateway_id, tenant_id)
+        log.info("certificate of gateway %s in tenant %s: %s", gateway_id, entry.tenant_id,
+                 "issued again (retry)" if issued.redelivered else "rotated")  # fmt: skip
+        return issued
+
+    async def _rotate_in(
+        self,
+        tx: Tx,
+        verified: VerifiedToken,
+        csr: x509.CertificateSigningRequest,
+        new_key: str,
+        master_key: MasterKey,
+    ) -> Issued:
+        entry, content = verified.entry, verified.content
+        now = now_us()
+        state = await self._lock_for_rotation(tx, entry, content.thumbprint)
+        if not await self.store.use_rotation_token(
+            tx, entry.tenant_id, entry.gateway_id, jti=content.token_id,
+            expires_at=content.expires_at * 1_000_000, now_us=now,
+        ):  # fmt: skip
+            raise GatewayTokenRefused("this rotation token was used before", reason="replayed")
+        current = await self.store.current_certificate(tx, entry.tenant_id, entry.gateway_id)
+        ca = await self._tenant_ca(tx, entry.tenant_id, master_key, now)
+        if state == "rotated":
+            return self._redelivered(current, new_key, entry, ca)
+        if current is not None and current[0] == new_key:
+            raise CsrInvalid("a rotation needs a new key; this CSR is for the current one")
+        certificate = issue_gateway_certificate(
+            ca, csr, gateway_id=str(entry.gateway_id), validity=self.validity
+        )
+        record = _record(certificate)
+        await self.store.add_certificate(tx, entry.tenant_id, entry.gateway_id, record, now_us=now)
         return Issued(
-            tenant_id=tenant_id,
-            gateway_id=gateway_id,
-            name=str(gateway_id),
+            tenant_id=entry.tenant_id,
+            gateway_id=entry.gateway_id,
+            name=str(entry.gateway_id),
             chain_pem=certificates_to_pem([certificate, ca.certificate]).decode(),
             not_after=record.not_after,
         )
@@ -272,7 +292,7 @@ class Enrollment:
         """Mark the gateway's certificates revoked (the gateway row is revoked by the caller)."""
         return await self.store.revoke_certificates(tenant_id, gateway_id, now_us=now_us())
 
-    async def _lock_for_rotation(self, tx: Tx, entry: Any, thumb: str) -> str:
+    async def _lock_for_rotation(self, tx: Tx, entry: CertificateEntry, thumb: str) -> str:
         if not await self.store.lock_gateway(tx, entry.tenant_id, entry.gateway_id):
             raise GatewayTokenRefused("the gateway has been revoked", reason="revoked")
         state = await self.store.certificate_state(tx, entry.tenant_id, thumb)
@@ -281,7 +301,7 @@ class Enrollment:
         return str(state)
 
     def _redelivered(
-        self, current: tuple[str, str] | None, new_key: str, entry: Any, ca: TenantCA
+        self, current: tuple[str, str] | None, new_key: str, entry: CertificateEntry, ca: TenantCA
     ) -> Issued:
         # The previous rotation committed here but its answer never reached the gateway: the
         # same CSR key comes back signed by the old certificate. Answer the same certificate.
@@ -297,6 +317,7 @@ class Enrollment:
             name=str(entry.gateway_id),
             chain_pem=certificates_to_pem([certificate, ca.certificate]).decode(),
             not_after=int(certificate.not_valid_after_utc.timestamp() * 1_000_000),
+            redelivered=True,
         )
 
     def _require_master_key(self) -> MasterKey:

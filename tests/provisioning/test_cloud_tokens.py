@@ -112,3 +112,13 @@ async def test_interim_gateway_tokens_are_an_explicit_option(
     assert (await ingest(strict, interim, gateway_id)).status_code == 401
     gw = await enroll(strict, await claim_token(strict, tenant), name="enrolled")
     assert (await ingest(strict, gw.token(), gw.gateway_id)).status_code == 200
+
+
+async def test_a_deleted_gateway_takes_its_certificates_along(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await enroll(cloud, await claim_token(cloud, tenant))
+    assert (await ingest(cloud, gw.token(), gw.gateway_id)).status_code == 200
+    r = await cloud.client.delete(f"/v1/gateways/{gw.gateway_id}", headers=cloud.auth(tenant.admin))
+    assert r.status_code == 204
+    status, _, details = error(await ingest(cloud, gw.token(), gw.gateway_id, seq=2))
+    assert (status, details["reason"]) == (401, "unknown_certificate")
