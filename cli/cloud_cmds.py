@@ -116,6 +116,12 @@ def serve(  # noqa: PLR0917 - typer maps options to parameters
     static_gateway_tokens: Annotated[
         bool, typer.Option(help="Accept the interim per-gateway bearer tokens.")
     ] = True,
+    create_master_key: Annotated[
+        bool | None,
+        typer.Option(
+            help="Create a missing master key (default: only for SQLite).", show_default=False
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the cloud service (API, ingestion, provisioning) until Ctrl-C.
@@ -125,6 +131,8 @@ def serve(  # noqa: PLR0917 - typer maps options to parameters
     import uvicorn  # noqa: PLC0415
 
     from cloud.api.app import create_app  # noqa: PLC0415
+    from cloud.enrollment import load_master_key  # noqa: PLC0415
+    from cloud.errors import CloudError  # noqa: PLC0415
 
     settings = _settings(
         database_url=database,
@@ -133,7 +141,12 @@ def serve(  # noqa: PLR0917 - typer maps options to parameters
         master_key_file=master_key,
         platform_admin_key=platform_admin_key,
         allow_static_gateway_tokens=static_gateway_tokens,
+        create_master_key=create_master_key,
     )
+    try:
+        load_master_key(settings)  # fail here, in one line, not in the server's start-up
+    except CloudError as exc:
+        fail(exc.message)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 

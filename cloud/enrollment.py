@@ -111,7 +111,8 @@ def load_master_key(settings: CloudSettings) -> MasterKey | None:
     except FileNotFoundError as exc:
         raise CloudError(
             f"master key file {path} does not exist; create it once and give every replica the "
-            "same file (or set create_master_key for a single host)"
+            "same file (or, on a single host, set create_master_key: tagway cloud serve "
+            "--create-master-key)"
         ) from exc
     except (InsecureFileMode, OSError, UnicodeDecodeError) as exc:
         raise CloudError(f"master key file {path}: {exc}") from exc
