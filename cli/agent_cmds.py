@@ -98,11 +98,12 @@ def run(
         for issue in exc.issues:
             typer.echo(f"tagway: {issue}", err=True)
         raise typer.Exit(EX_CONFIG) from None
-    identity = _uplink_identity(cfg)
+    identity = uplink_identity(cfg)
     asyncio.run(run_until_signalled(Agent(cfg, identity=identity)))
 
 
-def _uplink_identity(cfg: Any) -> Any:
+def uplink_identity(cfg: Any) -> Any:
+    """Who the uplink posts as: a static token file, or the provisioned identity's tokens."""
     from edge.agent import UplinkIdentity  # noqa: PLC0415
     from edge.gateway_token import TokenMinter  # noqa: PLC0415
     from edge.identity import IdentityNotFound, IdentityStore  # noqa: PLC0415
@@ -122,11 +123,39 @@ def _uplink_identity(cfg: Any) -> Any:
         fail("this gateway is not provisioned: run `tagway provision --cloud URL "
              "--claim-token TOKEN` first, or remove the cloud section to run offline")  # fmt: skip
     minter = TokenMinter(identity)
+    store = IdentityStore(cfg.gateway.state_dir)
 
     async def minted() -> str:
         return minter.token()
 
-    return UplinkIdentity(identity.gateway_id, minted)
+    async def rotate_when_due() -> None:
+        await keep_certificate_fresh(store, minter, cfg.cloud.url)
+
+    return UplinkIdentity(identity.gateway_id, minted, rotate_when_due)
+
+
+async def keep_certificate_fresh(store: Any, minter: Any, cloud_url: str) -> None:
+    """Every hour, rotate the gateway certificate if it expires within 30 days; a failed
+    rotation is logged and tried again the next hour (the current certificate still works)."""
+    import logging  # noqa: PLC0415
+
+    import httpx  # noqa: PLC0415
+
+    from edge.identity import IdentityError  # noqa: PLC0415
+    from edge.rotation import rotate_if_due  # noqa: PLC0415
+
+    log = logging.getLogger("edge.rotation")
+    async with httpx.AsyncClient(timeout=30) as client:
+        while True:
+            try:
+                rotated = await rotate_if_due(store, client, cloud_url=cloud_url)
+            except IdentityError as exc:
+                log.error("certificate rotation failed, will retry in an hour: %s", exc)  # noqa: TRY400
+            else:
+                if rotated is not None:
+                    minter.use(rotated)
+                    log.info("certificate rotated; it now expires %s", rotated.expires_at)
+            await asyncio.sleep(3600)
 
 
 def status(config: ConfigOpt = None, api: ApiOpt = None, json_out: JsonOpt = False) -> None:

@@ -11,8 +11,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
-from cli import agent_cmds
+from cli import agent_cmds, provision_cmds
 from cli.buffer_cmds import buffer_app
+from cli.cloud_cmds import cloud_app
 from cli.errors import report
 from cli.sim_cmds import demo, sim_app
 
@@ -34,6 +35,8 @@ app.command()(agent_cmds.write)
 app.add_typer(buffer_app, name="buffer")
 app.add_typer(sim_app, name="sim")
 app.command()(demo)
+app.command()(provision_cmds.provision)
+app.add_typer(cloud_app, name="cloud")
 
 
 def _version() -> str:

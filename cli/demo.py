@@ -1,7 +1,8 @@
 """`tagway demo`: the whole product on embedded defaults, in one process.
 
 1. the cloud service on SQLite in the demo directory, on a free port;
-2. a tenant, an admin API key and a gateway enrolment;
+2. a tenant, an admin API key and a claim token, with which the gateway is provisioned exactly as
+   an installer would (`tagway provision`: its key made locally, a certificate from the cloud);
 3. the simulated plant (pumps over Modbus, the boiler over OPC UA, tanks over MQTT through the
    gateway's embedded broker), with bearing wear starting on pump1 after a while;
 4. the agent, configured from what the plant serves, with the shipped anomaly model and alarms;
@@ -68,14 +69,16 @@ async def serve_cloud(directory: Path, port: int, admin_key: str) -> AsyncIterat
     from cloud.api.app import create_app  # noqa: PLC0415 - the composition root wires it
     from cloud.settings import CloudSettings  # noqa: PLC0415
 
-    settings = CloudSettings(
-        database_url=f"sqlite:///{directory / 'cloud.db'}",
-        platform_admin_key=SecretStr(admin_key),
-    )
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(128)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = CloudSettings(
+        database_url=f"sqlite:///{directory / 'cloud.db'}",
+        platform_admin_key=SecretStr(admin_key),
+        public_url=url,  # the audience of the gateway's tokens
+    )
     server = _Quiet(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="demo-cloud")
     try:
@@ -83,7 +86,7 @@ async def serve_cloud(directory: Path, port: int, admin_key: str) -> AsyncIterat
             if task.done():
                 task.result()
             await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield url
     finally:
         server.should_exit = True
         with contextlib.suppress(Exception):
@@ -91,8 +94,8 @@ async def serve_cloud(directory: Path, port: int, admin_key: str) -> AsyncIterat
         sock.close()
 
 
-async def enrol(cloud: str, platform_key: str, state_dir: Path) -> dict[str, str]:
-    """Create the demo tenant, an admin key and the gateway; returns the ids and secrets."""
+async def enrol(cloud: str, platform_key: str) -> dict[str, str]:
+    """Create the demo tenant, its admin API key and a single-use claim token."""
     platform = {"Authorization": f"Bearer {platform_key}"}
     async with httpx.AsyncClient(base_url=cloud, timeout=10) as client:
         r = await client.post("/v1/tenants", json={"name": "demo"}, headers=platform)
@@ -103,19 +106,26 @@ async def enrol(cloud: str, platform_key: str, state_dir: Path) -> dict[str, str
         r.raise_for_status()
         admin_key = r.json()["token"]
         admin = {"Authorization": f"Bearer {admin_key}"}
-        r = await client.post("/v1/gateways", json={"name": "demo-gateway"}, headers=admin)
+        claim = {"expires_in_s": 3600, "max_uses": 1, "site": "demo plant"}
+        r = await client.post("/v1/claim-tokens", json=claim, headers=admin)
         r.raise_for_status()
-        gateway_id, token = str(r.json()["gateway"]["id"]), r.json()["token"]
-    token_file = state_dir / "gateway.token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    return {"tenant": str(tenant), "api_key": admin_key, "gateway_id": gateway_id,
-            "token_file": str(token_file)}  # fmt: skip
+    return {"tenant": str(tenant), "api_key": admin_key, "claim_token": r.json()["token"]}
+
+
+async def provision(cloud: str, claim_token: str, config_path: Path) -> None:
+    """Enrol the gateway exactly as an installer would: `tagway provision` (on a thread, since
+    it makes blocking HTTP calls to the cloud that this event loop serves)."""
+    from cli.provision_cmds import provision as provision_command  # noqa: PLC0415
+
+    await asyncio.to_thread(
+        provision_command, cloud=cloud, claim_token=claim_token, name=None, config=config_path,
+        force=True, timeout=30.0,
+    )  # fmt: skip
 
 
 def agent_config(
-    options: DemoOptions, served: list[dict[str, Any]], *, cloud: str, enrolment: dict[str, str],
-    broker_port: int, gateway_password: str, sim_password: str,
+    options: DemoOptions, served: list[dict[str, Any]], *, broker_port: int,
+    gateway_password: str, sim_password: str,
 ) -> dict[str, Any]:  # fmt: skip
     """The demo agent's configuration, as the YAML file it is written to."""
     from edge.models import PUMP_FEATURES, pump_anomaly_path, suggested_threshold  # noqa: PLC0415
@@ -131,8 +141,6 @@ def agent_config(
     state_dir = options.directory / "gateway"
     return {
         "gateway": {"name": "demo-gateway", "state_dir": str(state_dir)},
-        "cloud": {"url": cloud, "gateway_id": enrolment["gateway_id"],
-                  "token_file": enrolment["token_file"]},
         "outbox": {"quota": "256MiB"},
         "report": {"deadband_percent": 0.5, "heartbeat": 30},
         "local_api": {"port": 0},
@@ -190,7 +198,8 @@ minutes. Ctrl-C stops everything cleanly.
 
 async def run_demo(options: DemoOptions) -> None:
     """Run the demo until Ctrl-C or `options.duration`."""
-    from edge.agent import Agent, UplinkIdentity  # noqa: PLC0415
+    from cli.agent_cmds import uplink_identity  # noqa: PLC0415
+    from edge.agent import Agent  # noqa: PLC0415
     from edge.config import load_config  # noqa: PLC0415
     from firmware_sim.faults import BearingWear  # noqa: PLC0415
     from firmware_sim.inventory import served_devices  # noqa: PLC0415
@@ -210,24 +219,20 @@ async def run_demo(options: DemoOptions) -> None:
         cloud = await stack.enter_async_context(
             serve_cloud(options.directory, options.cloud_port, platform_key)
         )
-        enrolment = await enrol(cloud, platform_key, state_dir)
+        enrolment = await enrol(cloud, platform_key)
         plant = await stack.enter_async_context(Plant(
             devices=options.devices, seed=7, tick_s=0.5, control_port=None,
             mqtt_url=f"mqtt://sim:{sim_password}@127.0.0.1:{broker_port}",
         ))  # fmt: skip
         config = agent_config(
-            options, served_devices(plant), cloud=cloud, enrolment=enrolment,
-            broker_port=broker_port, gateway_password=gateway_password, sim_password=sim_password,
+            options, served_devices(plant), broker_port=broker_port,
+            gateway_password=gateway_password, sim_password=sim_password,
         )  # fmt: skip
         config_path = state_dir / "config.yaml"
         config_path.write_text("# Written by `tagway demo`.\n" + yaml.safe_dump(config))
+        await provision(cloud, enrolment["claim_token"], config_path)
         cfg = load_config(config_path)
-        token = await asyncio.to_thread(Path(enrolment["token_file"]).read_text)
-
-        async def static_token() -> str:
-            return token.strip()
-
-        agent = Agent(cfg, identity=UplinkIdentity(enrolment["gateway_id"], static_token))
+        agent = Agent(cfg, identity=uplink_identity(cfg))
         agent_task = asyncio.create_task(agent.run(stop), name="demo-agent")
         await _started(agent, agent_task)
         (options.directory / "demo.json").write_text(json.dumps({

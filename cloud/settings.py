@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from cloud.contract import Limits
@@ -13,6 +15,12 @@ class CloudSettings(BaseModel):
     `database_url` selects the backend: ``sqlite:///path/to/file.db`` (embedded default) or
     ``postgresql://tagway_app@host/db`` (production; connect as the non-owner app role).
     `migrate_database_url`, when set, is the owner's DSN used to apply migrations at start-up.
+
+    Provisioning (`cloud.enrollment`): `public_url` is the URL gateways reach the service at and
+    the audience of their tokens. `master_key_file` seals the tenant CAs' keys; None means
+    ``<sqlite file>.master-key`` for SQLite. `create_master_key` (None: yes for SQLite, no for
+    PostgreSQL, where every replica must share one key) creates it on first start.
+    `allow_static_gateway_tokens` keeps the interim per-gateway bearer tokens working.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -32,6 +40,13 @@ class CloudSettings(BaseModel):
     partitions_ahead_days: int = Field(default=7, ge=1)
     retention_days: int = Field(default=365, ge=1)
     app_role: str = Field(default="tagway_app", pattern=r"^[a-z_][a-z0-9_]*$")
+    public_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://")
+    master_key_file: Path | None = None
+    create_master_key: bool | None = None
+    certificate_validity_days: int = Field(default=365, ge=1, le=3650)
+    token_max_lifetime_s: int = Field(default=3600, ge=60, le=86_400)
+    token_leeway_s: int = Field(default=60, ge=0, le=600)
+    allow_static_gateway_tokens: bool = True
 
     @property
     def backend(self) -> str:

@@ -16,10 +16,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from edge.alarm_store import AlarmStore
 from edge.alarms import AlarmEngine, AlarmEvent, AlarmKind, AlarmRule
@@ -82,10 +83,12 @@ class DriverSlot:
 
 @dataclass(frozen=True, slots=True)
 class UplinkIdentity:
-    """Who the uplink posts as: the gateway id and a source of fresh tokens."""
+    """Who the uplink posts as: the gateway id, a source of fresh tokens, and an optional
+    maintenance loop the agent runs beside the uplink (certificate rotation)."""
 
     gateway_id: str
     token: TokenSource
+    maintenance: Callable[[], Coroutine[Any, Any, None]] | None = None
 
 
 class Agent:
@@ -170,6 +173,8 @@ class Agent:
             rest = [tg.create_task(api.serve(), name="local-api")]
             if self.uplink is not None:
                 rest.append(tg.create_task(self._run_uplink(self.uplink), name="uplink"))
+            if self.identity is not None and self.identity.maintenance is not None:
+                rest.append(tg.create_task(self.identity.maintenance(), name="identity"))
             await api.started.wait()
             self.ready.set()
             log.info("agent %s running: %d devices", self.config.gateway.name, len(self.slots))
@@ -267,6 +272,7 @@ class Agent:
             max_batches_per_s=cloud.max_batches_per_s,
             connect_timeout_s=cloud.connect_timeout,
             read_timeout_s=cloud.read_timeout,
+            backoff=BackoffPolicy(base=0.5, cap=cloud.retry_max_delay),
         )
         seq = SeqState.load(self.config.gateway.state_dir / "uplink_seq.json")
         return Uplink(settings=settings, outbox=self._require_outbox(), token=identity.token,

@@ -91,6 +91,9 @@ class CloudSection(BaseModel):
     max_batches_per_s: float = Field(default=20.0, ge=0)
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)
+    retry_max_delay: float = Field(
+        default=30.0, gt=0, le=3600, description="cap of the jittered backoff between retries"
+    )
     token_file: Path | None = Field(
         default=None, description="a static gateway token instead of the provisioned identity"
     )

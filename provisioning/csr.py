@@ -7,6 +7,8 @@ anything, so nobody can obtain a certificate for a key they do not hold.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,6 +23,8 @@ from provisioning.keys import PrivateKey, PublicKey, is_p256
 
 # RFC 5280 upper bound for commonName (ub-common-name).
 MAX_NAME_LENGTH: Final = 64
+# The gateway-token claim that binds a rotation request's token to its CSR (`csr_thumbprint`).
+CSR_CLAIM: Final = "csr"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +112,13 @@ def verify_csr(csr: x509.CertificateSigningRequest) -> VerifiedCsr:
     if len(names) != 1 or not isinstance(names[0].value, str):
         raise CsrError("the CSR's subject must hold exactly one common name (CN)")
     return VerifiedCsr(requested_name=check_name(names[0].value), public_key=public_key)
+
+
+def csr_thumbprint(csr: x509.CertificateSigningRequest) -> str:
+    """Base64url (unpadded) SHA-256 of the CSR's DER bytes.
+
+    A rotation request binds its gateway token to the CSR it carries by this value (the token's
+    ``csr`` claim), so a token captured from another request cannot be used to rotate.
+    """
+    digest = hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

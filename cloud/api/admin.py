@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from cloud.api.deps import AdminTenant, Caller, Id, Rt, ViewerTenant, now_us
+from cloud.api.provision import Enroll
 from cloud.api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -147,9 +148,11 @@ async def rotate_gateway_token(gateway_id: Id, tenant_id: AdminTenant, rt: Rt) -
 
 
 @router.post("/v1/gateways/{gateway_id}/revoke", tags=["gateways"])
-async def revoke_gateway(gateway_id: Id, tenant_id: AdminTenant, rt: Rt) -> Gateway:
-    """Revoke a gateway's token; its batches are refused from now on (its data is kept)."""
-    return await rt.repo.update_gateway(tenant_id, gateway_id, revoke_at=now_us())
+async def revoke_gateway(gateway_id: Id, tenant_id: AdminTenant, rt: Rt, enroll: Enroll) -> Gateway:
+    """Revoke a gateway's token and certificates; refused from now on (its data is kept)."""
+    gateway = await rt.repo.update_gateway(tenant_id, gateway_id, revoke_at=now_us())
+    await enroll.revoke(tenant_id, gateway_id)
+    return gateway
 
 
 @router.delete("/v1/gateways/{gateway_id}", status_code=204, tags=["gateways"])

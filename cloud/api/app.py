@@ -19,11 +19,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from cloud.api import admin, ingest, query, registry
+from cloud.api import admin, ingest, provision, query, registry
 from cloud.api.deps import Runtime, StoredTokenAuthenticator, runtime
 from cloud.api.schemas import ErrorBody
 from cloud.auth import PlatformKeyAuthenticator
 from cloud.contract import ContractError
+from cloud.enrollment import Enrollment, authenticators, load_master_key
 from cloud.errors import CloudError, RateLimited, StorageError
 from cloud.metrics import CloudMetrics, MetricsMiddleware
 from cloud.settings import CloudSettings
@@ -86,9 +87,12 @@ def create_app(settings: CloudSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        master_key = load_master_key(settings)
         db = await open_database(settings)
         repo = Repository(db)
         key = settings.platform_admin_key
+        enrollment = Enrollment(settings=settings, db=db, master_key=master_key)
+        app.state.enrollment = enrollment
         app.state.runtime = Runtime(
             settings=settings,
             db=db,
@@ -96,7 +100,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
             metrics=metrics,
             authenticators=(
                 PlatformKeyAuthenticator(key.get_secret_value() if key else None),
-                StoredTokenAuthenticator(repo),
+                *authenticators(enrollment, StoredTokenAuthenticator(repo)),
             ),
         )
         log.info(
@@ -126,7 +130,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.add_exception_handler(ContractError, _cloud_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    for router in (ingest.router, admin.router, registry.router, query.router):
+    for router in (ingest.router, admin.router, registry.router, query.router, provision.router):
         app.include_router(router)
     _add_operations(app, metrics)
     return app

@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from cloud.storage.provisioning_schema import pg_migration
+
 DAY_US: Final = 86_400_000_000
 
 METADATA_TABLES: Final = (
@@ -204,4 +206,7 @@ def initial_schema(*, role: str, timescaledb: bool, retention_days: int) -> str:
 
 Migration = tuple[int, str, Callable[..., str]]
 
-MIGRATIONS: Final[list[Migration]] = [(1, "initial schema", initial_schema)]
+MIGRATIONS: Final[list[Migration]] = [
+    (1, "initial schema", initial_schema),
+    (2, "provisioning", pg_migration),
+]

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from cloud.errors import StorageError
 from cloud.storage.base import Row, TelemetryRows, Tx
+from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, StoredPrincipal
 from cloud.storage.registry import find_or_create_series
 
@@ -71,6 +72,7 @@ CREATE TABLE rate_window (tenant_id INTEGER NOT NULL, window_start INTEGER NOT N
   hits INTEGER NOT NULL, PRIMARY KEY (tenant_id, window_start));
 """,
     ),
+    (2, "provisioning", SQLITE_MIGRATION),
 ]
 
 _INSERT_READING: Final = (

@@ -95,7 +95,8 @@ async def test_a_long_outage_fills_the_quota_drops_oldest_telemetry_and_counts_i
     config = agent_config(
         tmp_path / "state", devices, alarms=[alarm],
         outbox={"flush_interval": 0.1, "quota": 200_000, "chunk_readings": 500},
-        cloud={"url": cloud.url, "gateway_id": cloud.gateway_id, "token_file": str(token_file)},
+        cloud={"url": cloud.url, "gateway_id": cloud.gateway_id, "token_file": str(token_file),
+               "retry_max_delay": 1.0},
     )  # fmt: skip
     async with running_agent(config, identity(cloud)) as running:  # the cloud is down
 

@@ -32,7 +32,7 @@ def with_cloud(tmp_path: Path, plant: Plant | None, cloud: RunningCloud) -> Agen
     return agent_config(
         tmp_path / "state", devices,
         cloud={"url": cloud.url, "gateway_id": cloud.gateway_id, "token_file": str(token_file),
-               "max_batches_per_s": 0},
+               "max_batches_per_s": 0, "retry_max_delay": 1.0},
     )  # fmt: skip
 
 
@@ -56,7 +56,7 @@ async def drain(tmp_path: Path, cloud: RunningCloud) -> None:
             outbox = await running.get("/v1/outbox")
             return sum(lane["chunks"] for lane in outbox["lanes"].values()) == 0
 
-        await running.wait_for(empty, within=30)
+        await running.wait_for(empty, within=60)
 
 
 async def test_every_accepted_reading_reaches_the_cloud_exactly_once(
@@ -103,7 +103,7 @@ async def test_cloud_down_then_back_drains_the_backlog_without_loss(
                 uplink = await running.get("/v1/uplink")
                 return uplink["batches_sent"] > 0 and outbox["lanes"]["telemetry"]["chunks"] < 2
 
-            await running.wait_for(drained, within=30)
+            await running.wait_for(drained, within=60)
             await asyncio.sleep(0)
     async with serve_cloud(db, port=port) as back:
         back.gateway_id, back.gateway_token = cloud.gateway_id, cloud.gateway_token
@@ -124,7 +124,7 @@ async def test_500s_429_and_a_refused_batch(tmp_path: Path, plant: Plant) -> Non
             async def past_the_faults() -> bool:
                 return (await running.get("/v1/uplink"))["batches_sent"] >= 3
 
-            await running.wait_for(past_the_faults, within=30)
+            await running.wait_for(past_the_faults, within=60)
             uplink = await running.get("/v1/uplink")
             outbox = await running.get("/v1/outbox")
         await drain(tmp_path, cloud)

@@ -22,3 +22,12 @@ def gateway(tenant_ca: TenantCA) -> Gateway:
         tenant_ca, create_csr(key, "press line 3"), gateway_id="gw-0001"
     )
     return Gateway(key=key, certificate=certificate, gateway_id="gw-0001")
+
+
+# The cloud app on each backend, for the tests against the real API (test_cloud_*.py).
+from tests.cloud.conftest import (  # noqa: E402, F401 - fixtures shared with the cloud tests
+    backend,
+    make_cloud,
+    migrated_pg,
+    settings_for,
+)

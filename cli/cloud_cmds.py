@@ -1,0 +1,306 @@
+"""`tagway cloud ...`: run the cloud service and administer it.
+
+`serve` and `migrate` run on the cloud host. `tenant create` and `api-key create` act on the
+database directly (the platform admin on the box; over the network the same is
+``POST /v1/tenants`` and ``POST /v1/tenants/{id}/api-keys`` with the platform key).
+`claim-token create` is a tenant admin's command and goes over HTTP with an API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import httpx
+import typer
+
+from cli.errors import fail
+
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
+    from cloud.storage.repository import Repository
+
+_T = TypeVar("_T")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+cloud_app = typer.Typer(
+    help="Run and administer the tagway cloud service.\n\n"
+    "Example: tagway cloud serve --database sqlite:///cloud.db",
+    no_args_is_help=True,
+)
+tenant_app = typer.Typer(
+    help="Tenants (platform admin, on the database).\n\nExample: tagway cloud tenant create acme",
+    no_args_is_help=True,
+)
+api_key_app = typer.Typer(
+    help="API keys (platform admin, on the database).\n\n"
+    "Example: tagway cloud api-key create --tenant 1 --role operator",
+    no_args_is_help=True,
+)
+claim_token_app = typer.Typer(
+    help="Claim tokens for enrolling gateways (tenant admin, over HTTP).\n\n"
+    "Example: tagway cloud claim-token create --cloud URL --api-key KEY --expires 24h --uses 10",
+    no_args_is_help=True,
+)
+cloud_app.add_typer(tenant_app, name="tenant")
+cloud_app.add_typer(api_key_app, name="api-key")
+cloud_app.add_typer(claim_token_app, name="claim-token")
+
+DatabaseOpt = Annotated[
+    str,
+    typer.Option(
+        "--database",
+        envvar="TAGWAY_CLOUD_DATABASE",
+        help="sqlite:///FILE or postgresql://... (default $TAGWAY_CLOUD_DATABASE).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DEFAULT_DATABASE = "sqlite:///tagway-cloud.db"
+
+
+def _settings(**values: Any) -> CloudSettings:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from cloud.settings import CloudSettings  # noqa: PLC0415
+
+    try:
+        return CloudSettings(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+
+
+def _on_database(database: str, work: Callable[[Repository], Awaitable[_T]]) -> _T:
+    from cloud.errors import CloudError  # noqa: PLC0415
+    from cloud.storage import open_database  # noqa: PLC0415
+    from cloud.storage.repository import Repository  # noqa: PLC0415
+
+    async def run() -> _T:
+        db = await open_database(_settings(database_url=database))
+        try:
+            return await work(Repository(db))
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except CloudError as exc:
+        fail(exc.message)
+
+
+@cloud_app.command("serve")
+def serve(
+    database: DatabaseOpt = DEFAULT_DATABASE,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="The URL gateways use (token audience); default http://HOST:PORT."),
+    ] = None,
+    master_key: Annotated[
+        Path | None,
+        typer.Option(help="Master key file sealing the tenant CA keys (SQLite: made if missing)."),
+    ] = None,
+    platform_admin_key: Annotated[
+        str | None,
+        typer.Option(envvar="TAGWAY_PLATFORM_ADMIN_KEY", help="The platform admin's key."),
+    ] = None,
+    migrate_database: Annotated[
+        str | None, typer.Option(help="The schema owner's DSN (PostgreSQL) to migrate at start.")
+    ] = None,
+    static_gateway_tokens: Annotated[
+        bool, typer.Option(help="Accept the interim per-gateway bearer tokens.")
+    ] = True,
+    create_master_key: Annotated[
+        bool | None,
+        typer.Option(
+            help="Create a missing master key (default: only for SQLite).", show_default=False
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the cloud service (API, ingestion, provisioning) until Ctrl-C.
+
+    Example: tagway cloud serve --database sqlite:///cloud.db --public-url https://cloud.example.com
+    """
+    import uvicorn  # noqa: PLC0415
+
+    from cloud.api.app import create_app  # noqa: PLC0415
+    from cloud.enrollment import load_master_key  # noqa: PLC0415
+    from cloud.errors import CloudError  # noqa: PLC0415
+
+    settings = _settings(
+        database_url=database,
+        migrate_database_url=migrate_database,
+        public_url=public_url or f"http://{host}:{port}",
+        master_key_file=master_key,
+        platform_admin_key=platform_admin_key,
+        allow_static_gateway_tokens=static_gateway_tokens,
+        create_master_key=create_master_key,
+    )
+    try:
+        load_master_key(settings)  # fail here, in one line, not in the server's start-up
+    except CloudError as exc:
+        fail(exc.message)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@cloud_app.command("migrate")
+def migrate(database: DatabaseOpt = DEFAULT_DATABASE) -> None:
+    """Apply pending schema migrations (PostgreSQL: connect as the schema owner).
+
+    Example: tagway cloud migrate --database postgresql://owner@db/tagway
+    """
+    from cloud.errors import CloudError  # noqa: PLC0415
+    from cloud.storage import open_database  # noqa: PLC0415
+    from cloud.storage.postgres import apply_migrations  # noqa: PLC0415
+
+    settings = _settings(database_url=database)
+
+    async def run() -> int:
+        if settings.backend == "postgresql":
+            return await apply_migrations(database, settings)
+        db = await open_database(settings)
+        await db.close()
+        return db.info.schema_version
+
+    try:
+        version = asyncio.run(run())
+    except CloudError as exc:
+        fail(exc.message)
+    typer.echo(f"{database.split('@')[-1]}: schema at version {version}")
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Argument(help="The tenant's name.")],
+    database: DatabaseOpt = DEFAULT_DATABASE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a tenant and its first admin API key (shown once).
+
+    Example: tagway cloud tenant create acme --database sqlite:///cloud.db
+    """
+    from cloud.auth import API_KEY_PREFIX, Role, new_secret  # noqa: PLC0415
+
+    secret = new_secret(API_KEY_PREFIX)
+
+    async def work(repo: Repository) -> int:
+        now = _now_us()
+        tenant = await repo.create_tenant(name=name, now_us=now, quota=None, rate_limit=None)
+        await repo.create_api_key(tenant.id, name="admin", role=Role.ADMIN, prefix=secret.prefix,
+                                  digest=secret.digest, now_us=now)  # fmt: skip
+        return tenant.id
+
+    tenant_id = _on_database(database, work)
+    if json_out:
+        typer.echo(
+            json.dumps({"tenant_id": tenant_id, "name": name, "admin_api_key": secret.token})
+        )
+        return
+    typer.echo(f"tenant {tenant_id} ({name}) created")
+    typer.echo(f"admin API key (shown once, store it now): {secret.token}")
+
+
+@api_key_app.command("create")
+def api_key_create(
+    tenant: Annotated[int, typer.Option("--tenant", help="The tenant id.")],
+    role: Annotated[str, typer.Option("--role", help="admin, operator or viewer.")],
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")] = "cli",
+    database: DatabaseOpt = DEFAULT_DATABASE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an API key in a tenant (shown once).
+
+    Example: tagway cloud api-key create --tenant 1 --role viewer --name grafana
+    """
+    from cloud.auth import API_KEY_PREFIX, Role, new_secret  # noqa: PLC0415
+
+    if role not in {r.value for r in Role}:
+        fail(f"--role must be admin, operator or viewer, not {role!r}")
+    secret = new_secret(API_KEY_PREFIX)
+
+    async def work(repo: Repository) -> int:
+        key = await repo.create_api_key(tenant, name=name, role=Role(role), prefix=secret.prefix,
+                                        digest=secret.digest, now_us=_now_us())  # fmt: skip
+        return key.id
+
+    key_id = _on_database(database, work)
+    if json_out:
+        typer.echo(json.dumps({"id": key_id, "tenant_id": tenant, "role": role,
+                               "api_key": secret.token}))  # fmt: skip
+        return
+    typer.echo(f"API key {key_id} ({role}) in tenant {tenant}; shown once: {secret.token}")
+
+
+@claim_token_app.command("create")
+def claim_token_create(
+    cloud: Annotated[str, typer.Option("--cloud", help="The cloud's URL.")],
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="TAGWAY_API_KEY", help="A tenant admin's API key.")
+    ],
+    expires: Annotated[str, typer.Option(help="Lifetime: 30m, 24h, 7d or seconds.")] = "24h",
+    uses: Annotated[int, typer.Option(help="How many gateways it may enroll.")] = 1,
+    site: Annotated[str | None, typer.Option(help="Site of the gateways it enrolls.")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="A label KEY=VALUE (repeatable).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a claim token for enrolling gateways (shown once).
+
+    Example: tagway cloud claim-token create --cloud https://cloud.example.com --api-key KEY
+    --expires 24h --uses 10 --site plant-a
+    """
+    labels = dict(_label(text) for text in label or [])
+    body = {"expires_in_s": parse_duration(expires), "max_uses": uses, "site": site,
+            "labels": labels}  # fmt: skip
+    url = cloud.rstrip("/") + "/v1/claim-tokens"
+    try:
+        response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {api_key}"},
+                              timeout=30)  # fmt: skip
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the cloud at {url}: {exc or type(exc).__name__}")
+    if response.status_code != 201:
+        fail(f"the cloud refused: HTTP {response.status_code}: {_message(response)}")
+    answer = response.json()
+    if json_out:
+        typer.echo(json.dumps(answer))
+        return
+    record = answer["claim_token"]
+    typer.echo(f"claim token {record['id']} ({record['max_uses']} uses, expires in {expires}); "
+               "shown once:")  # fmt: skip
+    typer.echo(answer["token"])
+    typer.echo(f"on the gateway: tagway provision --cloud {cloud} --claim-token {answer['token']}")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from ``90``, ``30m``, ``24h`` or ``7d``."""
+    match = _DURATION.match(text)
+    if match is None:
+        fail(f"--expires {text!r}: write e.g. 30m, 24h, 7d or a number of seconds")
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        fail(f"--label {text!r}: write KEY=VALUE")
+    return key, value
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        error = response.json()["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+def _now_us() -> int:
+    import time  # noqa: PLC0415
+
+    return time.time_ns() // 1000

@@ -1,0 +1,9 @@
+"""Fixtures of the CLI tests: the cloud app on each backend (for `tagway provision`)."""
+
+from __future__ import annotations
+
+from tests.cloud.conftest import (  # noqa: F401 - fixtures shared with the cloud tests
+    backend,
+    migrated_pg,
+    settings_for,
+)
