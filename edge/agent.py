@@ -140,6 +140,11 @@ class Agent:
             )
             if self.outbox.recovery is not None:
                 log.error("outbox was damaged and moved aside: %s", self.outbox.recovery)
+            # This process is the outbox's only owner: leases left by a previous life (killed
+            # mid-upload) are released now rather than after their timeout.
+            stale = await self.outbox.forget_leases()
+            if stale:
+                log.warning("released %d leases left by a previous run", stale)
             alarm_store = AlarmStore(state_dir / "alarms.db")
             stack.callback(alarm_store.close)
             self.dead_letters = DeadLetterStore(state_dir / "dead_letters.db")

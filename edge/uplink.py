@@ -14,8 +14,9 @@ What the cloud says decides what happens to the chunks:
     401, 403            renew the token, back off, retry (the data is not at fault)
     other / no answer   capped, jittered exponential backoff, retry the same batch
 
-A backlog drains oldest-first, alarms and events ahead of telemetry. `max_batches_per_s` caps the
-drain rate so a returning gateway does not flood the cloud.
+Alarms and events always go first. A telemetry backlog drains oldest-first while every other batch
+is leased newest-first, so live data keeps flowing during a long drain. `max_batches_per_s` caps
+the drain rate so a returning gateway does not flood the cloud.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ TokenSource = Callable[[], Awaitable[str]]
 class LeaseSource(Protocol):
     """What the uplink needs from the (async) outbox."""
 
-    async def lease(self, *, max_bytes: int, max_chunks: int) -> Lease: ...
+    async def lease(self, *, max_bytes: int, max_chunks: int, newest_first: bool) -> Lease: ...
     async def ack(self, lease: Lease) -> int: ...
     async def release(self, lease: Lease) -> int: ...
     async def quarantine(self, lease: Lease, reason: str) -> int: ...
@@ -187,6 +188,7 @@ class Uplink:
         self._seq = seq_state
         self._client = client
         self._max_chunks = settings.max_chunks
+        self._newest_next = True  # flipped before the first lease: the first is oldest-first
         self._backoff = Backoff(settings.backoff)
         self.wake = asyncio.Event()  # set by the pipeline after each flush
 
@@ -214,8 +216,13 @@ class Uplink:
 
     async def send_once(self, client: httpx.AsyncClient) -> bool:
         """Lease, send and settle one batch; False when there was nothing to send."""
+        # Alternate oldest-first and newest-first telemetry: a backlog drains while live data
+        # still arrives within a batch or two (alarms and events always go first).
+        self._newest_next = not self._newest_next
         lease = await self._outbox.lease(
-            max_bytes=self.settings.max_batch_bytes, max_chunks=self._max_chunks
+            max_bytes=self.settings.max_batch_bytes,
+            max_chunks=self._max_chunks,
+            newest_first=self._newest_next,
         )
         if not lease:
             return False

@@ -128,11 +128,22 @@ class AsyncOutbox:
         return await self._run(partial(outbox.append_many, list(chunks)))
 
     async def lease(
-        self, *, max_bytes: int = DEFAULT_LEASE_BYTES, max_chunks: int = DEFAULT_LEASE_CHUNKS
+        self,
+        *,
+        max_bytes: int = DEFAULT_LEASE_BYTES,
+        max_chunks: int = DEFAULT_LEASE_CHUNKS,
+        newest_first: bool = False,
     ) -> Lease:
         """`Outbox.lease` on the worker."""
         outbox = self._require_open()
-        return await self._run(partial(outbox.lease, max_bytes=max_bytes, max_chunks=max_chunks))
+        return await self._run(
+            partial(outbox.lease, max_bytes=max_bytes, max_chunks=max_chunks,
+                    newest_first=newest_first)
+        )  # fmt: skip
+
+    async def forget_leases(self) -> int:
+        """`Outbox.forget_leases` on the worker."""
+        return await self._run(self._require_open().forget_leases)
 
     async def ack(self, lease: Lease) -> int:
         """`Outbox.ack` on the worker."""

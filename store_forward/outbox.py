@@ -59,6 +59,19 @@ _FREE = (
     "SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?"
     ") ORDER BY id LIMIT ?"
 )
+# Newest first, for live telemetry while a backlog drains: alarms and events (ids below the
+# telemetry lane) still go oldest first; then telemetry from the newest, using the primary key
+# backwards rather than sorting the backlog.
+_FREE_PRIORITY = (
+    "SELECT id, count, created, payload FROM chunk WHERE id < ? AND id NOT IN ("
+    "SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?"
+    ") ORDER BY id LIMIT ?"
+)
+_FREE_NEWEST_TELEMETRY = (
+    "SELECT id, count, created, payload FROM chunk WHERE id >= ? AND id NOT IN ("
+    "SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?"
+    ") ORDER BY id DESC LIMIT ?"
+)
 _DELETE_CHUNKS = (
     "DELETE FROM chunk WHERE id IN (SELECT value FROM json_each(?)) RETURNING id, count, size"
 )
@@ -200,11 +213,19 @@ class Outbox:
         return [ChunkId(row[0]) for row in rows]
 
     def lease(
-        self, *, max_bytes: int = DEFAULT_LEASE_BYTES, max_chunks: int = DEFAULT_LEASE_CHUNKS
+        self,
+        *,
+        max_bytes: int = DEFAULT_LEASE_BYTES,
+        max_chunks: int = DEFAULT_LEASE_CHUNKS,
+        newest_first: bool = False,
     ) -> Lease:
         """Hand out the oldest chunks nobody holds: alarms first, then events, then telemetry,
         first-in first-out inside a lane, up to `max_chunks` and `max_bytes` of payload (the
         first chunk is always included, so an oversized chunk cannot block its lane).
+
+        With `newest_first`, telemetry is handed out newest first (alarms and events still
+        come first, oldest first): an uplink that alternates the two drains a backlog without
+        starving live data.
 
         The lease is empty (falsy) when there is nothing to send. Chunks not acked or released
         within the lease timeout are handed out again.
@@ -215,16 +236,16 @@ class Outbox:
         with self._transaction("lease", soft=True) as tx:
             now = self._clock()
             total = 0
-            cursor = tx.execute(_FREE, (now, max_chunks))
-            # The schema's NOT NULL INTEGER/REAL/BLOB columns fix the types: no per-value checks.
-            for chunk_id, count, created, payload in cast(Iterator[_ChunkRow], cursor):
-                if chunks and total + len(payload) > max_bytes:
-                    break
-                total += len(payload)
-                chunks.append(
-                    Chunk(ChunkId(chunk_id), LANES[chunk_id >> LANE_SHIFT], count, payload, created)
-                )
-            cursor.close()
+            for query, params in _lease_queries(now, max_chunks, newest_first):
+                cursor = tx.execute(query, params)
+                # The schema's NOT NULL INTEGER/REAL/BLOB columns fix the types: no checks.
+                for chunk_id, count, created, payload in cast(Iterator[_ChunkRow], cursor):
+                    if len(chunks) >= max_chunks or (chunks and total + len(payload) > max_bytes):
+                        break
+                    total += len(payload)
+                    chunks.append(Chunk(ChunkId(chunk_id), LANES[chunk_id >> LANE_SHIFT], count,
+                                        payload, created))  # fmt: skip
+                cursor.close()
             # Expired leases are forgotten here: their chunks were free again anyway.
             tx.execute("DELETE FROM lease WHERE deadline <= ?", (now,))
             if not chunks:
@@ -236,6 +257,17 @@ class Outbox:
                 (lease_id, deadline, _json_ids(chunk.id for chunk in chunks)),
             )
         return Lease(lease_id, tuple(chunks), deadline)
+
+    def forget_leases(self) -> int:
+        """Forget every lease at once; returns how many there were.
+
+        For the one process that owns the outbox, at start: leases left by its previous life
+        (killed mid-upload) would otherwise hold their chunks until the lease timeout.
+        """
+        with self._transaction("forget leases") as tx:
+            count = scalar_int(tx, "SELECT count(*) FROM lease")
+            tx.execute("DELETE FROM lease")
+        return count
 
     def ack(self, lease: Lease) -> int:
         """Delete the lease's chunks for good: the cloud has them. Returns how many were still
@@ -477,3 +509,15 @@ def _validated(payload: bytes, count: int, lane: Lane) -> tuple[bytes, int, int]
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise InvalidChunk(f"count must be an int >= 0, not {count!r}")
     return bytes(payload), count, lane.rank
+
+
+def _lease_queries(
+    now: float, max_chunks: int, newest_first: bool
+) -> list[tuple[str, tuple[float | int, ...]]]:
+    if not newest_first:
+        return [(_FREE, (now, max_chunks))]
+    telemetry = Lane.TELEMETRY.rank << LANE_SHIFT
+    return [
+        (_FREE_PRIORITY, (telemetry, now, max_chunks)),
+        (_FREE_NEWEST_TELEMETRY, (telemetry, now, max_chunks)),
+    ]

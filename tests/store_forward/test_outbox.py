@@ -244,3 +244,24 @@ def test_read_stats_never_creates_an_outbox(tmp_path: Path) -> None:
     with pytest.raises(OutboxMissing):
         read_stats(missing)
     assert not missing.exists()
+
+
+def test_newest_first_hands_out_live_telemetry_but_keeps_alarms_first(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        old = [outbox.append(b"old%d" % i, count=1, lane=Lane.TELEMETRY) for i in range(5)]
+        alarm = outbox.append(b"alarm", count=1, lane=Lane.ALARM)
+        new = outbox.append(b"new", count=1, lane=Lane.TELEMETRY)
+        lease = outbox.lease(max_chunks=3, newest_first=True)
+        assert lease.chunk_ids == (alarm, new, old[-1])
+        rest = outbox.lease(max_chunks=10)
+        assert rest.chunk_ids == tuple(old[:-1])  # oldest first, and never in two leases
+
+
+def test_forget_leases_frees_chunks_held_by_a_dead_process(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        chunk = outbox.append(b"x", count=1, lane=Lane.TELEMETRY)
+        assert outbox.lease().chunk_ids == (chunk,)
+    with Outbox(tmp_path / "o.db") as outbox:  # the next life of the agent
+        assert not outbox.lease()  # still held until the lease timeout...
+        assert outbox.forget_leases() == 1
+        assert outbox.lease().chunk_ids == (chunk,)  # ...unless the owner forgets them at start
