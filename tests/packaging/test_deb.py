@@ -1,13 +1,15 @@
 """The real package, built once per session as `make deb` builds it (minutes: marked slow).
 
 Inspected with dpkg-deb (files, permissions, conffiles, maintainer scripts), unpacked into a
-throwaway root, and run from there: a private mount namespace puts the unpacked /opt/tagway where
-the package installs it, so the command runs through its real shebang and interpreter links.
+throwaway root (`dpkg-deb -x`), and run from there: a private mount namespace lays the unpacked
+tree over /usr/bin, /etc and /opt, so `tagway` runs through its real symlink, shebang and
+interpreter links, and validates the shipped /etc/tagway/config.yaml.
 """
 
 from __future__ import annotations
 
 import marshal
+import os
 import subprocess
 from pathlib import Path
 
@@ -97,27 +99,36 @@ def test_the_units_verify_against_the_installed_command(unpacked: Path, tmp_path
 
 
 def run_installed(unpacked: Path, command: str) -> subprocess.CompletedProcess[str]:
-    """Run `command` with the unpacked /opt/tagway mounted at /opt/tagway (private namespace)."""
+    """Run `command` as if the package were installed: in a private mount namespace, the
+    unpacked /usr/bin and /etc are laid over the real ones (read-only overlays) and the unpacked
+    /opt/tagway is mounted at /opt/tagway. Nothing of it is visible outside the command."""
     unshare = require("unshare")
     script = (
-        "set -e; mount -t tmpfs tmpfs /opt; mkdir /opt/tagway; "
+        "set -e; "
+        f"mount -t overlay overlay -o 'lowerdir={unpacked}/usr/bin:/usr/bin' /usr/bin; "
+        f"mount -t overlay overlay -o 'lowerdir={unpacked}/etc:/etc' /etc; "
+        "mount -t tmpfs tmpfs /opt; mkdir /opt/tagway; "
         f"mount --bind '{unpacked}/opt/tagway' /opt/tagway; {command}"
     )
+    # From / and without PYTHONPATH: nothing may come from this source tree.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     return subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+                          capture_output=True, text=True, timeout=120, check=False, cwd="/",
+                          env=env)  # fmt: skip
 
 
 def test_the_installed_command_runs_and_validates_the_shipped_config(unpacked: Path) -> None:
-    probe = run_installed(unpacked, "true")
+    probe = run_installed(unpacked, "test -L /usr/bin/tagway")
     if probe.returncode != 0:
-        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
-    version = run_installed(unpacked, "/opt/tagway/bin/tagway --version")
-    assert (version.returncode, version.stdout) == (0, f"tagway {project_version()}\n")
-    validate = run_installed(
-        unpacked, f"/opt/tagway/bin/tagway config validate '{unpacked}/etc/tagway/config.yaml'"
-    )
+        pytest.skip(f"cannot overlay the unpacked root here: {probe.stderr.strip()}")
+    for command in ("/opt/tagway/bin/tagway --version", "tagway --version"):
+        version = run_installed(unpacked, command)
+        assert (version.returncode, version.stdout) == (0, f"tagway {project_version()}\n")
+    validate = run_installed(unpacked, "tagway config validate /etc/tagway/config.yaml")
     assert validate.returncode == 0, validate.stderr
-    assert "ok (0 devices" in validate.stdout
+    assert (
+        validate.stdout == "/etc/tagway/config.yaml: ok (0 devices, 0 tags, 0 alarms, 0 models)\n"
+    )
     # The venv holds its own dependencies: nothing is imported from the build machine's paths.
     where = run_installed(
         unpacked, "/opt/tagway/bin/python -c 'import apsw, numpy, cli; "
