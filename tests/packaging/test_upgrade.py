@@ -158,3 +158,38 @@ async def test_tagway_run_refuses_alarm_states_from_a_newer_release_in_one_line(
     assert len(lines) == 1, err
     assert lines[0].startswith(f"tagway: error: alarm state file {state / 'alarms.db'} has ")
     assert "written by a newer release" in lines[0]
+
+
+def test_a_next_release_migration_runs_in_place_on_the_fixture_and_keeps_every_chunk(
+    previous_outbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rehearsal of the first real upgrade: a schema-2 migration (here an extra index) is
+    registered the way the next release will register it, and the schema-1 file is opened."""
+    from store_forward import outbox as outbox_module  # noqa: PLC0415
+    from store_forward import schema, stats  # noqa: PLC0415
+
+    step = schema.Migration(SCHEMA_VERSION + 1, "rehearsal: index chunk ages",
+                            "CREATE INDEX chunk_created ON chunk(created);")  # fmt: skip
+    for module in (schema, outbox_module, stats):
+        monkeypatch.setattr(module, "SCHEMA_VERSION", step.version)
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, step))
+    expected = json.loads((FIXTURES / "outbox-v1.json").read_text())["chunks"]
+
+    with Outbox(previous_outbox) as outbox:
+        lease = outbox.lease(max_bytes=1 << 30, max_chunks=10_000)
+    assert read_schema_version(previous_outbox) == step.version
+    assert [hashlib.sha256(c.payload).hexdigest() for c in lease.chunks] == [
+        e["sha256"] for e in expected
+    ]
+    conn = apsw.Connection(str(previous_outbox))
+    applied = conn.execute("SELECT version, name FROM schema_migration ORDER BY version")
+    assert [tuple(row) for row in applied] == [
+        (1, "chunks, leases, lane counters, quarantine, recovery log"),
+        (step.version, step.name),
+    ]
+    conn.close()
+
+    # Rolling the package back: the schema-1 code refuses the migrated file.
+    monkeypatch.undo()
+    with pytest.raises(SchemaTooNew, match=f"schema version {step.version}, but this tagway"):
+        Outbox(previous_outbox)
