@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import marshal
 import os
+import signal
+import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -98,23 +101,31 @@ def test_the_units_verify_against_the_installed_command(unpacked: Path, tmp_path
     assert verify_units(units, unpacked / "opt/tagway/bin/tagway", tmp_path) == ""
 
 
-def run_installed(unpacked: Path, command: str) -> subprocess.CompletedProcess[str]:
-    """Run `command` as if the package were installed: in a private mount namespace, the
-    unpacked /usr/bin and /etc are laid over the real ones (read-only overlays) and the unpacked
-    /opt/tagway is mounted at /opt/tagway. Nothing of it is visible outside the command."""
-    unshare = require("unshare")
-    script = (
+def overlay_script(unpacked: Path, command: str) -> str:
+    """Shell that lays the unpacked package over /usr/bin, /etc and /opt, then runs `command`."""
+    return (
         "set -e; "
         f"mount -t overlay overlay -o 'lowerdir={unpacked}/usr/bin:/usr/bin' /usr/bin; "
         f"mount -t overlay overlay -o 'lowerdir={unpacked}/etc:/etc' /etc; "
         "mount -t tmpfs tmpfs /opt; mkdir /opt/tagway; "
         f"mount --bind '{unpacked}/opt/tagway' /opt/tagway; {command}"
     )
-    # From / and without PYTHONPATH: nothing may come from this source tree.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    return subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=120, check=False, cwd="/",
-                          env=env)  # fmt: skip
+
+
+def clean_env() -> dict[str, str]:
+    # Without PYTHONPATH (and run from /): nothing may come from this source tree.
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+
+
+def run_installed(unpacked: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """Run `command` as if the package were installed: in a private mount namespace, the
+    unpacked /usr/bin and /etc are laid over the real ones (read-only overlays) and the unpacked
+    /opt/tagway is mounted at /opt/tagway. Nothing of it is visible outside the command."""
+    return subprocess.run(
+        [require("unshare"), "--mount", "--propagation", "private", "sh", "-c",
+         overlay_script(unpacked, command)],
+        capture_output=True, text=True, timeout=120, check=False, cwd="/", env=clean_env(),
+    )  # fmt: skip
 
 
 def test_the_installed_command_runs_and_validates_the_shipped_config(unpacked: Path) -> None:
@@ -136,3 +147,46 @@ def test_the_installed_command_runs_and_validates_the_shipped_config(unpacked: P
     )  # fmt: skip
     assert where.returncode == 0, where.stderr
     assert all(p.startswith("/opt/tagway/lib/") for p in where.stdout.split())
+
+
+def test_the_installed_agent_starts_as_the_unit_runs_it_and_signals_ready(
+    unpacked: Path, tmp_path: Path
+) -> None:
+    """The unit's command line, from the package, under the notify protocol: READY=1 comes,
+    the watchdog is fed, and SIGTERM stops it cleanly."""
+    if run_installed(unpacked, "true").returncode != 0:
+        pytest.skip("cannot overlay the unpacked root here")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"gateway:\n  name: gw\n  state_dir: {tmp_path / 'state'}\nlocal_api:\n  port: 0\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="tgw-") as short:
+        path = str(Path(short) / "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.settimeout(60)
+            agent = start_installed(
+                unpacked, f"exec /opt/tagway/bin/tagway run --config '{config}' --log-format json",
+                {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
+            )  # fmt: skip
+            try:
+                while b"READY=1" not in sock.recv(4096):
+                    pass  # a watchdog ping may come first
+                sock.settimeout(5)
+                assert sock.recv(4096) == b"WATCHDOG=1"
+            finally:
+                agent.send_signal(signal.SIGTERM)
+                _, logs = agent.communicate(timeout=30)
+    assert agent.returncode == 0, logs[-2000:]
+    assert (tmp_path / "state" / "outbox.db").is_file()
+
+
+def start_installed(unpacked: Path, command: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Like `run_installed`, but in the background; `exec` in `command` makes the started
+    process the one that signals reach."""
+    return subprocess.Popen(
+        [require("unshare"), "--mount", "--propagation", "private", "sh", "-c",
+         overlay_script(unpacked, command)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/",
+        env={**clean_env(), **env},
+    )  # fmt: skip
