@@ -1,7 +1,8 @@
 """The maintainer scripts run for real, through install, upgrade, remove and purge, in a private
 mount namespace: /etc, /var/lib, /run and /opt are throwaway copies there, so the users, the
 directories and the enablement they create never reach this machine. deb-systemd-helper is the
-real one; systemd is not running (as in a container or chroot), and once pretends to be.
+real one, or hidden to take the scripts' systemctl fallback; systemd is not running (as in a
+container or chroot), and once pretends to be.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from tests.packaging.conftest import require
 
 SCENARIO = r"""
 set -u
-T=$1 STAGE=$2
+T=$1 STAGE=$2 HELPERS=$3
+if [ "$HELPERS" = hidden ]; then                # the same PATH without deb-systemd-*
+    mkdir "$T/bin"
+    for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+        for f in "$d"/*; do [ -e "$T/bin/${f##*/}" ] || ln -s "$f" "$T/bin/${f##*/}"; done
+    done
+    rm -f "$T/bin/deb-systemd-helper" "$T/bin/deb-systemd-invoke"
+    PATH="$T/bin"
+fi
 cp -a /etc "$T/etc" && mount --bind "$T/etc" /etc
 mount -t tmpfs tmpfs /var/lib && mkdir -p /var/lib/systemd
 mount -t tmpfs tmpfs /run
@@ -37,7 +46,8 @@ w=/etc/systemd/system/multi-user.target.wants
 echo "enabled=$(test -L $w/tagway.service && echo yes || echo no)"
 echo "cloud_enabled=$(test -L $w/tagway-cloud.service && echo yes || echo no)"
 echo "readings" > /var/lib/tagway/outbox.db
-deb-systemd-helper disable tagway.service >/dev/null
+if [ "$HELPERS" = hidden ]; then systemctl disable tagway.service 2>/dev/null
+else deb-systemd-helper disable tagway.service >/dev/null; fi
 mkdir -p /run/systemd/system                   # pretend systemd runs: restarts must not fail
 sh "$D/postinst" configure 0.0.9; echo "upgrade_rc=$?"
 echo "enabled_after_upgrade=$(test -L $w/tagway.service && echo yes || echo no)"
@@ -54,10 +64,12 @@ echo "cloud_state_after_purge=$(test -e /var/lib/tagway-cloud && echo yes || ech
 echo "user_after_purge=$(getent passwd tagway >/dev/null && echo yes || echo no)"
 echo "group_after_purge=$(getent group tagway >/dev/null && echo yes || echo no)"
 echo "cloud_user_after_purge=$(getent passwd tagway-cloud >/dev/null && echo yes || echo no)"
+echo "enabled_after_purge=$(ls $w | grep -c tagway)"
 """
 
 
-def test_install_upgrade_remove_and_purge(staged: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("helpers", ["deb-systemd-helper", "hidden"])
+def test_install_upgrade_remove_and_purge(staged: Path, tmp_path: Path, helpers: str) -> None:
     unshare = require("unshare")
     require("deb-systemd-helper")
     if os.geteuid() != 0:
@@ -69,7 +81,7 @@ def test_install_upgrade_remove_and_purge(staged: Path, tmp_path: Path) -> None:
         pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
     result = subprocess.run(
         [unshare, "--mount", "--propagation", "private", "sh", "-c", SCENARIO, "scenario",
-         str(tmp_path), str(staged)],
+         str(tmp_path), str(staged), helpers],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     got = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
@@ -96,6 +108,7 @@ def test_install_upgrade_remove_and_purge(staged: Path, tmp_path: Path) -> None:
         "user_after_purge": "no",
         "group_after_purge": "no",
         "cloud_user_after_purge": "no",
+        "enabled_after_purge": "0",
     }, result.stderr
     # The host never saw any of it.
     assert subprocess.run(["getent", "passwd", "tagway"], capture_output=True,
