@@ -84,7 +84,7 @@ source_tree() {
     mkdir -p "$WORK/src"
     if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
         (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
-            | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' \
+            | while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done \
             | tar --null -cf - -T -) | tar -xf - -C "$WORK/src"
     else
         (cd "$ROOT" && tar --exclude=.venv --exclude=dist --exclude=build -cf - .) \
