@@ -31,6 +31,7 @@ from edge.pipeline.derived import DerivedTag, DerivedTags
 from edge.pipeline.expressions import Expression
 from edge.pipeline.rbe import Deadband, ReportByException
 from edge.pipeline.runner import Pipeline, now_us
+from edge.sd_notify import SystemdNotifier
 from edge.seq_state import SeqState
 from edge.uplink import Uplink, UplinkSettings, UplinkStatus
 from protocols.backoff import Backoff, BackoffPolicy
@@ -98,6 +99,8 @@ class Agent:
         config: the validated configuration.
         identity: the gateway identity for the uplink; None runs without a cloud (store only).
         driver_backoff: restart policy for failed drivers.
+        notifier: systemd's notify socket (readiness, watchdog, stopping); by default the one
+            the environment names, a no-op outside systemd.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Agent:
         *,
         identity: UplinkIdentity | None = None,
         driver_backoff: BackoffPolicy | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -120,6 +124,7 @@ class Agent:
         self.broker: EmbeddedBroker | None = None
         self.ready = asyncio.Event()
         self._inference: InferenceStage | None = None
+        self._notifier = notifier if notifier is not None else SystemdNotifier.from_environ()
 
     @property
     def uplink_status(self) -> UplinkStatus | None:
@@ -175,7 +180,10 @@ class Agent:
             ]
             flusher = tg.create_task(self.pipeline.run(), name="pipeline")
             ticker = tg.create_task(self._tick_alarms(), name="alarms")
-            rest = [tg.create_task(api.serve(), name="local-api")]
+            rest = [
+                tg.create_task(api.serve(), name="local-api"),
+                tg.create_task(self._notifier.feed_watchdog(), name="watchdog"),
+            ]
             if self.uplink is not None:
                 rest.append(tg.create_task(self._run_uplink(self.uplink), name="uplink"))
             if self.identity is not None and self.identity.maintenance is not None:
@@ -183,7 +191,9 @@ class Agent:
             await api.started.wait()
             self.ready.set()
             log.info("agent %s running: %d devices", self.config.gateway.name, len(self.slots))
+            self._notifier.ready(f"running: {len(self.slots)} devices")
             await stop.wait()
+            self._notifier.stopping()
             log.info("stopping: drivers first, then a last flush into the outbox")
             for task in drivers:
                 task.cancel()
