@@ -92,12 +92,21 @@ def encode(readings: list[Reading]) -> bytes:
     }  # fmt: skip
     ordered_values = [values[i] for i in order.tolist()] if text_series else None
     numbers, texts = _value_columns(values, order, sids, text_series, ordered_values)
-    num_bytes, width = _shuffle(numbers)
-    if qualities.count(Quality.GOOD) == len(qualities):
-        quality_bytes = None
-    else:
+    # NaN and ±inf are not values: a device that sends them is not measuring. They become bad
+    # readings (value 0, reason lost in the chunk) so the cloud, which refuses non-finite
+    # values, never refuses a whole batch for one sensor.
+    not_finite = ~np.isfinite(numbers)
+    codes_ordered: npt.NDArray[np.int8] | None = None
+    if qualities.count(Quality.GOOD) != len(qualities):
         codes = np.fromiter(map(_Q.__getitem__, qualities), dtype=np.int8, count=len(qualities))
-        quality_bytes = codes[order].tobytes()
+        codes_ordered = codes[order]
+    if not_finite.any():
+        numbers = np.where(not_finite, 0.0, numbers)
+        if codes_ordered is None:
+            codes_ordered = np.zeros(len(readings), dtype=np.int8)
+        codes_ordered[_numeric_positions(sids[order], text_series)[not_finite]] = 2
+    num_bytes, width = _shuffle(numbers)
+    quality_bytes = codes_ordered.tobytes() if codes_ordered is not None else None
     payload: dict[str, Any] = {
         "v": FORMAT_VERSION, "t0": t0, "series": series,
         "ts": offsets.astype("<i4" if narrow else "<i8").tobytes(), "tsw": 4 if narrow else 8,
@@ -105,6 +114,16 @@ def encode(readings: list[Reading]) -> bytes:
     }  # fmt: skip
     raw: bytes = msgpack.packb(payload, use_bin_type=True)
     return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
+
+
+def _numeric_positions(
+    ordered_sids: npt.NDArray[np.int64], text_series: set[int]
+) -> npt.NDArray[np.int64]:
+    """Positions (in series order) of the readings that hold numbers, in numeric-column order."""
+    if not text_series:
+        return np.arange(len(ordered_sids), dtype=np.int64)
+    is_text = np.isin(ordered_sids, np.fromiter(text_series, dtype=np.int64))
+    return np.flatnonzero(~is_text).astype(np.int64)
 
 
 def _value_columns(

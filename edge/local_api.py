@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -58,10 +59,12 @@ class WriteRequest(BaseModel):
 
 
 def reading_json(r: Reading) -> dict[str, Any]:
-    """A reading as the local API shows it."""
-    return {"device": r.device, "tag": r.tag, "ts": r.ts, "value": r.value,
-            "quality": r.quality.value, "unit": r.unit, "simulated": r.simulated,
-            "reason": r.reason}  # fmt: skip
+    """A reading as the local API shows it (JSON has no NaN: a non-finite value is null, bad)."""
+    value, quality, reason = r.value, r.quality.value, r.reason
+    if isinstance(value, float) and not math.isfinite(value):
+        value, quality, reason = None, "bad", reason or f"not a finite number ({value})"
+    return {"device": r.device, "tag": r.tag, "ts": r.ts, "value": value, "quality": quality,
+            "unit": r.unit, "simulated": r.simulated, "reason": reason}  # fmt: skip
 
 
 def alarm_event_json(e: AlarmEvent) -> dict[str, Any]:

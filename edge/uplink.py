@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 from cloud.contract import MSGPACK, AlarmRecord, Batch, SeriesColumns, encode_batch
 from edge import chunk
@@ -102,6 +104,8 @@ class UplinkStatus:
     quarantined_chunks: int = 0
     retries: int = 0
     send_rate: float = 0.0  # readings/s over the last batches
+    latency_p50_s: float | None = None  # reading time -> the cloud's commit, recent readings
+    latency_p99_s: float | None = None
 
 
 class Refused(Exception):
@@ -189,6 +193,7 @@ class Uplink:
         self._client = client
         self._max_chunks = settings.max_chunks
         self._newest_next = True  # flipped before the first lease: the first is oldest-first
+        self._latencies: deque[npt.NDArray[np.float64]] = deque(maxlen=20)  # recent batches
         self._backoff = Backoff(settings.backoff)
         self.wake = asyncio.Event()  # set by the pipeline after each flush
 
@@ -248,9 +253,22 @@ class Uplink:
         except BaseException:
             await asyncio.shield(self._outbox.release(lease))
             raise
+        acked_us = time.time_ns() // 1_000
         await self._outbox.ack(lease)
         self._settled(lease, dropped, duplicate, time.monotonic() - started)
+        self._measure_latency(batch, acked_us)
         return True
+
+    def _measure_latency(self, batch: Batch, acked_us: int) -> None:
+        """Device-to-database latency of the batch's readings: the 2xx came after the commit."""
+        stamps = [np.asarray(s.ts, dtype=np.int64) for s in batch.series]
+        if not stamps:
+            return
+        ages = (acked_us - np.concatenate(stamps)) / 1e6
+        self._latencies.append(ages)
+        recent = np.concatenate(self._latencies)
+        self.status.latency_p50_s = float(np.percentile(recent, 50))
+        self.status.latency_p99_s = float(np.percentile(recent, 99))
 
     def _settled(self, lease: Lease, dropped: dict[str, int], duplicate: bool, took: float) -> None:
         for lane, count in dropped.items():

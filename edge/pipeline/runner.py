@@ -60,6 +60,7 @@ class PipelineCounters:
     suppressed: int = 0  # filtered by report-by-exception (by design, not lost)
     derived: int = 0  # computed by expressions and models
     committed: int = 0  # readings in chunks committed to the outbox: accepted
+    committed_bytes: int = 0  # compressed payload bytes of those chunks
     chunks: int = 0
     alarm_events: int = 0
     dropped: int = 0  # refused because the outbox could not take them and the buffer was full
@@ -211,6 +212,7 @@ class Pipeline:
                 log.error("outbox refused a flush of %d readings: %s", len(pending), exc)  # noqa: TRY400
                 return 0
             self.counters.committed += len(pending)
+            self.counters.committed_bytes += sum(len(payload) for payload, _, _ in items)
             self.counters.chunks += len(items)
             self.flushed.set()
             return len(pending)

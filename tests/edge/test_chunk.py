@@ -91,3 +91,17 @@ def test_numeric_round_trip_is_exact(rows: list[tuple[str, int, float, Quality]]
     want = [(r.tag, r.ts, float(r.value), r.quality) for r in readings]
     assert by_tag(back) == sorted(want, key=repr)
     assert all(not math.isnan(float(r.value)) for r in back)
+
+
+def test_nan_and_inf_become_bad_readings_instead_of_poisoning_the_batch() -> None:
+    readings = [
+        Reading("d", "a", T0, float("nan")),
+        Reading("d", "mode", T0, "AUTO"),
+        Reading("d", "b", T0, float("inf"), Quality.UNCERTAIN),
+        Reading("d", "c", T0, 2.5),
+    ]
+    back = {r.tag: r for r in chunk.decode_readings(chunk.encode(readings))}
+    assert (back["a"].value, back["a"].quality) == (0.0, Quality.BAD)
+    assert (back["b"].value, back["b"].quality) == (0.0, Quality.BAD)
+    assert (back["c"].value, back["c"].quality) == (2.5, Quality.GOOD)
+    assert (back["mode"].value, back["mode"].quality) == ("AUTO", Quality.GOOD)
