@@ -165,6 +165,49 @@ def decode(chunk: bytes) -> list[ChunkSeries]:
         raise ChunkError(f"chunk cannot be decoded: {exc}") from exc
 
 
+def decode_plain(chunk: bytes) -> list[dict[str, Any]]:
+    """Decode a telemetry chunk straight into the wire contract's series dicts (plain lists).
+
+    The uplink's fast path: each column becomes one Python list, and series are list slices;
+    no per-series numpy arrays (a gateway sends thousands of one-reading series per batch).
+    """
+    try:
+        data = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(chunk), raw=False)
+        if data["v"] != FORMAT_VERSION:
+            raise ChunkError(f"chunk format version {data['v']} is not supported")
+        offsets = np.frombuffer(data["ts"], dtype="<i4" if data["tsw"] == 4 else "<i8")
+        stamps: list[int] = (offsets.astype(np.int64) + int(data["t0"])).tolist()
+        numbers: list[float] = _unshuffle(data["num"], int(data["numw"])).tolist()
+        codes: list[int] | None = list(data["q"]) if data["q"] is not None else None
+        table, texts = data["series"], data["txt"]
+        text = set(table["text"])
+        rows = zip(table["device"], table["tag"], table["unit"], table["sim"], table["count"],
+                   strict=True)  # fmt: skip
+    except (KeyError, TypeError, ValueError, zstandard.ZstdError, msgpack.UnpackException) as exc:
+        if isinstance(exc, ChunkError):
+            raise
+        raise ChunkError(f"chunk cannot be decoded: {exc}") from exc
+    out: list[dict[str, Any]] = []
+    at = num_at = txt_at = 0
+    for sid, (device, tag, unit, simulated, count) in enumerate(rows):
+        item: dict[str, Any] = {"device": device, "tag": tag, "ts": stamps[at : at + count]}
+        if sid in text:
+            item["values"] = texts[txt_at : txt_at + count]
+            txt_at += count
+        else:
+            item["values"] = numbers[num_at : num_at + count]
+            num_at += count
+        if codes is not None and any(codes[at : at + count]):
+            item["qualities"] = codes[at : at + count]
+        if unit is not None:
+            item["unit"] = unit
+        if simulated:
+            item["simulated"] = True
+        out.append(item)
+        at += count
+    return out
+
+
 def decode_readings(chunk: bytes) -> list[Reading]:
     """Decode a chunk back into readings (for export and tests; the uplink uses `decode`)."""
     out: list[Reading] = []

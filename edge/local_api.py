@@ -60,7 +60,8 @@ class WriteRequest(BaseModel):
 
 def reading_json(r: Reading) -> dict[str, Any]:
     """A reading as the local API shows it (JSON has no NaN: a non-finite value is null, bad)."""
-    value, quality, reason = r.value, r.quality.value, r.reason
+    value: float | int | str | None = r.value
+    quality, reason = r.quality.value, r.reason
     if isinstance(value, float) and not math.isfinite(value):
         value, quality, reason = None, "bad", reason or f"not a finite number ({value})"
     return {"device": r.device, "tag": r.tag, "ts": r.ts, "value": value, "quality": quality,

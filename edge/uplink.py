@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from cloud.contract import MSGPACK, AlarmRecord, Batch, SeriesColumns, encode_batch
+from cloud.contract import BATCH_VERSION, MSGPACK, encode_data
 from edge import chunk
 from edge.seq_state import SeqState
 from protocols.backoff import Backoff, BackoffPolicy
@@ -127,42 +127,39 @@ class RetryLater(Exception):
         self.auth = auth
 
 
-def build_batch(lease: Lease, *, gateway_id: str, seq: int, dropped: dict[str, int]) -> Batch:
-    """Merge the leased chunks into one contract batch (series merged by device and tag)."""
-    merged: dict[tuple[str, str], list[chunk.ChunkSeries]] = {}
-    records: list[AlarmRecord] = []
+def build_batch(
+    lease: Lease, *, gateway_id: str, seq: int, dropped: dict[str, int]
+) -> dict[str, Any]:
+    """Merge the leased chunks into one batch, in the contract's plain form (series merged by
+    device and tag), ready for `cloud.contract.encode_data`."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    alarms: list[dict[str, Any]] = []
     for item in lease.chunks:
-        if item.lane is Lane.TELEMETRY:
-            for series in chunk.decode(item.payload):
-                merged.setdefault((series.device, series.tag), []).append(series)
-        else:
-            records.extend(AlarmRecord(**r) for r in chunk.decode_records(item.payload))
-    return Batch(
-        gateway_id=gateway_id,
-        seq=seq,
-        created_at=time.time_ns() // 1_000,
-        series=[_columns(parts) for parts in merged.values()],
-        alarms=records,
-        dropped=dropped,
-    )
+        if item.lane is not Lane.TELEMETRY:
+            alarms.extend(chunk.decode_records(item.payload))
+            continue
+        for series in chunk.decode_plain(item.payload):
+            key = (series["device"], series["tag"])
+            known = merged.get(key)
+            if known is None:
+                merged[key] = series
+            else:
+                _extend(known, series)
+    return {
+        "version": BATCH_VERSION, "gateway_id": gateway_id, "seq": seq,
+        "created_at": time.time_ns() // 1_000, "series": list(merged.values()),
+        "alarms": alarms, "dropped": dropped,
+    }  # fmt: skip
 
 
-def _columns(parts: Sequence[chunk.ChunkSeries]) -> SeriesColumns:
-    first = parts[0]
-    values: Any
-    if isinstance(first.values, list):
-        values = [v for p in parts for v in p.values]
-    else:
-        values = np.concatenate([np.asarray(p.values) for p in parts])
-    return SeriesColumns(
-        device=first.device,
-        tag=first.tag,
-        unit=first.unit,
-        ts=np.concatenate([p.ts for p in parts]),
-        values=values,
-        qualities=np.concatenate([p.qualities for p in parts]),
-        simulated=first.simulated,
-    )
+def _extend(known: dict[str, Any], more: dict[str, Any]) -> None:
+    """Append a later part of the same series (qualities filled in where one part had none)."""
+    if "qualities" in known or "qualities" in more:
+        known["qualities"] = known.get("qualities", [0] * len(known["ts"])) + more.get(
+            "qualities", [0] * len(more["ts"])
+        )
+    known["ts"] = known["ts"] + more["ts"]
+    known["values"] = known["values"] + more["values"]
 
 
 class Uplink:
@@ -235,7 +232,7 @@ class Uplink:
         dropped = await self._dropped_delta()
         batch = build_batch(lease, gateway_id=self.settings.gateway_id, seq=self._seq.next_seq(),
                             dropped=dropped)  # fmt: skip
-        body = encode_batch(batch, content_type=MSGPACK, content_encoding="zstd")
+        body = encode_data(batch, content_type=MSGPACK, content_encoding="zstd")
         started = time.monotonic()
         try:
             duplicate = await self._post_until_settled(client, body, len(lease))
@@ -244,7 +241,7 @@ class Uplink:
             self.status.quarantined_chunks += len(lease)
             self.status.last_error = str(exc)
             log.error("cloud refused batch seq=%s: %s; %d chunks quarantined",  # noqa: TRY400
-                      batch.seq, exc, len(lease))  # fmt: skip
+                      batch["seq"], exc, len(lease))  # fmt: skip
             return True
         except _TooLarge:
             await self._outbox.release(lease)
@@ -259,12 +256,12 @@ class Uplink:
         self._measure_latency(batch, acked_us)
         return True
 
-    def _measure_latency(self, batch: Batch, acked_us: int) -> None:
+    def _measure_latency(self, batch: dict[str, Any], acked_us: int) -> None:
         """Device-to-database latency of the batch's readings: the 2xx came after the commit."""
-        stamps = [np.asarray(s.ts, dtype=np.int64) for s in batch.series]
+        stamps = [ts for s in batch["series"] for ts in s["ts"]]
         if not stamps:
             return
-        ages = (acked_us - np.concatenate(stamps)) / 1e6
+        ages = (acked_us - np.asarray(stamps, dtype=np.int64)) / 1e6
         self._latencies.append(ages)
         recent = np.concatenate(self._latencies)
         self.status.latency_p50_s = float(np.percentile(recent, 50))

@@ -105,3 +105,30 @@ def test_nan_and_inf_become_bad_readings_instead_of_poisoning_the_batch() -> Non
     assert (back["b"].value, back["b"].quality) == (0.0, Quality.BAD)
     assert (back["c"].value, back["c"].quality) == (2.5, Quality.GOOD)
     assert (back["mode"].value, back["mode"].quality) == ("AUTO", Quality.GOOD)
+
+
+def test_the_uplinks_plain_decoding_agrees_with_the_readings() -> None:
+    readings = [
+        Reading("p", "flow", T0, 1.5, unit="m3/h", simulated=True),
+        Reading("p", "mode", T0, "AUTO"),
+        Reading("p", "flow", T0 + 10, 2.5, Quality.BAD, "m3/h", True),
+    ]
+    plain = {(s["device"], s["tag"]): s for s in chunk.decode_plain(chunk.encode(readings))}
+    assert plain[("p", "flow")] == {"device": "p", "tag": "flow", "ts": [T0, T0 + 10],
+                                    "values": [1.5, 2.5], "qualities": [0, 2], "unit": "m3/h",
+                                    "simulated": True}  # fmt: skip
+    assert plain[("p", "mode")] == {"device": "p", "tag": "mode", "ts": [T0], "values": ["AUTO"]}
+
+
+def test_a_batch_merges_the_same_series_across_chunks() -> None:
+    from edge.uplink import build_batch  # noqa: PLC0415
+    from store_forward import Chunk, ChunkId, Lane, Lease  # noqa: PLC0415
+
+    first = chunk.encode([Reading("p", "flow", T0, 1.0)])
+    second = chunk.encode([Reading("p", "flow", T0 + 1, 2.0, Quality.UNCERTAIN)])
+    lease = Lease(1, (Chunk(ChunkId(1), Lane.TELEMETRY, 1, first, 0.0),
+                      Chunk(ChunkId(2), Lane.TELEMETRY, 1, second, 0.0)), 0.0)  # fmt: skip
+    batch = build_batch(lease, gateway_id="7", seq=42, dropped={"telemetry": 3})
+    assert batch["series"] == [{"device": "p", "tag": "flow", "ts": [T0, T0 + 1],
+                                "values": [1.0, 2.0], "qualities": [0, 1]}]  # fmt: skip
+    assert (batch["gateway_id"], batch["seq"], batch["dropped"]) == ("7", 42, {"telemetry": 3})
