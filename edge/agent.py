@@ -20,13 +20,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.alarm_store import AlarmStore
 from edge.alarms import AlarmEngine, AlarmEvent, AlarmKind, AlarmRule
 from edge.config import AgentConfig, Device, ModbusDevice, MqttSource, OpcUaDevice
 from edge.dead_letters import DeadLetterStore
-from edge.inference.model import InferenceStage, ModelSpec
 from edge.pipeline.derived import DerivedTag, DerivedTags
 from edge.pipeline.expressions import Expression
 from edge.pipeline.rbe import Deadband, ReportByException
@@ -36,11 +35,14 @@ from edge.seq_state import SeqState
 from edge.uplink import Uplink, UplinkSettings, UplinkStatus
 from protocols.backoff import Backoff, BackoffPolicy
 from protocols.driver import ConnectionState, Driver
-from protocols.modbus.driver import ModbusDriver
-from protocols.mqtt.broker import EmbeddedBroker
-from protocols.mqtt.driver import MqttDriver
-from protocols.opcua.driver import OpcUaDriver
 from store_forward import AsyncOutbox, OutboxSettings, OutboxStats, QuotaPolicy, Synchronous
+
+if TYPE_CHECKING:
+    from edge.inference.model import InferenceStage
+    from protocols.mqtt.broker import EmbeddedBroker
+
+# Drivers, the MQTT broker and onnxruntime are imported where they are first needed: a gateway
+# that reads only Modbus does not pay the memory of asyncua, amqtt and onnxruntime (tens of MB).
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,8 @@ class Agent:
             self.dead_letters = DeadLetterStore(state_dir / "dead_letters.db")
             stack.callback(self.dead_letters.close)
             if self.config.mqtt_broker is not None:
+                from protocols.mqtt.broker import EmbeddedBroker  # noqa: PLC0415 - see the top
+
                 self.broker = await stack.enter_async_context(
                     EmbeddedBroker(self.config.mqtt_broker)
                 )
@@ -230,11 +234,17 @@ class Agent:
 
     def _build_driver(self, device: Device) -> Driver:
         if isinstance(device, ModbusDevice):
+            from protocols.modbus.driver import ModbusDriver  # noqa: PLC0415 - see the top
+
             return ModbusDriver(device)
         if isinstance(device, OpcUaDevice):
+            from protocols.opcua.driver import OpcUaDriver  # noqa: PLC0415
+
             return OpcUaDriver(device)
         assert isinstance(device, MqttSource)  # noqa: S101 - the union has three members
         assert self.dead_letters is not None  # noqa: S101
+        from protocols.mqtt.driver import MqttDriver  # noqa: PLC0415
+
         return MqttDriver(device, dead_letters=self.dead_letters.put)
 
     def _build_pipeline(self, alarm_store: AlarmStore) -> Pipeline:
@@ -247,12 +257,7 @@ class Agent:
                 for d in config.derived
             ]
         )  # fmt: skip
-        specs = [
-            ModelSpec(m.name, m.path, m.devices, m.inputs, m.window, m.hop, m.outputs,
-                      any(simulated.get(d, False) for d in m.devices))
-            for m in config.models
-        ]  # fmt: skip
-        self._inference = InferenceStage(specs) if specs else None
+        self._inference = _inference_stage(config, simulated) if config.models else None
         engine = AlarmEngine(_alarm_rules(config), alarm_store.load())
 
         async def persist(events: list[AlarmEvent]) -> None:
@@ -318,6 +323,16 @@ class Agent:
         if slot is None or slot.driver is None:
             raise LookupError(f"device {device!r} is not running")
         await slot.driver.write(tag, value)
+
+
+def _inference_stage(config: AgentConfig, simulated: dict[str, bool]) -> InferenceStage:
+    from edge.inference.model import InferenceStage, ModelSpec  # noqa: PLC0415 - see the top
+
+    return InferenceStage([
+        ModelSpec(m.name, m.path, m.devices, m.inputs, m.window, m.hop, m.outputs,
+                  any(simulated.get(d, False) for d in m.devices))
+        for m in config.models
+    ])  # fmt: skip
 
 
 def _outbox_settings(config: AgentConfig) -> OutboxSettings:
