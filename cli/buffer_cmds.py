@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.agent_cmds import ApiOpt, ConfigOpt, JsonOpt
+from cli.errors import fail
 from cli.local import DEFAULT_CONFIG, LocalClient
 
 buffer_app = typer.Typer(help="Inspect and repair the outbox (the durable buffer).",
@@ -86,3 +87,63 @@ def requeue_quarantine(
 
     with Outbox(_outbox_path(config, outbox)) as box:
         typer.echo(f"{box.requeue_quarantine()} chunks requeued")
+
+
+@buffer_app.command("export")
+def export(
+    out: Annotated[Path, typer.Argument(help="The file to write (.csv or .db/.sqlite).")],
+    config: ConfigOpt = None,
+    outbox: OutboxOpt = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="csv or sqlite (default: from the file name).")
+    ] = None,
+) -> None:
+    """Write the readings still waiting in the outbox to a CSV or SQLite file, for a spreadsheet.
+
+    Reads a snapshot without leasing anything: safe while the agent runs, and nothing is removed.
+    Example: tagway buffer export backlog.csv
+    """
+    from edge.chunk import decode_readings  # noqa: PLC0415
+    from store_forward import Lane, iter_chunks  # noqa: PLC0415
+
+    kind = fmt or ("csv" if out.suffix.lower() == ".csv" else "sqlite")
+    if kind not in {"csv", "sqlite"}:
+        fail(f"--format {kind!r}: expected csv or sqlite")
+    path = _outbox_path(config, outbox)
+    rows = (
+        {"device": r.device, "tag": r.tag, "time": _iso(r.ts), "ts_us": r.ts, "value": r.value,
+         "quality": r.quality.value, "unit": r.unit or "", "simulated": r.simulated}
+        for c in iter_chunks(path, lanes=frozenset({Lane.TELEMETRY}))
+        for r in decode_readings(c.payload)
+    )  # fmt: skip
+    count = _write_csv(out, rows) if kind == "csv" else _write_sqlite(out, rows)
+    typer.echo(f"wrote {count} readings from {path} to {out}")
+
+
+def _iso(ts: int) -> str:
+    from protocols.reading import us_to_datetime  # noqa: PLC0415
+
+    return us_to_datetime(ts).isoformat()
+
+
+def _write_csv(out: Path, rows: Any) -> int:
+    import csv  # noqa: PLC0415
+
+    count = 0
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["device", "tag", "time", "ts_us", "value",
+                                                    "quality", "unit", "simulated"])  # fmt: skip
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    return count
+
+
+def _write_sqlite(out: Path, rows: Any) -> int:
+    import sqlite_utils  # noqa: PLC0415 - the library for "a table someone can open"
+
+    table = sqlite_utils.Database(out)["readings"]
+    materialized = list(rows)
+    table.insert_all(materialized, batch_size=5000)  # type: ignore[union-attr]
+    return len(materialized)

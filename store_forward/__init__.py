@@ -30,6 +30,7 @@ from .errors import (
     SchemaTooNew,
     StorageError,
 )
+from .export import iter_chunks
 from .model import (
     Chunk,
     ChunkId,
@@ -74,6 +75,7 @@ __all__ = [
     "StartupCheck",
     "StorageError",
     "Synchronous",
+    "iter_chunks",
     "read_schema_version",
     "read_stats",
 ]

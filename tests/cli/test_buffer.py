@@ -1,0 +1,75 @@
+"""`tagway buffer`: what an engineer does with the outbox file itself."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from edge.chunk import encode, encode_records
+from protocols.reading import Quality, Reading
+from store_forward import Lane, Outbox, read_stats
+
+T0 = 1_795_000_000_000_000
+
+
+def tagway(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
+                          check=False, timeout=60)  # fmt: skip
+
+
+def outbox_with_data(path: Path) -> None:
+    with Outbox(path) as outbox:
+        outbox.append(encode([Reading("pump1", "flow", T0, 12.5, unit="m3/h", simulated=True),
+                              Reading("pump1", "mode", T0, "AUTO")]), count=2,
+                      lane=Lane.TELEMETRY)  # fmt: skip
+        outbox.append(encode([Reading("pump1", "flow", T0 + 1_000_000, 0.0, Quality.BAD)]),
+                      count=1, lane=Lane.TELEMETRY)  # fmt: skip
+        outbox.append(encode_records([{"device": "pump1", "name": "x", "ts": T0}]), count=1,
+                      lane=Lane.ALARM)  # fmt: skip
+
+
+def test_export_to_csv_and_sqlite_leaves_the_outbox_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    outbox_with_data(path)
+    before = read_stats(path)
+    result = tagway("buffer", "export", str(tmp_path / "backlog.csv"), "--outbox", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 readings" in result.stdout
+    with (tmp_path / "backlog.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["tag"], r["value"], r["quality"]) for r in rows] == [
+        ("flow", "12.5", "good"), ("mode", "AUTO", "good"), ("flow", "0.0", "bad"),
+    ]  # fmt: skip
+    assert rows[0]["time"] == "2026-11-18T11:06:40+00:00"  # T0 in UTC
+    assert rows[0]["unit"] == "m3/h"
+    result = tagway("buffer", "export", str(tmp_path / "backlog.db"), "--outbox", str(path))
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "backlog.db") as db:
+        assert db.execute("SELECT count(*) FROM readings").fetchone() == (3,)
+    after = read_stats(path)
+    assert after.chunks == before.chunks == 3
+
+
+def test_stats_and_requeue_without_an_agent(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    outbox_with_data(path)
+    with Outbox(path) as outbox:
+        lease = outbox.lease(max_chunks=1)  # the alarm chunk comes first
+        outbox.quarantine(lease, "HTTP 422: refused")
+    stats = json.loads(tagway("buffer", "stats", "--outbox", str(path), "--json").stdout)
+    assert stats["lanes"]["alarm"]["quarantined_chunks"] == 1
+    assert stats["lanes"]["telemetry"]["readings"] == 3
+    result = tagway("buffer", "requeue-quarantine", "--outbox", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "1 chunks requeued" in result.stdout
+    assert read_stats(path).lanes[Lane.ALARM].chunks == 1
+
+
+def test_a_missing_outbox_is_one_line(tmp_path: Path) -> None:
+    result = tagway("buffer", "stats", "--outbox", str(tmp_path / "nope.db"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"tagway: error: no outbox at {tmp_path / 'nope.db'}"
