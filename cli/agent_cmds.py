@@ -84,8 +84,9 @@ def run(
 ) -> None:
     """Run the agent in the foreground until SIGTERM or Ctrl-C.
 
-    Exit codes: 0 after a clean stop, 78 for a config error (systemd does not restart it),
-    1 for other failures. Example: tagway run --config /etc/tagway/config.yaml
+    Exit codes: 0 after a clean stop, 78 for a config error or a state file from a newer
+    release (systemd does not restart it), 1 for other failures.
+    Example: tagway run --config /etc/tagway/config.yaml
     """
     from edge.agent import Agent, run_until_signalled  # noqa: PLC0415
     from edge.config import ConfigError, load_config  # noqa: PLC0415
@@ -98,8 +99,17 @@ def run(
         for issue in exc.issues:
             typer.echo(f"tagway: {issue}", err=True)
         raise typer.Exit(EX_CONFIG) from None
+    from edge.alarm_store import AlarmStateTooNew  # noqa: PLC0415
+    from store_forward import SchemaTooNew  # noqa: PLC0415
+
     identity = uplink_identity(cfg)
-    asyncio.run(run_until_signalled(Agent(cfg, identity=identity)))
+    try:
+        asyncio.run(run_until_signalled(Agent(cfg, identity=identity)))
+    except (SchemaTooNew, AlarmStateTooNew) as exc:
+        # A state file from a newer release needs a person (upgrade, or move the file away);
+        # restarting cannot fix it, so the exit code tells systemd not to try.
+        typer.echo(f"tagway: error: {exc}", err=True)
+        raise typer.Exit(EX_CONFIG) from None
 
 
 def uplink_identity(cfg: Any) -> Any:

@@ -36,6 +36,10 @@ class AlarmStoreError(Exception):
     """The alarm-state file cannot be used; the message names the file and why."""
 
 
+class AlarmStateTooNew(AlarmStoreError):
+    """The alarm-state file was written by a newer release; it is left untouched."""
+
+
 class AlarmStore:
     """Persistent alarm states.
 
@@ -56,7 +60,7 @@ class AlarmStore:
     def _migrate(self) -> None:
         version = _int(self._db.execute("PRAGMA user_version").fetchall()[0][0]) or 0
         if version > SCHEMA_VERSION:
-            raise AlarmStoreError(
+            raise AlarmStateTooNew(
                 f"alarm state file {self.path} has schema version {version}, but this tagway "
                 f"understands up to {SCHEMA_VERSION}: it was written by a newer release. "
                 "Upgrade tagway, or move the file aside to start with no alarm history."
