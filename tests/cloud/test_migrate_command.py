@@ -50,7 +50,7 @@ def test_migrate_postgres_twice(postgres_dsn: str) -> None:
         assert first.returncode == second.returncode == 0, first.stderr
         assert f"version {PG_LATEST}" in second.stdout
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (PG_LATEST,)
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
