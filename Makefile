@@ -24,15 +24,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# Command-line peers the tests use as independent clients. Installed when apt is available
-# and we may use it; the tests that need a missing tool skip and say why.
+# Command-line tools the tests use (mbpoll as an independent Modbus client, shellcheck for the
+# package's maintainer scripts). Installed when apt is available and we may use it; the tests
+# that need a missing tool skip and say why.
 tools:
-	@command -v mbpoll >/dev/null 2>&1 || { \
+	@for tool in mbpoll shellcheck; do \
+	  command -v $$tool >/dev/null 2>&1 && continue; \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get install -y -qq mbpoll >/dev/null 2>&1 || \
-	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mbpoll >/dev/null 2>&1)) || \
-	    echo "note: could not install mbpoll; the tests that use it will skip"; \
-	  fi; }
+	    (apt-get install -y -qq $$tool >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$tool >/dev/null 2>&1)) || \
+	    echo "note: could not install $$tool; the tests that use it will skip"; \
+	  fi; \
+	done
 
 demo: $(STAMP)
 	$(BIN)/tagway demo
