@@ -14,6 +14,7 @@ import typer
 from cli import agent_cmds
 from cli.buffer_cmds import buffer_app
 from cli.errors import report
+from cli.tui import tui
 
 app = typer.Typer(
     name="tagway",
@@ -31,6 +32,7 @@ app.command()(agent_cmds.tags)
 app.command()(agent_cmds.alarms)
 app.command()(agent_cmds.write)
 app.add_typer(buffer_app, name="buffer")
+app.command()(tui)
 
 
 def _version() -> str:
