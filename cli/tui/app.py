@@ -19,6 +19,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
+from textual.worker import WorkerCancelled
 
 from cli.tui.client import AgentClient, AgentClientError, AgentUnavailable
 from cli.tui.model import AgentView, StreamEvent
@@ -126,6 +127,11 @@ class TagwayApp(App[None]):
         self.run_worker(self._follow(), name="tui-stream", group="agent")
 
     async def on_unmount(self) -> None:
+        # Stop the loops first: a poll still running would open a new connection after the
+        # client closed, and nobody would close that one.
+        for worker in self.workers.cancel_group(self, "agent"):
+            with contextlib.suppress(WorkerCancelled):
+                await worker.wait()
         await self.client.aclose()
 
     def action_help(self) -> None:

@@ -144,6 +144,10 @@ class AgentClient:
         self.timeout = timeout
         self._http: httpx.AsyncClient | None = None
         self._endpoint: Endpoint | None = None
+        self._closed = False
+        # The poll and the stream both open the connection; one must not replace (and leak)
+        # the pool the other is already using.
+        self._opening = asyncio.Lock()
 
     @property
     def where(self) -> str:
@@ -160,7 +164,11 @@ class AgentClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool for good: later calls raise `AgentUnavailable`."""
+        self._closed = True
+        await self._drop()
+
+    async def _drop(self) -> None:
         http, self._http, self._endpoint = self._http, None, None
         if http is not None:
             await http.aclose()
@@ -217,14 +225,19 @@ class AgentClient:
             raise await self._unavailable(exc) from exc
 
     async def _connection(self) -> httpx.AsyncClient:
-        if self._http is None:
-            endpoint = await self.locator.locate()
-            transport = httpx.AsyncHTTPTransport(uds=endpoint.socket) if endpoint.socket else None
-            self._http = httpx.AsyncClient(
-                base_url=endpoint.url, transport=transport, timeout=self.timeout
-            )
-            self._endpoint = endpoint
-        return self._http
+        if self._closed:
+            raise AgentUnavailable("the client is closed", where=self.locator.where)
+        async with self._opening:
+            if self._http is None:
+                endpoint = await self.locator.locate()
+                transport = (
+                    httpx.AsyncHTTPTransport(uds=endpoint.socket) if endpoint.socket else None
+                )
+                self._http = httpx.AsyncClient(
+                    base_url=endpoint.url, transport=transport, timeout=self.timeout
+                )
+                self._endpoint = endpoint
+            return self._http
 
     async def _get(self, http: httpx.AsyncClient, path: str) -> Any:
         try:
@@ -235,7 +248,7 @@ class AgentClient:
 
     async def _unavailable(self, exc: httpx.HTTPError) -> AgentClientError:
         where = self.where
-        await self.aclose()  # find the agent afresh next time: it may come back on another port
+        await self._drop()  # find the agent afresh next time: it may come back on another port
         if isinstance(exc, httpx.TransportError):
             return AgentUnavailable(f"no answer at {where} ({type(exc).__name__})", where=where)
         return AgentRefused(f"{where}: {exc}")

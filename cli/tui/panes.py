@@ -90,8 +90,9 @@ class OverviewPane(Static):
             f"({ob.used_fraction:.1%})  ",
             (f"dropped {ob.dropped_readings}", "bold red" if ob.dropped_readings else ""),
             f"  quarantined {ob.quarantined_readings}"))  # fmt: skip
-        grid.add_row("Polling", f"{format_rate(view.poll_rate())} readings/s from "
-                     f"{len(snap.drivers)} devices, {len(snap.tags)} tags")  # fmt: skip
+        rate = format_rate(view.poll_rate()).removesuffix("/s")
+        grid.add_row("Polling", f"{rate} readings/s from {len(snap.drivers)} devices, "
+                     f"{len(snap.tags)} tags")  # fmt: skip
         active = [a for a in snap.alarms if a.active]
         unacked = [a for a in snap.alarms if a.needs_ack]
         grid.add_row("Alarms", Text(f"{len(active)} active, {len(unacked)} to acknowledge",
@@ -266,7 +267,9 @@ class AlarmsPane(Vertical):
             self.alarm = alarm
 
     def compose(self) -> ComposeResult:
-        yield Static("Alarms (a: acknowledge the selected one)", id="alarms-title")
+        yield Static(
+            "Alarms  (! = not acknowledged; a: acknowledge the selected one)", id="alarms-title"
+        )
         yield RowTable(id="alarms-table")
         yield Static(id="alarms-recent")
 

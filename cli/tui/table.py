@@ -36,7 +36,7 @@ class RowTable(DataTable[Cell]):
             for key, cells in rows:
                 for column, cell in zip(columns, cells, strict=True):
                     if self.get_cell(key, column) != cell:
-                        self.update_cell(key, column, cell)
+                        self.update_cell(key, column, cell, update_width=True)
             return
         current = self.current_key()
         self.clear()
