@@ -154,6 +154,9 @@ async def test_no_agent_says_so_and_recovers_when_it_starts(plant: Plant, tmp_pa
         assert "last answer" in text.splitlines()[0]
         async with running_agent(config):  # a new port: found through the discovery file again
             await wait_for_screen(pilot, lambda t: "agent connected" in t.splitlines()[0])
+            # Quit before this agent stops: see the report on agent shutdown with a stream open.
+            await pilot.press("q")
+            await pilot.pause()
 
 
 def test_the_command_is_registered_with_an_example() -> None:
