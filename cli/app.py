@@ -16,6 +16,7 @@ from cli.buffer_cmds import buffer_app
 from cli.cloud_cmds import cloud_app
 from cli.errors import report
 from cli.sim_cmds import demo, sim_app
+from cli.tui import tui
 
 app = typer.Typer(
     name="tagway",
@@ -37,6 +38,7 @@ app.add_typer(sim_app, name="sim")
 app.command()(demo)
 app.command()(provision_cmds.provision)
 app.add_typer(cloud_app, name="cloud")
+app.command()(tui)
 
 
 def _version() -> str:

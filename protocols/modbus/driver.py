@@ -195,10 +195,16 @@ class ModbusDriver:
                 )
                 try:
                     await client.connect()
+                    # pymodbus connects through asyncio.wait_for, which in Python 3.11 can
+                    # swallow a cancellation that arrives as the connection completes; without
+                    # this check the link task would then wait for a lost link forever and the
+                    # driver (and the agent's shutdown) would never finish.
+                    raise_if_cancelling()
                 except ConnectError as exc:
                     client.close()
                     self._link.to(ConnectionState.BACKOFF, error=str(exc))
                     self._attempted.set()
+                    raise_if_cancelling()
                 except BaseException:  # cancelled mid-connect: do not leave a socket open
                     client.close()
                     raise

@@ -1,0 +1,46 @@
+"""The plant engineer's terminal UI (Textual) over the agent's local API.
+
+`tagway tui` finds the agent the way the other commands do (`--api URL`, else the discovery file
+in the config's state directory) and keeps retrying while the agent is not running.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="The agent's config file (default $TAGWAY_CONFIG or /etc/tagway/config.yaml).",
+    ),
+]
+ApiOpt = Annotated[
+    str | None, typer.Option("--api", help="The local API URL, e.g. http://127.0.0.1:8470.")
+]
+
+
+def tui(config: ConfigOpt = None, api: ApiOpt = None) -> None:
+    """Open the terminal UI: overview, tags, alarms and devices of the agent, live.
+
+    Keys: 1-4 switch tabs, ? help, q quit. Works at 80x24 over SSH; if the agent is not running
+    it says so and keeps retrying. Example: tagway tui --config /etc/tagway/config.yaml
+    """
+    # Imported here: `tagway --help` must not pay for Textual.
+    from cli.tui.app import TagwayApp  # noqa: PLC0415
+    from cli.tui.client import AgentClient, DiscoveryFile, FixedUrl, Locator  # noqa: PLC0415
+
+    locator: Locator
+    if api:
+        locator = FixedUrl(api)
+    else:
+        from cli.local import DEFAULT_CONFIG  # noqa: PLC0415
+        from edge.config import load_config  # noqa: PLC0415
+
+        cfg = load_config(config or DEFAULT_CONFIG)
+        locator = DiscoveryFile(cfg.gateway.state_dir / "local_api.json")
+    TagwayApp(AgentClient(locator=locator)).run()

@@ -1,0 +1,142 @@
+"""Screens beyond the tabs: the status bar they all share, device detail, and help."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Static
+
+from cli.tui.model import AgentView, format_age, format_rate
+from cli.tui.panes import STATE_STYLE, not_running, styled, tag_cells
+from cli.tui.table import RowTable
+
+HELP = """\
+[b]tagway terminal UI[/b]: the agent on this gateway, live.
+
+[b]Everywhere[/b]
+  1 2 3 4     Overview, Tags, Alarms, Devices (or click a tab)
+  ?           this help          q   quit
+  r           refresh now        Tab / Shift+Tab  move focus
+[b]Tags[/b]
+  /           filter: type part of a device or tag name, Enter to go back
+  s           sort by the next column (or click a column header)
+  Up / Down   select a tag; its recent history is drawn below the table
+[b]Alarms[/b]
+  a           acknowledge the selected alarm
+[b]Devices[/b]
+  Enter       details: connection, counters, last error, its tags
+  Escape      back
+
+A [reverse] SIMULATED [/reverse] badge means some data comes from simulated devices.
+When the agent is not running the TUI says so and keeps retrying."""
+
+
+class StatusBar(Horizontal):
+    """One line at the top of every screen: gateway, agent connection, SIMULATED badge."""
+
+    DEFAULT_CSS = """
+    StatusBar { height: 1; dock: top; background: $panel; }
+    StatusBar #status-text { width: 1fr; height: 1; }
+    StatusBar #simulated { width: auto; height: 1; background: $warning; color: $text;
+                           text-style: bold; padding: 0 1; display: none; }
+    StatusBar #simulated.on { display: block; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="status-text")
+        yield Static("SIMULATED", id="simulated")
+
+    def show(self, view: AgentView, now: float) -> None:
+        """Render the connection state and the badge."""
+        text = Text(" tagway ", style="bold")
+        if view.snapshot is not None:
+            text.append(view.snapshot.gateway.name, style="bold")
+            text.append("  ")
+        if view.connection == "connected":
+            text.append("agent connected", style="green")
+        elif view.connection == "connecting":
+            text.append("connecting ...", style="yellow")
+        else:
+            text.append(f"agent {view.connection.upper()}, retrying", style="bold red")
+            if view.last_ok is not None:
+                text.append(f" (last answer {format_age(now - view.last_ok)} ago)")
+        self.query_one("#status-text", Static).update(text)
+        self.query_one("#simulated", Static).set_class(view.simulated, "on")
+
+
+class DeviceScreen(Screen[None]):
+    """One device: connection, counters, last error, and its tags."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("backspace", "app.pop_screen", "Back", show=False),
+    ]
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = device
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar()
+        with Vertical():
+            yield Static(id="device-info")
+            yield RowTable(id="device-tags")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#device-tags", RowTable).add_columns(
+            "device", "tag", "value", "unit", "quality", "age"
+        )
+
+    def show(self, view: AgentView, now: float) -> None:
+        """Render the latest state of this device."""
+        self.query_one(StatusBar).show(view, now)
+        info = self.query_one("#device-info", Static)
+        snap = view.snapshot
+        driver = next((d for d in snap.drivers if d.name == self.device), None) if snap else None
+        if driver is None:
+            info.update(not_running(view) if view.connection != "connected" else
+                        Text(f"no device named {self.device}", "red"))  # fmt: skip
+            return
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        since = format_age(now - driver.since) + " ago" if driver.since else "-"
+        grid.add_row("Device", Text.assemble((driver.name, "bold"), f"  {driver.protocol}  ",
+                                             "simulated" if driver.simulated else ""))  # fmt: skip
+        grid.add_row("State", Text.assemble(styled(driver.state, STATE_STYLE),
+                     f" since {since}  reconnects {driver.reconnects}  restarts "
+                     f"{driver.restarts}  crashes {driver.crashes}"))  # fmt: skip
+        grid.add_row("Rate", f"{format_rate(view.rates.rate(driver.name))} readings/s")
+        grid.add_row("Counters", "  ".join(f"{k} {v}" for k, v in driver.counters.items()))
+        grid.add_row("Last error", Text(driver.last_error or "none",
+                                        "red" if driver.last_error else "green"))  # fmt: skip
+        info.update(grid)
+        tags = [t for t in snap.tags if t.device == self.device] if snap else []
+        self.query_one("#device-tags", RowTable).set_rows(
+            [(t.key, tag_cells(t, now)) for t in tags]
+        )
+
+
+class HelpScreen(ModalScreen[None]):
+    """The keys, in one box."""
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Static { width: 78; max-height: 22; border: round $accent; padding: 0 1;
+                          background: $surface; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Close"),
+        Binding("question_mark", "app.pop_screen", "Close", show=False),
+        Binding("q", "app.pop_screen", "Close", show=False),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, id="help-text")

@@ -1,0 +1,221 @@
+"""The terminal UI as a plant engineer uses it: keys pressed at 80x24, the screen read back.
+
+Most tests run a real agent over the simulated plant; the snapshot test reads a recorded state
+served over HTTP, so its screens are the same on every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app as tagway
+from cli.tui.app import TagwayApp
+from cli.tui.client import AgentClient, DiscoveryFile, FixedUrl
+from cli.tui.panes import TagsPane
+from firmware_sim.plant import Plant
+from tests.cli.tui_support import (
+    compare_snapshot,
+    line_with,
+    recorded_api,
+    recorded_state,
+    screen,
+    wait_for_screen,
+)
+from tests.edge.harness import agent_config, modbus_devices, running_agent
+
+SIZE = (80, 24)
+FLOW_HIGH = {"name": "pump1_flow_high", "device": "pump1", "tag": "flow", "kind": "high",
+             "limit": 1.0, "severity": "high"}  # fmt: skip
+
+
+@pytest.fixture
+async def plant() -> AsyncIterator[Plant]:
+    """Two pumps and a tank over Modbus, clock running fast."""
+    async with Plant(devices=3, seed=5, tick_s=0.05, opcua=False, control_port=None) as plant:
+        yield plant
+
+
+def tui(state_dir: Path, **kwargs: Any) -> TagwayApp:
+    """The TUI finding the agent through its discovery file, as `tagway tui --config` does."""
+    client = AgentClient(locator=DiscoveryFile(state_dir / "local_api.json"), timeout=2.0)
+    return TagwayApp(client, poll_interval=0.3, retry_interval=0.3, **kwargs)
+
+
+def all_connected(text: str) -> bool:
+    return all(line_with(text, d, "modbus", "connected") for d in ("pump1", "pump2", "tank1"))
+
+
+@pytest.mark.integration
+async def test_overview_shows_drivers_connected_rates_and_the_simulated_badge(
+    plant: Plant, tmp_path: Path
+) -> None:
+    config = agent_config(tmp_path, modbus_devices(plant))
+    async with running_agent(config), tui(tmp_path).run_test(size=SIZE) as pilot:
+        text = await wait_for_screen(pilot, lambda t: all_connected(t) and "/s" in t)
+        assert "SIMULATED" in text.splitlines()[0]  # the status bar, always on top
+        assert "test-gw" in text
+        assert "Uplink not configured" in " ".join(text.split())
+        # readings/s from counter deltas: a number once two polls have been seen
+        text = await wait_for_screen(pilot, lambda t: _rate(t, "pump1") != "-")
+        assert float(_rate(text, "pump1").removesuffix("/s")) > 0
+
+
+def _rate(text: str, device: str) -> str:
+    """The readings/s column of a device in the overview's driver table."""
+    row = line_with(text, device, "modbus")
+    return row.split()[3] if row else "-"
+
+
+@pytest.mark.integration
+async def test_tags_lists_pump1_flow_with_its_unit_filters_and_draws_its_history(
+    plant: Plant, tmp_path: Path
+) -> None:
+    config = agent_config(tmp_path, modbus_devices(plant))
+    async with running_agent(config) as agent, tui(tmp_path).run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        text = await wait_for_screen(pilot, lambda t: line_with(t, "pump1", "discharge_pressure"))
+        total = len(await agent.get("/v1/tags"))
+        assert f"of {total} tags" in text
+        await pilot.press("slash", *"pump1", "space", *"flow", "enter")
+        text = await wait_for_screen(pilot, lambda t: "1 of" in t)
+        row = line_with(text, "pump1", "flow", "m3/h")  # unit and quality in the same row
+        assert row is not None
+        assert "good" in row.split()
+        assert line_with(text, "pump1", "discharge_pressure") is None  # filtered out
+        assert line_with(text, "pump2", "flow") is None
+        # the one row left is selected; its history grows from the live stream
+        text = await wait_for_screen(pilot, lambda t: "pump1.flow: " in t and _points(t) >= 5)
+        assert pilot.app.screen.query_one(TagsPane).selected == "pump1.flow"
+
+
+def _points(text: str) -> int:
+    line = next(line for line in text.splitlines() if "pump1.flow: " in line)
+    words = line.split()
+    return int(words[words.index("recent") - 1]) if "recent" in words else 0
+
+
+@pytest.mark.integration
+async def test_alarms_are_acknowledged_with_a_key_press(plant: Plant, tmp_path: Path) -> None:
+    config = agent_config(tmp_path, modbus_devices(plant), alarms=[FLOW_HIGH])
+    async with running_agent(config) as agent, tui(tmp_path).run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        text = await wait_for_screen(pilot, lambda t: line_with(t, "pump1_flow_high", "!"))
+        assert "high" in line_with(text, "pump1_flow_high").split()  # type: ignore[union-attr]
+        await pilot.press("a")
+        await wait_for_screen(pilot, lambda t: line_with(t, "pump1_flow_high", "acked"))
+        (alarm,) = await agent.get("/v1/alarms")
+        assert alarm["state"] == "acked"
+        assert alarm["acked_at"] is not None
+        assert "raised" in screen(pilot.app)  # the transition from the live stream
+
+
+@pytest.mark.integration
+async def test_device_detail_help_and_quit(plant: Plant, tmp_path: Path) -> None:
+    config = agent_config(tmp_path, modbus_devices(plant))
+    async with running_agent(config), tui(tmp_path).run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await wait_for_screen(pilot, lambda t: line_with(t, "pump1", "modbus", "connected"))
+        await pilot.press("enter")  # the first device: pump1
+        text = await wait_for_screen(pilot, lambda t: "Last error" in t)
+        assert line_with(text, "Device", "pump1", "modbus")
+        assert line_with(text, "pump1", "flow", "m3/h")
+        assert "readings" in line_with(text, "Counters").split()  # type: ignore[union-attr]
+        assert "SIMULATED" in text.splitlines()[0]
+        await pilot.press("escape")
+        await wait_for_screen(pilot, lambda t: "Devices (Enter: details)" in t)
+        await pilot.press("question_mark")
+        await wait_for_screen(pilot, lambda t: "acknowledge the selected alarm" in t)
+        await pilot.press("escape")
+        await wait_for_screen(pilot, lambda t: "acknowledge the selected alarm" not in t)
+        await pilot.press("q")
+        await pilot.pause()
+        assert not pilot.app.is_running
+
+
+@pytest.mark.integration
+async def test_no_agent_says_so_and_recovers_when_it_starts(plant: Plant, tmp_path: Path) -> None:
+    config = agent_config(tmp_path, modbus_devices(plant))
+    async with tui(tmp_path).run_test(size=SIZE) as pilot:
+        text = await wait_for_screen(pilot, lambda t: "not running" in t)
+        assert "tagway run" in text
+        assert "NOT RUNNING" in text.splitlines()[0]
+        await pilot.pause(1.0)  # several retries later: still up, still saying so
+        assert pilot.app.is_running
+        async with running_agent(config):
+            await wait_for_screen(pilot, all_connected)
+            assert "agent connected" in screen(pilot.app).splitlines()[0]
+        # the agent stopped (its discovery file stays behind, pointing at a closed port)
+        text = await wait_for_screen(pilot, lambda t: "NOT RUNNING" in t.splitlines()[0])
+        assert "last answer" in text.splitlines()[0]
+        async with running_agent(config):  # a new port: found through the discovery file again
+            await wait_for_screen(pilot, lambda t: "agent connected" in t.splitlines()[0])
+            # Quit before this agent stops: see the report on agent shutdown with a stream open.
+            await pilot.press("q")
+            await pilot.pause()
+
+
+def test_the_command_is_registered_with_an_example() -> None:
+    result = CliRunner().invoke(tagway, ["tui", "--help"])
+    assert result.exit_code == 0
+    assert "Example: tagway tui" in result.output
+    assert "--api" in result.output
+    assert "--config" in result.output
+
+
+async def _settled(pilot: Any, within: float = 10.0) -> None:
+    """Wait until two screens a few polls apart are the same (a loaded machine renders late)."""
+    before = ""
+    for _ in range(int(within / 0.5)):
+        await pilot.pause(0.5)
+        now = screen(pilot.app)
+        if now == before:
+            return
+        before = now
+    raise AssertionError(f"the screen never settled:\n{before}")
+
+
+SCREENS = {
+    "overview": ["1"],
+    "tags": ["2", "slash", *"flow", "escape"],
+    "alarms": ["3"],
+    "device": ["4", "enter"],
+    "help": ["question_mark"],
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", list(SCREENS))
+async def test_snapshot_of_the_main_screens_from_a_recorded_state(
+    name: str, tmp_path: Path
+) -> None:
+    state = recorded_state()
+    points = len(
+        {r["ts"] for r in state["stream"]["reading"]}
+        | {t["ts"] for t in state["/v1/tags"] if (t["device"], t["tag"]) == ("pump1", "flow")}
+    )
+
+    async with recorded_api(state) as url:
+        app = TagwayApp(
+            AgentClient(locator=FixedUrl(url)),
+            poll_interval=0.2,
+            clock=lambda: float(state["recorded_at"]),
+            monotonic=lambda: 0.0,
+        )
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for_screen(
+                pilot,
+                lambda t: (
+                    all_connected(t)
+                    and len(app.view.history.values("pump1.flow")) == points
+                    and len(app.view.recent) == len(state["stream"]["alarm"])
+                ),
+            )
+            await pilot.press(*SCREENS[name])
+            await _settled(pilot)
+            saved = Path(app.save_screenshot(f"{name}.svg", str(tmp_path)))
+    compare_snapshot(name, saved)
