@@ -42,7 +42,7 @@ async def plant() -> AsyncIterator[Plant]:
 
 def tui(state_dir: Path, **kwargs: Any) -> TagwayApp:
     """The TUI finding the agent through its discovery file, as `tagway tui --config` does."""
-    client = AgentClient(locator=DiscoveryFile(state_dir / "local_api.json"), timeout=2.0)
+    client = AgentClient(locator=DiscoveryFile(state_dir / "local_api.json"), timeout=10.0)
     return TagwayApp(client, poll_interval=0.3, retry_interval=0.3, **kwargs)
 
 
@@ -167,7 +167,7 @@ def test_the_command_is_registered_with_an_example() -> None:
     assert "--config" in result.output
 
 
-async def _settled(pilot: Any, within: float = 10.0) -> None:
+async def _settled(pilot: Any, within: float = 20.0) -> None:
     """Wait until two screens a few polls apart are the same (a loaded machine renders late)."""
     before = ""
     for _ in range(int(within / 0.5)):

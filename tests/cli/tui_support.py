@@ -63,7 +63,7 @@ def screen(app: App[Any]) -> str:
 
 
 async def wait_for_screen(
-    pilot: Pilot[Any], predicate: Callable[[str], bool], within: float = 15.0
+    pilot: Pilot[Any], predicate: Callable[[str], bool], within: float = 30.0
 ) -> str:
     """Wait until the screen text satisfies `predicate`; return that text."""
     loop = asyncio.get_running_loop()
