@@ -32,6 +32,7 @@ import yaml
 from pydantic import SecretStr
 
 from cli.simconfig import agent_devices
+from edge.local_api import QuietServer
 
 log = logging.getLogger("tagway.demo")
 
@@ -47,13 +48,6 @@ class DemoOptions:
     devices: int
     cloud_port: int
     tui: bool
-
-
-class _Quiet(uvicorn.Server):
-    """uvicorn without its signal handlers: the demo owns Ctrl-C."""
-
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        await self._serve(sockets)
 
 
 def free_port() -> int:
@@ -79,7 +73,7 @@ async def serve_cloud(directory: Path, port: int, admin_key: str) -> AsyncIterat
         platform_admin_key=SecretStr(admin_key),
         public_url=url,  # the audience of the gateway's tokens
     )
-    server = _Quiet(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    server = QuietServer(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="demo-cloud")
     try:
         while not server.started:

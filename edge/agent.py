@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.alarm_store import AlarmStore
 from edge.alarms import AlarmEngine, AlarmEvent, AlarmKind, AlarmRule
-from edge.config import AgentConfig, Device, ModbusDevice, MqttSource, OpcUaDevice
+from edge.config import AgentConfig, Device, ModbusDevice, MqttSource, OpcUaDevice, Reporting
 from edge.dead_letters import DeadLetterStore
 from edge.pipeline.derived import DerivedTag, DerivedTags
 from edge.pipeline.expressions import Expression
@@ -165,7 +165,7 @@ class Agent:
             self.pipeline = self._build_pipeline(alarm_store)
             stack.callback(self._close_inference)
             if self.config.cloud is not None and self.identity is not None:
-                self.uplink = self._build_uplink(state_dir)
+                self.uplink = self._build_uplink()
             await self._run_tasks(stop)
 
     def _close_inference(self) -> None:
@@ -281,7 +281,7 @@ class Agent:
             raise RuntimeError("the outbox is not open")
         return self.outbox
 
-    def _build_uplink(self, state_dir: object) -> Uplink:
+    def _build_uplink(self) -> Uplink:
         cloud, identity = self.config.cloud, self.identity
         assert cloud is not None  # noqa: S101
         assert identity is not None  # noqa: S101
@@ -345,10 +345,7 @@ def _outbox_settings(config: AgentConfig) -> OutboxSettings:
     )
 
 
-def _deadband(reporting: object) -> Deadband:
-    from edge.config import Reporting  # noqa: PLC0415 - keeps the signature loose for tags
-
-    assert isinstance(reporting, Reporting)  # noqa: S101
+def _deadband(reporting: Reporting) -> Deadband:
     return Deadband(reporting.deadband, reporting.deadband_percent, reporting.heartbeat,
                     reporting.every_reading)  # fmt: skip
 

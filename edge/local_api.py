@@ -75,8 +75,9 @@ def alarm_event_json(e: AlarmEvent) -> dict[str, Any]:
             "state": e.state.value, "ts": e.ts, "value": e.value, "message": e.message}  # fmt: skip
 
 
-class _Quiet(uvicorn.Server):
-    """uvicorn without its signal handlers: the agent owns SIGTERM and SIGINT."""
+class QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers, for serving inside a process that owns SIGTERM and
+    SIGINT itself (the agent, the demo, tests)."""
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         await self._serve(sockets)
@@ -90,13 +91,13 @@ class LocalApi:
         self.app = build_app(agent)
         self.started = asyncio.Event()
         self.port: int | None = None
-        self._server: _Quiet | None = None
+        self._server: QuietServer | None = None
 
     async def serve(self) -> None:
         """Serve until `stop()`."""
         section = self.agent.config.local_api
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = _Quiet(config)
+        self._server = QuietServer(config)
         if section.socket is not None:
             section.socket.unlink(missing_ok=True)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -22,6 +22,8 @@ from starlette.routing import Route
 from textual.app import App
 from textual.pilot import Pilot
 
+from edge.local_api import QuietServer
+
 RECORDED = Path(__file__).with_name("recorded_state.json")
 SNAPSHOTS = Path(__file__).with_name("snapshots")
 
@@ -118,19 +120,12 @@ def _recorded_app(state: dict[str, Any]) -> Starlette:
     return Starlette(routes=routes)
 
 
-class _Quiet(uvicorn.Server):
-    """uvicorn without its signal handlers (pytest owns them)."""
-
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        await self._serve(sockets)
-
-
 @contextlib.asynccontextmanager
 async def recorded_api(state: dict[str, Any]) -> AsyncIterator[str]:
     """Serve the recorded state on a free loopback port; yields its base URL."""
     config = uvicorn.Config(_recorded_app(state), log_level="warning", lifespan="off",
                             access_log=False)  # fmt: skip
-    server = _Quiet(config)
+    server = QuietServer(config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)

@@ -18,6 +18,7 @@ import uvicorn
 
 from cloud.api.app import create_app
 from cloud.settings import CloudSettings
+from edge.local_api import QuietServer
 
 PLATFORM_KEY = "edge-tests-platform-key"
 Scope = MutableMapping[str, Any]
@@ -60,11 +61,6 @@ class FaultyIngest:
         await self.app(scope, receive, send)
 
 
-class _Quiet(uvicorn.Server):
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        await self._serve(sockets)
-
-
 @dataclass
 class RunningCloud:
     """A cloud on loopback: its URL, the database file, and a gateway token to post with."""
@@ -101,7 +97,7 @@ async def serve_cloud(db_path: Path, *, port: int = 0) -> AsyncIterator[RunningC
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(64)
-    server = _Quiet(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="test-cloud")
     try:
         while not server.started:
