@@ -173,7 +173,7 @@ def aux_tags(count: int) -> list[dict[str, Any]]:
              "type": "float32"} for i in range(count)]  # fmt: skip
 
 
-async def run_agent(work: Path, config: dict[str, Any], seconds: float,
+async def run_agent(config: dict[str, Any], seconds: float,
                     identity: UplinkIdentity | None = None) -> dict[str, float]:  # fmt: skip
     """Run the agent, skip a warm-up, then measure `seconds` of steady state."""
     cfg = parse_config(yaml.safe_dump(config), source="bench")
@@ -193,7 +193,6 @@ async def run_agent(work: Path, config: dict[str, Any], seconds: float,
         "bytes_per_reading": agent.pipeline.counters.committed_bytes
         / max(agent.pipeline.counters.committed, 1),
         "overruns": sum(s.driver.counters.overruns for s in agent.slots.values() if s.driver),
-        "bad": 0,
     }  # fmt: skip
     status = agent.uplink_status
     if status is not None:
@@ -218,8 +217,6 @@ async def bench_10k(work: Path, seconds: float) -> dict[str, float]:
             base = [t.model_dump(exclude_none=True) for t in load_map(kind).tags]
             tags = (base + aux_tags(per_device))[:per_device]
             devices += modbus_sections({name: port}, tags, 1.0)
-        async with httpx.AsyncClient() as _:
-            pass
         for name in ua["devices"]:
             kind = "".join(c for c in name if c.isalpha())
             names = [t.name for t in load_map(kind).tags] + [
@@ -243,7 +240,7 @@ async def bench_10k(work: Path, seconds: float) -> dict[str, float]:
                 "cloud": {"url": url, "gateway_id": gateway_id, "token_file": str(token_file)},
                 "report": {"every_reading": True}, "local_api": {"port": 0}, "devices": devices,
             }  # fmt: skip
-            return await run_agent(work, config, seconds, UplinkIdentity(gateway_id, minted))
+            return await run_agent(config, seconds, UplinkIdentity(gateway_id, minted))
 
 
 async def bench_flat_out(work: Path, seconds: float) -> dict[str, float]:
@@ -256,7 +253,7 @@ async def bench_flat_out(work: Path, seconds: float) -> dict[str, float]:
             "report": {"every_reading": True}, "local_api": {"port": 0}, "devices": devices,
             "outbox": {"quota": "2GiB"},
         }  # fmt: skip
-        return await run_agent(work, config, seconds)
+        return await run_agent(config, seconds)
 
 
 async def main() -> None:

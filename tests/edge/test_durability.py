@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
@@ -158,4 +157,3 @@ async def test_alarms_work_offline_and_survive_a_restart(tmp_path: Path, plant: 
         assert state["state"] == "acked"
         outbox = await running.get("/v1/outbox")
         assert outbox["lanes"]["alarm"]["readings"] == 2  # raised and acknowledged, kept to send
-    assert json.loads((tmp_path / "state" / "local_api.json").read_text())["url"]

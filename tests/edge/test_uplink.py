@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import time
@@ -107,7 +106,6 @@ async def test_cloud_down_then_back_drains_the_backlog_without_loss(
                 return uplink["batches_sent"] > 0 and outbox["lanes"]["telemetry"]["chunks"] < 2
 
             await running.wait_for(drained, within=60)
-            await asyncio.sleep(0)
     async with serve_cloud(db, port=port) as back:
         back.gateway_id, back.gateway_token = cloud.gateway_id, cloud.gateway_token
         await drain(tmp_path, back)
