@@ -141,36 +141,40 @@ class Pipeline:
         latest.update(zip(map(_series_key, extra), extra, strict=True))
         counters.derived += len(extra)
         events = self._alarms.evaluate(extended)
-        await self._buffer_readings(passed + extra)
+        self._buffer_readings(passed, extra)
         if events:
             await self._commit_alarms(events)
-        for listener in self.listeners:
-            listener(readings + extra, events)
+        if self.listeners:
+            self._notify(readings + extra if extra else readings, events)
 
-    async def _buffer_readings(self, readings: list[Reading]) -> None:
-        if len(self._buffer) + len(readings) > self.max_buffered:
-            self.counters.dropped += len(readings)
-            log.error("outbox not accepting and buffer full: %d readings dropped", len(readings))
+    def _buffer_readings(self, passed: list[Reading], extra: list[Reading]) -> None:
+        count = len(passed) + len(extra)
+        if len(self._buffer) + count > self.max_buffered:
+            self.counters.dropped += count
+            log.error("outbox not accepting and buffer full: %d readings dropped", count)
             return
-        self._buffer.extend(readings)
+        self._buffer.extend(passed)
+        self._buffer.extend(extra)
         if len(self._buffer) >= self.chunk_readings:
             self._full.set()
+
+    def _notify(self, readings: list[Reading], events: list[AlarmEvent]) -> None:
+        for listener in self.listeners:
+            listener(readings, events)
 
     async def tick_alarms(self, now_us: int) -> None:
         """Evaluate time-based alarms (stale data, elapsed on-delays)."""
         events = self._alarms.tick(now_us)
         if events:
             await self._commit_alarms(events)
-            for listener in self.listeners:
-                listener([], events)
+            self._notify([], events)
 
     async def acknowledge(self, name: str, now_us: int) -> AlarmEvent | None:
         """Acknowledge an alarm and commit the transition."""
         event = self._alarms.acknowledge(name, now_us)
         if event is not None:
             await self._commit_alarms([event])
-            for listener in self.listeners:
-                listener([], [event])
+            self._notify([], [event])
         return event
 
     async def _commit_alarms(self, events: list[AlarmEvent]) -> None:
