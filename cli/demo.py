@@ -234,13 +234,32 @@ async def run_demo(options: DemoOptions) -> None:
         }))  # fmt: skip
         typer.echo(guide(cloud, enrolment, config_path, options))
         wear = asyncio.create_task(_wear_later(plant, options, BearingWear), name="demo-wear")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), options.duration)
+        if options.tui:
+            await _run_tui_until(stop, state_dir / "local_api.json", options.duration)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), options.duration)
         typer.echo("stopping: agent first (it flushes its outbox), then the plant and the cloud")
         stop.set()
         wear.cancel()
         await asyncio.gather(wear, return_exceptions=True)
         await asyncio.wait_for(agent_task, 20)
+
+
+async def _run_tui_until(stop: asyncio.Event, discovery: Path, duration: float | None) -> None:
+    """The TUI in this terminal, until the person quits it, Ctrl-C, or the demo's duration."""
+    from cli.tui.app import TagwayApp  # noqa: PLC0415 - Textual only when asked for
+    from cli.tui.client import AgentClient, DiscoveryFile  # noqa: PLC0415
+
+    app = TagwayApp(AgentClient(locator=DiscoveryFile(discovery)))
+    shown = asyncio.create_task(app.run_async(), name="demo-tui")
+    stopped = asyncio.create_task(stop.wait(), name="demo-stop")
+    await asyncio.wait({shown, stopped}, timeout=duration, return_when="FIRST_COMPLETED")
+    if not shown.done():
+        app.exit()
+    await shown
+    stopped.cancel()
+    await asyncio.gather(stopped, return_exceptions=True)
 
 
 async def _started(agent: Any, task: asyncio.Task[None]) -> None:
