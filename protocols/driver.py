@@ -100,6 +100,37 @@ class DriverCounters:
         return asdict(self)
 
 
+class DriverState:
+    """What every driver exposes the same way: its name, its link state machine and its counters.
+
+    Drivers inherit it rather than repeat the three properties; the `Driver` protocol is what
+    the supervisor relies on.
+
+    Args:
+        name: the device (or source) name.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._link = Link(name)
+        self._counters = DriverCounters()
+
+    @property
+    def name(self) -> str:
+        """The device name readings carry."""
+        return self._name
+
+    @property
+    def link(self) -> Link:
+        """The connection state machine, reconnect count and last error."""
+        return self._link
+
+    @property
+    def counters(self) -> DriverCounters:
+        """Monotonic counters since start."""
+        return self._counters
+
+
 @runtime_checkable
 class Driver(Protocol):
     """What the supervisor needs from any protocol driver."""

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from protocols.backoff import Backoff, BackoffPolicy
-from protocols.driver import ConnectionState, DriverCounters, Link, Sink
+from protocols.driver import ConnectionState, DriverState, Sink
 from protocols.errors import CodecError, ConnectError, DeviceError, ProtocolError, WriteError
 from protocols.modbus.client import (
     ILLEGAL_DATA_ADDRESS,
@@ -110,7 +110,7 @@ class PollGroupState:
         self._compiled = {b: c for b, c in self._compiled.items() if b in live}
 
 
-class ModbusDriver:
+class ModbusDriver(DriverState):
     """Polls one Modbus device (TCP, RTU, or RTU framing over TCP) and writes its setpoints.
 
     Args:
@@ -120,8 +120,7 @@ class ModbusDriver:
 
     def __init__(self, config: ModbusDeviceConfig, *, backoff: BackoffPolicy | None = None) -> None:
         self._config = config
-        self._link = Link(config.name)
-        self._counters = DriverCounters()
+        super().__init__(config.name)
         self._policy = backoff or BackoffPolicy(
             base=config.reconnect_base, cap=config.reconnect_cap
         )
@@ -143,21 +142,6 @@ class ModbusDriver:
             max_register_gap=config.max_register_gap,
             max_bit_gap=config.max_bit_gap,
         )
-
-    @property
-    def name(self) -> str:
-        """The device name readings carry."""
-        return self._config.name
-
-    @property
-    def link(self) -> Link:
-        """The connection state machine, reconnect count and last error."""
-        return self._link
-
-    @property
-    def counters(self) -> DriverCounters:
-        """Monotonic counters since start."""
-        return self._counters
 
     async def __aenter__(self) -> Self:
         check_transport_support(self._config)

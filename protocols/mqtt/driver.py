@@ -32,7 +32,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from protocols.backoff import Backoff, BackoffPolicy
-from protocols.driver import ConnectionState, DriverCounters, Link, Sink
+from protocols.driver import ConnectionState, DriverCounters, DriverState, Sink
 from protocols.errors import ConnectError, DriverConfigError, SecurityError, WriteError
 from protocols.mqtt.codec import DeadLetter, Limits, compile_routes, decode_message
 from protocols.mqtt.config import MqttSourceConfig
@@ -63,8 +63,11 @@ class _Inbox(asyncio.Queue[aiomqtt.Message]):
             raise
 
 
-class MqttDriver:
+class MqttDriver(DriverState):
     """Subscribes to one MQTT broker and delivers decoded readings in batches.
+
+    `name` is the source's name; each reading carries the device resolved from its topic. In
+    `counters`, requests are messages received and dropped are dead letters plus inbox overflow.
 
     Args:
         config: the broker URL, credentials, subscriptions and limits.
@@ -81,8 +84,7 @@ class MqttDriver:
     ) -> None:
         self.config = config
         self._dead_letters = dead_letters
-        self._link = Link(config.name)
-        self._counters = DriverCounters()
+        super().__init__(config.name)
         policy = backoff or BackoffPolicy(base=config.reconnect_base_s, cap=config.reconnect_cap_s)
         self._backoff = Backoff(policy)
         limits = Limits(
@@ -94,21 +96,6 @@ class MqttDriver:
         self._tls: ssl.SSLContext | None = None
         self.refused_subscriptions: tuple[str, ...] = ()
         """Filters the broker refused on the last connect (SUBACK 0x80)."""
-
-    @property
-    def name(self) -> str:
-        """The driver's name; each reading carries the device resolved from its topic."""
-        return self.config.name
-
-    @property
-    def link(self) -> Link:
-        """Connection state, reconnect count and last error."""
-        return self._link
-
-    @property
-    def counters(self) -> DriverCounters:
-        """requests = messages received; dropped = dead letters + inbox overflow."""
-        return self._counters
 
     async def __aenter__(self) -> Self:
         if self.config.tls:

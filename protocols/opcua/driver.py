@@ -30,7 +30,7 @@ from typing import Self
 from asyncua import ua
 
 from protocols.backoff import Backoff, BackoffPolicy
-from protocols.driver import ConnectionState, DriverCounters, Link, Sink
+from protocols.driver import ConnectionState, DriverState, Sink
 from protocols.errors import (
     CodecError,
     ConnectError,
@@ -52,7 +52,7 @@ _LINK_ERRORS = (ConnectError, DeviceError, DeviceTimeout)
 _STABLE_S = 10.0  # a session that lasted this long resets the reconnect backoff
 
 
-class OpcUaDriver:
+class OpcUaDriver(DriverState):
     """Reads one OPC UA server and delivers `list[Reading]` batches to a sink.
 
     Args:
@@ -62,8 +62,7 @@ class OpcUaDriver:
 
     def __init__(self, config: OpcUaDeviceConfig, *, backoff: BackoffPolicy | None = None) -> None:
         self.config = config
-        self._link = Link(config.name)
-        self._counters = DriverCounters()
+        super().__init__(config.name)
         self._buffer = ReadingBuffer(
             limit=config.queue_limit, counters=self._counters, device=config.name
         )
@@ -80,21 +79,6 @@ class OpcUaDriver:
         self._previous_token: ua.NodeId | None = None
         self._state_dir: Path | None = config.session_state_dir
         self._own_state_dir = False
-
-    @property
-    def name(self) -> str:
-        """The device name readings carry."""
-        return self.config.name
-
-    @property
-    def link(self) -> Link:
-        """The connection state machine, reconnect count and last error."""
-        return self._link
-
-    @property
-    def counters(self) -> DriverCounters:
-        """Monotonic counters since start."""
-        return self._counters
 
     @property
     def subscription_id(self) -> int | None:
