@@ -92,6 +92,13 @@ async def _one(tx: Tx, sql: str, params: list[Any], what: str) -> Row:
     return row
 
 
+async def _require(tx: Tx, table: str, tenant_id: int, row_id: int, what: str) -> None:
+    """Raise `NotFound` unless `table` has the row `row_id` in this tenant (`table` is one of
+    our constant table names, never user input)."""
+    await _one(tx, f"SELECT 1 FROM {table} WHERE tenant_id = %s AND id = %s",
+               [tenant_id, row_id], what)  # fmt: skip
+
+
 class Repository(TelemetryStore):
     """Tenants, keys, gateways, devices, alarms and usage, over one `Database`."""
 
@@ -244,12 +251,7 @@ class Repository(TelemetryStore):
     ) -> Gateway:
         """Rename, replace the token (prefix, digest) of, or revoke a gateway."""
         async with self.db.transaction(tenant_id) as tx:
-            await _one(
-                tx,
-                "SELECT 1 FROM gateways WHERE tenant_id = %s AND id = %s",
-                [tenant_id, gateway_id],
-                "gateway",
-            )
+            await _require(tx, "gateways", tenant_id, gateway_id, "gateway")
             if name is not None:
                 await tx.execute(
                     "UPDATE gateways SET name = %s WHERE tenant_id = %s AND id = %s",
@@ -275,12 +277,7 @@ class Repository(TelemetryStore):
     async def delete_gateway(self, tenant_id: int, gateway_id: int) -> None:
         """Delete a gateway with its devices, series, telemetry, alarms and batch log."""
         async with self.db.transaction(tenant_id) as tx:
-            await _one(
-                tx,
-                "SELECT 1 FROM gateways WHERE tenant_id = %s AND id = %s",
-                [tenant_id, gateway_id],
-                "gateway",
-            )
+            await _require(tx, "gateways", tenant_id, gateway_id, "gateway")
             await tx.execute(
                 "DELETE FROM telemetry WHERE tenant_id = %s AND series_id IN"
                 " (SELECT id FROM series WHERE tenant_id = %s AND gateway_id = %s)",
@@ -329,12 +326,7 @@ class Repository(TelemetryStore):
     ) -> Device:
         """Rename (the display name; the gateway keeps its own name) or re-tag a device."""
         async with self.db.transaction(tenant_id) as tx:
-            await _one(
-                tx,
-                "SELECT 1 FROM devices WHERE tenant_id = %s AND id = %s",
-                [tenant_id, device_id],
-                "device",
-            )
+            await _require(tx, "devices", tenant_id, device_id, "device")
             if display_name is not None:
                 await tx.execute(
                     "UPDATE devices SET display_name = %s WHERE tenant_id = %s AND id = %s",
@@ -353,12 +345,7 @@ class Repository(TelemetryStore):
     async def delete_device(self, tenant_id: int, device_id: int) -> None:
         """Delete a device with its series and telemetry (it reappears if the gateway sends)."""
         async with self.db.transaction(tenant_id) as tx:
-            await _one(
-                tx,
-                "SELECT 1 FROM devices WHERE tenant_id = %s AND id = %s",
-                [tenant_id, device_id],
-                "device",
-            )
+            await _require(tx, "devices", tenant_id, device_id, "device")
             await tx.execute(
                 "DELETE FROM telemetry WHERE tenant_id = %s AND series_id IN"
                 " (SELECT id FROM series WHERE tenant_id = %s AND device_id = %s)",
