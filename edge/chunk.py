@@ -3,38 +3,56 @@
 A chunk holds the readings of one flush, grouped by series into columns, packed with msgpack and
 compressed with zstd. Columns compress far better than rows: the timestamps of one poll are
 equal, qualities are almost always 0, and values of one tag move slowly. Timestamps are stored as
-offsets from the chunk's first timestamp; numeric values as float32 when every value of the chunk
-survives the round trip exactly (Modbus float32 registers and small integers do), float64
-otherwise, byte-shuffled so zstd sees the slowly changing high bytes together.
+offsets from the chunk's first timestamp. Numeric values are stored per series as float32 when
+every value of that series survives the round trip exactly (Modbus float32 registers, PLC REALs
+and small integers do), float64 otherwise; each column is byte-shuffled so zstd sees the slowly
+changing high bytes together.
 
-Format version 1 (msgpack map, then zstd)::
+Format version 2 (msgpack map, then zstd)::
 
-    {"v": 1, "t0": <µs>,
+    {"v": 2, "t0": <µs>,
      "series": {"device": [...], "tag": [...], "unit": [...], "sim": [...],
-                "count": [...], "text": [indexes of series holding strings]},
+                "count": [...], "text": [indexes of series holding strings],
+                "wide": [indexes of numeric series stored as float64]},
      "ts": <int32/int64 offsets, little-endian bytes>, "tsw": 4|8,
-     "num": <shuffled float bytes>, "numw": 4|8, "txt": [str, ...],
+     "num": <shuffled float32 bytes>, "num8": <shuffled float64 bytes>, "txt": [str, ...],
      "q": <int8 bytes> | None}
 
+Version 1 (written by 0.1.0) had one numeric column, "num", of width "numw" for every series;
+chunks of both versions decode, so an outbox written by the previous release still drains.
 Readings appear series by series, in the order the series first appeared in the flush.
+
+The codec is plain Python over `array` and byte slicing (both run in C): it keeps numpy, and
+its memory, out of a gateway that runs no models.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
+import sys
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, compress, count, groupby, repeat
+from operator import itemgetter
 from typing import Any, Final
 
 import msgpack
-import numpy as np
-import numpy.typing as npt
 import zstandard
 
 from protocols.reading import Quality, Reading
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # telemetry chunks
+RECORDS_VERSION: Final = 1  # alarm and event chunks (unchanged since 0.1.0)
+_READABLE_VERSIONS: Final = frozenset({1, 2})
 _Q = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
+_BAD: Final = 2
 _ZSTD_LEVEL: Final = 3  # measured: levels above 3 cost much more CPU for little gain here
+_SWAP: Final = sys.byteorder != "little"  # the format is little-endian
+# Fields of a `Reading` (a tuple), fetched at C speed.
+_SERIES, _DEVICE, _TAG, _TS = itemgetter(0, 1), itemgetter(0), itemgetter(1), itemgetter(2)
+_VALUE, _QUALITY, _UNIT, _SIMULATED = itemgetter(3), itemgetter(4), itemgetter(5), itemgetter(6)
 
 
 class ChunkError(ValueError):
@@ -49,237 +67,272 @@ class ChunkSeries:
     tag: str
     unit: str | None
     simulated: bool
-    ts: npt.NDArray[np.int64]
-    values: npt.NDArray[np.float64] | list[str]
-    qualities: npt.NDArray[np.int8]
+    ts: list[int]
+    values: list[float] | list[str]
+    qualities: list[int]
 
 
 def encode(readings: list[Reading]) -> bytes:
     """Encode one flush of readings into a compressed chunk.
 
-    Written for throughput: the readings are transposed into columns with `zip(*readings)` (C
-    speed, since `Reading` is a tuple), grouped by series with a stable numpy sort, and only the
-    rare text values take a per-reading Python path.
+    Written for throughput: every step is one C-level pass over the flush (`map` with
+    `itemgetter`, `dict.fromkeys`, `sorted`), the grouping sort is skipped when the flush is
+    already in series order, and only the rare text values take a per-reading Python path.
     """
     if not readings:
         raise ValueError("a chunk needs at least one reading")
-    devices, tags, stamps, values, qualities, units, simulated, _ = zip(*readings, strict=True)
-    # Each reading gets the position where its series first appeared (setdefault keeps the
-    # first); np.unique then numbers the series densely, in order of first appearance.
-    index: dict[tuple[str, str], int] = {}
-    first_seen = np.fromiter(
-        map(index.setdefault, zip(devices, tags, strict=True), itertools.count()),
-        dtype=np.int64,
-        count=len(readings),
-    )
-    _, firsts, sids = np.unique(first_seen, return_index=True, return_inverse=True)
-    sids = sids.astype(np.int64)
-    order = np.argsort(sids, kind="stable")
-    counts = np.bincount(sids)
-    ts = np.asarray(stamps, dtype=np.int64)[order]
-    t0 = int(ts.min())
-    offsets = ts - t0
-    narrow = bool(offsets.max() < 2**31)
-    value_types = set(map(type, values))
+    keys = list(map(_SERIES, readings))
+    # Series ids, dense and in order of first appearance.
+    index = dict(zip(dict.fromkeys(keys), count()))
+    rows: list[Reading] | tuple[Reading, ...] = readings
+    if len(index) == len(keys):  # one reading per series: a flush shorter than the poll interval
+        counts = [1] * len(keys)
+        ordered_sids: list[int] | range = range(len(keys))
+    else:
+        sids = list(map(index.__getitem__, keys))
+        if any(map(int.__gt__, sids, sids[1:])):  # group by series, keeping time order within
+            rows = itemgetter(*sorted(range(len(sids)), key=sids.__getitem__))(readings)
+            ordered_sids = sorted(sids)
+        else:
+            ordered_sids = sids
+        tally = Counter(sids)
+        counts = [tally[sid] for sid in range(len(index))]
+    firsts = itemgetter(*accumulate(counts[:-1], initial=0))(rows) if len(counts) > 1 else rows[:1]
+    stamps = list(map(_TS, rows))
+    values = list(map(_VALUE, rows))
+    qualities = list(map(_QUALITY, rows))
+    t0 = min(stamps)
+    offsets = list(map(t0.__rsub__, stamps))
+    narrow_ts = max(offsets) < 2**31
     text_series: set[int] = set()
-    if str in value_types:
-        text_series = {int(sids[i]) for i, v in enumerate(values) if isinstance(v, str)}
-    first = firsts.tolist()
-    series = {
-        "device": [devices[i] for i in first], "tag": [tags[i] for i in first],
-        "unit": [units[i] for i in first], "sim": [simulated[i] for i in first],
-        "count": counts.tolist(), "text": sorted(text_series),
-    }  # fmt: skip
-    ordered_values = [values[i] for i in order.tolist()] if text_series else None
-    numbers, texts = _value_columns(values, order, sids, text_series, ordered_values)
-    # NaN and ±inf are not values: a device that sends them is not measuring. They become bad
-    # readings (value 0, reason lost in the chunk) so the cloud, which refuses non-finite
-    # values, never refuses a whole batch for one sensor.
-    not_finite = ~np.isfinite(numbers)
-    codes_ordered: npt.NDArray[np.int8] | None = None
+    if str in set(map(type, values)):
+        text_series = set(compress(ordered_sids, map(isinstance, values, repeat(str))))
+    codes: bytearray | None = None
     if qualities.count(Quality.GOOD) != len(qualities):
-        codes = np.fromiter(map(_Q.__getitem__, qualities), dtype=np.int8, count=len(qualities))
-        codes_ordered = codes[order]
-    if not_finite.any():
-        numbers = np.where(not_finite, 0.0, numbers)
-        if codes_ordered is None:
-            codes_ordered = np.zeros(len(readings), dtype=np.int8)
-        codes_ordered[_numeric_positions(sids[order], text_series)[not_finite]] = 2
-    num_bytes, width = _shuffle(numbers)
-    quality_bytes = codes_ordered.tobytes() if codes_ordered is not None else None
+        codes = bytearray(map(_Q.__getitem__, qualities))
+    numbers, texts, numeric_sids, codes = _value_columns(values, ordered_sids, text_series, codes)
+    narrow, wide, wide_series = _split_widths(numbers, numeric_sids)
+    series = {
+        "device": _runs(map(_DEVICE, firsts)), "tag": list(map(_TAG, firsts)),
+        "unit": _runs(map(_UNIT, firsts)), "sim": _runs(map(_SIMULATED, firsts)),
+        "count": counts, "text": sorted(text_series), "wide": wide_series,
+    }  # fmt: skip
     payload: dict[str, Any] = {
         "v": FORMAT_VERSION, "t0": t0, "series": series,
-        "ts": offsets.astype("<i4" if narrow else "<i8").tobytes(), "tsw": 4 if narrow else 8,
-        "num": num_bytes, "numw": width, "txt": texts, "q": quality_bytes,
+        "ts": _pack("i" if narrow_ts else "q", offsets), "tsw": 4 if narrow_ts else 8,
+        "num": _shuffle(_pack("f", narrow), 4), "num8": _shuffle(_pack("d", wide), 8),
+        "txt": texts, "q": bytes(codes) if codes is not None else None,
     }  # fmt: skip
     raw: bytes = msgpack.packb(payload, use_bin_type=True)
     return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
 
 
-def _numeric_positions(
-    ordered_sids: npt.NDArray[np.int64], text_series: set[int]
-) -> npt.NDArray[np.int64]:
-    """Positions (in series order) of the readings that hold numbers, in numeric-column order."""
-    if not text_series:
-        return np.arange(len(ordered_sids), dtype=np.int64)
-    is_text = np.isin(ordered_sids, np.fromiter(text_series, dtype=np.int64))
-    return np.flatnonzero(~is_text).astype(np.int64)
-
-
 def _value_columns(
-    values: tuple[Any, ...],
-    order: npt.NDArray[np.int64],
-    sids: npt.NDArray[np.int64],
-    text_series: set[int],
-    ordered_values: list[Any] | None,
-) -> tuple[npt.NDArray[np.float64], list[str]]:
-    """The numeric column (series order, text series left out) and the text column."""
-    if not text_series:
-        return np.asarray(values, dtype=np.float64)[order], []
-    assert ordered_values is not None  # noqa: S101 - computed together with text_series
-    ordered_sids = sids[order].tolist()
-    numbers = [float(v) for v, s in zip(ordered_values, ordered_sids, strict=True)
-               if s not in text_series]  # fmt: skip
-    texts = [str(v) for v, s in zip(ordered_values, ordered_sids, strict=True) if s in text_series]
-    return np.asarray(numbers, dtype=np.float64), texts
+    values: list[Any], sids: Sequence[int], text_series: set[int], codes: bytearray | None
+) -> tuple[list[float], list[str], Sequence[int], bytearray | None]:
+    """The numeric column (series order, text series left out), the text column, the series id
+    of each numeric value, and the quality codes with non-finite numbers marked bad.
+
+    NaN and ±inf are not values: a device that sends them is not measuring. They become bad
+    readings (value 0, reason lost in the chunk) so the cloud, which refuses non-finite values,
+    never refuses a whole batch for one sensor.
+    """
+    positions: list[int] | None = None  # position of each number among all readings
+    numeric_sids: Sequence[int] = sids
+    if text_series:
+        is_text = [sid in text_series for sid in sids]
+        texts = [str(v) for v in compress(values, is_text)]
+        is_number = [not flag for flag in is_text]
+        numbers = list(map(float, compress(values, is_number)))
+        numeric_sids = list(compress(sids, is_number))
+        positions = list(compress(range(len(values)), is_number))
+    else:
+        texts, numbers = [], list(map(float, values))
+    if not all(map(math.isfinite, numbers)):
+        if codes is None:
+            codes = bytearray(len(values))
+        for at, number in enumerate(numbers):
+            if not math.isfinite(number):
+                numbers[at] = 0.0
+                codes[positions[at] if positions is not None else at] = _BAD
+    return numbers, texts, numeric_sids, codes
 
 
-def decode(chunk: bytes) -> list[ChunkSeries]:
-    """Decode a chunk into its series; raise `ChunkError` if it is damaged or unknown."""
+def _split_widths(
+    numbers: list[float], numeric_sids: Sequence[int]
+) -> tuple[list[float], list[float], list[int]]:
+    """Split the numeric column into float32-exact series and the rest (float64)."""
+    narrowed = array("f", numbers).tolist()  # beyond float32's range a value becomes ±inf
+    if narrowed == numbers:  # the common case: every series narrows
+        return numbers, [], []
+    inexact = map(float.__ne__, narrowed, numbers)
+    wide_series = set(compress(numeric_sids, inexact))
+    is_wide = [sid in wide_series for sid in numeric_sids]
+    narrow = list(compress(numbers, [not flag for flag in is_wide]))
+    return narrow, list(compress(numbers, is_wide)), sorted(wide_series)
+
+
+def _runs(column: Iterable[Any]) -> list[list[Any]]:
+    """[[value, repeat], ...]: a chunk's series come device by device, so these columns repeat."""
+    return [[value, len(list(repeats))] for value, repeats in groupby(column)]
+
+
+def _expand(runs: list[list[Any]]) -> list[Any]:
+    return [value for value, repeat in runs for _ in range(repeat)]
+
+
+def _columns_of(table: dict[str, Any], runs: bool) -> tuple[list[Any], list[Any], list[Any]]:
+    """The device, unit and sim columns of a series table, one entry per series."""
+    names = ("device", "unit", "sim")
+    return tuple(_expand(table[n]) if runs else table[n] for n in names)  # type: ignore[return-value]
+
+
+def _pack(code: str, items: list[float] | list[int]) -> bytes:
+    column = array(code, items)
+    if _SWAP:
+        column.byteswap()
+    return column.tobytes()
+
+
+def _unpack(code: str, data: bytes) -> list[Any]:
+    column = array(code)
+    column.frombytes(data)
+    if _SWAP:
+        column.byteswap()
+    return column.tolist()
+
+
+def _shuffle(data: bytes, width: int) -> bytes:
+    """Group the bytes of fixed-width items by significance (a byte shuffle)."""
+    return b"".join(data[i::width] for i in range(width))
+
+
+def _unshuffle(data: bytes, width: int) -> bytes:
+    if len(data) % width:
+        raise ChunkError("chunk columns do not add up: the chunk is damaged")
+    out = bytearray(len(data))
+    plane = len(data) // width
+    for i in range(width):
+        out[i::width] = data[i * plane : (i + 1) * plane]
+    return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """A decoded chunk's columns, before they are cut into series."""
+
+    table: dict[str, Any]
+    stamps: list[int]
+    narrow: list[float]
+    wide: list[float]
+    wide_series: set[int]
+    texts: list[str]
+    codes: list[int] | None
+    runs: bool  # device, unit and sim are run-length encoded (version 2)
+
+
+def _columns(chunk: bytes) -> _Columns:
     try:
         data = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(chunk), raw=False)
-        if data["v"] != FORMAT_VERSION:
-            raise ChunkError(f"chunk format version {data['v']} is not supported")
-        offsets = np.frombuffer(data["ts"], dtype="<i4" if data["tsw"] == 4 else "<i8")
-        ts = offsets.astype(np.int64) + int(data["t0"])
-        numbers = _unshuffle(data["num"], int(data["numw"]))
-        qualities = (
-            np.frombuffer(data["q"], dtype=np.int8)
-            if data["q"] is not None
-            else np.zeros(len(ts), dtype=np.int8)
-        )
-        return _split(data, ts, numbers, qualities)
+        version = data["v"]
+        if version not in _READABLE_VERSIONS:
+            raise ChunkError(f"chunk format version {version} is not supported")
+        t0 = int(data["t0"])
+        stamps = [t0 + offset for offset in _unpack("i" if data["tsw"] == 4 else "q", data["ts"])]
+        table = data["series"]
+        if version == 1:  # one width for every numeric series
+            width = int(data["numw"])
+            numbers = _unpack("f" if width == 4 else "d", _unshuffle(data["num"], width))
+            narrow, wide = (numbers, []) if width == 4 else ([], numbers)
+            numeric = set(range(len(table["count"]))) - set(table["text"])
+            wide_series = set() if width == 4 else numeric
+        else:
+            narrow = _unpack("f", _unshuffle(data["num"], 4))
+            wide = _unpack("d", _unshuffle(data["num8"], 8))
+            wide_series = set(table["wide"])
+        codes = list(data["q"]) if data["q"] is not None else None
+        texts = list(data["txt"])
+        return _Columns(table, stamps, narrow, wide, wide_series, texts, codes, version >= 2)
     except (KeyError, TypeError, ValueError, zstandard.ZstdError, msgpack.UnpackException) as exc:
         if isinstance(exc, ChunkError):
             raise
         raise ChunkError(f"chunk cannot be decoded: {exc}") from exc
+
+
+def decode(chunk: bytes) -> list[ChunkSeries]:
+    """Decode a chunk into its series; raise `ChunkError` if it is damaged or unknown."""
+    return [
+        ChunkSeries(
+            item["device"], item["tag"], item.get("unit"), bool(item.get("simulated")),
+            item["ts"], item["values"], item.get("qualities") or [0] * len(item["ts"]),
+        )
+        for item in decode_plain(chunk)
+    ]  # fmt: skip
 
 
 def decode_plain(chunk: bytes) -> list[dict[str, Any]]:
     """Decode a telemetry chunk straight into the wire contract's series dicts (plain lists).
 
-    The uplink's fast path: each column becomes one Python list, and series are list slices;
-    no per-series numpy arrays (a gateway sends thousands of one-reading series per batch).
+    The uplink's fast path: each column becomes one Python list, and series are list slices.
     """
-    try:
-        data = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(chunk), raw=False)
-        if data["v"] != FORMAT_VERSION:
-            raise ChunkError(f"chunk format version {data['v']} is not supported")
-        offsets = np.frombuffer(data["ts"], dtype="<i4" if data["tsw"] == 4 else "<i8")
-        stamps: list[int] = (offsets.astype(np.int64) + int(data["t0"])).tolist()
-        numbers: list[float] = _unshuffle(data["num"], int(data["numw"])).tolist()
-        codes: list[int] | None = list(data["q"]) if data["q"] is not None else None
-        table, texts = data["series"], data["txt"]
-        text = set(table["text"])
-        rows = zip(table["device"], table["tag"], table["unit"], table["sim"], table["count"],
-                   strict=True)  # fmt: skip
-    except (KeyError, TypeError, ValueError, zstandard.ZstdError, msgpack.UnpackException) as exc:
-        if isinstance(exc, ChunkError):
-            raise
-        raise ChunkError(f"chunk cannot be decoded: {exc}") from exc
-    out: list[dict[str, Any]] = []
-    at = num_at = txt_at = 0
-    for sid, (device, tag, unit, simulated, count) in enumerate(rows):
-        item: dict[str, Any] = {"device": device, "tag": tag, "ts": stamps[at : at + count]}
-        if sid in text:
-            item["values"] = texts[txt_at : txt_at + count]
-            txt_at += count
-        else:
-            item["values"] = numbers[num_at : num_at + count]
-            num_at += count
-        if codes is not None and any(codes[at : at + count]):
-            item["qualities"] = codes[at : at + count]
-        if unit is not None:
-            item["unit"] = unit
-        if simulated:
-            item["simulated"] = True
-        out.append(item)
-        at += count
-    return out
-
-
-def decode_readings(chunk: bytes) -> list[Reading]:
-    """Decode a chunk back into readings (for export and tests; the uplink uses `decode`)."""
-    out: list[Reading] = []
-    for s in decode(chunk):
-        values: list[Any] = s.values if isinstance(s.values, list) else s.values.tolist()
-        for ts, value, q in zip(s.ts.tolist(), values, s.qualities.tolist(), strict=True):
-            quality = Quality.from_code(q)
-            out.append(Reading(s.device, s.tag, ts, value, quality, s.unit, s.simulated))
-    return out
-
-
-def _split(
-    data: dict[str, Any],
-    ts: npt.NDArray[np.int64],
-    numbers: npt.NDArray[np.float64],
-    qualities: npt.NDArray[np.int8],
-) -> list[ChunkSeries]:
-    out: list[ChunkSeries] = []
-    at = num_at = txt_at = 0
-    table = data["series"]
+    cols = _columns(chunk)
+    table, codes = cols.table, cols.codes
     text = set(table["text"])
-    rows = zip(table["device"], table["tag"], table["unit"], table["sim"], table["count"],
-               strict=True)  # fmt: skip
-    for sid, (device, tag, unit, simulated, count) in enumerate(rows):
-        is_text = sid in text
-        values: npt.NDArray[np.float64] | list[str]
-        if is_text:
-            values = list(data["txt"][txt_at : txt_at + count])
-            txt_at += count
-        else:
-            values = numbers[num_at : num_at + count]
-            num_at += count
-        out.append(
-            ChunkSeries(
-                device, tag, unit, bool(simulated), ts[at : at + count], values,
-                qualities[at : at + count],
-            )
-        )  # fmt: skip
-        at += count
-    if at != len(ts) or num_at != len(numbers) or len(qualities) != len(ts):
+    try:
+        rows = zip(*_columns_of(table, cols.runs), table["tag"], table["count"],
+                   strict=True)  # fmt: skip
+        out: list[dict[str, Any]] = []
+        at = narrow_at = wide_at = txt_at = 0
+        for sid, (device, unit, simulated, tag, count) in enumerate(rows):
+            item: dict[str, Any] = {
+                "device": device,
+                "tag": tag,
+                "ts": cols.stamps[at : at + count],
+            }
+            if sid in text:
+                item["values"] = cols.texts[txt_at : txt_at + count]
+                txt_at += count
+            elif sid in cols.wide_series:
+                item["values"] = cols.wide[wide_at : wide_at + count]
+                wide_at += count
+            else:
+                item["values"] = cols.narrow[narrow_at : narrow_at + count]
+                narrow_at += count
+            if codes is not None and any(codes[at : at + count]):
+                item["qualities"] = codes[at : at + count]
+            if unit is not None:
+                item["unit"] = unit
+            if simulated:
+                item["simulated"] = True
+            out.append(item)
+            at += count
+    except (TypeError, ValueError) as exc:
+        raise ChunkError(f"chunk cannot be decoded: {exc}") from exc
+    if (
+        at != len(cols.stamps) or narrow_at != len(cols.narrow) or wide_at != len(cols.wide)
+        or txt_at != len(cols.texts) or (codes is not None and len(codes) != at)
+    ):  # fmt: skip
         raise ChunkError("chunk columns do not add up: the chunk is damaged")
     return out
 
 
-def _shuffle(values: npt.NDArray[np.float64]) -> tuple[bytes, int]:
-    """Narrow to float32 when exact, then group bytes by significance (a byte shuffle)."""
-    if len(values) == 0:
-        return b"", 8
-    with np.errstate(over="ignore"):  # values beyond float32's range simply stay float64
-        narrow = values.astype(np.float32)
-    if np.array_equal(narrow.astype(np.float64), values, equal_nan=True):
-        column: npt.NDArray[Any] = narrow.astype("<f4")
-    else:
-        column = values.astype("<f8")
-    width = column.dtype.itemsize
-    planes = column.view(np.uint8).reshape(-1, width).T
-    return np.ascontiguousarray(planes).tobytes(), width
-
-
-def _unshuffle(data: bytes, width: int) -> npt.NDArray[np.float64]:
-    if not data:
-        return np.zeros(0, dtype=np.float64)
-    planes = np.frombuffer(data, dtype=np.uint8).reshape(width, -1)
-    column = np.ascontiguousarray(planes.T).view("<f4" if width == 4 else "<f8").ravel()
-    return column.astype(np.float64)
+def decode_readings(chunk: bytes) -> list[Reading]:
+    """Decode a chunk back into readings (for export and tests; the uplink uses `decode_plain`)."""
+    out: list[Reading] = []
+    for s in decode(chunk):
+        values: list[Any] = s.values
+        for ts, value, q in zip(s.ts, values, s.qualities, strict=True):
+            out.append(
+                Reading(s.device, s.tag, ts, value, Quality.from_code(q), s.unit, s.simulated)
+            )
+    return out
 
 
 def encode_records(records: list[dict[str, Any]]) -> bytes:
     """Encode alarm or event records (contract-shaped dicts) into a chunk for those lanes."""
     if not records:
         raise ValueError("a chunk needs at least one record")
-    payload = {"v": FORMAT_VERSION, "records": records}
+    payload = {"v": RECORDS_VERSION, "records": records}
     raw: bytes = msgpack.packb(payload, use_bin_type=True)
     return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
 
@@ -288,7 +341,7 @@ def decode_records(chunk: bytes) -> list[dict[str, Any]]:
     """Decode an alarm or event chunk; raise `ChunkError` if it is damaged or unknown."""
     try:
         data = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(chunk), raw=False)
-        if data["v"] != FORMAT_VERSION:
+        if data["v"] != RECORDS_VERSION:
             raise ChunkError(f"chunk format version {data['v']} is not supported")
         records: list[dict[str, Any]] = data["records"]
     except (KeyError, TypeError, ValueError, zstandard.ZstdError, msgpack.UnpackException) as exc:

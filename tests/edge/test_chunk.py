@@ -129,3 +129,45 @@ def test_a_batch_merges_the_same_series_across_chunks() -> None:
     assert batch["series"] == [{"device": "p", "tag": "flow", "ts": [T0, T0 + 1],
                                 "values": [1.0, 2.0], "qualities": [0, 1]}]  # fmt: skip
     assert (batch["gateway_id"], batch["seq"], batch["dropped"]) == ("7", 42, {"telemetry": 3})
+
+
+# A chunk written by release 0.1.0 (format version 1), as it may still lie in an outbox after an
+# upgrade: flow 12.5 good and 0.1 bad (float64, so the whole chunk was float64), mode "AUTO".
+V1_CHUNK = bytes.fromhex(
+    "28b52ffd20a1dd0400f40889a17601a27430cf0006608b015f3000a673657269657386a664657669636592a570"
+    "756d7031a374616792a4666c6f77a46d6f6465a4756e697492a46d332f68c0a373696d92c3c3a5636f756e7492"
+    "0201a4746578749101a27473c40c0000000090d00300a374737704a36e756dc410009a009929b9403fa46e756d"
+    "7708a374787491a44155544fa171c403000200030072b45c254067284f"
+)
+
+
+def test_chunks_written_by_the_previous_release_still_decode() -> None:
+    assert chunk.decode_readings(V1_CHUNK) == [
+        Reading("pump1", "flow", T0, 12.5, Quality.GOOD, "m3/h", True),
+        Reading("pump1", "flow", T0 + 250_000, 0.1, Quality.BAD, "m3/h", True),
+        Reading("pump1", "mode", T0, "AUTO", Quality.GOOD, None, True),
+    ]
+
+
+def test_one_float64_series_does_not_widen_the_float32_ones() -> None:
+    noise = np.random.default_rng(5).normal(50, 2, 2000)
+    f32 = [Reading("d", f"t{i}", T0, float(np.float32(v))) for i, v in enumerate(noise)]
+    precise = Reading("d", "precise", T0, 0.1)  # not exact in float32
+    mixed = chunk.encode([*f32, precise])
+    assert chunk.decode_readings(mixed) == [*f32, precise]
+    assert len(mixed) < len(chunk.encode(f32)) + 64  # the float32 series stay 4 bytes wide
+
+
+def test_a_flush_of_repeated_polls_comes_back_grouped_by_series_in_time_order() -> None:
+    polls = [
+        Reading(f"dev{d}", f"tag{t}", T0 + p * 20_000, float(p * 100 + t), simulated=True)
+        for p in range(5)
+        for d in range(3)
+        for t in range(40)
+    ]
+    back = chunk.decode(chunk.encode(polls))
+    assert [(s.device, s.tag) for s in back] == [
+        (f"dev{d}", f"tag{t}") for d in range(3) for t in range(40)
+    ]  # series in order of first appearance
+    assert all(s.ts == [T0 + p * 20_000 for p in range(5)] for s in back)
+    assert back[41].values == [float(p * 100 + 1) for p in range(5)]
