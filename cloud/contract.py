@@ -47,11 +47,9 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import msgpack
-import numpy as np
-import numpy.typing as npt
 import zstandard
 from pydantic import BaseModel, ConfigDict
 
@@ -124,9 +122,13 @@ class Limits(BaseModel):
 
 DEFAULT_LIMITS: Final = Limits()
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-QualityArray = npt.NDArray[np.int8]
+if TYPE_CHECKING:  # numpy is imported where batches are decoded: the edge only encodes them
+    import numpy as np
+    import numpy.typing as npt
+
+    IntArray: TypeAlias = npt.NDArray[np.int64]
+    FloatArray: TypeAlias = npt.NDArray[np.float64]
+    QualityArray: TypeAlias = npt.NDArray[np.int8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +151,7 @@ class SeriesColumns:
     @property
     def is_text(self) -> bool:
         """True when the values are strings."""
-        return (
-            not isinstance(self.values, np.ndarray)
-            and bool(self.values)
-            and (isinstance(self.values[0], str))
-        )
+        return len(self.values) > 0 and isinstance(self.values[0], str)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -200,7 +198,7 @@ class Batch:
 
 
 def _column(values: Any) -> list[Any]:
-    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+    return values.tolist() if hasattr(values, "tolist") else list(values)  # numpy or a sequence
 
 
 def batch_to_dict(batch: Batch) -> dict[str, Any]:
@@ -458,6 +456,8 @@ def _series(data: Any, path: Path, limits: Limits) -> SeriesColumns:
 
 
 def _int_column(data: Any, path: Path) -> IntArray:
+    import numpy as np  # noqa: PLC0415 - see the top
+
     items = _list(data, path)
     if not items:
         return np.empty(0, dtype=np.int64)
@@ -473,6 +473,8 @@ def _int_column(data: Any, path: Path) -> IntArray:
 def _values_column(
     data: Any, path: Path, length: int, limits: Limits
 ) -> FloatArray | tuple[str, ...]:
+    import numpy as np  # noqa: PLC0415 - see the top
+
     items = _list(data, path)
     if len(items) != length:
         raise InvalidBatch(f"{len(items)} values for {length} timestamps", path=path)
@@ -500,6 +502,8 @@ def _values_column(
 
 
 def _quality_column(data: Any, path: Path, length: int) -> QualityArray:
+    import numpy as np  # noqa: PLC0415 - see the top
+
     if data is None:
         return np.zeros(length, dtype=np.int8)
     items = _list(data, path)
@@ -602,6 +606,8 @@ def check_time_window(batch: Batch, *, now_us: int, max_future_us: int, max_age_
 
     Late and out-of-order data inside the window is accepted.
     """
+    import numpy as np  # noqa: PLC0415 - see the top
+
     newest, oldest = now_us + max_future_us, now_us - max_age_us
     for i, s in enumerate(batch.series):
         ts = np.asarray(s.ts, dtype=np.int64)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -32,14 +33,14 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import httpx
-import numpy as np
-import numpy.typing as npt
 
 from cloud.contract import BATCH_VERSION, MSGPACK, encode_data
 from edge import chunk
 from edge.seq_state import SeqState
 from protocols.backoff import Backoff, BackoffPolicy
 from store_forward import Lane, Lease, OutboxStats
+
+_LATENCY_SAMPLES = 500  # readings sampled per batch for the latency percentiles
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class Uplink:
         self._client = client
         self._max_chunks = settings.max_chunks
         self._newest_next = True  # flipped before the first lease: the first is oldest-first
-        self._latencies: deque[npt.NDArray[np.float64]] = deque(maxlen=20)  # recent batches
+        self._latencies: deque[list[float]] = deque(maxlen=20)  # samples of recent batches
         self._backoff = Backoff(settings.backoff)
         self.wake = asyncio.Event()  # set by the pipeline after each flush
 
@@ -261,11 +262,11 @@ class Uplink:
         stamps = [ts for s in batch["series"] for ts in s["ts"]]
         if not stamps:
             return
-        ages = (acked_us - np.asarray(stamps, dtype=np.int64)) / 1e6
-        self._latencies.append(ages)
-        recent = np.concatenate(self._latencies)
-        self.status.latency_p50_s = float(np.percentile(recent, 50))
-        self.status.latency_p99_s = float(np.percentile(recent, 99))
+        step = max(1, len(stamps) // _LATENCY_SAMPLES)  # evenly spread, bounded work per batch
+        self._latencies.append([(acked_us - ts) / 1e6 for ts in stamps[::step]])
+        recent = sorted(itertools.chain.from_iterable(self._latencies))
+        self.status.latency_p50_s = _percentile(recent, 0.50)
+        self.status.latency_p99_s = _percentile(recent, 0.99)
 
     def _settled(self, lease: Lease, dropped: dict[str, int], duplicate: bool, took: float) -> None:
         for lane, count in dropped.items():
@@ -332,6 +333,14 @@ class Uplink:
 
 class _TooLarge(Exception):
     """413 for a batch of several chunks: send fewer at a time."""
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    """The value at `fraction` of a sorted list, interpolated between neighbours."""
+    at = (len(ordered) - 1) * fraction
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

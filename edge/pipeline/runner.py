@@ -21,15 +21,17 @@ import operator
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge import chunk
 from edge.alarms import AlarmEngine, AlarmEvent, AlarmState
-from edge.inference.model import InferenceStage
 from edge.pipeline.derived import DerivedTags
 from edge.pipeline.rbe import ReportByException
 from protocols.reading import Reading
 from store_forward import Lane, OutboxError
+
+if TYPE_CHECKING:  # onnxruntime is imported only when a model is configured
+    from edge.inference.model import InferenceStage
 
 log = logging.getLogger(__name__)
 

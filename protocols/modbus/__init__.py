@@ -7,7 +7,20 @@ client.py   the pymodbus boundary: one connection, retries, errors translated
 driver.py   ModbusDriver: poll groups, reconnect with backoff, verified writes
 """
 
+from typing import TYPE_CHECKING, Any
+
 from protocols.modbus.config import ModbusDeviceConfig, ModbusTag, PollGroup
-from protocols.modbus.driver import ModbusDriver
 
 __all__ = ["ModbusDeviceConfig", "ModbusDriver", "ModbusTag", "PollGroup"]
+
+if TYPE_CHECKING:
+    from protocols.modbus.driver import ModbusDriver
+
+
+def __getattr__(name: str) -> Any:
+    """`ModbusDriver` is imported on first use: a config is validated without pymodbus."""
+    if name == "ModbusDriver":
+        from protocols.modbus.driver import ModbusDriver  # noqa: PLC0415
+
+        return ModbusDriver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,20 @@ Errors come from the one tree in `protocols.errors` (root `ProtocolError`); this
 A failed read never raises out of `run()`: it becomes bad-quality readings with the reason.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from protocols.opcua.config import OpcUaDeviceConfig, OpcUaTag
-from protocols.opcua.driver import OpcUaDriver
 
 __all__ = ["OpcUaDeviceConfig", "OpcUaDriver", "OpcUaTag"]
+
+if TYPE_CHECKING:
+    from protocols.opcua.driver import OpcUaDriver
+
+
+def __getattr__(name: str) -> Any:
+    """`OpcUaDriver` is imported on first use: a config is validated without the OPC UA stack."""
+    if name == "OpcUaDriver":
+        from protocols.opcua.driver import OpcUaDriver  # noqa: PLC0415
+
+        return OpcUaDriver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

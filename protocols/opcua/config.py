@@ -22,7 +22,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from protocols.errors import CodecError
-from protocols.opcua.codec import NodeIdSpec, parse_node_id
+from protocols.opcua.nodeid import NodeIdSpec, parse_node_id
 
 
 class OpcUaTag(BaseModel):

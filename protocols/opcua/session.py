@@ -31,13 +31,13 @@ from protocols.driver import DriverCounters
 from protocols.errors import ConnectError, DeviceError, DeviceTimeout, SecurityError, WriteError
 from protocols.opcua import security
 from protocols.opcua.codec import (
-    NodeIdSpec,
     plain_value,
     resolve_node_id,
     to_variant,
     variant_type_of,
 )
 from protocols.opcua.config import OpcUaDeviceConfig
+from protocols.opcua.nodeid import NodeIdSpec
 from protocols.reading import Value
 
 _T = TypeVar("_T")

@@ -10,8 +10,6 @@ from asyncua import ua
 
 from protocols.errors import CodecError
 from protocols.opcua.codec import (
-    NodeIdSpec,
-    parse_node_id,
     plain_value,
     resolve_node_id,
     status_reason,
@@ -19,6 +17,7 @@ from protocols.opcua.codec import (
     to_variant,
     variant_type_of,
 )
+from protocols.opcua.nodeid import NodeIdSpec, parse_node_id
 from protocols.reading import Quality
 
 NAMESPACES = ["http://opcfoundation.org/UA/", "urn:other", "urn:x", "urn:tagway:firmware-sim"]
