@@ -66,6 +66,19 @@ _DATATYPE: Final[dict[type, int]] = {
     bool: ObjectIds.Boolean,
     str: ObjectIds.String,
 }
+
+
+def _variant_type(info: TagInfo) -> ua.VariantType:
+    """The OPC UA type of a tag: the type the device's register map gives it, so the same device
+    serves the same data over Modbus and OPC UA (a float32 register is a Float, as a PLC's REAL
+    is; a float computed by scaling an integer register is a Double)."""
+    return ua.VariantType.Float if info.single else _VARIANT[info.kind]
+
+
+def _datatype(info: TagInfo) -> int:
+    return ObjectIds.Float if info.single else _DATATYPE[info.kind]
+
+
 _GOOD: Final = _status(StatusCodes.Good)
 _STATUS: Final = {
     "bad": _status(StatusCodes.BadSensorFailure),
@@ -112,8 +125,8 @@ def _variable_item(  # noqa: PLR0917 - one positional per part of the node
 ) -> ua.AddNodesItem:
     attrs = ua.VariableAttributes()
     attrs.DisplayName = ua.LocalizedText(name)
-    attrs.Value = ua.Variant(value, _VARIANT[info.kind])
-    attrs.DataType = _node(_DATATYPE[info.kind])
+    attrs.Value = ua.Variant(value, _variant_type(info))
+    attrs.DataType = _node(_datatype(info))
     attrs.ValueRank = ua.ValueRank.Scalar
     attrs.AccessLevel = attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
     item = ua.AddNodesItem()
@@ -285,7 +298,7 @@ class OpcuaPlantServer:
                     continue
                 self._published[nodeid] = (value, status.value)
                 datavalue = ua.DataValue(
-                    ua.Variant(value, _VARIANT[info[tag].kind]),
+                    ua.Variant(value, _variant_type(info[tag])),
                     StatusCode=status,
                     SourceTimestamp=stamp,
                     ServerTimestamp=stamp,

@@ -38,6 +38,7 @@ class TagInfo:
     high: float | None
     kind: type  # float, int, bool or str
     writable: bool
+    single: bool = False  # a float the device holds in 32 bits (a PLC REAL, a float32 register)
 
 
 class PlantModel:
@@ -97,7 +98,8 @@ class PlantModel:
             else:
                 low, high = device.ranges.get(tag.name, (None, None))
                 kind = type(device.values[tag.name])
-            info[tag.name] = TagInfo(tag.name, tag.unit, low, high, kind, tag.writable)
+            single = kind is float and tag.type == "float32"
+            info[tag.name] = TagInfo(tag.name, tag.unit, low, high, kind, tag.writable, single)
         return info
 
     def step(self, dt: float) -> None:

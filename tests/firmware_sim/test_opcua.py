@@ -37,6 +37,12 @@ async def test_browse_read_units_ranges_timestamps_and_fault_statuses() -> None:
             assert data.Value.Value == pytest.approx(plant.model.reported("pump1")["flow"])
             assert data.SourceTimestamp is not None
             assert data.StatusCode.is_good()
+            # Types follow the register map: a float32 register is a Float (a PLC's REAL), a
+            # value scaled from an integer register a Double.
+            assert data.Value.VariantType == ua.VariantType.Float
+            assert await flow.read_data_type() == ua.NodeId(ua.ObjectIds.Float)
+            percent = client.get_node(ua.NodeId("tank1.level_percent", ns))
+            assert (await percent.read_data_value()).Value.VariantType == ua.VariantType.Double
             eu_range = await (await flow.get_child(["0:EURange"])).read_value()
             units = await (await flow.get_child(["0:EngineeringUnits"])).read_value()
             assert (eu_range.Low, eu_range.High) == (0.0, 150.0)
