@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -176,7 +175,7 @@ def aux_tags(count: int) -> list[dict[str, Any]]:
 async def run_agent(config: dict[str, Any], seconds: float,
                     identity: UplinkIdentity | None = None) -> dict[str, float]:  # fmt: skip
     """Run the agent, skip a warm-up, then measure `seconds` of steady state."""
-    cfg = parse_config(yaml.safe_dump(config), source="bench")
+    cfg = parse_config(json.dumps(config), source="bench")  # JSON is YAML, and cheap to write
     agent = Agent(cfg, identity=identity)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
@@ -256,30 +255,54 @@ async def bench_flat_out(work: Path, seconds: float) -> dict[str, float]:
         return await run_agent(config, seconds)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=20.0)
-    args = parser.parse_args()
+SCENARIOS = {"pipeline": bench_pipeline, "10k": bench_10k, "flat": bench_flat_out}
+
+
+async def one_scenario(name: str, seconds: float) -> None:
+    """Run one scenario in this (fresh) process and print its figures as JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        pipe = await bench_pipeline(work)
-        print(
-            f"pipeline alone      {pipe['per_cpu_s']:>10,.0f} readings/CPU-s  "
-            f"{pipe['bytes_per_reading']:.2f} bytes/reading on disk"
+        figures = await (
+            bench_pipeline(work) if name == "pipeline" else SCENARIOS[name](work, seconds)
         )
-        ten = await bench_10k(work, args.seconds)
-        print(
-            f"10k tags at 1 s     {ten['readings_per_s']:>10,.0f} readings/s  core "
-            f"{ten['core_share']:.1%}  RSS {ten['rss_mb']:.0f} MB  "
-            f"{ten['bytes_per_reading']:.2f} B/reading  latency p50 "
-            f"{ten.get('latency_p50_s', float('nan')):.2f} s p99 "
-            f"{ten.get('latency_p99_s', float('nan')):.2f} s"
-        )
-        flat = await bench_flat_out(work, args.seconds)
-        print(
-            f"flat-out Modbus     {flat['per_cpu_s']:>10,.0f} readings/CPU-s  "
-            f"{flat['readings_per_s']:,.0f} readings/s  overruns {flat['overruns']}"
-        )
+    print(json.dumps(figures))
+
+
+def run_scenario(name: str, seconds: float) -> dict[str, float]:
+    """Each scenario in its own process, so RSS and CPU are that scenario's agent alone."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--scenario", name, "--seconds", str(seconds)],
+        check=True, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS))
+    args = parser.parse_args()
+    if args.scenario:
+        asyncio.run(one_scenario(args.scenario, args.seconds))
+        return
+    pipe = run_scenario("pipeline", args.seconds)
+    print(
+        f"pipeline alone      {pipe['per_cpu_s']:>10,.0f} readings/CPU-s  "
+        f"{pipe['bytes_per_reading']:.2f} bytes/reading on disk"
+    )
+    ten = run_scenario("10k", args.seconds)
+    print(
+        f"10k tags at 1 s     {ten['readings_per_s']:>10,.0f} readings/s  core "
+        f"{ten['core_share']:.1%}  RSS {ten['rss_mb']:.0f} MB  "
+        f"{ten['bytes_per_reading']:.2f} B/reading  latency p50 "
+        f"{ten.get('latency_p50_s', float('nan')):.2f} s p99 "
+        f"{ten.get('latency_p99_s', float('nan')):.2f} s"
+    )
+    flat = run_scenario("flat", args.seconds)
+    print(
+        f"flat-out Modbus     {flat['per_cpu_s']:>10,.0f} readings/CPU-s  "
+        f"{flat['readings_per_s']:,.0f} readings/s  overruns {flat['overruns']}"
+    )
     print(
         json.dumps(
             {
@@ -301,4 +324,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
