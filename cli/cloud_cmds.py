@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -79,6 +80,9 @@ def _on_database(database: str, work: Callable[[Repository], Awaitable[_T]]) -> 
     from cloud.errors import CloudError  # noqa: PLC0415
     from cloud.storage import open_database  # noqa: PLC0415
     from cloud.storage.repository import Repository  # noqa: PLC0415
+
+    # The pool logs every failed connection attempt; the one line `fail` prints says it all.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
     async def run() -> _T:
         db = await open_database(_settings(database_url=database))
@@ -174,6 +178,38 @@ def migrate(database: DatabaseOpt = DEFAULT_DATABASE) -> None:
     except CloudError as exc:
         fail(exc.message)
     typer.echo(f"{database.split('@')[-1]}: schema at version {version}")
+
+
+@cloud_app.command("retention")
+def retention(
+    database: DatabaseOpt = DEFAULT_DATABASE,
+    days: Annotated[
+        int | None,
+        typer.Option(min=1, help="Keep this many days of telemetry (default: the service's 365)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would be removed.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove telemetry older than the retention, once (the service also does it hourly).
+
+    PostgreSQL drops whole daily partitions (never today's); SQLite deletes the old readings.
+
+    Example: tagway cloud retention --database postgresql://tagway_app@db/tagway --days 90 --dry-run
+    """
+    from cloud.retention import describe, now_us  # noqa: PLC0415
+    from cloud.storage.records import RetentionResult  # noqa: PLC0415
+
+    settings = _settings(database_url=database, retention_days=days)
+
+    async def work(repo: Repository) -> RetentionResult:
+        return await repo.db.drop_telemetry(
+            keep_days=settings.retention_days, now_us=now_us(), dry_run=dry_run
+        )
+
+    result = _on_database(database, work)
+    typer.echo(result.model_dump_json() if json_out else describe(result))
 
 
 @tenant_app.command("create")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -36,6 +36,32 @@ class CloudMetrics:
         self.readings = Counter(
             "tagway_cloud_ingest_readings",
             "Readings written to telemetry (duplicates excluded).",
+            registry=self.registry,
+        )
+        self.retention_runs = Counter(
+            "tagway_cloud_retention_runs",
+            "Telemetry retention passes of this replica by result (ok, error).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.retention_last_run = Gauge(
+            "tagway_cloud_retention_last_run_timestamp_seconds",
+            "When this replica's last successful retention pass finished (Unix time).",
+            registry=self.registry,
+        )
+        self.retention_cutoff = Gauge(
+            "tagway_cloud_retention_cutoff_timestamp_seconds",
+            "The cutoff of the last successful retention pass (Unix time).",
+            registry=self.registry,
+        )
+        self.retention_partitions = Counter(
+            "tagway_cloud_retention_partitions_dropped",
+            "Daily telemetry partitions this replica dropped (native PostgreSQL).",
+            registry=self.registry,
+        )
+        self.retention_rows = Counter(
+            "tagway_cloud_retention_rows_deleted",
+            "Old readings this replica deleted (SQLite).",
             registry=self.registry,
         )
 

@@ -21,6 +21,10 @@ class CloudSettings(BaseModel):
     ``<sqlite file>.master-key`` for SQLite. `create_master_key` (None: yes for SQLite, no for
     PostgreSQL, where every replica must share one key) creates it on first start.
     `allow_static_gateway_tokens` keeps the interim per-gateway bearer tokens working.
+
+    Retention (`cloud.retention`): telemetry older than `retention_days` is removed by a pass
+    each replica runs at start-up and then every `retention_interval_s` (0: never in the
+    background; run ``tagway cloud retention`` from cron instead).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -39,6 +43,7 @@ class CloudSettings(BaseModel):
     max_age_days: int = Field(default=400, ge=1)
     partitions_ahead_days: int = Field(default=7, ge=1)
     retention_days: int = Field(default=365, ge=1)
+    retention_interval_s: int = Field(default=3600, ge=0)
     app_role: str = Field(default="tagway_app", pattern=r"^[a-z_][a-z0-9_]*$")
     public_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://")
     master_key_file: Path | None = None

@@ -7,6 +7,8 @@ number of replicas can serve behind a load balancer. Errors are answered as
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -27,6 +29,7 @@ from cloud.contract import ContractError
 from cloud.enrollment import Enrollment, authenticators, load_master_key
 from cloud.errors import CloudError, RateLimited, StorageError
 from cloud.metrics import CloudMetrics, MetricsMiddleware
+from cloud.retention import run_retention
 from cloud.settings import CloudSettings
 from cloud.storage import open_database
 from cloud.storage.repository import Repository
@@ -110,9 +113,24 @@ def create_app(settings: CloudSettings) -> FastAPI:
             db.info.partitioning,
             db.info.schema_version,
         )
+        retention = None
+        if settings.retention_interval_s:
+            retention = asyncio.create_task(
+                run_retention(
+                    db,
+                    metrics,
+                    keep_days=settings.retention_days,
+                    interval_s=settings.retention_interval_s,
+                ),
+                name="cloud-retention",
+            )
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
             await db.close()
 
     app = FastAPI(

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cloud.storage.records import BackendInfo, StoredPrincipal
+from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
 
 Row = tuple[Any, ...]
 
@@ -76,6 +76,15 @@ class Database(Protocol):
 
     async def write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
         """Insert readings, skipping (series, ts) already stored; the number inserted."""
+        ...
+
+    async def drop_telemetry(
+        self, *, keep_days: int, now_us: int, dry_run: bool = False
+    ) -> RetentionResult:
+        """Remove telemetry older than `keep_days` (never today's); what was (would be) removed.
+
+        Idempotent, and safe to run from several replicas at once.
+        """
         ...
 
     async def ping(self) -> None:

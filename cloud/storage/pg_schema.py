@@ -20,12 +20,15 @@ What migration 1 sets up, and why:
   native range partitions per UTC day, created ahead of time and on demand, a BRIN index on time
   and the B-tree primary key on (series_id, ts). The app role is granted the parent table only,
   never a partition.
+
+Migration 3 adds `tagway_drop_partitions(keep_days, dry_run)` (see `retention_function`): the
+native path's retention, since only the owner may drop a partition.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from cloud.storage.provisioning_schema import pg_migration
 
@@ -204,9 +207,69 @@ def initial_schema(*, role: str, timescaledb: bool, retention_days: int) -> str:
     return _TABLES + telemetry + _security(role)
 
 
+_NATIVE_RETENTION: Final = f"""
+CREATE FUNCTION tagway_drop_partitions(keep_days integer, dry_run boolean)
+RETURNS TABLE (partition text, day bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+#variable_conflict use_column
+DECLARE
+  now_us bigint := (extract(epoch FROM now()) * 1000000)::bigint;
+  -- whole days only, and never the day holding now (nor any later one), whatever keep_days says
+  horizon bigint := least(now_us - greatest(keep_days, 1)::bigint * {DAY_US},
+                          now_us - now_us % {DAY_US});
+  p record;
+BEGIN
+  -- two replicas may run this at once: the second waits, then finds the partitions gone
+  PERFORM pg_advisory_xact_lock(7362);
+  FOR p IN
+    SELECT c.relname::text AS name, b.upper / {DAY_US} - 1 AS d
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL (SELECT substring(pg_get_expr(c.relpartbound, c.oid)
+                          FROM 'TO [(]''(-?[0-9]+)''[)]')::bigint AS upper) b
+    WHERE i.inhparent = 'telemetry'::regclass AND c.relname ~ '^telemetry_p[0-9]{{8}}$'
+      AND b.upper <= horizon
+    ORDER BY b.upper
+  LOOP
+    IF NOT dry_run THEN
+      -- the same lock as tagway_ensure_partitions: a replica creating this day waits for us
+      PERFORM pg_advisory_xact_lock(7361, p.d::integer);
+      EXECUTE format('ALTER TABLE telemetry DETACH PARTITION %I', p.name);
+      EXECUTE format('DROP TABLE %I', p.name);
+    END IF;
+    partition := p.name;
+    day := p.d;
+    RETURN NEXT;
+  END LOOP;
+END
+$fn$;
+"""
+
+_TIMESCALE_RETENTION: Final = """
+CREATE FUNCTION tagway_drop_partitions(keep_days integer, dry_run boolean)
+RETURNS TABLE (partition text, day bigint)
+LANGUAGE sql SECURITY DEFINER AS $fn$ SELECT NULL::text, NULL::bigint WHERE false $fn$;
+"""
+
+
+def retention_function(*, role: str, timescaledb: bool, **_: Any) -> str:
+    """Migration 3: `tagway_drop_partitions`, which the app role may only execute.
+
+    Native partitioning: detaches and drops the daily partitions whose whole range lies before
+    ``now() - keep_days`` (by the database's clock) and answers (partition, day) for each; with
+    `dry_run` it only answers. The partition holding today is never dropped. With TimescaleDB
+    the retention policy of migration 1 does this, and the function answers nothing.
+    """
+    body = _TIMESCALE_RETENTION if timescaledb else _NATIVE_RETENTION
+    return f"""{body}
+REVOKE ALL ON FUNCTION tagway_drop_partitions(integer, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tagway_drop_partitions(integer, boolean) TO {role};
+"""
+
+
 Migration = tuple[int, str, Callable[..., str]]
 
 MIGRATIONS: Final[list[Migration]] = [
     (1, "initial schema", initial_schema),
     (2, "provisioning", pg_migration),
+    (3, "telemetry retention", retention_function),
 ]

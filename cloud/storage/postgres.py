@@ -29,7 +29,7 @@ from cloud.errors import Conflict, StorageError
 from cloud.settings import CloudSettings
 from cloud.storage.base import Row, TelemetryRows, Tx
 from cloud.storage.pg_schema import DAY_US, MIGRATIONS
-from cloud.storage.records import BackendInfo, StoredPrincipal
+from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
 from cloud.storage.registry import find_or_create_series
 
 _COPY_SQL: Final = (
@@ -55,6 +55,7 @@ _COPY_ROW: Final = np.dtype(
         ("quality", ">i2"),
     ]
 )
+_RETENTION_SCHEMA: Final = 3  # the migration that added tagway_drop_partitions
 _INSERT_SKIPPING: Final = (
     "INSERT INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
     " SELECT %s, u.s, u.t, u.v, u.x, u.q"
@@ -196,8 +197,44 @@ class PostgresDatabase:
             await tx.execute("SELECT tagway_ensure_partitions(%s::bigint[])", [missing])
         self._known_days.update(missing)  # a cache of work done, never a source of truth
 
+    async def drop_telemetry(
+        self, *, keep_days: int, now_us: int, dry_run: bool = False
+    ) -> RetentionResult:
+        """Drop whole daily partitions through `tagway_drop_partitions` (owner's rights)."""
+        cutoff = now_us - keep_days * DAY_US
+        if self.info.partitioning != "native":
+            return RetentionResult(method="timescaledb", cutoff=cutoff, dry_run=dry_run)
+        if self.info.schema_version < _RETENTION_SCHEMA:
+            raise StorageError(
+                f"the schema is at version {self.info.schema_version}; retention needs"
+                f" {_RETENTION_SCHEMA}: run tagway cloud migrate as the schema owner"
+            )
+        async with self.transaction(None) as tx:
+            rows = await tx.fetch(
+                "SELECT partition, day FROM tagway_drop_partitions(%s, %s)", [keep_days, dry_run]
+            )
+        days = [int(r[1]) for r in rows]
+        if not dry_run:
+            self._known_days.difference_update(days)
+        return RetentionResult(
+            method="partitions",
+            cutoff=cutoff,
+            dry_run=dry_run,
+            partitions=[str(r[0]) for r in rows],
+            days=days,
+        )
+
     async def write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
         """Binary COPY; on a unique violation, the skipping INSERT instead."""
+        try:
+            return await self._write_telemetry(tx, tenant_id, rows)
+        except pg_errors.CheckViolation as exc:
+            # No partition for a day this replica thought existed: another replica's retention
+            # pass dropped it. Forget what we knew; the gateway's retry creates it again.
+            self._known_days.clear()
+            raise StorageError(f"postgresql: {exc.diag.message_primary}") from exc
+
+    async def _write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
         assert isinstance(tx, PgTx)  # noqa: S101 - the backend only ever hands out PgTx
         conn = tx.conn
         inserted = 0

@@ -155,6 +155,22 @@ class StoredPrincipal(Record):
     role: Role | None
 
 
+class RetentionResult(Record):
+    """What one retention pass removed (or, with `dry_run`, would remove).
+
+    `method` says how: ``partitions`` (native PostgreSQL drops whole UTC days, so up to a day
+    more than asked is kept), ``rows`` (SQLite deletes readings older than `cutoff`) or
+    ``timescaledb`` (its retention policy does the work; the pass removes nothing itself).
+    """
+
+    method: str
+    cutoff: int
+    dry_run: bool
+    partitions: list[str] = []
+    days: list[int] = []
+    rows_deleted: int = 0
+
+
 class BackendInfo(Record):
     """What `/readyz` reports about storage."""
 

@@ -21,8 +21,9 @@ from typing import Any, Final
 from cloud.errors import StorageError
 from cloud.storage.base import Row, TelemetryRows, Tx
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
-from cloud.storage.records import BackendInfo, StoredPrincipal
+from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
 from cloud.storage.registry import find_or_create_series
+from cloud.storage.telemetry import DAY_US
 
 MIGRATIONS: Final[list[tuple[int, str, str]]] = [
     (
@@ -74,6 +75,10 @@ CREATE TABLE rate_window (tenant_id INTEGER NOT NULL, window_start INTEGER NOT N
     ),
     (2, "provisioning", SQLITE_MIGRATION),
 ]
+
+# Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest
+# interleaves with a large first pass instead of waiting for all of it.
+RETENTION_BATCH: Final = 5000
 
 _INSERT_READING: Final = (
     "INSERT OR IGNORE INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
@@ -219,6 +224,36 @@ class SqliteDatabase:
         self._conn.executemany(_INSERT_READING, rows)
         return self._conn.total_changes - before
 
+    async def drop_telemetry(
+        self, *, keep_days: int, now_us: int, dry_run: bool = False
+    ) -> RetentionResult:
+        """Delete readings older than the cutoff, at most `RETENTION_BATCH` per transaction.
+
+        Series by series along the (series_id, ts) primary key, so no batch scans the table.
+        Series, devices, usage and the batch log stay: they are metadata, not telemetry.
+        """
+        cutoff = now_us - max(keep_days, 1) * DAY_US
+        if dry_run:
+            async with self.transaction(None) as tx:
+                row = await tx.fetchone(
+                    "SELECT count(*) FROM series s JOIN telemetry t"
+                    " ON t.series_id = s.id AND t.ts < %s",
+                    [cutoff],
+                )
+            counted = int(row[0]) if row else 0
+            return RetentionResult(method="rows", cutoff=cutoff, dry_run=True, rows_deleted=counted)
+        deleted, after = 0, -1
+        while True:
+            async with self.transaction(None) as tx:
+                done, resume = await _delete_batch(tx, cutoff, after, RETENTION_BATCH)
+            deleted += done
+            if resume is None:
+                return RetentionResult(
+                    method="rows", cutoff=cutoff, dry_run=False, rows_deleted=deleted
+                )
+            after = resume
+            await asyncio.sleep(0)  # let waiting requests take the lock between batches
+
     async def ping(self) -> None:
         """Raise `StorageError` unless the file answers."""
         async with self._lock:
@@ -231,6 +266,30 @@ class SqliteDatabase:
         """Close the connection."""
         async with self._lock:
             self._conn.close()
+
+
+async def _delete_batch(tx: Tx, cutoff: int, after: int, budget: int) -> tuple[int, int | None]:
+    """Delete up to `budget` old readings of the series after id `after`.
+
+    Answers (rows deleted, the last series id finished, or None when no series is left).
+    """
+    deleted = 0
+    series = await tx.fetch("SELECT id FROM series WHERE id > %s ORDER BY id", [after])
+    for (sid,) in series:
+        # The budget-th oldest reading below the cutoff bounds this series' share of the batch;
+        # without one, everything of the series below the cutoff fits.
+        edge = await tx.fetchone(
+            "SELECT ts FROM telemetry WHERE series_id = %s AND ts < %s ORDER BY ts"
+            " LIMIT 1 OFFSET %s",
+            [sid, cutoff, budget - deleted - 1],
+        )
+        below = cutoff if edge is None else int(edge[0]) + 1
+        deleted += await tx.execute(
+            "DELETE FROM telemetry WHERE series_id = %s AND ts < %s", [sid, below]
+        )
+        if edge is not None:  # budget used up, maybe mid-series: this series again next time
+            return deleted, int(sid) - 1
+    return deleted, None
 
 
 def apply_migrations(conn: sqlite3.Connection) -> int:

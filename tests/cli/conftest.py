@@ -1,9 +1,11 @@
-"""Fixtures of the CLI tests: the cloud app on each backend (for `tagway provision`)."""
+"""Fixtures of the CLI tests: the cloud app on each backend (for `tagway provision` and
+`tagway cloud ...`)."""
 
 from __future__ import annotations
 
 from tests.cloud.conftest import (  # noqa: F401 - fixtures shared with the cloud tests
     backend,
+    make_cloud,
     migrated_pg,
     settings_for,
 )
