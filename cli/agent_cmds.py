@@ -82,7 +82,7 @@ def run(
     log_format: Annotated[LogFormat, typer.Option(help="human, json, or auto.")] = "auto",
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
-    """Run the agent in the foreground until SIGTERM or Ctrl-C.
+    """Run the agent in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the config file.
 
     Exit codes: 0 after a clean stop, 78 for a config error or a state file from a newer
     release (systemd does not restart it), 1 for other failures.
@@ -104,7 +104,7 @@ def run(
 
     identity = uplink_identity(cfg)
     try:
-        asyncio.run(run_until_signalled(Agent(cfg, identity=identity)))
+        asyncio.run(run_until_signalled(Agent(cfg, identity=identity, config_path=path)))
     except (SchemaTooNew, AlarmStateTooNew) as exc:
         # A state file from a newer release needs a person (upgrade, or move the file away);
         # restarting cannot fix it, so the exit code tells systemd not to try.
