@@ -255,10 +255,8 @@ class Agent:
             raise RuntimeError("reload needs a running agent started from a config file")
         async with self._reload_lock:
             self._notifier.reloading()
-            try:
-                result = await self._reload_from(self.config_path)
-            finally:
-                self._notifier.ready(f"running: {len(self.slots)} devices")
+            result = await self._reload_from(self.config_path)
+            self._notifier.ready(f"running: {len(self.slots)} devices")
             return self.reloads.record(result)
 
     async def _reload_when_requested(self) -> None:
@@ -282,8 +280,8 @@ class Agent:
             await self._apply(plan)
             if plan.needs_restart:
                 log.warning(
-                    "config reload: %s changed and needs a restart; running with the previous "
-                    "values until then", ", ".join(plan.needs_restart),
+                    "config reload needs a restart: %s changed; running with the previous values "
+                    "of these sections until then", ", ".join(plan.needs_restart),
                 )  # fmt: skip
             log.info("config reloaded from %s: devices %s", path, plan.devices.summary())
             return ReloadResult(at, applied=True, devices=plan.devices,

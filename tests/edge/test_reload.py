@@ -3,6 +3,7 @@ pipeline following the new settings, and an invalid file changing nothing."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -226,7 +227,7 @@ async def test_an_invalid_file_changes_nothing_and_is_reported(
 
 @pytest.mark.integration
 async def test_alarms_and_derived_tags_follow_a_reload_and_restart_sections_wait(
-    tmp_path: Path, plant: Plant
+    tmp_path: Path, plant: Plant, caplog: pytest.LogCaptureFixture
 ) -> None:
     pump1 = modbus_devices(plant)[0]
     path = tmp_path / "config.yaml"
@@ -246,6 +247,7 @@ async def test_alarms_and_derived_tags_follow_a_reload_and_restart_sections_wait
         data["alarms"] = [{"name": "flowing", "device": "pump1", "tag": "flow", "kind": "high",
                            "limit": -1.0}]  # fmt: skip
         write_config(path, data)
+        caplog.set_level(logging.INFO, logger="edge.agent")
         agent.reload_requested.set()  # what SIGHUP does
 
         async def reloaded() -> bool:
@@ -264,4 +266,5 @@ async def test_alarms_and_derived_tags_follow_a_reload_and_restart_sections_wait
         gateway = await running.get("/v1/gateway")
         assert gateway["name"] == "test-gw"  # the gateway section waits for a restart
         assert gateway["config"]["needs_restart"] == ["gateway", "outbox"]
+        assert "config reload needs a restart: gateway, outbox changed" in caplog.text
         assert agent.slots["pump1"].driver is driver
