@@ -195,6 +195,7 @@ def _print_status(r: dict[str, Any]) -> None:
     typer.echo(f"health: {r['health']['status']}")
     for problem in r["health"]["problems"]:
         typer.echo(f"  ! {problem}")
+    _print_reload(gw["config"])
     typer.echo("drivers:")
     for d in r["drivers"]:
         c = d["counters"]
@@ -219,6 +220,17 @@ def _print_status(r: dict[str, Any]) -> None:
     typer.echo(f"alarms: {len(r['alarms'])} need attention")
     for a in r["alarms"]:
         typer.echo(f"  {a['severity']:<8} {a['state']:<9} {a['name']}: {a['message']}")
+
+
+def _print_reload(config: dict[str, Any]) -> None:
+    last = config["last_reload"]
+    if last is None:
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"]))
+    typer.echo(f"config: last reload {when} {last['outcome']}"
+               + (f": {last['error']}" if last["error"] else ""))  # fmt: skip
+    if config["needs_restart"]:
+        typer.echo(f"  ! needs a restart to apply: {', '.join(config['needs_restart'])}")
 
 
 def tags(

@@ -73,6 +73,15 @@ async def test_sighup_reloads_the_config_file_and_a_bad_file_keeps_the_agent_run
                 await eventually(rejected)
                 assert await connected({"pump1", "pump2"})
                 assert agent.returncode is None
+                status = await asyncio.create_subprocess_exec(
+                    *TAGWAY, "status", "--api", url, stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(status.communicate(), 30)
+                # The file on disk would not start the agent: status says so and exits 1. (It
+                # is given --api because it finds the agent through that same broken file.)
+                assert status.returncode == 1
+                assert "rejected: " in out.decode()
+                assert "gateway.name: required field is missing" in out.decode()
         finally:
             agent.send_signal(signal.SIGTERM)
             _, logs = await asyncio.wait_for(agent.communicate(), 20)
