@@ -82,7 +82,7 @@ def run(
     log_format: Annotated[LogFormat, typer.Option(help="human, json, or auto.")] = "auto",
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
-    """Run the agent in the foreground until SIGTERM or Ctrl-C.
+    """Run the agent in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the config file.
 
     Exit codes: 0 after a clean stop, 78 for a config error or a state file from a newer
     release (systemd does not restart it), 1 for other failures.
@@ -104,7 +104,7 @@ def run(
 
     identity = uplink_identity(cfg)
     try:
-        asyncio.run(run_until_signalled(Agent(cfg, identity=identity)))
+        asyncio.run(run_until_signalled(Agent(cfg, identity=identity, config_path=path)))
     except (SchemaTooNew, AlarmStateTooNew) as exc:
         # A state file from a newer release needs a person (upgrade, or move the file away);
         # restarting cannot fix it, so the exit code tells systemd not to try.
@@ -195,6 +195,7 @@ def _print_status(r: dict[str, Any]) -> None:
     typer.echo(f"health: {r['health']['status']}")
     for problem in r["health"]["problems"]:
         typer.echo(f"  ! {problem}")
+    _print_reload(gw["config"])
     typer.echo("drivers:")
     for d in r["drivers"]:
         c = d["counters"]
@@ -219,6 +220,17 @@ def _print_status(r: dict[str, Any]) -> None:
     typer.echo(f"alarms: {len(r['alarms'])} need attention")
     for a in r["alarms"]:
         typer.echo(f"  {a['severity']:<8} {a['state']:<9} {a['name']}: {a['message']}")
+
+
+def _print_reload(config: dict[str, Any]) -> None:
+    last = config["last_reload"]
+    if last is None:
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"]))
+    typer.echo(f"config: last reload {when} {last['outcome']}"
+               + (f": {last['error']}" if last["error"] else ""))  # fmt: skip
+    if config["needs_restart"]:
+        typer.echo(f"  ! needs a restart to apply: {', '.join(config['needs_restart'])}")
 
 
 def tags(

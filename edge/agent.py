@@ -6,6 +6,10 @@ capped, jittered backoff if it fails; one failing device never stops another), t
 flusher, the alarm ticker, the uplink and the local API. When `stop` is set (SIGTERM, SIGINT),
 drivers stop first, the pipeline flushes what it holds into the outbox, and everything closes.
 
+`reload()` (SIGHUP) reads the config file again and applies it without a restart: only the
+drivers of added and changed devices start, only those of removed and changed devices stop, and
+the pipeline follows the new deadbands, derived tags and alarm rules (see `edge.reload`).
+
 The supervisor (`_supervise`) is the one place that catches broad exceptions: it logs and counts
 what it caught, and restarts the driver.
 """
@@ -20,16 +24,26 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.alarm_store import AlarmStore
-from edge.alarms import AlarmEngine, AlarmEvent, AlarmKind, AlarmRule
-from edge.config import AgentConfig, Device, ModbusDevice, MqttSource, OpcUaDevice, Reporting
+from edge.alarms import AlarmEngine, AlarmEvent
+from edge.config import (
+    AgentConfig,
+    ConfigError,
+    Device,
+    ModbusDevice,
+    MqttSource,
+    OpcUaDevice,
+    load_config,
+)
 from edge.dead_letters import DeadLetterStore
-from edge.pipeline.derived import DerivedTag, DerivedTags
-from edge.pipeline.expressions import Expression
-from edge.pipeline.rbe import Deadband, ReportByException
+from edge.pipeline import settings as stages
+from edge.pipeline.derived import DerivedTags
+from edge.pipeline.rbe import ReportByException
 from edge.pipeline.runner import Pipeline, now_us
+from edge.reload import ReloadHistory, ReloadPlan, ReloadRejected, ReloadResult, plan_reload
 from edge.sd_notify import SystemdNotifier
 from edge.seq_state import SeqState
 from edge.uplink import Uplink, UplinkSettings, UplinkStatus
@@ -100,6 +114,7 @@ class Agent:
     Args:
         config: the validated configuration.
         identity: the gateway identity for the uplink; None runs without a cloud (store only).
+        config_path: the file `config` was loaded from, read again by `reload()`.
         driver_backoff: restart policy for failed drivers.
         notifier: systemd's notify socket (readiness, watchdog, stopping); by default the one
             the environment names, a no-op outside systemd.
@@ -110,11 +125,15 @@ class Agent:
         config: AgentConfig,
         *,
         identity: UplinkIdentity | None = None,
+        config_path: Path | None = None,
         driver_backoff: BackoffPolicy | None = None,
         notifier: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
+        self.config_path = config_path
+        self.reloads = ReloadHistory()
+        self.reload_requested = asyncio.Event()  # set by SIGHUP; a reload runs, then it clears
         self.version = agent_version()
         self.started_at = time.time()
         self.slots = {d.name: DriverSlot(d) for d in config.devices}
@@ -127,6 +146,9 @@ class Agent:
         self.ready = asyncio.Event()
         self._inference: InferenceStage | None = None
         self._notifier = notifier if notifier is not None else SystemdNotifier.from_environ()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._reload_lock = asyncio.Lock()
 
     @property
     def uplink_status(self) -> UplinkStatus | None:
@@ -178,12 +200,12 @@ class Agent:
 
         api = LocalApi(self)
         async with asyncio.TaskGroup() as tg:
-            drivers = [
-                tg.create_task(self._supervise(slot), name=f"driver:{slot.name}")
-                for slot in self.slots.values()
-            ]
+            self._tasks = tg
+            for slot in self.slots.values():
+                self._start_driver(slot)
             flusher = tg.create_task(self.pipeline.run(), name="pipeline")
             ticker = tg.create_task(self._tick_alarms(), name="alarms")
+            reloader = tg.create_task(self._reload_when_requested(), name="reload")
             rest = [
                 tg.create_task(api.serve(), name="local-api"),
                 tg.create_task(self._notifier.feed_watchdog(), name="watchdog"),
@@ -198,10 +220,10 @@ class Agent:
             self._notifier.ready(f"running: {len(self.slots)} devices")
             await stop.wait()
             self._notifier.stopping()
+            reloader.cancel()  # no reload starts a driver once stopping has begun
+            await asyncio.gather(reloader, return_exceptions=True)
             log.info("stopping: drivers first, then a last flush into the outbox")
-            for task in drivers:
-                task.cancel()
-            await asyncio.gather(*drivers, return_exceptions=True)
+            await self._stop_drivers(tuple(self._drivers))
             flusher.cancel()  # its finally flushes what the drivers delivered
             await asyncio.gather(flusher, return_exceptions=True)
             ticker.cancel()
@@ -209,6 +231,77 @@ class Agent:
             for task in rest:
                 if task.get_name() != "local-api":
                     task.cancel()
+
+    def _start_driver(self, slot: DriverSlot) -> None:
+        assert self._tasks is not None  # noqa: S101 - set by _run_tasks
+        task = self._tasks.create_task(self._supervise(slot), name=f"driver:{slot.name}")
+        self._drivers[slot.name] = task
+
+    async def _stop_drivers(self, names: tuple[str, ...]) -> None:
+        """Stop these devices' drivers as shutdown does: cancel, and wait until they closed."""
+        tasks = [self._drivers.pop(name) for name in names]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def reload(self) -> ReloadResult:
+        """Read the config file again and apply what changed (SIGHUP, `systemctl reload`).
+
+        A file that does not validate changes nothing: the loader's message is logged, counted
+        and shown by the local API, and the running config stays. The result is also kept in
+        `reloads.last`.
+        """
+        if self.config_path is None or self.pipeline is None:
+            raise RuntimeError("reload needs a running agent started from a config file")
+        async with self._reload_lock:
+            self._notifier.reloading()
+            result = await self._reload_from(self.config_path)
+            self._notifier.ready(f"running: {len(self.slots)} devices")
+            return self.reloads.record(result)
+
+    async def _reload_when_requested(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()  # signals that arrive meanwhile make one more reload
+            if self.config_path is None:
+                log.warning("reload requested, but this agent was not started from a file")
+                continue
+            await self.reload()
+
+    async def _reload_from(self, path: Path) -> ReloadResult:
+        at = time.time()
+        try:
+            plan = plan_reload(self.config, load_config(path))
+        except ConfigError as exc:
+            error = "; ".join(str(issue) for issue in exc.issues)
+        except ReloadRejected as exc:
+            error = f"{path}: {exc}"
+        else:
+            await self._apply(plan)
+            if plan.needs_restart:
+                log.warning(
+                    "config reload needs a restart: %s changed; running with the previous values "
+                    "of these sections until then", ", ".join(plan.needs_restart),
+                )  # fmt: skip
+            log.info("config reloaded from %s: devices %s", path, plan.devices.summary())
+            return ReloadResult(at, applied=True, devices=plan.devices,
+                                needs_restart=plan.needs_restart)  # fmt: skip
+        log.error("config reload rejected, still running the previous config: %s", error)
+        return ReloadResult(at, applied=False, error=error)
+
+    async def _apply(self, plan: ReloadPlan) -> None:
+        assert self.pipeline is not None  # noqa: S101 - reload() checked
+        changes, config = plan.devices, plan.config
+        await self._stop_drivers(changes.restarted)
+        await self.pipeline.flush()  # what the stopped drivers delivered is committed now
+        stages.reconfigure(self.pipeline, config, forget=changes.restarted)
+        self.config = config
+        for name in changes.removed:
+            del self.slots[name]
+        devices = {d.name: d for d in config.devices}
+        for name in changes.changed + changes.added:
+            self.slots[name] = DriverSlot(devices[name])
+            self._start_driver(self.slots[name])
 
     async def _supervise(self, slot: DriverSlot) -> None:
         """Run one driver forever; restart it with backoff when it fails."""
@@ -250,25 +343,22 @@ class Agent:
     def _build_pipeline(self, alarm_store: AlarmStore) -> Pipeline:
         config = self.config
         simulated = {d.name: d.simulated for d in config.devices}
-        derived = DerivedTags(
-            [
-                DerivedTag(d.device, d.tag, Expression.parse(d.expression), d.unit,
-                           simulated.get(d.device, False))
-                for d in config.derived
-            ]
-        )  # fmt: skip
         self._inference = _inference_stage(config, simulated) if config.models else None
-        engine = AlarmEngine(_alarm_rules(config), alarm_store.load())
+        engine = AlarmEngine(stages.alarm_rules(config), alarm_store.load())
 
         async def persist(events: list[AlarmEvent]) -> None:
-            alarm_store.save(engine.alarms[e.rule] for e in events)
+            # The engine in use now: a reload may have replaced the one built here.
+            alarms = self.pipeline.alarms.alarms if self.pipeline is not None else engine.alarms
+            alarm_store.save(alarms[e.rule] for e in events if e.rule in alarms)
             if self.uplink is not None:
                 self.uplink.wake.set()
 
         return Pipeline(
             outbox=self._require_outbox(),
-            rbe=ReportByException(_deadbands(config), default=_deadband(config.report)),
-            derived=derived,
+            rbe=ReportByException(
+                stages.deadbands(config), default=stages.default_deadband(config.report)
+            ),
+            derived=DerivedTags(stages.derived_tags(config)),
             inference=self._inference,
             alarms=engine,
             on_alarms=persist,
@@ -345,58 +435,15 @@ def _outbox_settings(config: AgentConfig) -> OutboxSettings:
     )
 
 
-def _deadband(reporting: Reporting) -> Deadband:
-    return Deadband(reporting.deadband, reporting.deadband_percent, reporting.heartbeat,
-                    reporting.every_reading)  # fmt: skip
-
-
-def _deadbands(config: AgentConfig) -> dict[tuple[str, str], Deadband]:
-    default = config.report
-    out: dict[tuple[str, str], Deadband] = {}
-    for device in config.devices:
-        if isinstance(device, MqttSource):
-            continue
-        for tag in device.tags:
-            if tag.deadband is None and tag.deadband_percent is None and tag.heartbeat is None:
-                continue
-            out[(device.name, tag.name)] = Deadband(
-                tag.deadband if tag.deadband is not None else default.deadband,
-                tag.deadband_percent if tag.deadband_percent is not None
-                else default.deadband_percent,
-                tag.heartbeat if tag.heartbeat is not None else default.heartbeat,
-                default.every_reading,
-            )  # fmt: skip
-    return out
-
-
-def _alarm_rules(config: AgentConfig) -> list[AlarmRule]:
-    rules = [
-        AlarmRule(a.name, a.device, a.tag, a.kind, a.limit, a.hysteresis, a.on_delay, a.stale,
-                  a.severity, a.message)
-        for a in config.alarms
-    ]  # fmt: skip
-    rules.extend(
-        AlarmRule(
-            f"{model.name}.{device}", device, model.outputs[0], AlarmKind.HIGH,
-            limit=model.alarm.threshold, on_delay_s=model.alarm.on_delay,
-            severity=model.alarm.severity,
-            message=model.alarm.message
-            or f"{device}: {model.name} score above {model.alarm.threshold:g}",
-        )
-        for model in config.models
-        if model.alarm is not None
-        for device in model.devices
-    )  # fmt: skip
-    return rules
-
-
 async def run_until_signalled(agent: Agent) -> None:
-    """Run the agent until SIGTERM or SIGINT (the `tagway run` entry point)."""
+    """Run the agent until SIGTERM or SIGINT, reloading its config on SIGHUP (the `tagway run`
+    entry point)."""
     import signal  # noqa: PLC0415
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig, action in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set),
+                        (signal.SIGHUP, agent.reload_requested.set)):  # fmt: skip
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, action)
     await agent.run(stop)

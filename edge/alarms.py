@@ -158,6 +158,18 @@ class AlarmEngine:
         self._pending_since: dict[str, int] = {}
         self._last: dict[tuple[str, str], Reading] = {}
 
+    def with_rules(self, rules: Iterable[AlarmRule]) -> AlarmEngine:
+        """An engine over `rules` that keeps what this one knows (a config reload): the state of
+        each alarm by name (an active or unacknowledged alarm stays so), the last reading of each
+        watched series and running on-delays. Alarms whose rule is gone are dropped."""
+        engine = AlarmEngine(rules, self.alarms)
+        engine._last = {k: r for k, r in self._last.items() if k in engine._by_series}
+        engine._pending_since = {
+            k: t for k, t in self._pending_since.items()
+            if k.removeprefix("start:") in engine.rules
+        }  # fmt: skip
+        return engine
+
     def evaluate(self, readings: list[Reading]) -> list[AlarmEvent]:
         """Feed a batch; return the transitions it caused."""
         events: list[AlarmEvent] = []

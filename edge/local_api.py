@@ -5,7 +5,7 @@ setpoints. When the port is 0 the actual port is written to `<state_dir>/local_a
 CLI and the TUI on the same box find the agent without configuration.
 
     GET  /health              ok / degraded, with the reasons
-    GET  /v1/gateway          name, id, version, simulated, uptime
+    GET  /v1/gateway          name, id, version, simulated, uptime, config file and last reload
     GET  /v1/drivers          each device: protocol, state, counters, restarts, last error
     GET  /v1/tags             latest values (?device=&tag= filters)
     GET  /v1/alarms           alarm states;  POST /v1/alarms/{name}/ack
@@ -154,7 +154,8 @@ def build_app(agent: Agent) -> FastAPI:
         return {"name": agent.config.gateway.name, "gateway_id": identity.gateway_id if identity
                 else None, "version": agent.version, "simulated": agent.config.simulated,
                 "uptime_s": time.time() - agent.started_at,
-                "cloud": agent.config.cloud.url if agent.config.cloud else None}  # fmt: skip
+                "cloud": agent.config.cloud.url if agent.config.cloud else None,
+                "config": _config_json(agent)}  # fmt: skip
 
     @app.get("/v1/drivers")
     async def drivers() -> list[dict[str, Any]]:
@@ -228,8 +229,22 @@ def build_app(agent: Agent) -> FastAPI:
     return app
 
 
+def _config_json(agent: Agent) -> dict[str, Any]:
+    reloads = agent.reloads
+    return {
+        "path": str(agent.config_path) if agent.config_path is not None else None,
+        "reloads_applied": reloads.applied, "reloads_rejected": reloads.rejected,
+        "needs_restart": list(reloads.pending_restart),
+        "last_reload": reloads.last.as_dict() if reloads.last is not None else None,
+    }  # fmt: skip
+
+
 def _problems(agent: Agent) -> list[str]:
     problems = [f"device {s.name} is {s.state}" for s in agent.slots.values() if not s.healthy]
+    last_reload = agent.reloads.last
+    if last_reload is not None and not last_reload.applied:
+        # The file on disk would not start the agent either: someone has to look at it.
+        problems.append(f"config reload rejected, running the previous config: {last_reload.error}")
     status = agent.uplink_status
     if status is not None and status.state.value == "backoff":
         problems.append(f"uplink failing: {status.last_error}")
@@ -338,6 +353,9 @@ async def _metrics_text(agent: Agent) -> str:
         up = 1 if slot.healthy else 0
         metric("driver_connected", up, "1 when the device link is up", f'device="{name}"')
         metric("driver_restarts_total", slot.restarts, "driver restarts", f'device="{name}"')
+    for outcome, count in (("applied", agent.reloads.applied),
+                           ("rejected", agent.reloads.rejected)):  # fmt: skip
+        metric("config_reloads_total", count, "config reloads (SIGHUP)", f'outcome="{outcome}"')
     stats = await agent.outbox_stats()
     if stats is not None:
         metric("outbox_used_bytes", stats.used_bytes, "payload bytes in the outbox")

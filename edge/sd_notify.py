@@ -1,4 +1,4 @@
-"""A tiny client of systemd's notify protocol: readiness, watchdog and stopping.
+"""A tiny client of systemd's notify protocol: readiness, reloading, watchdog and stopping.
 
 Under a ``Type=notify`` unit systemd passes ``NOTIFY_SOCKET`` (a path, or ``@name`` for the
 abstract namespace) and, with ``WatchdogSec=``, ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``). A
@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,10 @@ class SystemdNotifier:
     def watchdog(self) -> bool:
         """One watchdog ping (``WATCHDOG=1``)."""
         return self.notify("WATCHDOG=1")
+
+    def reloading(self) -> bool:
+        """Tell systemd a config reload started (``RELOADING=1``); `ready` ends it."""
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1_000}")
 
     def stopping(self) -> bool:
         """Tell systemd the service is shutting down (``STOPPING=1``)."""

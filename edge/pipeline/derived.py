@@ -38,6 +38,13 @@ class DerivedTags:
         self._latest: dict[tuple[str, str], Reading] = {}
         self.failures = 0
 
+    def with_tags(self, tags: list[DerivedTag]) -> DerivedTags:
+        """A stage computing `tags` that remembers the inputs this one has seen (a config reload:
+        a derived tag whose inputs are all known is computed at its next input, not later)."""
+        stage = DerivedTags(tags)
+        stage._latest = {k: r for k, r in self._latest.items() if k in stage._by_input}
+        return stage
+
     def __call__(self, readings: list[Reading]) -> list[Reading]:
         """Return `readings` followed by the derived readings they trigger."""
         if not self._by_input:

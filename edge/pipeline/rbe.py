@@ -83,6 +83,12 @@ class ReportByException:
         self.suppressed += suppressed
         return passed
 
+    def reconfigure(self, deadbands: dict[tuple[str, str], Deadband], *, default: Deadband) -> None:
+        """Use new settings from the next batch on; the last reported values are kept, so an
+        unchanged tag is not sent again just because the config was reloaded."""
+        self._deadbands = dict(deadbands)
+        self._default = default
+
     def forget(self, device: str) -> None:
         """Drop the state of a device (removed or reconfigured), so its next reading passes."""
         for key in [k for k in self._last if k[0] == device]:

@@ -233,6 +233,21 @@ class Pipeline:
         """Readings waiting for the next flush."""
         return len(self._buffer)
 
+    @property
+    def rbe(self) -> ReportByException:
+        """The report-by-exception stage (reconfigured in place on a config reload)."""
+        return self._rbe
+
+    @property
+    def derived(self) -> DerivedTags:
+        """The derived-tags stage."""
+        return self._derived
+
+    def replace_stages(self, *, derived: DerivedTags, alarms: AlarmEngine) -> None:
+        """Use new derived tags and alarm rules from the next batch on (a config reload)."""
+        self._derived = derived
+        self._alarms = alarms
+
 
 def _split(readings: list[Reading], size: int) -> list[list[Reading]]:
     return [readings[i : i + size] for i in range(0, len(readings), size)]

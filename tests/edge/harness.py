@@ -43,7 +43,12 @@ def modbus_devices(plant: Plant, *, interval: float = 0.2) -> list[dict[str, Any
 
 def agent_config(state_dir: Path, devices: list[dict[str, Any]], **sections: Any) -> AgentConfig:
     """A config with the local API on a free port and fast flushes."""
-    data: dict[str, Any] = {
+    return parse_config(yaml.safe_dump(config_data(state_dir, devices, **sections)), source="test")
+
+
+def config_data(state_dir: Path, devices: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
+    """The sections of `agent_config`, to write into a config file."""
+    return {
         "gateway": {"name": "test-gw", "state_dir": str(state_dir)},
         "outbox": {"flush_interval": 0.1, "quota": "64MiB"},
         "report": {"every_reading": True},
@@ -51,7 +56,6 @@ def agent_config(state_dir: Path, devices: list[dict[str, Any]], **sections: Any
         "devices": devices,
         **sections,
     }
-    return parse_config(yaml.safe_dump(data), source="test")
 
 
 class RunningAgent:
@@ -77,10 +81,10 @@ class RunningAgent:
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    config: AgentConfig, identity: UplinkIdentity | None = None
+    config: AgentConfig, identity: UplinkIdentity | None = None, *, config_path: Path | None = None
 ) -> AsyncIterator[RunningAgent]:
     """Run an agent until the block ends, then stop it as SIGTERM would."""
-    agent = Agent(config, identity=identity)
+    agent = Agent(config, identity=identity, config_path=config_path)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop), name="agent-under-test")
     try:

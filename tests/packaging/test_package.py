@@ -180,6 +180,7 @@ def test_the_agent_unit_is_notify_hardened_and_stops_looping_on_a_bad_config() -
         "Service.User": ["tagway"],
         "Service.Restart": ["always"],
         "Service.RestartPreventExitStatus": [str(EX_CONFIG)],
+        "Service.ExecReload": ["/bin/kill -HUP $MAINPID"],
         "Service.ProtectSystem": ["strict"],
         "Service.ReadWritePaths": ["/var/lib/tagway"],
         "Service.NoNewPrivileges": ["yes"],

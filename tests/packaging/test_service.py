@@ -92,3 +92,32 @@ async def test_without_notify_socket_tagway_run_works_as_before(tmp_path: Path) 
         _, logs = await asyncio.wait_for(agent.communicate(), 30)
     assert agent.returncode == 0, logs.decode()[-2000:]
     assert b"cannot notify systemd" not in logs
+
+
+@pytest.mark.integration
+async def test_sighup_is_a_reload_systemd_can_follow(
+    notify_socket: tuple[socket.socket, str], tmp_path: Path
+) -> None:
+    sock, path = notify_socket
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"gateway:\n  name: gw\n  state_dir: {tmp_path / 'state'}\nlocal_api:\n  port: 0\n"
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": path}
+    env.pop("WATCHDOG_USEC", None)
+    agent = await asyncio.create_subprocess_exec(
+        *TAGWAY, "run", "--config", str(config), "--log-format", "json",
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        while (await next_state(sock, 60))[0] != "READY=1":
+            pass
+        agent.send_signal(signal.SIGHUP)  # what ExecReload= sends
+        reloading = await next_state(sock, 10)
+        assert reloading[0] == "RELOADING=1"
+        assert reloading[1].startswith("MONOTONIC_USEC=")
+        assert await next_state(sock, 10) == ["READY=1", "STATUS=running: 0 devices"]
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, logs = await asyncio.wait_for(agent.communicate(), 30)
+    assert agent.returncode == 0, logs.decode()[-2000:]

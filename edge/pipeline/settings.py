@@ -1,0 +1,100 @@
+"""The pipeline's settings from the agent config: deadbands, derived tags and alarm rules, built
+at start and applied again to the running pipeline after a config reload."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edge.alarms import AlarmKind, AlarmRule
+from edge.config import AgentConfig, MqttSource, Reporting
+from edge.pipeline.derived import DerivedTag
+from edge.pipeline.expressions import Expression
+from edge.pipeline.rbe import Deadband
+from edge.pipeline.runner import Pipeline
+
+
+def reconfigure(pipeline: Pipeline, config: AgentConfig, *, forget: tuple[str, ...]) -> None:
+    """Point the pipeline's stages at a reloaded config. Alarm states, the last reported value of
+    each series and the inputs of derived tags carry over; `forget` names devices whose driver
+    restarted, so their first readings pass the deadband again."""
+    pipeline.rbe.reconfigure(deadbands(config), default=default_deadband(config.report))
+    for device in forget:
+        pipeline.rbe.forget(device)
+    pipeline.replace_stages(
+        derived=pipeline.derived.with_tags(derived_tags(config)),
+        alarms=pipeline.alarms.with_rules(alarm_rules(config)),
+    )
+    for key in unconfigured_series(config, pipeline.latest):
+        del pipeline.latest[key]
+
+
+def unconfigured_series(
+    config: AgentConfig, series: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The series no device, derived tag or model of `config` produces: the latest values of a
+    removed device or tag, which the local API should no longer show. An MQTT source's tags are
+    whatever its devices publish, so all of them stay while the source is configured."""
+    known = {(d.name, t.name) for d in config.devices if not isinstance(d, MqttSource)
+             for t in d.tags}  # fmt: skip
+    known.update((d.device, d.tag) for d in config.derived)
+    known.update((device, out) for m in config.models for device in m.devices for out in m.outputs)
+    open_ended = {d.name for d in config.devices if isinstance(d, MqttSource)}
+    return [key for key in series if key not in known and key[0] not in open_ended]
+
+
+def derived_tags(config: AgentConfig) -> list[DerivedTag]:
+    """The derived tags, marked simulated when their device is."""
+    simulated = {d.name: d.simulated for d in config.devices}
+    return [
+        DerivedTag(d.device, d.tag, Expression.parse(d.expression), d.unit,
+                   simulated.get(d.device, False))
+        for d in config.derived
+    ]  # fmt: skip
+
+
+def default_deadband(reporting: Reporting) -> Deadband:
+    """The deadband of tags without settings of their own."""
+    return Deadband(reporting.deadband, reporting.deadband_percent, reporting.heartbeat,
+                    reporting.every_reading)  # fmt: skip
+
+
+def deadbands(config: AgentConfig) -> dict[tuple[str, str], Deadband]:
+    """The tags with deadband settings of their own, over the `report` defaults."""
+    default = config.report
+    out: dict[tuple[str, str], Deadband] = {}
+    for device in config.devices:
+        if isinstance(device, MqttSource):
+            continue
+        for tag in device.tags:
+            if tag.deadband is None and tag.deadband_percent is None and tag.heartbeat is None:
+                continue
+            out[(device.name, tag.name)] = Deadband(
+                tag.deadband if tag.deadband is not None else default.deadband,
+                tag.deadband_percent if tag.deadband_percent is not None
+                else default.deadband_percent,
+                tag.heartbeat if tag.heartbeat is not None else default.heartbeat,
+                default.every_reading,
+            )  # fmt: skip
+    return out
+
+
+def alarm_rules(config: AgentConfig) -> list[AlarmRule]:
+    """The alarm rules, and a high-limit rule per device of each model with an alarm."""
+    rules = [
+        AlarmRule(a.name, a.device, a.tag, a.kind, a.limit, a.hysteresis, a.on_delay, a.stale,
+                  a.severity, a.message)
+        for a in config.alarms
+    ]  # fmt: skip
+    rules.extend(
+        AlarmRule(
+            f"{model.name}.{device}", device, model.outputs[0], AlarmKind.HIGH,
+            limit=model.alarm.threshold, on_delay_s=model.alarm.on_delay,
+            severity=model.alarm.severity,
+            message=model.alarm.message
+            or f"{device}: {model.name} score above {model.alarm.threshold:g}",
+        )
+        for model in config.models
+        if model.alarm is not None
+        for device in model.devices
+    )  # fmt: skip
+    return rules
