@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -166,6 +167,13 @@ def modbus_sections(
     ]  # fmt: skip
 
 
+def map_tags(kind: str) -> list[dict[str, Any]]:
+    """A device type's register map, read from the simulator's YAML (already in the agent's
+    vocabulary) rather than imported: firmware_sim loads numpy, which the agent does not."""
+    data = yaml.safe_load((ROOT / "firmware_sim" / "maps" / f"{kind}.yaml").read_text())
+    return list(data["tags"])
+
+
 def aux_tags(count: int) -> list[dict[str, Any]]:
     """The simulator's generated float32 tags (input registers from 1000, two each)."""
     return [{"name": f"aux_{i:04d}", "table": "input_register", "address": 1000 + 2 * i,
@@ -208,17 +216,15 @@ async def bench_10k(work: Path, seconds: float) -> dict[str, float]:
     with simulator("--devices", "30", "--tags-per-device", str(per_device), "--no-opcua") as mb, \
          simulator("--devices", "10", "--tags-per-device", str(per_device), "--no-modbus",
                    "--opcua-publish", "1.0") as ua:  # fmt: skip
-        from firmware_sim.register_map import load_map  # noqa: PLC0415
-
         devices: list[dict[str, Any]] = []
         for name, port in mb["modbus"].items():
             kind = "".join(c for c in name if c.isalpha())
-            base = [t.model_dump(exclude_none=True) for t in load_map(kind).tags]
+            base = map_tags(kind)
             tags = (base + aux_tags(per_device))[:per_device]
             devices += modbus_sections({name: port}, tags, 1.0)
         for name in ua["devices"]:
             kind = "".join(c for c in name if c.isalpha())
-            names = [t.name for t in load_map(kind).tags] + [
+            names = [t["name"] for t in map_tags(kind)] + [
                 f"aux_{i:04d}" for i in range(per_device)
             ]
             devices.append({

@@ -27,8 +27,13 @@ pytestmark = pytest.mark.integration
 
 
 def pending_readings(outbox_path: Path) -> set[tuple[str, str, int]]:
-    """Every telemetry reading still in the outbox (leases are released again afterwards)."""
+    """Every telemetry reading still in the outbox (leases are released again afterwards).
+
+    The killed agent may have died holding a lease on the batch it was sending: those chunks are
+    still in the outbox, so its leases are forgotten first, as the next agent does at start.
+    """
     with Outbox(outbox_path) as outbox:
+        outbox.forget_leases()
         lease = outbox.lease(max_bytes=1 << 30, max_chunks=1_000_000)
         found = {(r.device, r.tag, r.ts) for c in lease.chunks if c.lane is Lane.TELEMETRY
                  for r in decode_readings(c.payload)}  # fmt: skip
