@@ -11,10 +11,11 @@ changing high bytes together.
 Format version 2 (msgpack map, then zstd)::
 
     {"v": 2, "t0": <µs>,
-     "series": {"device": [...], "tag": [...], "unit": [...], "sim": [...],
-                "count": [...], "text": [indexes of series holding strings],
-                "wide": [indexes of numeric series stored as float64]},
-     "ts": <int32/int64 offsets, little-endian bytes>, "tsw": 4|8,
+     "series": {"device": [[name, repeat], ...], "tag": [shared, suffix, ...],
+                "unit": [[unit, repeat], ...], "sim": [[bool, repeat], ...], "count": [...],
+                "text": [ids of series holding strings, delta-coded],
+                "wide": [ids of numeric series stored as float64, delta-coded]},
+     "ts": <int32/int64 offsets from t0, delta-coded, little-endian bytes>, "tsw": 4|8,
      "num": <shuffled float32 bytes>, "num8": <shuffled float64 bytes>, "txt": [str, ...],
      "q": <int8 bytes> | None}
 
@@ -28,7 +29,9 @@ its memory, out of a gateway that runs no models.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import sys
 from array import array
 from collections import Counter
@@ -102,7 +105,7 @@ def encode(readings: list[Reading]) -> bytes:
     values = list(map(_VALUE, rows))
     qualities = list(map(_QUALITY, rows))
     t0 = min(stamps)
-    offsets = list(map(t0.__rsub__, stamps))
+    offsets = list(map(t0.__rsub__, stamps))  # each in [0, 2**63)
     narrow_ts = max(offsets) < 2**31
     text_series: set[int] = set()
     if str in set(map(type, values)):
@@ -113,13 +116,13 @@ def encode(readings: list[Reading]) -> bytes:
     numbers, texts, numeric_sids, codes = _value_columns(values, ordered_sids, text_series, codes)
     narrow, wide, wide_series = _split_widths(numbers, numeric_sids)
     series = {
-        "device": _runs(map(_DEVICE, firsts)), "tag": list(map(_TAG, firsts)),
+        "device": _runs(map(_DEVICE, firsts)), "tag": _front_code(tuple(map(_TAG, firsts))),
         "unit": _runs(map(_UNIT, firsts)), "sim": _runs(map(_SIMULATED, firsts)),
-        "count": counts, "text": sorted(text_series), "wide": wide_series,
+        "count": counts, "text": _deltas(sorted(text_series)), "wide": _deltas(wide_series),
     }  # fmt: skip
     payload: dict[str, Any] = {
         "v": FORMAT_VERSION, "t0": t0, "series": series,
-        "ts": _pack("i" if narrow_ts else "q", offsets), "tsw": 4 if narrow_ts else 8,
+        "ts": _pack("i" if narrow_ts else "q", _deltas(offsets)), "tsw": 4 if narrow_ts else 8,
         "num": _shuffle(_pack("f", narrow), 4), "num8": _shuffle(_pack("d", wide), 8),
         "txt": texts, "q": bytes(codes) if codes is not None else None,
     }  # fmt: skip
@@ -175,6 +178,34 @@ def _split_widths(
 def _runs(column: Iterable[Any]) -> list[list[Any]]:
     """[[value, repeat], ...]: a chunk's series come device by device, so these columns repeat."""
     return [[value, len(list(repeats))] for value, repeats in groupby(column)]
+
+
+def _deltas(items: list[int]) -> list[int]:
+    """Each item minus the one before (the first as is): small, repetitive numbers for zstd."""
+    return items[:1] + list(map(int.__sub__, items[1:], items))
+
+
+@functools.lru_cache(maxsize=64)  # a gateway's flushes repeat the same few tag sequences
+def _front_code(names: tuple[str, ...]) -> list[int | str]:
+    """[shared, suffix, ...]: each name as the length of the prefix it shares with the previous
+    name and the rest (``aux_0001`` after ``aux_0000`` is ``7, "1"``). The list is shared
+    between calls: read it, never change it."""
+    out: list[int | str] = []
+    previous = ""
+    for name in names:
+        shared = len(os.path.commonprefix((previous, name)))  # noqa: RUF071 - characters, not paths
+        out += (shared, name[shared:])
+        previous = name
+    return out
+
+
+def _front_decode(coded: list[Any]) -> list[str]:
+    names: list[str] = []
+    previous = ""
+    for shared, rest in zip(coded[::2], coded[1::2], strict=True):
+        previous = previous[:shared] + rest
+        names.append(previous)
+    return names
 
 
 def _expand(runs: list[list[Any]]) -> list[Any]:
@@ -238,8 +269,14 @@ def _columns(chunk: bytes) -> _Columns:
         if version not in _READABLE_VERSIONS:
             raise ChunkError(f"chunk format version {version} is not supported")
         t0 = int(data["t0"])
-        stamps = [t0 + offset for offset in _unpack("i" if data["tsw"] == 4 else "q", data["ts"])]
-        table = data["series"]
+        offsets = _unpack("i" if data["tsw"] == 4 else "q", data["ts"])
+        table = dict(data["series"])
+        if version >= 2:  # delta-coded offsets and id lists, front-coded tag names
+            offsets = list(accumulate(offsets))
+            table["tag"] = _front_decode(table["tag"])
+            table["text"] = list(accumulate(table["text"]))
+            table["wide"] = list(accumulate(table["wide"]))
+        stamps = list(map(t0.__add__, offsets))
         if version == 1:  # one width for every numeric series
             width = int(data["numw"])
             numbers = _unpack("f" if width == 4 else "d", _unshuffle(data["num"], width))

@@ -171,3 +171,9 @@ def test_a_flush_of_repeated_polls_comes_back_grouped_by_series_in_time_order() 
     ]  # series in order of first appearance
     assert all(s.ts == [T0 + p * 20_000 for p in range(5)] for s in back)
     assert back[41].values == [float(p * 100 + 1) for p in range(5)]
+
+
+def test_tag_names_sharing_prefixes_come_back_exactly() -> None:
+    names = ["aux_0009", "aux_0010", "aux_001", "a", "aux_0010x", "température", "temp", "ümlaut"]
+    readings = [Reading("d", name, T0, float(i)) for i, name in enumerate(names)]
+    assert chunk.decode_readings(chunk.encode(readings)) == readings
