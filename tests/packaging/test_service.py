@@ -34,21 +34,26 @@ async def next_state(sock: socket.socket, within: float) -> list[str]:
     return data.decode().split("\n")
 
 
+async def start_agent(tmp_path: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`tagway run` on an empty config (no devices), as systemd would start it with `env`."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"gateway:\n  name: gw\n  state_dir: {tmp_path / 'state'}\nlocal_api:\n  port: 0\n"
+    )
+    return await asyncio.create_subprocess_exec(
+        *TAGWAY, "run", "--config", str(config), "--log-format", "json",
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
 @pytest.mark.integration
 async def test_tagway_run_signals_ready_feeds_the_watchdog_and_says_stopping(
     notify_socket: tuple[socket.socket, str], tmp_path: Path
 ) -> None:
     sock, path = notify_socket
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"gateway:\n  name: gw\n  state_dir: {tmp_path / 'state'}\nlocal_api:\n  port: 0\n"
-    )
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
     env.pop("WATCHDOG_PID", None)
-    agent = await asyncio.create_subprocess_exec(
-        *TAGWAY, "run", "--config", str(config), "--log-format", "json",
-        stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+    agent = await start_agent(tmp_path, env)
     try:
         states: list[list[str]] = []
         while ["READY=1", "STATUS=running: 0 devices"] not in states:
@@ -99,16 +104,9 @@ async def test_sighup_is_a_reload_systemd_can_follow(
     notify_socket: tuple[socket.socket, str], tmp_path: Path
 ) -> None:
     sock, path = notify_socket
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"gateway:\n  name: gw\n  state_dir: {tmp_path / 'state'}\nlocal_api:\n  port: 0\n"
-    )
     env = {**os.environ, "NOTIFY_SOCKET": path}
     env.pop("WATCHDOG_USEC", None)
-    agent = await asyncio.create_subprocess_exec(
-        *TAGWAY, "run", "--config", str(config), "--log-format", "json",
-        stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+    agent = await start_agent(tmp_path, env)
     try:
         while (await next_state(sock, 60))[0] != "READY=1":
             pass
