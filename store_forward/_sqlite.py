@@ -7,7 +7,7 @@ from pathlib import Path
 
 import apsw
 
-from .errors import DiskFull, OutboxBusy, OutboxDamaged, OutboxError, StorageError
+from .errors import DiskFull, OutboxBusy, OutboxDamaged, OutboxError, OutboxMissing, StorageError
 from .model import Synchronous
 
 # WAL frames are checkpointed into the main file every 1000 pages (4 MiB at the default page
@@ -25,6 +25,26 @@ def connect(path: Path, *, create: bool, busy_timeout_s: float) -> apsw.Connecti
         flags |= apsw.SQLITE_OPEN_CREATE
     conn = apsw.Connection(str(path), flags=flags)
     conn.set_busy_timeout(int(busy_timeout_s * 1000))
+    return conn
+
+
+def open_reader(path: Path, *, busy_timeout_s: float, purpose: str) -> apsw.Connection:
+    """A read-only connection to an existing outbox, for a process that does not own it.
+
+    Raises `OutboxMissing` when there is no file and a translated `OutboxError` when it cannot be
+    opened; `purpose` ("stats", "export") names the attempt in that error.
+    """
+    if not path.is_file():
+        raise OutboxMissing(f"no outbox at {path}")
+    try:
+        conn = connect(path, create=False, busy_timeout_s=busy_timeout_s)
+    except apsw.Error as exc:
+        raise translate(exc, f"open of {path} for {purpose}") from exc
+    try:
+        conn.execute("PRAGMA query_only=1")
+    except apsw.Error as exc:
+        conn.close()
+        raise translate(exc, f"open of {path} for {purpose}") from exc
     return conn
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import apsw
 
-from ._sqlite import connect, translate
-from .errors import OutboxMissing
+from ._sqlite import open_reader, translate
 from .model import Chunk, ChunkId, Lane
 from .schema import LANE_SHIFT
 from .stats import LANES
@@ -30,14 +29,8 @@ def iter_chunks(
         OutboxError: any other failure, translated from SQLite.
     """
     path = Path(path)
-    if not path.is_file():
-        raise OutboxMissing(f"no outbox at {path}")
+    conn = open_reader(path, busy_timeout_s=busy_timeout_s, purpose="export")
     try:
-        conn = connect(path, create=False, busy_timeout_s=busy_timeout_s)
-    except apsw.Error as exc:
-        raise translate(exc, f"open of {path} for export") from exc
-    try:
-        conn.execute("PRAGMA query_only=1")
         conn.execute("BEGIN")
         rows = conn.execute("SELECT id, count, created, payload FROM chunk ORDER BY id")
         for chunk_id, count, created, payload in rows:

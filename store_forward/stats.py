@@ -13,7 +13,15 @@ from pathlib import Path
 
 import apsw
 
-from ._sqlite import as_float, as_int, connect, file_bytes, rollback_quietly, scalar_int, translate
+from ._sqlite import (
+    as_float,
+    as_int,
+    file_bytes,
+    open_reader,
+    rollback_quietly,
+    scalar_int,
+    translate,
+)
 from .errors import OutboxMissing, StorageError
 from .model import Lane, LaneStats, OutboxStats, RecoveryEvent
 from .schema import LANE_SHIFT, SCHEMA_VERSION, NotAnOutbox, check_version
@@ -143,14 +151,8 @@ def read_stats(
         OutboxError: any other failure, translated from SQLite.
     """
     path = Path(path)
-    if not path.is_file():
-        raise OutboxMissing(f"no outbox at {path}")
+    conn = open_reader(path, busy_timeout_s=busy_timeout_s, purpose="stats")
     try:
-        conn = connect(path, create=False, busy_timeout_s=busy_timeout_s)
-    except apsw.Error as exc:
-        raise translate(exc, f"open of {path} for stats") from exc
-    try:
-        conn.execute("PRAGMA query_only=1")
         conn.execute("BEGIN")
         version = _require_current(conn, path)
         result = collect(conn, path, load_totals(conn), clock(), version)
@@ -179,14 +181,8 @@ def read_schema_version(path: str | Path) -> int:
         OutboxError: the file cannot be read as SQLite (translated from apsw).
     """
     path = Path(path)
-    if not path.is_file():
-        raise OutboxMissing(f"no outbox at {path}")
+    conn = open_reader(path, busy_timeout_s=5.0, purpose="its schema version")
     try:
-        conn = connect(path, create=False, busy_timeout_s=5.0)
-    except apsw.Error as exc:
-        raise translate(exc, f"open of {path}") from exc
-    try:
-        conn.execute("PRAGMA query_only=1")
         return scalar_int(conn, "PRAGMA user_version")
     except apsw.Error as exc:
         raise translate(exc, f"reading the schema version of {path}") from exc
