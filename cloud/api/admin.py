@@ -62,6 +62,11 @@ async def bootstrap_api_key(
 ) -> ApiKeyCreated:
     """Create a key in a tenant (platform admin): how a tenant gets its first admin."""
     caller.require_platform_admin()
+    return await _new_api_key(tenant_id, body, rt)
+
+
+async def _new_api_key(tenant_id: Id, body: ApiKeyCreate, rt: Rt) -> ApiKeyCreated:
+    """Make a key and store only its digest; the secret is in this answer and nowhere else."""
     secret = new_secret(API_KEY_PREFIX)
     key = await rt.repo.create_api_key(
         tenant_id,
@@ -83,16 +88,7 @@ async def own_tenant(tenant_id: ViewerTenant, rt: Rt) -> Tenant:
 @router.post("/v1/api-keys", status_code=201, tags=["api-keys"])
 async def create_api_key(body: ApiKeyCreate, tenant_id: AdminTenant, rt: Rt) -> ApiKeyCreated:
     """Create an API key; the secret is in this answer and nowhere else, ever."""
-    secret = new_secret(API_KEY_PREFIX)
-    key = await rt.repo.create_api_key(
-        tenant_id,
-        name=body.name,
-        role=body.role,
-        prefix=secret.prefix,
-        digest=secret.digest,
-        now_us=now_us(),
-    )
-    return ApiKeyCreated(key=key, token=secret.token)
+    return await _new_api_key(tenant_id, body, rt)
 
 
 @router.get("/v1/api-keys", tags=["api-keys"])
