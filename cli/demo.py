@@ -9,18 +9,24 @@
 5. a short guide: the cloud URL and key, a curl that returns live telemetry, the TUI command.
 
 Everything runs until Ctrl-C (or `--duration`) and stops cleanly: the agent flushes its outbox.
+Every run starts from a fresh demo directory (the previous run's cloud database, gateway identity
+and outbox are removed first), so a second `make demo` starts just like the first; a lock file
+keeps two demos from sharing one directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import secrets
+import shutil
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ import uvicorn
 import yaml
 from pydantic import SecretStr
 
+from cli.errors import fail, refusal
 from cli.simconfig import agent_devices
 from edge.local_api import QuietServer
 
@@ -88,33 +95,65 @@ async def serve_cloud(directory: Path, port: int, admin_key: str) -> AsyncIterat
         sock.close()
 
 
+@contextlib.contextmanager
+def fresh_directory(directory: Path) -> Iterator[None]:
+    """Hold the demo directory's lock and clear what a previous run left (its tenant, gateway
+    identity and outbox would otherwise clash with this run's)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "demo.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            fail(f"another demo is running in {directory} (pid {lock.read().strip() or '?'}); "
+                 "stop it, or give this one its own directory with --dir")  # fmt: skip
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        for stale in ("gateway", "demo.json", "cloud.db", "cloud.db-wal", "cloud.db-shm",
+                      "cloud.db.master-key"):  # fmt: skip
+            path = directory / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        yield
+
+
+async def _checked(response: httpx.Response) -> dict[str, Any]:
+    if response.is_error:
+        fail(f"the demo cloud refused a setup step: {refusal(response)}")
+    return dict(response.json())
+
+
 async def enrol(cloud: str, platform_key: str) -> dict[str, str]:
     """Create the demo tenant, its admin API key and a single-use claim token."""
     platform = {"Authorization": f"Bearer {platform_key}"}
     async with httpx.AsyncClient(base_url=cloud, timeout=10) as client:
         r = await client.post("/v1/tenants", json={"name": "demo"}, headers=platform)
-        r.raise_for_status()
-        tenant = r.json()["id"]
+        tenant = (await _checked(r))["id"]
         body = {"name": "demo-admin", "role": "admin"}
         r = await client.post(f"/v1/tenants/{tenant}/api-keys", json=body, headers=platform)
-        r.raise_for_status()
-        admin_key = r.json()["token"]
+        admin_key = (await _checked(r))["token"]
         admin = {"Authorization": f"Bearer {admin_key}"}
         claim = {"expires_in_s": 3600, "max_uses": 1, "site": "demo plant"}
         r = await client.post("/v1/claim-tokens", json=claim, headers=admin)
-        r.raise_for_status()
-    return {"tenant": str(tenant), "api_key": admin_key, "claim_token": r.json()["token"]}
+        claim_token = (await _checked(r))["token"]
+    return {"tenant": str(tenant), "api_key": admin_key, "claim_token": claim_token}
 
 
-async def provision(cloud: str, claim_token: str, config_path: Path) -> None:
-    """Enrol the gateway exactly as an installer would: `tagway provision` (on a thread, since
-    it makes blocking HTTP calls to the cloud that this event loop serves)."""
-    from cli.provision_cmds import provision as provision_command  # noqa: PLC0415
+async def provision(cloud: str, claim_token: str, config_path: Path) -> str:
+    """Enrol the gateway exactly as an installer would, with `tagway provision`'s code (on a
+    thread, since it makes blocking HTTP calls to the cloud that this event loop serves);
+    the line saying who it is now."""
+    from cli.provision_cmds import enroll  # noqa: PLC0415
 
-    await asyncio.to_thread(
-        provision_command, cloud=cloud, claim_token=claim_token, name=None, config=config_path,
+    lines = await asyncio.to_thread(
+        enroll, cloud=cloud, claim_token=claim_token, name=None, config=config_path,
         force=True, timeout=30.0,
     )  # fmt: skip
+    return lines[0]
 
 
 def agent_config(
@@ -224,7 +263,7 @@ async def run_demo(options: DemoOptions) -> None:
         )  # fmt: skip
         config_path = state_dir / "config.yaml"
         config_path.write_text("# Written by `tagway demo`.\n" + yaml.safe_dump(config))
-        await provision(cloud, enrolment["claim_token"], config_path)
+        typer.echo(await provision(cloud, enrolment["claim_token"], config_path))
         cfg = load_config(config_path)
         agent = Agent(cfg, identity=uplink_identity(cfg))
         agent_task = asyncio.create_task(agent.run(stop), name="demo-agent")
@@ -232,10 +271,11 @@ async def run_demo(options: DemoOptions) -> None:
         (options.directory / "demo.json").write_text(json.dumps({
             "cloud": cloud, "api_key": enrolment["api_key"], "config": str(config_path),
         }))  # fmt: skip
-        typer.echo(guide(cloud, enrolment, config_path, options))
+        text = guide(cloud, enrolment, config_path, options)
+        typer.echo(text)
         wear = asyncio.create_task(_wear_later(plant, options, BearingWear), name="demo-wear")
         if options.tui:
-            await _run_tui_until(stop, state_dir / "local_api.json", options.duration)
+            await _run_tui_until(stop, state_dir / "local_api.json", options.duration, text)
         else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), options.duration)
@@ -246,12 +286,15 @@ async def run_demo(options: DemoOptions) -> None:
         await asyncio.wait_for(agent_task, 20)
 
 
-async def _run_tui_until(stop: asyncio.Event, discovery: Path, duration: float | None) -> None:
-    """The TUI in this terminal, until the person quits it, Ctrl-C, or the demo's duration."""
+async def _run_tui_until(
+    stop: asyncio.Event, discovery: Path, duration: float | None, notice: str
+) -> None:
+    """The TUI in this terminal, until the person quits it, Ctrl-C, or the demo's duration. It
+    opens on the guide (the terminal's own text is hidden while the TUI holds the screen)."""
     from cli.tui.app import TagwayApp  # noqa: PLC0415 - Textual only when asked for
     from cli.tui.client import AgentClient, DiscoveryFile  # noqa: PLC0415
 
-    app = TagwayApp(AgentClient(locator=DiscoveryFile(discovery)))
+    app = TagwayApp(AgentClient(locator=DiscoveryFile(discovery)), notice=notice)
     shown = asyncio.create_task(app.run_async(), name="demo-tui")
     stopped = asyncio.create_task(stop.wait(), name="demo-stop")
     await asyncio.wait({shown, stopped}, timeout=duration, return_when="FIRST_COMPLETED")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class CliError(Exception):
@@ -54,6 +57,10 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, _known()):
         typer.echo(f"tagway: error: {exc}", err=True)
         return exc.code if isinstance(exc, CliError) else 1
+    if isinstance(exc, httpx.HTTPStatusError):
+        # The server was reached and said no: say what it said, not "cannot reach".
+        typer.echo(f"tagway: error: {refusal(exc.response)}", err=True)
+        return 1
     if isinstance(exc, httpx.HTTPError):
         typer.echo(f"tagway: error: cannot reach {_url(exc)}: {exc}", err=True)
         return 1
@@ -67,6 +74,21 @@ def report(exc: BaseException) -> int:
         typer.echo("tagway: set TAGWAY_DEBUG=1 to see the traceback, and please report it",
                    err=True)  # fmt: skip
     return 70  # EX_SOFTWARE
+
+
+def refusal(response: httpx.Response) -> str:
+    """One line for an HTTP error answer: what was asked, the status, and the server's own
+    message (tagway's ``{"error": {"code", "message"}}`` when it has one)."""
+    try:
+        where = f"{response.request.method} {response.request.url}"
+    except RuntimeError:  # a response built without its request
+        where = "the server"
+    try:
+        error = response.json()["error"]
+        said = f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        said = response.text.strip()[:200] or "no explanation given"
+    return f"{where} answered HTTP {response.status_code}: {said}"
 
 
 def _url(exc: Exception) -> str:

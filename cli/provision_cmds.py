@@ -9,6 +9,7 @@ file rewritten from its parsed content (and the command says the comments were l
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import UTC, datetime
@@ -55,15 +56,27 @@ def provision(
 ) -> None:
     """Enroll this gateway with the cloud: key pair, CSR, certificate, cloud section.
 
-    The private key is created here and never leaves this machine. Example: tagway provision
-    --cloud https://cloud.example.com --claim-token twc_... --name press-3
+    The private key is created here and never leaves this machine. With --name, the config's
+    gateway.name is set to the same name, so the gateway is called one thing everywhere.
+    Example: tagway provision --cloud https://cloud.example.com --claim-token twc_... --name press-3
     """
+    path = config or DEFAULT_CONFIG
+    for line in enroll(cloud=cloud, claim_token=claim_token, name=name, config=path,
+                       force=force, timeout=timeout):  # fmt: skip
+        typer.echo(line)
+    typer.echo(f"next: tagway run --config {path}")
+
+
+def enroll(
+    *, cloud: str, claim_token: str, name: str | None, config: Path, force: bool, timeout: float
+) -> list[str]:
+    """Enroll the gateway of `config` (see `provision`); the lines that say what was done."""
     from edge.config import load_config  # noqa: PLC0415 - keep `--help` fast
     from edge.identity import IdentityError, IdentityStore  # noqa: PLC0415
     from provisioning.claim import check_claim_token  # noqa: PLC0415
     from provisioning.csr import csr_to_pem  # noqa: PLC0415
 
-    path = config or DEFAULT_CONFIG
+    path = config
     if not path.is_file():
         fail(f"no config at {path}; create one with `tagway init` or pass --config")
     cfg = load_config(path)
@@ -86,8 +99,10 @@ def provision(
         gateway_id=str(answer["gateway_id"]),
         cloud_url=str(answer["cloud"]["token_audience"]),
     )
-    edited = update_cloud_section(path, cloud.rstrip("/"))
-    _print_enrolled(answer, identity, store.directory, path, edited)
+    renamed = str(answer["name"]) if str(answer["name"]) != cfg.gateway.name else None
+    edited = update_cloud_section(path, cloud.rstrip("/"), gateway_name=renamed)
+    changed = "cloud.url" + (f" and gateway.name ({renamed})" if renamed else "")
+    return _enrolled(answer, identity, store.directory, path, f"{changed} set ({edited})")
 
 
 def _post(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -111,12 +126,15 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
                    f"{error.get('message', response.text[:200])}")  # fmt: skip
 
 
-def update_cloud_section(path: Path, url: str) -> str:
-    """Point the config's ``cloud:`` section at `url`; say how the file was changed."""
+def update_cloud_section(path: Path, url: str, *, gateway_name: str | None = None) -> str:
+    """Point the config's ``cloud:`` section at `url` (and set ``gateway.name`` when given);
+    say how the file was changed."""
     from edge.config import ConfigError, parse_config  # noqa: PLC0415
 
     text = path.read_text()
     edited = set_cloud_url(text, url)
+    if edited is not None and gateway_name is not None:
+        edited = set_gateway_name(edited, gateway_name)
     how = "comments kept"
     try:
         if edited is not None:
@@ -124,7 +142,7 @@ def update_cloud_section(path: Path, url: str) -> str:
     except ConfigError:
         edited = None
     if edited is None:
-        edited = _rewritten(text, url)
+        edited = _rewritten(text, url, gateway_name)
         how = "rewritten: its comments were not kept"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(edited)
@@ -161,26 +179,57 @@ def set_cloud_url(text: str, url: str) -> str | None:
     return "".join([*lines[: start + 1], *block, *lines[end:]])
 
 
-def _rewritten(text: str, url: str) -> str:
+def set_gateway_name(text: str, name: str) -> str | None:
+    """`text` with the value of ``gateway.name`` replaced in place (block or flow style, comments
+    kept), or None when the file has no such scalar to replace."""
+    import yaml  # noqa: PLC0415
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    node = _child(_child(root, "gateway"), "name")
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    plain = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None
+    value = name if plain else json.dumps(name)
+    return text[: node.start_mark.index] + value + text[node.end_mark.index :]
+
+
+def _child(node: Any, key: str) -> Any:
+    import yaml  # noqa: PLC0415
+
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((v for k, v in node.value if k.value == key), None)
+
+
+def _rewritten(text: str, url: str, gateway_name: str | None = None) -> str:
     import yaml  # noqa: PLC0415
 
     data = yaml.safe_load(text) or {}
     cloud = {k: v for k, v in (data.get("cloud") or {}).items() if k not in {"token_file",
              "gateway_id"}}  # fmt: skip
     data["cloud"] = {**cloud, "url": url}
+    if gateway_name is not None:
+        data["gateway"] = {**(data.get("gateway") or {}), "name": gateway_name}
     return str(yaml.safe_dump(data, sort_keys=False))
 
 
-def _print_enrolled(
+def _enrolled(
     answer: dict[str, Any], identity: Any, directory: Path, config: Path, how: str
-) -> None:
+) -> list[str]:
     expires = datetime.fromtimestamp(int(answer["certificate_expires_at"]) / 1e6, tz=UTC)
-    typer.echo(f"enrolled as gateway {identity.gateway_id} ({answer['name']}) in tenant "
-               f"{answer['tenant_id']} at {answer['cloud']['url']}")  # fmt: skip
-    typer.echo(f"  identity:    {directory} (private key mode 0600, made here, never sent)")
-    typer.echo(f"  certificate: {identity.thumbprint}, valid until {expires:%Y-%m-%d}")
-    typer.echo(f"  config:      {config}: cloud.url set ({how})")
+    lines = [
+        (
+            f"enrolled as gateway {identity.gateway_id} ({answer['name']}) in tenant "
+            f"{answer['tenant_id']} at {answer['cloud']['url']}"
+        ),
+        f"  identity:    {directory} (private key mode 0600, made here, never sent)",
+        f"  certificate: {identity.thumbprint}, valid until {expires:%Y-%m-%d}",
+        f"  config:      {config}: {how}",
+    ]
     if answer.get("site") or answer.get("labels"):
         labels = ", ".join(f"{k}={v}" for k, v in answer.get("labels", {}).items())
-        typer.echo(f"  site:        {answer.get('site') or '-'}  labels: {labels or '-'}")
-    typer.echo(f"next: tagway run --config {config}")
+        lines.append(f"  site:        {answer.get('site') or '-'}  labels: {labels or '-'}")
+    return lines

@@ -81,7 +81,9 @@ def demo(
         Path, typer.Option("--dir", help="Where the demo keeps its files.")
     ] = Path(".demo"),
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
-    tui: Annotated[bool, typer.Option("--tui/--no-tui", help="Open the TUI here.")] = False,
+    tui: Annotated[
+        bool, typer.Option("--tui/--no-tui", help="Open the TUI in this terminal.")
+    ] = False,
     wear_after: Annotated[float, typer.Option(help="Seconds before bearing wear starts.")] = 60.0,
     wear_minutes: Annotated[float, typer.Option(help="Minutes from wear start to failure.")] = 10.0,
     devices: Annotated[int, typer.Option(help="Simulated devices.")] = 4,
@@ -89,16 +91,18 @@ def demo(
 ) -> None:
     """Run the whole product on embedded defaults: cloud, simulated plant, gateway agent.
 
-    Example: tagway demo --duration 120 --no-tui
+    Every run starts afresh in --dir. It prints the cloud URL, an API key and a curl for live
+    data, and runs until Ctrl-C; --tui opens the terminal UI here as well.
+    Example: tagway demo --duration 120
     """
-    from cli.demo import DemoOptions, run_demo  # noqa: PLC0415
+    from cli.demo import DemoOptions, fresh_directory, run_demo  # noqa: PLC0415
 
-    directory.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(directory / "demo.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.getLogger().handlers[:] = [handler]
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO is a page per server start
-    options = DemoOptions(directory.resolve(), duration, wear_after, wear_minutes, devices,
-                          cloud_port, tui)  # fmt: skip
-    asyncio.run(run_demo(options))
+    with fresh_directory(directory):
+        handler = logging.FileHandler(directory / "demo.log", mode="w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        logging.getLogger().handlers[:] = [handler]
+        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO: a page per start
+        options = DemoOptions(directory.resolve(), duration, wear_after, wear_minutes, devices,
+                              cloud_port, tui)  # fmt: skip
+        asyncio.run(run_demo(options))

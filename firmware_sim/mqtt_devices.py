@@ -94,20 +94,23 @@ class MqttDevice:
                 await asyncio.sleep(min(self.interval_s, 0.1))
                 continue
             self.state = DeviceLink.CONNECTING
+            client = aiomqtt.Client(
+                self.broker.host,
+                self.broker.port,
+                username=self.broker.username,
+                password=self.broker.password,
+                identifier=f"firmware-sim-{self.device}",
+                timeout=5,
+            )
             try:
-                async with aiomqtt.Client(
-                    self.broker.host,
-                    self.broker.port,
-                    username=self.broker.username,
-                    password=self.broker.password,
-                    identifier=f"firmware-sim-{self.device}",
-                    timeout=5,
-                ) as client:
+                async with client:
                     self.state = DeviceLink.CONNECTED
                     await self._publish_until_link_drop(client)
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT %s: %s; retrying", self.device, exc)
                 await asyncio.sleep(_RETRY_S)
+            finally:
+                _read_disconnect_reason(client)
 
     async def _publish_until_link_drop(self, client: aiomqtt.Client) -> None:
         samples: list[dict[str, Any]] = []
@@ -140,6 +143,20 @@ class MqttDevice:
                 document["padding"] = "x" * max(0, rec.fault.size - base)
                 return "oversize", json.dumps(document).encode()
         return "telemetry", json.dumps(document).encode()
+
+
+def _read_disconnect_reason(client: aiomqtt.Client) -> None:
+    """Mark a lost connection's reason as seen.
+
+    aiomqtt 2.5 keeps why the broker went away in a future that its `__aexit__` never reads
+    when the device is stopped while waiting between publishes (the broker stopped first, as
+    when the demo stops its agent); asyncio then logs "Future exception was never retrieved"
+    for every device. The loop above already handles the loss, so reading it here is enough.
+    """
+    disconnected = getattr(client, "_disconnected", None)
+    done = isinstance(disconnected, asyncio.Future) and disconnected.done()
+    if done and not disconnected.cancelled():
+        disconnected.exception()
 
 
 class MqttPlantDevices:

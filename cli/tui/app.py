@@ -24,7 +24,7 @@ from textual.worker import WorkerCancelled
 from cli.tui.client import AgentClient, AgentClientError, AgentUnavailable
 from cli.tui.model import AgentView, StreamEvent
 from cli.tui.panes import AlarmsPane, DevicesPane, OverviewPane, TagsPane
-from cli.tui.screens import DeviceScreen, HelpScreen, StatusBar
+from cli.tui.screens import DeviceScreen, HelpScreen, NoticeScreen, StatusBar
 from cli.tui.table import RowTable
 
 TABS = ("overview", "tags", "alarms", "devices")
@@ -89,6 +89,7 @@ class TagwayApp(App[None]):
         retry_interval: seconds between attempts while it does not.
         clock: wall-clock seconds (injected so a recorded state renders the same screen).
         monotonic: monotonic seconds for rates (injected for the same reason).
+        notice: a text shown over the overview at start (the demo's guide), closed with Escape.
     """
 
     TITLE = "tagway"
@@ -111,8 +112,10 @@ class TagwayApp(App[None]):
         retry_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        notice: str | None = None,
     ) -> None:
         super().__init__()
+        self.notice = notice
         self.client = client
         self.poll_interval = poll_interval
         self.retry_interval = retry_interval
@@ -123,6 +126,8 @@ class TagwayApp(App[None]):
 
     async def on_mount(self) -> None:
         await self.push_screen(MainScreen())
+        if self.notice:
+            await self.push_screen(NoticeScreen(self.notice))
         self.run_worker(self._poll(), name="tui-poll", group="agent")
         self.run_worker(self._follow(), name="tui-stream", group="agent")
 

@@ -124,6 +124,28 @@ class DeviceScreen(Screen[None]):
         )
 
 
+class NoticeScreen(ModalScreen[None]):
+    """A text the app opens on (the demo's guide: URL, key, curl), closed with Escape or Enter."""
+
+    DEFAULT_CSS = """
+    NoticeScreen { align: center middle; }
+    NoticeScreen > Static { width: 100%; max-width: 110; max-height: 100%; border: round $accent;
+                            padding: 0 1; background: $surface; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Close"),
+        Binding("enter", "app.pop_screen", "Close", show=False),
+    ]
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(self.text.strip() + "\n\nEscape or Enter: on to the live view"),
+                     id="notice-text")  # fmt: skip
+
+
 class HelpScreen(ModalScreen[None]):
     """The keys, in one box."""
 

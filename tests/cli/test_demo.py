@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -18,13 +19,23 @@ pytestmark = pytest.mark.integration
 async def test_demo_delivers_all_three_protocols_and_raises_the_anomaly_alarm(
     tmp_path: Path,
 ) -> None:
+    # A demo run before this one, in the same directory: the second used to fail with
+    # "cannot reach .../v1/tenants: 409 Conflict" (its tenant was left in the directory).
+    first = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "demo", "--dir", str(tmp_path), "--duration", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(first.communicate(), 120)
+    assert first.returncode == 0, err.decode()[-3000:]
+    assert "next:" not in out.decode()  # the demo runs the agent itself
+    earlier = json.loads((tmp_path / "demo.json").read_text())
     demo = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli", "demo", "--dir", str(tmp_path), "--duration", "120",
         "--no-tui", "--wear-after", "2", "--wear-minutes", "0.5",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        info = await _wait_for_file(tmp_path / "demo.json", demo)
+        info = await _wait_for_file(tmp_path / "demo.json", demo, unlike=earlier)
         headers = {"Authorization": f"Bearer {info['api_key']}"}
         async with httpx.AsyncClient(base_url=info["cloud"], headers=headers) as cloud:
             latest = await _latest_by_device(cloud, {"pump1", "boiler1", "tank1"})
@@ -39,6 +50,10 @@ async def test_demo_delivers_all_three_protocols_and_raises_the_anomaly_alarm(
     assert "tagway tui --config" in guide
     assert "SIMULATED" in guide
     assert "Traceback" not in err.decode()
+    assert "next:" not in guide
+    # Ctrl-C stops everything without an ERROR line in the log (aiomqtt's unread disconnects).
+    log = (tmp_path / "demo.log").read_text()
+    assert [line for line in log.splitlines() if " ERROR " in line] == []
     # Modbus (pump1), OPC UA (boiler1) and MQTT via the embedded broker (tank1) all arrived.
     assert {"flow", "vibration"} <= latest["pump1"]
     assert "temperature" in latest["boiler1"]
@@ -46,10 +61,14 @@ async def test_demo_delivers_all_three_protocols_and_raises_the_anomaly_alarm(
     assert any(a["state"] == "active" and a["device"] == "pump1" for a in alarms)
 
 
-async def _wait_for_file(path: Path, proc: asyncio.subprocess.Process) -> dict[str, Any]:
+async def _wait_for_file(
+    path: Path, proc: asyncio.subprocess.Process, unlike: dict[str, Any] | None = None
+) -> dict[str, Any]:
     for _ in range(600):
-        if await asyncio.to_thread(path.exists):
-            return dict(json.loads(await asyncio.to_thread(path.read_text)))
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            found = dict(json.loads(await asyncio.to_thread(path.read_text)))
+            if found != unlike:
+                return found
         if proc.returncode is not None:
             break
         await asyncio.sleep(0.1)
@@ -77,3 +96,35 @@ async def _wait_for_alarm(cloud: httpx.AsyncClient, name: str) -> list[dict[str,
             return alarms
         await asyncio.sleep(0.5)
     raise AssertionError(f"alarm {name} never reached the cloud")
+
+
+async def test_a_second_demo_in_the_same_directory_is_refused_while_one_runs(
+    tmp_path: Path,
+) -> None:
+    from cli.demo import fresh_directory  # noqa: PLC0415
+    from cli.errors import CliError  # noqa: PLC0415
+
+    (tmp_path / "cloud.db").write_text("left by the previous run")
+    with fresh_directory(tmp_path):
+        assert not (tmp_path / "cloud.db").exists()  # the previous run's state is gone
+        refused = pytest.raises(CliError, match=r"another demo is running in .* \(pid \d+\)")
+        with refused, fresh_directory(tmp_path):
+            pass
+    with fresh_directory(tmp_path):  # free again once the first has finished
+        pass
+
+
+def test_an_http_refusal_is_not_called_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.errors import report  # noqa: PLC0415
+
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/tenants")
+    body = {"error": {"code": "conflict", "message": "tenant 'demo' exists"}}
+    response = httpx.Response(409, json=body, request=request)
+    error = httpx.HTTPStatusError("409 Conflict", request=request, response=response)
+    assert report(error) == 1
+    said = capsys.readouterr().err
+    assert "cannot reach" not in said
+    assert said.strip() == (
+        "tagway: error: POST http://127.0.0.1:9/v1/tenants answered HTTP 409: "
+        "conflict: tenant 'demo' exists"
+    )

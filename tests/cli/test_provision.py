@@ -292,3 +292,35 @@ def test_the_cloud_section_is_edited_as_text(tmp_path: Path) -> None:
     cloud = load_config(config).cloud
     assert cloud is not None
     assert (cloud.url, cloud.token_file, cloud.gateway_id) == ("https://c.example", None, None)
+
+
+async def test_provision_with_a_name_names_the_gateway_the_same_in_the_config(
+    served_sqlite: Served, tmp_path: Path
+) -> None:
+    """`--name line1-gw` used to name the gateway in the cloud only; the config kept its own."""
+    cloud = served_sqlite.cloud
+    tenant = await cloud.tenant("acme")
+    config = _gateway_dir(tmp_path, name="gateway-1")
+    code, out, err = await tagway(
+        "provision", "--cloud", served_sqlite.url, "--claim-token",
+        await claim_token(cloud, tenant), "--config", str(config), "--name", "line1-gw",
+    )  # fmt: skip
+    assert (code, err) == (0, ""), out + err
+    assert load_config(config).gateway.name == "line1-gw"
+    assert config.read_text().startswith("# tagway agent configuration")  # comments kept
+    assert "gateway.name (line1-gw)" in out
+    gateways = (await cloud.get(tenant.admin, "/v1/gateways")).json()
+    assert [g["name"] for g in gateways] == ["line1-gw"]
+
+
+def test_the_gateway_name_is_replaced_in_place() -> None:
+    from cli.provision_cmds import set_gateway_name  # noqa: PLC0415
+
+    block = "gateway:\n  name: gateway-1   # shown in the TUI\n  state_dir: /s\n"
+    assert set_gateway_name(block, "line1-gw") == (
+        "gateway:\n  name: line1-gw   # shown in the TUI\n  state_dir: /s\n"
+    )
+    flow = "gateway: {name: 'gw 1', state_dir: /s}  # flow\n"
+    assert (
+        set_gateway_name(flow, "press 3") == 'gateway: {name: "press 3", state_dir: /s}  # flow\n'
+    )

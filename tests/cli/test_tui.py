@@ -219,3 +219,19 @@ async def test_snapshot_of_the_main_screens_from_a_recorded_state(
             await _settled(pilot)
             saved = Path(app.save_screenshot(f"{name}.svg", str(tmp_path)))
     compare_snapshot(name, saved)
+
+
+@pytest.mark.integration
+async def test_the_demo_guide_is_shown_inside_the_tui_then_the_overview() -> None:
+    """`tagway demo --tui` used to print the URL, key and curl where the TUI hid them until it
+    closed; now the TUI opens on them, and Escape goes on to the live overview."""
+    state = recorded_state()
+    guide = "cloud  http://127.0.0.1:8080\nAPI key  tgw_key_demo\ncurl -s -H ... /v1/devices"
+    async with recorded_api(state) as url:
+        app = TagwayApp(AgentClient(locator=FixedUrl(url)), poll_interval=0.2, notice=guide)
+        async with app.run_test(size=SIZE) as pilot:
+            text = await wait_for_screen(pilot, lambda t: "tgw_key_demo" in t)
+            assert "curl -s -H" in text
+            await pilot.press("escape")
+            text = await wait_for_screen(pilot, lambda t: all_connected(t))
+            assert "tgw_key_demo" not in text

@@ -132,3 +132,29 @@ async def test_devices_log_in_with_credentials(tmp_path: Path) -> None:
             async with asyncio.timeout(10):
                 message = await anext(aiter(client.messages))
         assert json.loads(bytes(message.payload))["simulated"] is True  # type: ignore[arg-type]
+
+
+async def test_a_broker_stopping_first_leaves_no_unread_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The demo stops its agent (and broker) before the plant: each MQTT device used to leave a
+    "Future exception was never retrieved" ERROR line in the log on every Ctrl-C."""
+    import gc  # noqa: PLC0415
+
+    async with amqtt_broker() as port:
+        plant = Plant(
+            devices=4, modbus=False, opcua=False, control_port=None,
+            mqtt_url=f"mqtt://127.0.0.1:{port}", mqtt_interval_s=5.0,
+        )  # fmt: skip
+        await plant.__aenter__()
+        assert plant.mqtt is not None
+        async with asyncio.timeout(10):
+            # the devices have no event to wait on
+            while any(d.state != "connected" for d in plant.mqtt.devices.values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the devices see the broker go, while waiting to publish
+    await plant.__aexit__(None, None, None)
+    gc.collect()
+    await asyncio.sleep(0)
+    unread = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert unread == []
