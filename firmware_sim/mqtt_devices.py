@@ -154,8 +154,9 @@ def _read_disconnect_reason(client: aiomqtt.Client) -> None:
     for every device. The loop above already handles the loss, so reading it here is enough.
     """
     disconnected = getattr(client, "_disconnected", None)
-    done = isinstance(disconnected, asyncio.Future) and disconnected.done()
-    if done and not disconnected.cancelled():
+    if not isinstance(disconnected, asyncio.Future) or not disconnected.done():
+        return
+    if not disconnected.cancelled():
         disconnected.exception()
 
 

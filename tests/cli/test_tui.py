@@ -233,5 +233,5 @@ async def test_the_demo_guide_is_shown_inside_the_tui_then_the_overview() -> Non
             text = await wait_for_screen(pilot, lambda t: "tgw_key_demo" in t)
             assert "curl -s -H" in text
             await pilot.press("escape")
-            text = await wait_for_screen(pilot, lambda t: all_connected(t))
+            text = await wait_for_screen(pilot, all_connected)
             assert "tgw_key_demo" not in text
