@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from protocols.mqtt.config import (
     DEVICE_PLACEHOLDER,
@@ -22,10 +22,14 @@ from protocols.mqtt.config import (
     JsonDecoder,
     MqttSubscription,
     RawDecoder,
+    SparkplugDecoder,
     TimestampFormat,
     ValueType,
 )
 from protocols.reading import Quality, Reading, Value, datetime_to_us
+
+if TYPE_CHECKING:
+    from protocols.sparkplug.host import HostSession
 
 HEAD_BYTES: Final = 256
 """How much of a bad payload a dead letter keeps: enough to see what went wrong, bounded."""
@@ -91,7 +95,16 @@ class Route:
         limits: payload bounds.
     """
 
-    __slots__ = ("_device_level", "_levels", "_tag_level", "decoder", "limits", "subscription")
+    __slots__ = (
+        "_device_level",
+        "_host",
+        "_levels",
+        "_tag_level",
+        "decoder",
+        "limits",
+        "outgoing",
+        "subscription",
+    )
 
     def __init__(self, subscription: MqttSubscription, limits: Limits) -> None:
         self.subscription = subscription
@@ -100,6 +113,20 @@ class Route:
         self._levels = tuple(subscription.topic_filter.split("/"))
         self._device_level = subscription.level_of(DEVICE_PLACEHOLDER)
         self._tag_level = subscription.level_of(TAG_PLACEHOLDER)
+        self._host: HostSession | None = None
+        self.outgoing: list[tuple[str, bytes]] = []
+        """Messages this route wants published (Sparkplug rebirth requests); the driver
+        takes them after each delivery."""
+        if isinstance(self.decoder, SparkplugDecoder):
+            # protobuf is loaded only by configs that read Sparkplug B.
+            from protocols.sparkplug.host import HostSession  # noqa: PLC0415
+
+            self._host = HostSession(
+                group=subscription.sparkplug_group or "",
+                simulated=limits.simulated,
+                rebirth_interval_us=round(self.decoder.rebirth_interval_s * 1_000_000),
+                max_future_skew_us=limits.max_future_skew_us,
+            )
 
     def matches(self, topic: str) -> bool:
         """True if `topic` (a topic name, no wildcards) matches this subscription's filter."""
@@ -109,29 +136,51 @@ class Route:
         """Decode one message into readings, or a `DeadLetter` saying why not. Never raises."""
         device: str | None = None
         try:
+            decoder = self.decoder
             levels = topic.split("/")
-            device = self._level(levels, self._device_level) or self.subscription.device
-            if device is None:
-                raise _Refused("topic has no device level")  # noqa: TRY301 - one exit, below
+            if not isinstance(decoder, SparkplugDecoder):
+                device = self._level(levels, self._device_level) or self.subscription.device
+                if device is None:
+                    raise _Refused("topic has no device level")  # noqa: TRY301 - one exit, below
             if len(payload) > self.limits.max_payload_bytes:
                 raise _Refused(  # noqa: TRY301 - one exit, below
                     f"payload of {len(payload)} bytes exceeds max_payload_bytes "
                     f"{self.limits.max_payload_bytes}"
                 )
-            decoder = self.decoder
+            if isinstance(decoder, SparkplugDecoder) and self._host is not None:
+                return self._sparkplug(self._host, decoder, topic, payload, received_us)
+            if device is None:
+                raise _Refused("topic has no device level")  # noqa: TRY301 - one exit, below
             if isinstance(decoder, RawDecoder):
                 tag = decoder.tag or self._level(levels, self._tag_level) or ""
                 return [self._raw(decoder, device, tag, payload, received_us)]
-            return self._json(decoder, device, payload, received_us)
+            if isinstance(decoder, JsonDecoder):
+                return self._json(decoder, device, payload, received_us)
+            raise _Refused(f"no decoder for {topic}")  # noqa: TRY301 - unreachable by config
         except _Refused as exc:
             return DeadLetter(
                 topic=topic,
-                reason=str(exc),
+                reason=str(exc.args[0]),
                 head=bytes(payload[:HEAD_BYTES]),
                 size=len(payload),
                 received_us=received_us,
-                device=device,
+                device=exc.args[1] if len(exc.args) > 1 else device,
             )
+
+    def _sparkplug(
+        self,
+        host: HostSession,
+        decoder: SparkplugDecoder,
+        topic: str,
+        payload: bytes,
+        received_us: int,
+    ) -> list[Reading]:
+        outcome = host.receive(topic, payload, received_us)
+        if decoder.request_rebirth:
+            self.outgoing += [(rebirth.topic, rebirth.payload) for rebirth in outcome.rebirths]
+        if outcome.refused is not None:
+            raise _Refused(outcome.refused, outcome.device)
+        return outcome.readings
 
     @staticmethod
     def _level(levels: Sequence[str], index: int | None) -> str | None:

@@ -213,7 +213,27 @@ class RawDecoder(BaseModel):
     unit: str | None = None
 
 
-Decoder = Annotated[JsonDecoder | RawDecoder, Field(discriminator="kind")]
+class SparkplugDecoder(BaseModel):
+    """Sparkplug B births, data and deaths of other edge nodes (`protocols.sparkplug.host`).
+
+    The subscription's topic is ``spBv1.0/<group>/#``; readings name their device
+    ``<edge node>`` or ``<edge node>/<device>`` and their tag the metric name.
+
+    Args:
+        rebirth_interval_s: the least time between two rebirth requests (NCMD) to one node.
+        request_rebirth: ask a node for a rebirth on an unknown alias or a ``seq`` gap; off
+            for a read-only account that may not publish.
+    """
+
+    model_config = _FROZEN
+
+    kind: Literal["sparkplug_b"] = "sparkplug_b"
+    rebirth_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    request_rebirth: bool = True
+
+
+Decoder = Annotated[JsonDecoder | RawDecoder | SparkplugDecoder, Field(discriminator="kind")]
+_SPARKPLUG_NAMESPACE: Final = "spBv1.0"
 
 
 class MqttSubscription(BaseModel):
@@ -222,7 +242,8 @@ class MqttSubscription(BaseModel):
     Args:
         topic: a filter, or a pattern with whole-level ``{device}`` / ``{tag}`` placeholders.
         device: a fixed device name, when the topic has no ``{device}`` level.
-        decoder: JSON with a field mapping (the default) or raw.
+        decoder: JSON with a field mapping (the default), raw, or Sparkplug B; the kind
+            alone (``decoder: sparkplug_b``) takes that decoder's defaults.
     """
 
     model_config = _FROZEN
@@ -244,8 +265,15 @@ class MqttSubscription(BaseModel):
             raise ValueError(f"topic: {value!r}: only {{device}} and {{tag}} are placeholders")
         return check_topic_filter(value, field="topic")
 
+    @field_validator("decoder", mode="before")
+    @classmethod
+    def _kind_alone(cls, value: object) -> object:
+        return {"kind": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _device_named_once(self) -> MqttSubscription:
+        if isinstance(self.decoder, SparkplugDecoder):
+            return self._sparkplug_topic()
         in_topic = DEVICE_PLACEHOLDER in self.topic
         if in_topic == (self.device is not None):
             raise ValueError(
@@ -259,6 +287,25 @@ class MqttSubscription(BaseModel):
         ):
             raise ValueError(f"decoder.tag: raw {self.topic!r} needs a tag or a {{tag}} level")
         return self
+
+    def _sparkplug_topic(self) -> MqttSubscription:
+        levels = self.topic.split("/")
+        group = levels[1] if len(levels) == 3 else ""
+        if levels[0] != _SPARKPLUG_NAMESPACE or levels[-1] != "#" or group in ("", "+", "#"):
+            raise ValueError(
+                f"topic: {self.topic!r}: a sparkplug_b subscription is "
+                f"'{_SPARKPLUG_NAMESPACE}/<group>/#'"
+            )
+        if self.device is not None:
+            raise ValueError("device: sparkplug_b names devices from the topic; remove device")
+        return self
+
+    @property
+    def sparkplug_group(self) -> str | None:
+        """The Sparkplug group id of a ``sparkplug_b`` subscription, else None."""
+        if not isinstance(self.decoder, SparkplugDecoder):
+            return None
+        return self.topic.split("/")[1]
 
     @property
     def topic_filter(self) -> str:
@@ -371,6 +418,7 @@ __all__ = [
     "MqttSourceConfig",
     "MqttSubscription",
     "RawDecoder",
+    "SparkplugDecoder",
     "TimestampFormat",
     "ValueType",
     "check_topic_filter",

@@ -12,6 +12,8 @@
 - Messages are decoded by the pure codec; the device of each reading comes from the topic.
   Whatever is queued is drained and decoded together, so the sink gets one `list[Reading]` per
   burst, not one call per message.
+- A ``sparkplug_b`` subscription follows other edge nodes' births and deaths
+  (`protocols.sparkplug.host`) and publishes the rebirth requests (NCMD) its decoder asks for.
 - A payload that cannot be decoded becomes a `DeadLetter`, handed to the dead-letter sink and
   counted in `counters.dropped` and `counters.errors`; the driver keeps running.
 - aiomqtt's incoming queue is ours (`_Inbox`): when it is full the message is dropped by aiomqtt,
@@ -144,6 +146,7 @@ class MqttDriver(DriverState):
             try:
                 async for message in client.messages:
                     await self._deliver([message, *self._drain(inbox)], sink)
+                    await self._publish_outgoing(client)
             except aiomqtt.MqttError:
                 # What arrived before the link dropped is still ours to deliver.
                 await self._deliver(self._drain(inbox, everything=True), sink)
@@ -217,6 +220,17 @@ class MqttDriver(DriverState):
             batch = readings[start : start + step]
             await sink(batch)
             self._counters.readings += len(batch)
+
+    async def _publish_outgoing(self, client: aiomqtt.Client) -> None:
+        """Publish what the decoders asked for (Sparkplug rebirth requests), at QoS 0: a lost
+        request is asked again at the next unknown alias or gap."""
+        for route in self._routes:
+            if not route.outgoing:
+                continue
+            outgoing, route.outgoing = route.outgoing, []
+            for topic, payload in outgoing:
+                _log.info("%s: publishing %s", self.name, topic)
+                await client.publish(topic, payload, qos=0)
 
 
 def _refused(code: object) -> bool:
