@@ -244,3 +244,7 @@ _PYTHON_TYPE = {
     DataType.TEXT: str,
     DataType.UUID: str,
 }
+
+
+def test_the_schema_is_the_reference_implementations_byte_for_byte() -> None:
+    assert pb.DESCRIPTOR.serialized_pb == tahu.tahu_pb.DESCRIPTOR.serialized_pb
