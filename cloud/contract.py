@@ -47,11 +47,19 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self, TypeAlias
 
 import msgpack
 import zstandard
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 BATCH_VERSION: Final = 1
 JSON: Final = "application/json"
@@ -118,6 +126,7 @@ class Limits(BaseModel):
     max_name_length: int = 200
     max_text_length: int = 4_096
     max_dropped_lanes: int = 16
+    max_events: int = 1_000
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -159,21 +168,36 @@ class SeriesColumns:
 
 @dataclass(frozen=True, slots=True)
 class AlarmRecord:
-    """An alarm state change or an event raised on the gateway."""
+    """An alarm state change or an event raised on the gateway.
+
+    `state` is the alarm's state after the change: ``active`` (condition present, not
+    acknowledged), ``acknowledged`` (present, acknowledged), ``cleared`` (gone, not yet
+    acknowledged), ``normal`` (gone and acknowledged); ``event`` for events. `transition` says
+    what happened (``raised``, ``cleared``, ``acked``); gateways before 0.2 omit it.
+    `acknowledged_by` and `comment` come with an ``acked`` transition: who acknowledged, from
+    where (``cloud key 12``, ``local uid 1000``), and what they wrote.
+    """
 
     device: str
     name: str
     ts: int
     kind: str = "alarm"  # "alarm" (has a state) or "event" (a one-off occurrence)
-    state: str = "active"  # active | acknowledged | cleared (alarms); "event" for events
+    state: str = "active"
     tag: str | None = None
-    severity: int = 1
+    severity: str = "medium"  # low | medium | high | critical
     message: str = ""
     value: float | None = None
+    transition: str | None = None
+    acknowledged_by: str | None = None
+    comment: str | None = None
 
 
 ALARM_KINDS: Final = frozenset({"alarm", "event"})
-ALARM_STATES: Final = frozenset({"active", "acknowledged", "cleared", "event"})
+ALARM_STATES: Final = frozenset({"active", "acknowledged", "cleared", "normal", "event"})
+ALARM_TRANSITIONS: Final = frozenset({"raised", "cleared", "acked"})
+SEVERITIES: Final = ("low", "medium", "high", "critical")
+"""The gateway's severity words, lowest first; the cloud answers them everywhere."""
+_LEGACY_SEVERITY: Final = {1: "low", 2: "medium", 3: "high", 4: "critical"}  # gateways < 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +211,10 @@ class Batch:
     alarms: Sequence[AlarmRecord] = ()
     dropped: Mapping[str, int] = field(default_factory=dict)
     version: int = BATCH_VERSION
+    events: Sequence[GatewayEvent] = ()
+    """Command results, write records and shadow reports (see `GatewayEvent`)."""
+    ignored_events: int = 0
+    """Events of a type this cloud does not know (a newer gateway): skipped, counted."""
 
     @property
     def reading_count(self) -> int:
@@ -214,29 +242,30 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
         if s.simulated:
             item["simulated"] = True
         series.append(item)
-    alarms = [
-        {
-            "device": a.device,
-            "tag": a.tag,
-            "name": a.name,
-            "kind": a.kind,
-            "state": a.state,
-            "ts": a.ts,
-            "severity": a.severity,
-            "message": a.message,
-            "value": a.value,
-        }
-        for a in batch.alarms
-    ]
-    return {
+    out = {
         "version": batch.version,
         "gateway_id": batch.gateway_id,
         "seq": batch.seq,
         "created_at": batch.created_at,
         "series": series,
-        "alarms": alarms,
+        "alarms": [alarm_to_dict(a) for a in batch.alarms],
         "dropped": dict(batch.dropped),
     }
+    if batch.events:
+        out["events"] = [event_to_dict(e) for e in batch.events]
+    return out
+
+
+def alarm_to_dict(a: AlarmRecord) -> dict[str, Any]:
+    """An alarm record in the contract's plain form (optional fields only when set)."""
+    out: dict[str, Any] = {
+        "device": a.device, "tag": a.tag, "name": a.name, "kind": a.kind, "state": a.state,
+        "ts": a.ts, "severity": a.severity, "message": a.message, "value": a.value,
+    }  # fmt: skip
+    for key in ("transition", "acknowledged_by", "comment"):
+        if getattr(a, key) is not None:
+            out[key] = getattr(a, key)
+    return out
 
 
 def encode_batch(
@@ -420,6 +449,7 @@ def batch_from_data(data: Any, *, limits: Limits = DEFAULT_LIMITS) -> Batch:
         raise PayloadTooLarge(f"{len(alarms_data)} alarms exceed the limit of {limits.max_alarms}")
     alarms = tuple(_alarm(item, ("alarms", i), limits) for i, item in enumerate(alarms_data))
     dropped = _dropped(top.get("dropped", {}), limits)
+    events, ignored = _events(top.get("events", []), limits)
     unknown = set(top) - {
         "version",
         "gateway_id",
@@ -428,10 +458,11 @@ def batch_from_data(data: Any, *, limits: Limits = DEFAULT_LIMITS) -> Batch:
         "series",
         "alarms",
         "dropped",
+        "events",
     }
     if unknown:
         raise InvalidBatch(f"unknown field {sorted(unknown)[0]!r}", path=(sorted(unknown)[0],))
-    return Batch(gateway_id, seq, created_at, series, alarms, dropped, version)
+    return Batch(gateway_id, seq, created_at, series, alarms, dropped, version, events, ignored)
 
 
 def _series(data: Any, path: Path, limits: Limits) -> SeriesColumns:
@@ -524,7 +555,8 @@ def _quality_column(data: Any, path: Path, length: int) -> QualityArray:
 
 def _alarm(data: Any, path: Path, limits: Limits) -> AlarmRecord:
     item = _mapping(data, path)
-    known = {"device", "tag", "name", "kind", "state", "ts", "severity", "message", "value"}
+    known = {"device", "tag", "name", "kind", "state", "ts", "severity", "message", "value",
+             "transition", "acknowledged_by", "comment"}  # fmt: skip
     unknown = set(item) - known
     if unknown:
         raise InvalidBatch(
@@ -545,6 +577,12 @@ def _alarm(data: Any, path: Path, limits: Limits) -> AlarmRecord:
         if type(value) not in (int, float) or not math.isfinite(value):
             raise InvalidBatch("value must be a finite number or null", path=(*path, "value"))
         value = float(value)
+    transition = item.get("transition")
+    if transition is not None and transition not in ALARM_TRANSITIONS:
+        raise InvalidBatch(
+            f"transition must be one of {sorted(ALARM_TRANSITIONS)}", path=(*path, "transition")
+        )
+    by, comment = item.get("acknowledged_by"), item.get("comment")
     return AlarmRecord(
         device=_name(item.get("device"), (*path, "device"), limits),
         name=_name(item.get("name"), (*path, "name"), limits),
@@ -552,10 +590,31 @@ def _alarm(data: Any, path: Path, limits: Limits) -> AlarmRecord:
         kind=kind,
         state=state,
         tag=None if tag is None else _name(tag, (*path, "tag"), limits),
-        severity=_int(item.get("severity", 1), (*path, "severity")),
+        severity=_severity(item.get("severity", "medium"), (*path, "severity")),
         message=message,
         value=value,
+        transition=transition,
+        acknowledged_by=None if by is None else _name(by, (*path, "acknowledged_by"), limits),
+        comment=None if comment is None else _text(comment, (*path, "comment"), limits),
     )
+
+
+def _severity(data: Any, path: Path) -> str:
+    """A severity word; the numbers 1-4 of gateways before 0.2 are read as the same words."""
+    if isinstance(data, str) and data in SEVERITIES:
+        return data
+    if type(data) is int and data in _LEGACY_SEVERITY:
+        return _LEGACY_SEVERITY[data]
+    raise InvalidBatch(f"severity must be one of {list(SEVERITIES)}", path=path)
+
+
+def _text(data: Any, path: Path, limits: Limits) -> str:
+    if not isinstance(data, str) or len(data) > limits.max_text_length or "\x00" in data:
+        raise InvalidBatch(
+            f"expected a string of at most {limits.max_text_length} characters without NUL",
+            path=path,
+        )
+    return data
 
 
 def _dropped(data: Any, limits: Limits) -> dict[str, int]:
@@ -622,3 +681,257 @@ def check_time_window(batch: Batch, *, now_us: int, max_future_us: int, max_age_
     for i, a in enumerate(batch.alarms):
         if not oldest <= a.ts <= newest:
             raise InvalidBatch(f"alarm timestamp {a.ts} is out of range", path=("alarms", i, "ts"))
+
+
+# ------------------------------------------------------------------------------------ two-way
+#
+# What travels between the cloud and a gateway besides telemetry. Cloud to gateway, on the
+# channel the gateway holds open (`GET /v1/gateway/channel`, server-sent events): a `ChannelHello`
+# when it connects, the `DesiredState` (the shadow's desired setpoints) on connect and on every
+# change, and each pending `ChannelCommand`. Gateway to cloud, inside batches (`Batch.events`,
+# so they travel through the outbox like alarms): a `CommandResult` per finished command, a
+# `WriteRecord` per setpoint write whatever asked for it, and a `ShadowReport` of the gateway's
+# facts. All are pydantic models validated strictly: each side treats the other's messages as
+# hostile until parsed.
+
+COMMAND_KINDS: Final = ("write", "ack_alarm", "reload_config", "requeue_quarantine", "ping")
+COMMAND_OUTCOMES: Final = ("succeeded", "failed", "expired", "unknown")
+MAX_RESULT_BYTES: Final = 16_384
+MAX_SETPOINTS: Final = 10_000
+
+WireName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+WireText = Annotated[str, Field(max_length=4_096, pattern=r"^[^\x00]*$")]
+Micros = Annotated[int, Field(ge=0, le=2**62)]
+SetpointValue = (
+    bool
+    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | Annotated[str, Field(max_length=4_096, pattern=r"^[^\x00]*$")]
+)
+"""A value to write: a bool, an integer, a finite float or a string."""
+
+
+class Wire(BaseModel):
+    """Base of the two-way messages: frozen, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class WriteArgs(Wire):
+    """Write `value` to a tag of a device (through the tag's limits on the gateway)."""
+
+    device: WireName
+    tag: WireName
+    value: SetpointValue
+
+
+class AckAlarmArgs(Wire):
+    """Acknowledge the gateway's alarm `name`."""
+
+    name: WireName
+    comment: WireText | None = None
+
+
+class NoArgs(Wire):
+    """A command without arguments."""
+
+
+class WriteCommand(Wire):
+    """``write``: a setpoint; the result carries the old value and the value read back."""
+
+    kind: Literal["write"]
+    args: WriteArgs
+
+
+class AckAlarmCommand(Wire):
+    """``ack_alarm``: acknowledge an alarm on the gateway."""
+
+    kind: Literal["ack_alarm"]
+    args: AckAlarmArgs
+
+
+class ReloadConfigCommand(Wire):
+    """``reload_config``: read the gateway's config file again (as SIGHUP does)."""
+
+    kind: Literal["reload_config"]
+    args: NoArgs = NoArgs()
+
+
+class RequeueQuarantineCommand(Wire):
+    """``requeue_quarantine``: give quarantined outbox chunks another try."""
+
+    kind: Literal["requeue_quarantine"]
+    args: NoArgs = NoArgs()
+
+
+class PingCommand(Wire):
+    """``ping``: answer with the agent's version and uptime (a round-trip check)."""
+
+    kind: Literal["ping"]
+    args: NoArgs = NoArgs()
+
+
+CommandSpec = Annotated[
+    WriteCommand | AckAlarmCommand | ReloadConfigCommand | RequeueQuarantineCommand | PingCommand,
+    Field(discriminator="kind"),
+]
+
+
+class ChannelHello(Wire):
+    """The channel's first event: who the cloud thinks is connected, and its clock."""
+
+    gateway_id: int
+    server_time: Micros
+    keepalive_s: float
+
+
+class ChannelCommand(Wire):
+    """A command delivered to the gateway.
+
+    `expires_in_s` is the time left when the cloud sent it: the gateway measures the deadline
+    on its own monotonic clock from arrival, so a wrong gateway clock cannot run a stale command.
+    """
+
+    id: int = Field(ge=1)
+    command: CommandSpec
+    created_at: Micros
+    created_by: WireName
+    expires_at: Micros
+    expires_in_s: float = Field(ge=0)
+
+
+class DesiredSetpoint(Wire):
+    """One desired setpoint. `version` changes each time the cloud sets it; `set_at` is when
+    (cloud clock); past `expires_at` it is no longer applied."""
+
+    value: SetpointValue
+    expires_at: Micros | None = None
+    version: int = Field(ge=1)
+    set_at: Micros
+    set_by: WireName
+
+
+Setpoints = dict[WireName, dict[WireName, DesiredSetpoint]]
+
+
+class DesiredState(Wire):
+    """The shadow's desired document as the gateway receives it."""
+
+    version: int = Field(ge=0)
+    setpoints: Setpoints = {}
+    server_time: Micros
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if sum(len(tags) for tags in self.setpoints.values()) > MAX_SETPOINTS:
+            raise ValueError(f"more than {MAX_SETPOINTS} setpoints")
+        return self
+
+
+class CommandResult(Wire):
+    """What became of a command on the gateway; sent once, applied by the cloud once."""
+
+    type: Literal["command_result"]
+    command_id: int = Field(ge=1)
+    state: Literal["succeeded", "failed", "expired", "unknown"]
+    result: dict[str, JsonValue] = {}
+    error: WireText | None = None
+    started_at: Micros | None = None
+    finished_at: Micros
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if len(json.dumps(self.result)) > MAX_RESULT_BYTES:
+            raise ValueError(f"result larger than {MAX_RESULT_BYTES} bytes of JSON")
+        return self
+
+
+class WriteRecord(Wire):
+    """One setpoint write on the gateway, wherever it came from (the gateway's audit row)."""
+
+    type: Literal["write"]
+    id: int = Field(ge=1, description="the gateway's audit id: unique per gateway")
+    ts: Micros
+    device: WireName
+    tag: WireName
+    value: SetpointValue
+    old: SetpointValue | None = None
+    read_back: SetpointValue | None = None
+    outcome: Literal["written", "refused", "failed", "unknown"]
+    reason: WireText | None = None
+    who: WireName
+    source: WireName
+    command_id: int | None = None
+
+
+class ReportedSetpoint(Wire):
+    """The current value of a writable tag, as the gateway last read it."""
+
+    value: SetpointValue | None = None
+    ts: Micros | None = None
+    quality: Literal["good", "uncertain", "bad"] = "good"
+
+
+class AppliedSetpoint(Wire):
+    """What the gateway did with one desired setpoint version."""
+
+    version: int = Field(ge=1)
+    outcome: Literal["applied", "refused", "failed", "expired", "superseded"]
+    reason: WireText | None = None
+    at: Micros
+
+
+class ShadowReport(Wire):
+    """The gateway's facts for the shadow's `reported` document. `version` counts up on the
+    gateway, so a late copy never replaces a newer one."""
+
+    type: Literal["reported"]
+    version: int = Field(ge=1)
+    desired_version: int = Field(ge=0)
+    agent_version: WireName
+    config_version: WireName | None = None
+    setpoints: dict[WireName, dict[WireName, ReportedSetpoint]] = {}
+    applied: dict[WireName, dict[WireName, AppliedSetpoint]] = {}
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        for section in (self.setpoints, self.applied):
+            if sum(len(tags) for tags in section.values()) > MAX_SETPOINTS:
+                raise ValueError(f"more than {MAX_SETPOINTS} setpoints")
+        return self
+
+
+GatewayEvent = Annotated[CommandResult | WriteRecord | ShadowReport, Field(discriminator="type")]
+EVENT_TYPES: Final = frozenset({"command_result", "write", "reported"})
+_EVENT: TypeAdapter[CommandResult | WriteRecord | ShadowReport] = TypeAdapter(GatewayEvent)
+
+
+def event_to_dict(event: CommandResult | WriteRecord | ShadowReport) -> dict[str, Any]:
+    """A gateway event in the contract's plain form."""
+    return event.model_dump(mode="json", exclude_none=True)
+
+
+def parse_event(data: Any) -> CommandResult | WriteRecord | ShadowReport:
+    """Validate one gateway event (strictly); `InvalidBatch` names the bad field."""
+    try:
+        return _EVENT.validate_python(data, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidBatch(first["msg"], path=tuple(first["loc"])) from exc
+
+
+def _events(data: Any, limits: Limits) -> tuple[tuple[Any, ...], int]:
+    items = _list(data, ("events",))
+    if len(items) > limits.max_events:
+        raise PayloadTooLarge(f"{len(items)} events exceed the limit of {limits.max_events}")
+    events, ignored = [], 0
+    for i, item in enumerate(items):
+        kind = _mapping(item, ("events", i)).get("type")
+        if kind not in EVENT_TYPES:
+            ignored += 1  # a newer gateway's event: its telemetry must not be refused for it
+            continue
+        try:
+            events.append(parse_event(item))
+        except InvalidBatch as exc:
+            raise InvalidBatch(exc.message, path=("events", i, *exc.path)) from exc
+    return tuple(events), ignored

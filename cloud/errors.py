@@ -6,6 +6,9 @@ the API answers it as ``{"error": {"code", "message", "details"}}``.
     ├── Forbidden              403 forbidden: authenticated, but the role does not allow it
     ├── NotFound               404 not_found: absent, or belongs to another tenant (never 403)
     ├── Conflict               409 conflict: a name already taken in this tenant
+    │   ├── IdempotencyConflict    409 idempotency_conflict: the key named another command
+    │   └── CommandNotQueued       409 command_not_queued: too late to cancel
+    ├── PreconditionFailed     412 precondition_failed: If-Match names an old version
     ├── InvalidRequest         422 invalid_request: `details["path"]` names the bad field
     ├── RateLimited            429 rate_limited / quota_exceeded: carries `retry_after` seconds
     └── StorageError           503 storage_unavailable: the database failed or is unreachable
@@ -64,6 +67,25 @@ class Conflict(CloudError):
 
     status = 409
     code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    """The Idempotency-Key was used before for a different command."""
+
+    code = "idempotency_conflict"
+
+
+class CommandNotQueued(Conflict):
+    """Only a queued command can be cancelled: this one reached the gateway or finished."""
+
+    code = "command_not_queued"
+
+
+class PreconditionFailed(CloudError):
+    """If-Match named a version the document no longer has; `details["version"]` is current."""
+
+    status = 412
+    code = "precondition_failed"
 
 
 class InvalidRequest(CloudError):

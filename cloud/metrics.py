@@ -38,6 +38,28 @@ class CloudMetrics:
             "Readings written to telemetry (duplicates excluded).",
             registry=self.registry,
         )
+        self.channels = Gauge(
+            "tagway_cloud_gateway_channels",
+            "Gateway command channels this replica holds open.",
+            registry=self.registry,
+        )
+        self.commands = Counter(
+            "tagway_cloud_commands_created",
+            "Commands queued for gateways, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.stream_clients = Gauge(
+            "tagway_cloud_stream_clients",
+            "/v1/stream clients this replica serves.",
+            registry=self.registry,
+        )
+        self.stream_dropped = Counter(
+            "tagway_cloud_stream_messages_dropped",
+            "Live messages the hub could not take (its queue was full); each client of the"
+            " tenant was told it missed them.",
+            registry=self.registry,
+        )
         self.retention_runs = Counter(
             "tagway_cloud_retention_runs",
             "Telemetry retention passes of this replica by result (ok, error).",

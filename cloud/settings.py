@@ -25,6 +25,14 @@ class CloudSettings(BaseModel):
     Retention (`cloud.retention`): telemetry older than `retention_days` is removed by a pass
     each replica runs at start-up and then every `retention_interval_s` (0: never in the
     background; run ``tagway cloud retention`` from cron instead).
+
+    Two-way (`cloud.hub`, `cloud.api.commands`): commands live `command_ttl_default_s` unless
+    the caller says otherwise, at most `command_ttl_max_s`; a gateway holds at most
+    `max_pending_commands` queued or delivered ones. A gateway's channel answers a keepalive
+    every `channel_keepalive_s` and is closed after `channel_max_s` (with jitter), so the
+    gateway reconnects with a fresh token and a revoked one is cut off. Each `/v1/stream`
+    client buffers at most `stream_buffer_events` events; beyond that it misses events and is
+    told how many.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -52,6 +60,13 @@ class CloudSettings(BaseModel):
     token_max_lifetime_s: int = Field(default=3600, ge=60, le=86_400)
     token_leeway_s: int = Field(default=60, ge=0, le=600)
     allow_static_gateway_tokens: bool = True
+    command_ttl_default_s: int = Field(default=600, ge=1)
+    command_ttl_max_s: int = Field(default=86_400, ge=1, le=7 * 86_400)
+    max_pending_commands: int = Field(default=1_000, ge=1)
+    channel_keepalive_s: float = Field(default=20.0, gt=0, le=300)
+    channel_max_s: float = Field(default=300.0, gt=0, le=86_400)
+    stream_buffer_events: int = Field(default=1_000, ge=1, le=100_000)
+    stream_keepalive_s: float = Field(default=15.0, gt=0, le=300)
 
     @property
     def backend(self) -> str:

@@ -21,18 +21,23 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from cloud.api import admin, ingest, provision, query, registry
+from cloud.api import admin, alarms, commands, ingest, provision, query, registry, shadow, stream
 from cloud.api.deps import Runtime, StoredTokenAuthenticator, runtime
 from cloud.api.schemas import ErrorBody
 from cloud.auth import PlatformKeyAuthenticator
 from cloud.contract import ContractError
 from cloud.enrollment import Enrollment, authenticators, load_master_key
 from cloud.errors import CloudError, RateLimited, StorageError
+from cloud.hub import Hub
 from cloud.metrics import CloudMetrics, MetricsMiddleware
 from cloud.retention import run_retention
 from cloud.settings import CloudSettings
 from cloud.storage import open_database
+from cloud.storage.alarms import AlarmStore
+from cloud.storage.commands import CommandStore
 from cloud.storage.repository import Repository
+from cloud.storage.shadow import ShadowStore
+from cloud.storage.writes import WriteStore
 
 log = logging.getLogger("tagway.cloud")
 
@@ -92,7 +97,8 @@ def create_app(settings: CloudSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         master_key = load_master_key(settings)
         db = await open_database(settings)
-        repo = Repository(db)
+        hub = Hub(db=db, metrics=metrics)
+        repo = Repository(db, hub.announce)
         key = settings.platform_admin_key
         enrollment = Enrollment(settings=settings, db=db, master_key=master_key)
         app.state.enrollment = enrollment
@@ -105,6 +111,11 @@ def create_app(settings: CloudSettings) -> FastAPI:
                 PlatformKeyAuthenticator(key.get_secret_value() if key else None),
                 *authenticators(enrollment, StoredTokenAuthenticator(repo)),
             ),
+            hub=hub,
+            alarms=AlarmStore(db),
+            commands=CommandStore(db),
+            shadows=ShadowStore(db),
+            writes=WriteStore(db),
         )
         log.info(
             "storage: %s, timescaledb=%s, partitioning=%s, schema v%s",
@@ -113,6 +124,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
             db.info.partitioning,
             db.info.schema_version,
         )
+        live = asyncio.create_task(hub.run(), name="cloud-hub")
         retention = None
         if settings.retention_interval_s:
             retention = asyncio.create_task(
@@ -127,10 +139,11 @@ def create_app(settings: CloudSettings) -> FastAPI:
         try:
             yield
         finally:
-            if retention is not None:
-                retention.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await retention
+            for task in (live, retention):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await db.close()
 
     app = FastAPI(
@@ -148,7 +161,8 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.add_exception_handler(ContractError, _cloud_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    for router in (ingest.router, admin.router, registry.router, query.router, provision.router):
+    for router in (ingest.router, admin.router, registry.router, query.router, provision.router,
+                   alarms.router, commands.router, shadow.router, stream.router):  # fmt: skip
         app.include_router(router)
     _add_operations(app, metrics)
     return app

@@ -11,10 +11,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.auth import Authenticator, Principal, PrincipalKind, Role, token_digest
 from cloud.errors import Unauthenticated
+from cloud.hub import Hub
 from cloud.metrics import CloudMetrics
 from cloud.settings import CloudSettings
+from cloud.storage.alarms import AlarmStore
 from cloud.storage.base import Database
+from cloud.storage.commands import CommandStore
 from cloud.storage.repository import Repository
+from cloud.storage.shadow import ShadowStore
+from cloud.storage.writes import WriteStore
 
 
 def now_us() -> int:
@@ -45,6 +50,11 @@ class Runtime:
     repo: Repository
     metrics: CloudMetrics
     authenticators: tuple[Authenticator, ...]
+    hub: Hub
+    alarms: AlarmStore
+    commands: CommandStore
+    shadows: ShadowStore
+    writes: WriteStore
 
 
 def runtime(request: Request) -> Runtime:
@@ -75,6 +85,15 @@ async def principal(
 
 Caller = Annotated[Principal, Depends(principal)]
 Rt = Annotated[Runtime, Depends(runtime)]
+
+
+def who(caller: Principal) -> str:
+    """How audit records name the caller: ``key 12`` (an API key's id), ``platform admin``."""
+    if caller.kind is PrincipalKind.USER:
+        return f"key {caller.subject_id}"
+    if caller.kind is PrincipalKind.GATEWAY:
+        return f"gateway {caller.subject_id}"
+    return "platform admin"
 
 
 def viewer(caller: Caller) -> int:

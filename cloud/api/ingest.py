@@ -15,6 +15,7 @@ from cloud.contract import (
 )
 from cloud.errors import Forbidden
 from cloud.storage.records import IngestResult
+from cloud.storage.telemetry import PostedBody
 
 router = APIRouter(tags=["ingest"])
 
@@ -88,8 +89,9 @@ async def ingest(request: Request, caller: Caller, rt: Rt) -> IngestResult:
         max_future_us=settings.max_future_skew_s * 1_000_000,
         max_age_us=settings.max_age_days * 86_400_000_000,
     )
+    posted = PostedBody(body, content_type or JSON, request.headers.get("content-encoding"))
     result = await rt.repo.ingest(
-        tenant_id, gateway_id, batch, body_bytes=len(body), quota=quota, now_us=now
+        tenant_id, gateway_id, batch, posted=posted, quota=quota, now_us=now
     )
     rt.metrics.batches.labels("duplicate" if result.duplicate else "stored").inc()
     rt.metrics.readings.inc(result.stored)

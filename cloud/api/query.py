@@ -1,4 +1,4 @@
-"""Telemetry reads (raw with cursor pages, bucketed aggregates), alarms and usage."""
+"""Telemetry reads (raw with cursor pages, bucketed aggregates) and usage."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import base64
 import binascii
 import re
 from datetime import date
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Query
 
-from cloud.api.deps import Caller, Id, IdFilter, Rt, ViewerTenant, now_us
+from cloud.api.deps import Id, Rt, ViewerTenant, now_us
 from cloud.api.schemas import RawPage
-from cloud.auth import Role
 from cloud.errors import InvalidRequest
-from cloud.storage.records import Alarm, Bucket, UsageDay
+from cloud.storage.records import Bucket, UsageDay
 
 router = APIRouter()
 
@@ -101,41 +100,6 @@ async def aggregate(
             path=["query", "bucket"],
         )
     return await rt.repo.aggregate(tenant_id, series_id, start=first, end=stop, bucket_us=width)
-
-
-@router.get("/v1/alarms", tags=["alarms"])
-async def list_alarms(
-    *,
-    tenant_id: ViewerTenant,
-    rt: Rt,
-    state: Literal["active", "acknowledged", "cleared", "event"] | None = None,
-    kind: Literal["alarm", "event"] | None = None,
-    device: Annotated[str | None, Query(max_length=200)] = None,
-    gateway_id: IdFilter = None,
-    since: Micros | None = None,
-    until: Micros | None = None,
-    limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
-) -> list[Alarm]:
-    """Alarm state changes and events, newest first."""
-    return await rt.repo.list_alarms(
-        tenant_id,
-        state=state,
-        kind=kind,
-        device=device,
-        gateway_id=gateway_id,
-        since=since,
-        until=until,
-        limit=limit,
-    )
-
-
-@router.post("/v1/alarms/{alarm_id}/ack", tags=["alarms"])
-async def acknowledge_alarm(alarm_id: Id, caller: Caller, rt: Rt) -> Alarm:
-    """Acknowledge an alarm (the first acknowledgement is kept, with the key that made it)."""
-    tenant_id = caller.require_user(Role.OPERATOR)
-    return await rt.repo.acknowledge_alarm(
-        tenant_id, alarm_id, by_key=caller.subject_id or 0, now_us=now_us()
-    )
 
 
 def _day_number(day: date) -> int:

@@ -7,6 +7,14 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.auth import Role
+from cloud.contract import (
+    AckAlarmCommand,
+    PingCommand,
+    ReloadConfigCommand,
+    RequeueQuarantineCommand,
+    SetpointValue,
+    WriteCommand,
+)
 from cloud.storage.records import ApiKey, Gateway, Point
 
 # PostgreSQL text cannot hold NUL, so no string field may carry one.
@@ -106,3 +114,76 @@ class ErrorBody(Body):
     """Every error answer: ``{"error": {"code", "message", "details"}}``."""
 
     error: ErrorDetail
+
+
+# --------------------------------------------------------------------------------- two-way
+
+Ttl = Annotated[
+    int,
+    Field(ge=1, description="seconds until the command expires if not delivered and run"),
+]
+Comment = Annotated[str, Field(max_length=1_000, pattern=r"^[^\x00]*$")]
+
+
+class _Expiring(Body):
+    ttl_s: Ttl | None = Field(
+        default=None, description="default 600 s; at most the service's command_ttl_max_s"
+    )
+
+
+class WriteCommandCreate(WriteCommand, _Expiring):
+    """Write a setpoint: ``{"kind": "write", "args": {"device", "tag", "value"}}``."""
+
+
+class AckAlarmCommandCreate(AckAlarmCommand, _Expiring):
+    """Acknowledge an alarm on the gateway: ``{"kind": "ack_alarm", "args": {"name"}}``."""
+
+
+class ReloadConfigCommandCreate(ReloadConfigCommand, _Expiring):
+    """Reload the gateway's config file: ``{"kind": "reload_config"}``."""
+
+
+class RequeueQuarantineCommandCreate(RequeueQuarantineCommand, _Expiring):
+    """Requeue the gateway's quarantined outbox chunks: ``{"kind": "requeue_quarantine"}``."""
+
+
+class PingCommandCreate(PingCommand, _Expiring):
+    """Round-trip check: ``{"kind": "ping"}``."""
+
+
+CommandCreate = Annotated[
+    WriteCommandCreate
+    | AckAlarmCommandCreate
+    | ReloadConfigCommandCreate
+    | RequeueQuarantineCommandCreate
+    | PingCommandCreate,
+    Field(discriminator="kind"),
+]
+
+
+class AlarmAck(Body):
+    """What the operator writes with an acknowledgement."""
+
+    comment: Comment | None = None
+    ttl_s: Ttl | None = None
+
+
+class SetpointPatch(Body):
+    """A desired setpoint: hold `value` (until `expires_at`, µs since the epoch, if given)."""
+
+    value: SetpointValue
+    expires_at: Annotated[int, Field(ge=0, le=2**62)] | None = None
+
+
+class DesiredPatch(Body):
+    """A JSON merge patch of the desired setpoints: ``null`` removes a tag or a device."""
+
+    setpoints: dict[Name, dict[Name, SetpointPatch | None] | None] = Field(
+        default_factory=dict, max_length=1_000
+    )
+
+
+class ShadowPatch(Body):
+    """``PATCH /v1/gateways/{id}/shadow``: only `desired` is the cloud's to change."""
+
+    desired: DesiredPatch

@@ -7,7 +7,7 @@ SQL is written with ``%s`` placeholders; the SQLite backend rewrites them to ``?
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -49,6 +49,8 @@ class Database(Protocol):
     """A backend: transactions, migrations and the backend-specific bulk operations."""
 
     info: BackendInfo
+    replica: str
+    """Tells this process's relayed messages apart from the other replicas'."""
 
     def transaction(
         self, tenant_id: int | None, *, platform: bool = False
@@ -85,6 +87,32 @@ class Database(Protocol):
 
         Idempotent, and safe to run from several replicas at once.
         """
+        ...
+
+    async def relay(self, tx: Tx, tenant_id: int, message: bytes) -> None:
+        """Hand a live message to the other replicas when `tx` commits (`cloud.live`).
+
+        PostgreSQL: a ``NOTIFY`` (through ``stream_log`` when too large for its payload).
+        SQLite serves one process, so there is nobody to tell: a no-op.
+        """
+        ...
+
+    def relay_listener(self) -> AbstractAsyncContextManager[AsyncIterator[str]] | None:
+        """A connection receiving what the other replicas relay (raw notification payloads),
+        or None where replicas cannot exist (SQLite)."""
+        ...
+
+    async def fetch_relayed(self, tenant_id: int, log_id: int) -> bytes | None:
+        """A message relayed through ``stream_log`` (None once pruned)."""
+        ...
+
+    async def expire_commands(self, now_us: int) -> list[tuple[int, int, int, str]]:
+        """Mark queued commands past their TTL expired, in every tenant; (tenant, id, gateway,
+        kind) of each. Safe from several replicas at once: each row is expired once."""
+        ...
+
+    async def prune_relayed(self, before_us: int) -> int:
+        """Forget relayed messages older than `before_us`; how many."""
         ...
 
     async def ping(self) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from cloud.storage import twoway_schema
 from cloud.storage.provisioning_schema import pg_migration
 
 DAY_US: Final = 86_400_000_000
@@ -272,4 +273,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (1, "initial schema", initial_schema),
     (2, "provisioning", pg_migration),
     (3, "telemetry retention", retention_function),
+    (4, "two-way: commands, shadow, write records, alarm state", twoway_schema.pg_migration),
 ]

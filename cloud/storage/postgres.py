@@ -13,11 +13,13 @@ same readings under a new seq, or overlapping batches).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 import numpy as np
@@ -56,6 +58,9 @@ _COPY_ROW: Final = np.dtype(
     ]
 )
 _RETENTION_SCHEMA: Final = 3  # the migration that added tagway_drop_partitions
+RELAY_CHANNEL: Final = "tagway_live"
+# NOTIFY payloads must stay under 8000 bytes; a larger message goes through stream_log.
+_INLINE_RELAY: Final = 7_000
 _INSERT_SKIPPING: Final = (
     "INSERT INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
     " SELECT %s, u.s, u.t, u.v, u.x, u.q"
@@ -104,9 +109,11 @@ class PgTx:
 class PostgresDatabase:
     """The production backend. Open with `await PostgresDatabase.open(settings)`."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], info: BackendInfo) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], info: BackendInfo, dsn: str = "") -> None:
         self.pool = pool
         self.info = info
+        self.replica = secrets.token_hex(6)  # tells this replica's own notifications apart
+        self._dsn = dsn
         self._known_days: set[int] = set()
 
     @classmethod
@@ -128,7 +135,7 @@ class PostgresDatabase:
         except (psycopg.Error, PoolTimeout) as exc:
             await pool.close()
             raise StorageError(f"cannot use PostgreSQL: {exc}") from exc
-        db = cls(pool, info)
+        db = cls(pool, info, settings.database_url)
         today = time.time_ns() // 1000 // DAY_US
         await db.ensure_partitions(range(today - 1, today + settings.partitions_ahead_days + 1))
         return db
@@ -262,6 +269,70 @@ class PostgresDatabase:
                 [tenant_id, sids, tss, [None] * len(sids), texts, qualities],
             )
         return inserted
+
+    async def relay(self, tx: Tx, tenant_id: int, message: bytes) -> None:
+        """``NOTIFY`` the other replicas at commit: inline when small, else by a reference to
+        a ``stream_log`` row. The payload is ``tenant:replica:i:<base64>`` or
+        ``tenant:replica:l:<log id>``."""
+        text = base64.b64encode(message).decode()
+        if len(text) > _INLINE_RELAY:
+            row = await tx.fetchone(
+                "INSERT INTO stream_log (tenant_id, created_at, payload) VALUES (%s, %s, %s)"
+                " RETURNING id",
+                [tenant_id, time.time_ns() // 1000, message],
+            )
+            text = f"l:{row[0] if row else 0}"
+        else:
+            text = f"i:{text}"
+        await tx.execute(
+            "SELECT pg_notify(%s, %s)", [RELAY_CHANNEL, f"{tenant_id}:{self.replica}:{text}"]
+        )
+
+    def relay_listener(self) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+        """A dedicated connection that LISTENs to what the replicas relay."""
+        return self._listen()
+
+    @asynccontextmanager
+    async def _listen(self) -> AsyncIterator[AsyncIterator[str]]:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            await conn.execute(f"LISTEN {RELAY_CHANNEL}")
+        except psycopg.Error as exc:
+            raise StorageError(f"postgresql: cannot listen: {exc}") from exc
+
+        async def payloads() -> AsyncIterator[str]:
+            try:
+                async for note in conn.notifies():
+                    yield note.payload
+            except psycopg.Error as exc:
+                raise StorageError(f"postgresql: listening failed: {exc}") from exc
+
+        try:
+            yield payloads()
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+    async def fetch_relayed(self, tenant_id: int, log_id: int) -> bytes | None:
+        """A message relayed through ``stream_log``."""
+        async with self.transaction(tenant_id) as tx:
+            row = await tx.fetchone(
+                "SELECT payload FROM stream_log WHERE tenant_id = %s AND id = %s",
+                [tenant_id, log_id],
+            )
+        return bytes(row[0]) if row else None
+
+    async def expire_commands(self, now_us: int) -> list[tuple[int, int, int, str]]:
+        """Through `tagway_expire_commands` (every tenant, so the owner's rights)."""
+        async with self.transaction(None) as tx:
+            rows = await tx.fetch("SELECT * FROM tagway_expire_commands(%s)", [now_us])
+        return [(int(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    async def prune_relayed(self, before_us: int) -> int:
+        """Through `tagway_prune_stream_log`."""
+        async with self.transaction(None) as tx:
+            row = await tx.fetchone("SELECT tagway_prune_stream_log(%s)", [before_us])
+        return int(row[0]) if row else 0
 
     async def ping(self) -> None:
         """Raise `StorageError` unless PostgreSQL answers."""

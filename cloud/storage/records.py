@@ -107,7 +107,13 @@ class Bucket(Record):
 
 
 class Alarm(Record):
-    """An alarm state change or an event reported by a gateway."""
+    """An alarm's current state, from the transitions its gateway reported.
+
+    `state`: ``active`` (condition present, unacknowledged), ``acknowledged`` (present,
+    acknowledged), ``cleared`` (gone, unacknowledged), ``normal`` (gone and acknowledged), or
+    ``event`` for events. `ts` is the last transition's time; `acknowledged_at` and
+    `acknowledged_by` come from the gateway's acknowledgement (whoever made it, wherever).
+    """
 
     id: int
     gateway_id: int
@@ -116,13 +122,97 @@ class Alarm(Record):
     name: str
     kind: str
     state: str
-    ts: int
-    severity: int
+    severity: str
     message: str
     value: float | None
-    received_at: int
+    ts: int
+    raised_at: int | None = None
+    cleared_at: int | None = None
     acknowledged_at: int | None = None
-    acknowledged_by: int | None = None
+    acknowledged_by: str | None = None
+    comment: str | None = None
+    received_at: int
+
+
+class AlarmTransition(Record):
+    """One transition of an alarm, as the gateway reported it."""
+
+    id: int
+    alarm_id: int | None
+    gateway_id: int
+    device: str
+    tag: str | None
+    name: str
+    kind: str
+    state: str
+    transition: str | None
+    ts: int
+    severity: str
+    message: str
+    value: float | None
+    acknowledged_by: str | None = None
+    comment: str | None = None
+    received_at: int
+
+
+class Command(Record):
+    """A command to a gateway and what became of it (also its audit record).
+
+    `state`: ``queued`` (waiting for the gateway), ``delivered`` (on the gateway's channel),
+    then ``succeeded``, ``failed``, ``expired`` (its TTL ran out first) or ``unknown`` (the
+    gateway stopped while running it and will not guess), or ``cancelled`` before delivery.
+    """
+
+    id: int
+    gateway_id: int
+    kind: str
+    args: dict[str, Any]
+    state: str
+    created_by: str
+    created_at: int
+    expires_at: int
+    idempotency_key: str | None = None
+    delivered_at: int | None = None
+    deliveries: int = 0
+    finished_at: int | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    cancelled_by: str | None = None
+
+
+class WriteLog(Record):
+    """A setpoint write a gateway reported (from the cloud, the shadow or a local user)."""
+
+    id: int
+    gateway_id: int
+    audit_id: int
+    ts: int
+    device: str
+    tag: str
+    value: Any
+    old: Any = None
+    read_back: Any = None
+    outcome: str
+    reason: str | None = None
+    who: str
+    source: str
+    command_id: int | None = None
+    received_at: int
+
+
+class Shadow(Record):
+    """A gateway's shadow: `desired` (setpoints the cloud wants held), `reported` (the
+    gateway's facts) and `delta` (desired setpoints the reported values do not match yet)."""
+
+    gateway_id: int
+    version: int
+    desired: dict[str, Any]
+    desired_at: int | None = None
+    desired_by: str | None = None
+    reported: dict[str, Any]
+    reported_version: int
+    reported_at: int | None = None
+    delta: dict[str, Any]
 
 
 class UsageDay(Record):

@@ -13,9 +13,8 @@ from typing import Any, Final
 
 from cloud.auth import Role
 from cloud.errors import Conflict, NotFound
-from cloud.storage.base import Database, Row, Tx
+from cloud.storage.base import Row, Tx
 from cloud.storage.records import (
-    Alarm,
     ApiKey,
     Device,
     Gateway,
@@ -32,10 +31,6 @@ _TENANT = "id, name, created_at, ingest_quota_per_day, rate_limit"
 _KEY = "id, name, role, prefix, created_at, last_used_at, revoked_at"
 _GATEWAY = "id, name, token_prefix, created_at, last_seen_at, last_seq, revoked_at"
 _DEVICE = "id, gateway_id, name, display_name, metadata, created_at"
-_ALARM = (
-    "id, gateway_id, device, tag, name, kind, state, ts, severity, message, value, received_at,"
-    " acknowledged_at, acknowledged_by"
-)
 
 
 def _tenant(row: Row) -> Tenant:
@@ -80,11 +75,6 @@ def _device(row: Row) -> Device:
     )
 
 
-def _alarm(row: Row) -> Alarm:
-    names = _ALARM.replace(" ", "").split(",")
-    return Alarm(**dict(zip(names, row, strict=True)))
-
-
 async def _one(tx: Tx, sql: str, params: list[Any], what: str) -> Row:
     row = await tx.fetchone(sql, params)
     if row is None:
@@ -100,10 +90,8 @@ async def _require(tx: Tx, table: str, tenant_id: int, row_id: int, what: str) -
 
 
 class Repository(TelemetryStore):
-    """Tenants, keys, gateways, devices, alarms and usage, over one `Database`."""
-
-    def __init__(self, db: Database) -> None:
-        super().__init__(db)
+    """Tenants, keys, gateways, devices and usage, over one `Database` (alarms, commands,
+    shadows and write records have their own stores in this package)."""
 
     # -------------------------------------------------------------------- tenants (platform)
 
@@ -275,7 +263,8 @@ class Repository(TelemetryStore):
         return _gateway(row)
 
     async def delete_gateway(self, tenant_id: int, gateway_id: int) -> None:
-        """Delete a gateway with its devices, series, telemetry, alarms and batch log."""
+        """Delete a gateway with its devices, series, telemetry, alarms, commands, shadow,
+        write records and batch log."""
         async with self.db.transaction(tenant_id) as tx:
             await _require(tx, "gateways", tenant_id, gateway_id, "gateway")
             await tx.execute(
@@ -283,7 +272,8 @@ class Repository(TelemetryStore):
                 " (SELECT id FROM series WHERE tenant_id = %s AND gateway_id = %s)",
                 [tenant_id, tenant_id, gateway_id],
             )
-            for table in ("alarms", "ingest_batch", "gateway_drops", "series", "devices"):
+            for table in ("alarms", "alarm_events", "commands", "shadows", "write_records",
+                          "ingest_batch", "gateway_drops", "series", "devices"):  # fmt: skip
                 await tx.execute(
                     f"DELETE FROM {table} WHERE tenant_id = %s AND gateway_id = %s",
                     [tenant_id, gateway_id],
@@ -381,53 +371,6 @@ class Repository(TelemetryStore):
             Series(id=r[0], gateway_id=r[1], device_id=r[2], device=r[3], tag=r[4], unit=r[5])
             for r in rows
         ]
-
-    # -------------------------------------------------------------------------------- alarms
-
-    async def list_alarms(
-        self,
-        tenant_id: int,
-        *,
-        state: str | None = None,
-        kind: str | None = None,
-        device: str | None = None,
-        gateway_id: int | None = None,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 100,
-    ) -> list[Alarm]:
-        """Alarms and events, newest first, filtered."""
-        sql = f"SELECT {_ALARM} FROM alarms WHERE tenant_id = %s"
-        params: list[Any] = [tenant_id]
-        for column, op, value in (
-            ("state", "=", state),
-            ("kind", "=", kind),
-            ("device", "=", device),
-            ("gateway_id", "=", gateway_id),
-            ("ts", ">=", since),
-            ("ts", "<", until),
-        ):
-            if value is not None:
-                sql += f" AND {column} {op} %s"
-                params.append(value)
-        async with self.db.transaction(tenant_id) as tx:
-            rows = await tx.fetch(sql + " ORDER BY ts DESC, id DESC LIMIT %s", [*params, limit])
-        return [_alarm(r) for r in rows]
-
-    async def acknowledge_alarm(
-        self, tenant_id: int, alarm_id: int, *, by_key: int, now_us: int
-    ) -> Alarm:
-        """Acknowledge an alarm in the cloud (idempotent: the first acknowledgement is kept)."""
-        async with self.db.transaction(tenant_id) as tx:
-            row = await _one(
-                tx,
-                "UPDATE alarms SET acknowledged_at = COALESCE(acknowledged_at, %s),"
-                " acknowledged_by = COALESCE(acknowledged_by, %s)"
-                f" WHERE tenant_id = %s AND id = %s RETURNING {_ALARM}",
-                [now_us, by_key, tenant_id, alarm_id],
-                "alarm",
-            )
-        return _alarm(row)
 
     # --------------------------------------------------------------------------------- usage
 

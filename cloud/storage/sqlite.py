@@ -14,7 +14,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,6 +24,7 @@ from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
 from cloud.storage.registry import find_or_create_series
 from cloud.storage.telemetry import DAY_US
+from cloud.storage.twoway_schema import SQLITE_MIGRATION as TWO_WAY_MIGRATION
 
 MIGRATIONS: Final[list[tuple[int, str, str]]] = [
     (
@@ -74,6 +75,7 @@ CREATE TABLE rate_window (tenant_id INTEGER NOT NULL, window_start INTEGER NOT N
 """,
     ),
     (2, "provisioning", SQLITE_MIGRATION),
+    (4, "two-way: commands, shadow, write records, alarm state", TWO_WAY_MIGRATION),
 ]
 
 # Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest
@@ -120,6 +122,7 @@ class SqliteDatabase:
     """The embedded backend. Open with `SqliteDatabase.open(path)`."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        self.replica = "local"
         self._conn = conn
         self._lock = asyncio.Lock()
         version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
@@ -253,6 +256,32 @@ class SqliteDatabase:
                 )
             after = resume
             await asyncio.sleep(0)  # let waiting requests take the lock between batches
+
+    async def relay(self, tx: Tx, tenant_id: int, message: bytes) -> None:
+        """Nothing to do: one process per file, and its hub hears everything directly."""
+
+    def relay_listener(self) -> AbstractAsyncContextManager[AsyncIterator[str]] | None:
+        """None: there are no other replicas."""
+        return None
+
+    async def fetch_relayed(self, tenant_id: int, log_id: int) -> bytes | None:
+        """None: nothing is relayed."""
+        return None
+
+    async def expire_commands(self, now_us: int) -> list[tuple[int, int, int, str]]:
+        """Queued commands past their TTL become expired."""
+        async with self.transaction(None) as tx:
+            return await tx.fetch(
+                "UPDATE commands SET state = 'expired', finished_at = %s,"
+                " error = 'not delivered before its TTL ran out'"
+                " WHERE state = 'queued' AND expires_at <= %s"
+                " RETURNING tenant_id, id, gateway_id, kind",
+                [now_us, now_us],
+            )
+
+    async def prune_relayed(self, before_us: int) -> int:
+        """Nothing is relayed."""
+        return 0
 
     async def ping(self) -> None:
         """Raise `StorageError` unless the file answers."""

@@ -2,23 +2,32 @@
 
 Ingestion is one transaction: the (gateway, seq) row that makes the batch idempotent, the daily
 quota (a conditional UPDATE, so concurrent replicas serialize on the usage row and the quota holds
-across them), devices and series created on first sight, the readings' bulk write and the alarm
-records. Any error rolls all of it back: nothing is ever half-written.
+across them), devices and series created on first sight, the readings' bulk write, the alarm
+transitions and the gateway's events (command results, write records, shadow reports), and the
+live messages for the other replicas (`cloud.live`). Any error rolls all of it back: nothing is
+ever half-written, and nothing is announced that was not stored.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from cloud.contract import Batch
+from cloud.contract import Batch, CommandResult, ShadowReport, WriteRecord
 from cloud.errors import NotFound, RateLimited
+from cloud.live import AlarmChanges, Announce, News, StoredBatch, ignore
+from cloud.storage.alarms import write_alarms
 from cloud.storage.base import Database, Row, Tx
+from cloud.storage.commands import apply_result
 from cloud.storage.records import Bucket, IngestResult, LatestValue, Point
+from cloud.storage.shadow import apply_report
+from cloud.storage.writes import store_write
 
 DAY_US: Final = 86_400_000_000
 US: Final = 1_000_000
@@ -77,15 +86,53 @@ def batch_days(batch: Batch) -> list[int]:
     return sorted(days)
 
 
+async def _apply_events(
+    tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, *, news: News, now_us: int
+) -> None:
+    """The gateway's command results, write records and shadow reports, each applied once."""
+    for event in batch.events:
+        if isinstance(event, CommandResult):
+            await apply_result(tx, tenant_id, gateway_id, event, now_us=now_us, news=news)
+        elif isinstance(event, WriteRecord):
+            await store_write(tx, tenant_id, gateway_id, event, now_us=now_us)
+        elif isinstance(event, ShadowReport):
+            await apply_report(tx, tenant_id, gateway_id, event, now_us=now_us)
+
+
 def _value(num: float | None, text: str | None) -> float | str:
     return text if text is not None else float(num if num is not None else math.nan)
 
 
-class TelemetryStore:
-    """Ingest, rate limits and telemetry reads; the base of `Repository`."""
+@dataclass(frozen=True, slots=True)
+class PostedBody:
+    """A batch's body as the gateway posted it (relayed as is to the other replicas)."""
 
-    def __init__(self, db: Database) -> None:
+    body: bytes
+    content_type: str
+    content_encoding: str | None
+
+
+class TelemetryStore:
+    """Ingest, rate limits and telemetry reads; the base of `Repository`.
+
+    Args:
+        db: the backend.
+        announce: hands committed live messages to this replica's hub.
+    """
+
+    def __init__(self, db: Database, announce: Announce = ignore) -> None:
         self.db = db
+        self.announce = announce
+
+    @asynccontextmanager
+    async def live(self, tenant_id: int) -> AsyncIterator[tuple[Tx, News]]:
+        """A tenant transaction whose `News` is relayed inside it and announced after commit."""
+        news = News(relay=self.db.relay, tenant_id=tenant_id)
+        async with self.db.transaction(tenant_id) as tx:
+            yield tx, news
+            await news.relay(tx)
+        for message in news.relayed:
+            self.announce(tenant_id, message)
 
     async def admit_ingest(
         self, tenant_id: int, *, default_rate: int, default_quota: int, window_s: int, now_us: int
@@ -129,14 +176,15 @@ class TelemetryStore:
         gateway_id: int,
         batch: Batch,
         *,
-        body_bytes: int,
+        posted: PostedBody,
         quota: int,
         now_us: int,
     ) -> IngestResult:
         """Store a batch once per (gateway, seq); a replay answers `duplicate=True`."""
         readings = batch.reading_count
+        body_bytes = len(posted.body)
         await self.db.ensure_partitions(batch_days(batch))
-        async with self.db.transaction(tenant_id) as tx:
+        async with self.live(tenant_id) as (tx, news):
             claimed = await tx.fetchone(
                 "INSERT INTO ingest_batch (tenant_id, gateway_id, seq, created_at, received_at,"
                 " readings, bytes) VALUES (%s, %s, %s, %s, %s, %s, %s)"
@@ -148,7 +196,14 @@ class TelemetryStore:
             keys = [(s.device, s.tag, s.unit) for s in batch.series]
             ids = await self.db.resolve_series(tx, tenant_id, gateway_id, keys) if keys else []
             stored = await self.db.write_telemetry(tx, tenant_id, BatchRows.build(batch, ids))
-            await self._write_alarms(tx, tenant_id, gateway_id, batch, now_us)
+            changed = await write_alarms(tx, tenant_id, gateway_id, batch.alarms, now_us)
+            await _apply_events(tx, tenant_id, gateway_id, batch, news=news, now_us=now_us)
+            if changed:
+                news.add(AlarmChanges(gateway_id, changed))
+            if batch.series:
+                news.add(StoredBatch(gateway_id, posted.body, posted.content_type,
+                                     posted.content_encoding, batch))  # fmt: skip
+            await news.relay(tx)  # before the rows every batch updates, to hold their locks less
             await tx.execute(
                 "UPDATE ingest_batch SET stored = %s WHERE gateway_id = %s AND seq = %s",
                 [stored, gateway_id, batch.seq],
@@ -209,31 +264,6 @@ class TelemetryStore:
                 f"the tenant's daily quota of {quota} readings is used up",
                 retry_after=math.ceil(((day + 1) * DAY_US - now_us) / US),
                 code="quota_exceeded",
-            )
-
-    async def _write_alarms(
-        self, tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, now_us: int
-    ) -> None:
-        for a in batch.alarms:
-            await tx.execute(
-                "INSERT INTO alarms (tenant_id, gateway_id, device, tag, name, kind, state, ts,"
-                " severity, message, value, received_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (gateway_id, device, name, kind, state, ts) DO NOTHING",
-                [
-                    tenant_id,
-                    gateway_id,
-                    a.device,
-                    a.tag,
-                    a.name,
-                    a.kind,
-                    a.state,
-                    a.ts,
-                    a.severity,
-                    a.message,
-                    a.value,
-                    now_us,
-                ],
             )
 
     # ----------------------------------------------------------------------------- queries

@@ -26,8 +26,8 @@ from cloud.settings import CloudSettings
 PLATFORM_KEY = "platform-secret-for-tests-only"
 APP_ROLE = "tagway_app"
 _TABLES = (
-    "telemetry, alarms, ingest_batch, gateway_drops, usage_daily, rate_window, series, devices,"
-    " gateways, api_keys, tenants"
+    "telemetry, alarms, alarm_events, commands, shadows, write_records, stream_log, ingest_batch,"
+    " gateway_drops, usage_daily, rate_window, series, devices, gateways, api_keys, tenants"
 )
 
 

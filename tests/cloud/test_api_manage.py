@@ -210,30 +210,75 @@ async def test_latest_per_device(cloud: Cloud) -> None:
     ]
 
 
-async def test_alarms_list_filter_acknowledge(cloud: Cloud) -> None:
+async def test_alarms_answer_current_state_and_transitions(cloud: Cloud) -> None:
     tenant = await cloud.tenant("acme")
     gw = await cloud.gateway(tenant)
     now = now_us()
     alarms = [
-        AlarmRecord(device="pump1", name="flow_high", ts=now - 30, state="active"),
-        AlarmRecord(device="pump1", name="flow_high", ts=now - 20, state="cleared"),
+        AlarmRecord(device="pump1", name="flow_high", ts=now - 30, state="active", severity=3),
+        AlarmRecord(device="pump1", name="flow_high", ts=now - 20, state="cleared", severity=3),
         AlarmRecord(device="pump2", name="door", ts=now - 10, kind="event", state="event"),
+        AlarmRecord(device="pump2", name="temp_high", ts=now - 5, severity="critical"),
     ]
     await cloud.send(gw, Batch(str(gw[0]), 1, now, [], alarms))
     everything = (await cloud.get(tenant.admin, "/v1/alarms")).json()
-    assert [a["state"] for a in everything] == ["event", "cleared", "active"]
+    # one row per alarm, in its current state; severity in the gateway's words
+    assert [(a["name"], a["state"], a["severity"]) for a in everything] == [
+        ("temp_high", "active", "critical"),
+        ("door", "event", "medium"),
+        ("flow_high", "cleared", "high"),
+    ]
     active = (await cloud.get(tenant.admin, "/v1/alarms", state="active")).json()
-    assert len(active) == 1
+    assert [a["name"] for a in active] == ["temp_high"]  # flow_high was active, is no longer
+    flow = next(a for a in everything if a["name"] == "flow_high")
+    assert (flow["raised_at"], flow["cleared_at"]) == (now - 30, now - 20)
+    transitions = (await cloud.get(tenant.admin, f"/v1/alarms/{flow['id']}/events")).json()
+    assert [(t["state"], t["transition"]) for t in transitions] == [
+        ("cleared", "cleared"),
+        ("active", "raised"),
+    ]
+    critical = (await cloud.get(tenant.admin, "/v1/alarms", severity="critical")).json()
+    assert [a["name"] for a in critical] == ["temp_high"]
     events = (await cloud.get(tenant.admin, "/v1/alarms", kind="event", device="pump2")).json()
     assert [e["name"] for e in events] == ["door"]
+    # a replayed batch changes nothing; an older transition arriving late never moves it back
+    await cloud.send(gw, Batch(str(gw[0]), 2, now, [], alarms[:1]))
+    assert (await cloud.get(tenant.admin, f"/v1/alarms/{flow['id']}")).json() == flow
+
+
+async def test_acknowledging_asks_the_gateway(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    now = now_us()
+    raised = AlarmRecord(device="pump1", name="flow_high", ts=now - 30, state="active")
+    await cloud.send(gw, Batch(str(gw[0]), 1, now, [], [raised]))
+    alarm = (await cloud.get(tenant.admin, "/v1/alarms")).json()[0]
+    ack = f"/v1/alarms/{alarm['id']}/ack"
     viewer = await cloud.key(tenant, "viewer")
-    ack = f"/v1/alarms/{active[0]['id']}/ack"
     assert (await cloud.client.post(ack, headers=cloud.auth(viewer))).status_code == 403
     operator = await cloud.key(tenant, "operator")
-    r = await cloud.client.post(ack, headers=cloud.auth(operator))
-    assert r.status_code == 200
-    assert r.json()["acknowledged_at"] is not None
-    assert r.json()["acknowledged_by"] is not None
+    r = await cloud.client.post(ack, json={"comment": "seen"}, headers=cloud.auth(operator))
+    assert r.status_code == 202, r.text
+    command = r.json()
+    assert (command["kind"], command["state"]) == ("ack_alarm", "queued")
+    assert command["args"] == {"name": "flow_high", "comment": "seen"}
+    assert command["created_by"].startswith("key ")
+    # nothing is acknowledged until the gateway says so
+    assert (await cloud.get(tenant.admin, f"/v1/alarms/{alarm['id']}")).json()[
+        "acknowledged_at"
+    ] is None
+    acked = AlarmRecord(
+        device="pump1", name="flow_high", ts=now - 10, state="acknowledged",
+        transition="acked", acknowledged_by="cloud key 3", comment="seen",
+    )  # fmt: skip
+    await cloud.send(gw, Batch(str(gw[0]), 2, now, [], [acked]))
+    after = (await cloud.get(tenant.admin, f"/v1/alarms/{alarm['id']}")).json()
+    assert (after["state"], after["acknowledged_at"], after["acknowledged_by"]) == (
+        "acknowledged",
+        now - 10,
+        "cloud key 3",
+    )
+    assert after["comment"] == "seen"
     assert (
         await cloud.client.post("/v1/alarms/999/ack", headers=cloud.auth(operator))
     ).status_code == 404
