@@ -198,11 +198,14 @@ class TelemetryStore:
             stored = await self.db.write_telemetry(tx, tenant_id, BatchRows.build(batch, ids))
             changed = await write_alarms(tx, tenant_id, gateway_id, batch.alarms, now_us)
             await _apply_events(tx, tenant_id, gateway_id, batch, news=news, now_us=now_us)
-            if changed:
-                news.add(AlarmChanges(gateway_id, changed))
             if batch.series:
                 news.add(StoredBatch(gateway_id, posted.body, posted.content_type,
                                      posted.content_encoding, batch))  # fmt: skip
+            if changed:
+                simulated = {s.device for s in batch.series if s.simulated}
+                for transition in changed:
+                    transition["simulated"] = transition["device"] in simulated
+                news.add(AlarmChanges(gateway_id, changed))
             await news.relay(tx)  # before the rows every batch updates, to hold their locks less
             await tx.execute(
                 "UPDATE ingest_batch SET stored = %s WHERE gateway_id = %s AND seq = %s",

@@ -9,7 +9,8 @@ so every API test is also a row-level-security test.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,30 @@ def owner_conn(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
         return
     with psycopg.connect(request.getfixturevalue("migrated_pg"), autocommit=True) as conn:
         yield conn
+
+
+Start = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_live(settings_for: Any) -> AsyncIterator[Start]:
+    """A factory of clouds served by a real uvicorn (for the long-lived channel and stream
+    responses); each start uses the same storage, so a second start is a restart."""
+    from tests.cloud.live_support import served  # noqa: PLC0415 - uvicorn for these tests only
+
+    async with AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Cloud:
+            url = await stack.enter_async_context(served(create_app(settings_for(**overrides))))
+            client = httpx.AsyncClient(base_url=url, timeout=10)
+            await stack.enter_async_context(client)
+            return Cloud(client)
+
+        yield start
+
+
+@pytest.fixture
+async def live(make_live: Start) -> Cloud:
+    """One served cloud on the backend under test."""
+    started: Cloud = await make_live()
+    return started

@@ -11,11 +11,22 @@ from typing import Any
 import psycopg
 import pytest
 
-from cloud.contract import AlarmRecord, Batch
+from cloud.contract import AlarmRecord, Batch, CommandResult
 from cloud.settings import CloudSettings
 from cloud.storage.pg_schema import METADATA_TABLES
 from cloud.storage.postgres import PostgresDatabase
-from tests.cloud.conftest import APP_ROLE, Cloud, Tenant, app_dsn, make_batch, now_us, truncate
+from cloud.storage.twoway_schema import TABLES as TWO_WAY_TABLES
+from tests.cloud.conftest import (
+    APP_ROLE,
+    Cloud,
+    Start,
+    Tenant,
+    app_dsn,
+    make_batch,
+    now_us,
+    truncate,
+)
+from tests.cloud.live_support import batch_with_events, open_stream
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +43,28 @@ async def _populate(cloud: Cloud, name: str) -> tuple[Tenant, dict[str, int]]:
     series = (await cloud.get(tenant.admin, "/v1/series")).json()[0]["id"]
     alarm_id = (await cloud.get(tenant.admin, "/v1/alarms")).json()[0]["id"]
     key_id = (await cloud.get(tenant.admin, "/v1/api-keys")).json()[0]["id"]
+    h = cloud.auth(tenant.admin)
+    command = await cloud.client.post(
+        f"/v1/gateways/{gw[0]}/commands", json={"kind": "ping"}, headers=h
+    )
+    desired = {"desired": {"setpoints": {f"{name}-pump": {"speed": {"value": 5}}}}}
+    await cloud.client.patch(f"/v1/gateways/{gw[0]}/shadow", json=desired, headers=h)
     return tenant, {
         "gateway": gw[0],
         "device": device,
         "series": series,
         "alarm": alarm_id,
         "key": key_id,
+        "command": command.json()["id"],
     }
 
 
 async def _view(cloud: Cloud, tenant: Tenant) -> dict[str, Any]:
-    paths = ("/v1/gateways", "/v1/devices", "/v1/series", "/v1/alarms", "/v1/api-keys")
-    view = {p: (await cloud.get(tenant.admin, p)).json() for p in paths}
+    paths = {p: p for p in ("/v1/gateways", "/v1/devices", "/v1/series", "/v1/alarms",
+                            "/v1/api-keys")}  # fmt: skip
+    gateway = next(iter(tenant.gateways.values()))[0]
+    paths |= {what: f"/v1/gateways/{gateway}/{what}" for what in ("commands", "shadow", "writes")}
+    view = {name: (await cloud.get(tenant.admin, path)).json() for name, path in paths.items()}
     for entry in view["/v1/gateways"]:
         entry.pop("last_seen_at")
     for entry in view["/v1/api-keys"]:
@@ -74,9 +95,32 @@ async def test_every_endpoint_hides_the_other_tenant(cloud: Cloud) -> None:
         "raw": await c.get(f"/v1/series/{b_ids['series']}/raw", headers=h),
         "aggregate": await c.get(f"/v1/series/{b_ids['series']}/aggregate", headers=h),
         "ack alarm": await c.post(f"/v1/alarms/{b_ids['alarm']}/ack", headers=h),
+        "get alarm": await c.get(f"/v1/alarms/{b_ids['alarm']}", headers=h),
+        "alarm events": await c.get(f"/v1/alarms/{b_ids['alarm']}/events", headers=h),
+        "command": await c.post(
+            f"/v1/gateways/{b_ids['gateway']}/commands", json={"kind": "ping"}, headers=h
+        ),
+        "list commands": await c.get(f"/v1/gateways/{b_ids['gateway']}/commands", headers=h),
+        "get command": await c.get(
+            f"/v1/gateways/{b_ids['gateway']}/commands/{b_ids['command']}", headers=h
+        ),
+        "cancel command": await c.delete(
+            f"/v1/gateways/{b_ids['gateway']}/commands/{b_ids['command']}", headers=h
+        ),
+        "shadow": await c.get(f"/v1/gateways/{b_ids['gateway']}/shadow", headers=h),
+        "patch shadow": await c.patch(
+            f"/v1/gateways/{b_ids['gateway']}/shadow",
+            json={"desired": {"setpoints": {"x": {"y": {"value": 1}}}}},
+            headers=h,
+        ),
+        "writes": await c.get(f"/v1/gateways/{b_ids['gateway']}/writes", headers=h),
         "revoke key": await c.delete(f"/v1/api-keys/{b_ids['key']}", headers=h),
     }
     assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(answers, 404)
+    # A's command ids on B's gateway path, and B's ids on A's: not found either way
+    a_gw = a.gateways["alpha-gw"][0]
+    cross = await c.get(f"/v1/gateways/{a_gw}/commands/{b_ids['command']}", headers=h)
+    assert cross.status_code == 404
     filtered = {
         "devices": await cloud.get(a.admin, "/v1/devices", gateway_id=b_ids["gateway"]),
         "series by device": await cloud.get(a.admin, "/v1/series", device_id=b_ids["device"]),
@@ -87,6 +131,8 @@ async def test_every_endpoint_hides_the_other_tenant(cloud: Cloud) -> None:
     assert {name: r.json() for name, r in filtered.items()} == {name: [] for name in filtered}
     a_view = await _view(cloud, a)
     for path, rows in a_view.items():
+        if path in ("shadow", "writes"):
+            continue  # per-gateway documents: B's is compared whole below
         assert rows, path
         assert not {r["id"] for r in rows} & {r["id"] for r in b_before[path]}, path
     assert await _view(cloud, b) == b_before  # nothing of B changed
@@ -108,6 +154,41 @@ async def test_a_gateway_of_a_can_never_write_into_b(cloud: Cloud) -> None:
     assert "intruder" in {d["name"] for d in (await cloud.get(a.admin, "/v1/devices")).json()}
     # A's user keys cannot post batches at all, into any tenant
     assert (await cloud.send((0, a.admin), forged)).status_code == 403
+
+
+async def test_streams_channels_and_results_keep_tenants_apart(make_live: Start) -> None:
+    cloud = await make_live()
+    a, a_ids = await _populate(cloud, "alpha")
+    b, b_ids = await _populate(cloud, "beta")
+    a_gw, b_gw = a.gateways["alpha-gw"], b.gateways["beta-gw"]
+    async with (
+        open_stream(cloud.client, "/v1/stream", a.admin) as a_stream,
+        open_stream(cloud.client, "/v1/stream", a.admin, gateway_id=b_gw[0]) as a_spying,
+        open_stream(cloud.client, "/v1/gateway/channel", b_gw[1]) as b_channel,
+    ):
+        await a_stream.subscribed()
+        await a_spying.subscribed()
+        # B's gateway sees B's pending command and B's desired setpoints, nothing of A's
+        first = await b_channel.until("desired")
+        assert list(first.data["setpoints"]) == ["beta-pump"]
+        assert (await b_channel.until("command")).data["id"] == b_ids["command"]
+        # A's gateway cannot finish B's command by naming its id
+        forged = CommandResult(type="command_result", command_id=b_ids["command"],
+                               state="failed", finished_at=now_us())  # fmt: skip
+        assert (await cloud.post(a_gw[1], batch_with_events(a_gw[0], 9, [forged]))).status_code
+        b_command = f"/v1/gateways/{b_gw[0]}/commands/{b_ids['command']}"
+        assert (await cloud.get(b.admin, b_command)).json()["state"] == "delivered"
+        # B's readings and commands reach no stream of A's, not even one filtered on B's gateway
+        await cloud.send(b_gw, make_batch(b_gw[0], 2, devices=("beta-pump",), n=3))
+        await cloud.client.post(f"/v1/gateways/{b_gw[0]}/commands", json={"kind": "ping"},
+                                headers=cloud.auth(b.admin))  # fmt: skip
+        await cloud.send(a_gw, make_batch(a_gw[0], 2, devices=("alpha-pump",), n=3))
+        seen = (await a_stream.until("readings")).data
+        assert {s["device"] for s in seen["series"]} == {"alpha-pump"}
+        assert seen["gateway_id"] == a_gw[0]
+        with pytest.raises(TimeoutError):
+            await a_spying.next(wait_s=0.5)
+    assert a_ids["gateway"] != b_ids["gateway"]
 
 
 # ------------------------------------------------------------------ database, as the app role
@@ -170,9 +251,10 @@ def test_the_app_role_is_not_privileged(migrated_pg: str) -> None:
         forced = conn.execute(
             "SELECT relname FROM pg_class WHERE relname = ANY(%s)"
             " AND relrowsecurity AND relforcerowsecurity ORDER BY relname",
-            [["tenants", *METADATA_TABLES]],
+            [["tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES]],
         ).fetchall()
-        assert {r[0] for r in forced} == {"tenants", *METADATA_TABLES}
+        assert {r[0] for r in forced} == {
+            "tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES}  # fmt: skip
 
 
 @pg
@@ -180,7 +262,7 @@ async def test_without_tenant_context_nothing_is_visible(
     two_tenants_pg: Any, migrated_pg: str
 ) -> None:
     with psycopg.connect(app_dsn(migrated_pg)) as conn:
-        for table in ("tenants", *METADATA_TABLES):
+        for table in ("tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES):
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - constants
             assert count == (0,), table
         conn.rollback()

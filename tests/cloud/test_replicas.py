@@ -1,6 +1,7 @@
 """Two service replicas (two real uvicorn processes, each on its own port-0 socket) against one
 PostgreSQL: batches posted through both store once, and quotas and rate limits hold across them
-because their state lives in the database."""
+because their state lives in the database; a command created on one reaches a gateway whose
+channel the other holds, and a stream client of one sees what the other stored."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 
 from cloud.contract import encode_batch
 from tests.cloud.conftest import PLATFORM_KEY, Cloud, app_dsn, make_batch, truncate
+from tests.cloud.live_support import open_stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +146,38 @@ async def test_two_replicas_store_once_and_share_quotas(replicas: list[str]) -> 
         answers = await asyncio.gather(*sends)
         assert sorted(a.status_code for a in answers) == [200] * 6 + [429] * 6
         assert all("Retry-After" in a.headers for a in answers if a.status_code == 429)
+
+
+async def test_commands_and_streams_cross_replicas(replicas: list[str]) -> None:
+    async with (
+        httpx.AsyncClient(base_url=replicas[0], timeout=30) as one,
+        httpx.AsyncClient(base_url=replicas[1], timeout=30) as two,
+    ):
+        first, second = Cloud(one), Cloud(two)
+        tenant = await first.tenant("acme")
+        gw = await first.gateway(tenant)
+        async with (
+            open_stream(two, "/v1/gateway/channel", gw[1]) as channel,
+            open_stream(one, "/v1/stream", tenant.admin) as stream,
+        ):
+            await channel.until("desired")
+            await stream.subscribed()
+            # a command created on one replica reaches the channel held by the other at once
+            started = time.monotonic()
+            created = await one.post(f"/v1/gateways/{gw[0]}/commands", json={"kind": "ping"},
+                                     headers=first.auth(tenant.admin))  # fmt: skip
+            delivered = await channel.until("command", wait_s=2)
+            assert delivered.data["id"] == created.json()["id"]
+            assert time.monotonic() - started < 1.0
+            # its changes, made on both replicas, are seen on the stream of one
+            changes = [(await stream.until("command")).data["state"] for _ in range(2)]
+            assert changes == ["queued", "delivered"]
+            # readings ingested through the other replica reach this one's stream within 2 s,
+            # small (inline in the notification) and large (through the relay log) alike
+            for seq, n in ((1, 3), (2, 2_000)):
+                started = time.monotonic()
+                assert (await second.send(gw, make_batch(gw[0], seq, n=n))).status_code == 200
+                readings = await stream.until("readings", wait_s=2)
+                assert time.monotonic() - started < 2.0
+                assert readings.data["seq"] == seq
+                assert [len(s["ts"]) for s in readings.data["series"]] == [n, n]

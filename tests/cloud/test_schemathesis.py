@@ -23,6 +23,7 @@ from tests.cloud.test_replicas import start_replica, wait_ready
 schemathesis = pytest.importorskip("schemathesis")
 pytestmark = pytest.mark.integration
 EXAMPLES_PER_OPERATION = 4
+STREAMS = frozenset({"/v1/stream", "/v1/gateway/channel"})
 
 
 @pytest.fixture(
@@ -97,6 +98,9 @@ def test_no_generated_request_makes_a_server_error(server: str) -> None:
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 25
+    # Event streams never end by design (tests/cloud/test_twoway.py covers them); a generated
+    # request that opens one would only wait for the read timeout.
+    operations = [op for op in operations if op.path not in STREAMS]
     failures: list[str] = []
     for operation in operations:
         token = _token_for(operation.path, tokens)
