@@ -163,6 +163,9 @@ class Driver(Protocol):
         """Read the device and deliver batches to `sink` until cancelled; reconnect as needed."""
         ...
 
-    async def write(self, tag: str, value: Value) -> None:
-        """Write a setpoint with the tag's encoding; raises `WriteError` if it does not stick."""
+    async def write(self, tag: str, value: Value) -> Value:
+        """Write a setpoint with the tag's encoding and read it back; the value read back.
+
+        Raises `WriteError` if it does not stick.
+        """
         ...

@@ -40,6 +40,7 @@ from protocols.modbus.codec import (
     BitBlockDecoder,
     RegisterBlockDecoder,
     bytes_to_registers,
+    decode_registers,
     encode_bit,
     encode_bool,
     encode_registers,
@@ -355,8 +356,9 @@ class ModbusDriver(DriverState):
 
     # --- writes -----------------------------------------------------------------------------
 
-    async def write(self, tag: str, value: Value) -> None:
-        """Write a setpoint with the tag's encoding and verify it by reading it back.
+    async def write(self, tag: str, value: Value) -> Value:
+        """Write a setpoint with the tag's encoding and verify it by reading it back; the value
+        read back, in engineering units.
 
         Raises:
             WriteError: unknown or read-only tag, a value the tag cannot hold, no link, an
@@ -371,14 +373,15 @@ class ModbusDriver(DriverState):
         if client is None:
             raise WriteError(f"{self.name}: cannot write {tag!r}: not connected")
         try:
-            await _write_verified(client, found, value)
+            return await _write_verified(client, found, value)
         except WriteError:
             raise
         except ProtocolError as exc:
             raise WriteError(f"{self.name}: write {tag!r} = {value!r} failed: {exc}") from exc
 
 
-async def _write_verified(client: ModbusClient, tag: ModbusTag, value: Value) -> None:
+async def _write_verified(client: ModbusClient, tag: ModbusTag, value: Value) -> Value:
+    read_back: Value
     if tag.table == "coil":
         flag = encode_bool(tag, value)
         await client.write_coil(tag.address, flag)
@@ -386,18 +389,22 @@ async def _write_verified(client: ModbusClient, tag: ModbusTag, value: Value) ->
             await client.read("coil", tag.address, 1)
         )[0]
         expected: object = flag
+        read_back = bool(back)
     elif tag.type == "bit":
         register = bytes_to_registers(await client.read(tag.table, tag.address, 1))[0]
         bit = tag.bit or 0
         await client.write_registers(tag.address, [encode_bit(register, bit, value)])
         now = bytes_to_registers(await client.read(tag.table, tag.address, 1))[0]
         back, expected = (now >> bit) & 1 == 1, encode_bool(tag, value)
+        read_back = bool(back)
     else:
         registers = encode_registers(tag, value)
         await client.write_registers(tag.address, registers)
-        back = bytes_to_registers(await client.read(tag.table, tag.address, tag.width))
-        expected = registers
+        words = bytes_to_registers(await client.read(tag.table, tag.address, tag.width))
+        back, expected = words, registers
+        read_back = decode_registers(tag, words)
     if back != expected:
         raise WriteError(
             f"{tag.name!r}: wrote {expected!r} at {tag.table} {tag.address}, read back {back!r}"
         )
+    return read_back

@@ -117,7 +117,7 @@ class MqttDriver(DriverState):
     ) -> None:
         self._link.to(ConnectionState.CLOSED)
 
-    async def write(self, tag: str, value: Value) -> None:
+    async def write(self, tag: str, value: Value) -> Value:
         """MQTT sources are read-only here: there is no command topic to publish setpoints to."""
         raise WriteError(f"{self.name}: MQTT source cannot write {tag}={value!r}: read-only")
 

@@ -40,6 +40,7 @@ from protocols.errors import (
     WriteError,
 )
 from protocols.opcua.buffer import ReadingBuffer
+from protocols.opcua.codec import plain_value, quality_of, status_reason
 from protocols.opcua.config import OpcUaDeviceConfig, OpcUaTag
 from protocols.opcua.polling import Poller
 from protocols.opcua.session import ServerSession
@@ -117,11 +118,12 @@ class OpcUaDriver(DriverState):
             group.create_task(self._deliver(sink), name=f"opcua-deliver-{self.name}")
             group.create_task(self._link_loop(), name=f"opcua-link-{self.name}")
 
-    async def write(self, tag: str, value: Value) -> None:
-        """Write a setpoint as the node's DataType.
+    async def write(self, tag: str, value: Value) -> Value:
+        """Write a setpoint as the node's DataType and read it back; the value read back.
 
         Raises `DriverConfigError` for an unknown or read-only tag, `CodecError` when the value
-        does not fit the node's type, and `WriteError` when the server refuses or is unreachable.
+        does not fit the node's type, and `WriteError` when the server refuses or is unreachable
+        or the value read back is not good.
         """
         item = self._items.get(tag)
         if item is None:
@@ -135,8 +137,15 @@ class OpcUaDriver(DriverState):
             raise WriteError(f"{self.name}.{tag}: node {item.tag.node_id} is not on this server")
         try:
             await session.write_value(item.node, value)
+            (back,) = await session.read([item.node])
         except _LINK_ERRORS as exc:
             raise WriteError(f"{self.name}.{tag}: {exc}") from exc
+        read_back = plain_value(back.Value.Value if back.Value is not None else None)
+        if quality_of(back.StatusCode) is not Quality.GOOD or read_back is None:
+            raise WriteError(
+                f"{self.name}.{tag}: written, but read back {status_reason(back.StatusCode)}"
+            )
+        return read_back
 
     async def _deliver(self, sink: Sink) -> None:
         while True:

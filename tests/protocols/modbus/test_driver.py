@@ -270,12 +270,15 @@ async def test_writes_use_the_tag_encoding_and_read_back(server: ModbusTestServe
     driver = ModbusDriver(device(server, tags))
     async with running(driver) as sink:
         await sink.wait_for(all_good)
-        await driver.write("sp_float", 1.0)
-        await driver.write("sp_int", -2)
-        await driver.write("sp_scaled", 21.5)
-        await driver.write("sp_text", "OK")
-        await driver.write("sp_bit", True)
-        await driver.write("run", True)
+        read_back = [
+            await driver.write("sp_float", 1.0),
+            await driver.write("sp_int", -2),
+            await driver.write("sp_scaled", 21.5),
+            await driver.write("sp_text", "OK"),
+            await driver.write("sp_bit", True),
+            await driver.write("run", True),
+        ]
+        assert read_back == [1.0, -2, 21.5, "OK", True, True]  # decoded from what was read
         hold = memory.tables["holding_register"]
         assert hold[0:8] == [0x0000, 0x3F80, 0xFFFE, 43, 0x4F4B, 0x0000, 0b1001, 0]
         assert memory.tables["coil"][5] == 1

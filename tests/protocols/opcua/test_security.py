@@ -60,7 +60,7 @@ async def test_trusted_server_works_and_the_gateway_certificate_is_created(
             await collector.wait_for(lambda: bool(collector.good("flow")))
             await plant.set_value("pump1.flow", 77.0, ua.VariantType.Double)
             await collector.wait_for(lambda: 77.0 in [r.value for r in collector.good("flow")])
-            await driver.write("speed_sp", 1600)
+            assert await driver.write("speed_sp", 1600) == 1600.0  # read back from the server
             assert plant.server is not None
             node = plant.node("pump1.speed_sp")
             assert plant.server.read_attribute_value(node).Value.Value == 1600.0
