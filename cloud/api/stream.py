@@ -62,5 +62,4 @@ async def _events(rt: Runtime, subscription: Subscription) -> AsyncIterator[byte
             except TimeoutError:
                 yield b": keepalive\n\n"
                 continue
-            for chunk in subscription.drain():
-                yield chunk
+            yield b"".join(subscription.drain())  # one write for what piled up meanwhile
