@@ -83,6 +83,26 @@ class Principal:
             raise Forbidden("this operation needs the platform admin key")
 
 
+class Access(StrEnum):
+    """What an operation demands of its caller (checked before the request body is read)."""
+
+    ANY = "any"  # any authenticated principal; the operation decides the rest
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+    PLATFORM = "platform"
+    GATEWAY = "gateway"
+
+    def check(self, principal: Principal) -> None:
+        """Return if `principal` may call an operation demanding this; `Forbidden` otherwise."""
+        if self is Access.PLATFORM:
+            principal.require_platform_admin()
+        elif self is Access.GATEWAY:
+            principal.require_gateway()
+        elif self is not Access.ANY:
+            principal.require_user(Role(self.value))
+
+
 class Authenticator(Protocol):
     """Turns a bearer token into a principal, or None when the token is not its kind."""
 

@@ -20,15 +20,20 @@ A batch (version 1) is a map::
 - NaN and ±inf are refused (422, naming the series and the index): the cloud's aggregates and
   JSON answers have no honest way to carry them, and a gateway that produces them has a bug
   (a bad reading is expressed by its quality, not by its value).
-- `dropped` counts readings the gateway dropped under its outbox quota since its previous
-  batch, per lane (a delta, not a running total), so drops are visible in the cloud instead of
-  silently lost. The cloud adds them up per gateway and lane and per tenant and day.
+- `dropped_totals` (``{"life": "<id>", "lanes": {"telemetry": 6888}}``) reports the readings the
+  gateway dropped under its outbox quota: running totals per lane since the outbox `life` began.
+  The cloud keeps the largest total it has seen per (gateway, life, lane), so a report sent twice
+  (a replay under a new seq after kill -9) counts once. `dropped` is the older form, a delta
+  since the previous batch, still accepted from gateways in the field (a replay of it does count
+  twice: that is why totals replaced it). Counts are at most `MAX_COUNT`.
 
 Encodings, by Content-Type: `application/json`, and msgpack (`application/x-msgpack` or
 `application/vnd.tagway.batch+msgpack`) for gateways. Content-Encoding: identity, `zstd`, `gzip`.
-The `Limits` are enforced while decoding: the compressed body size, the decompressed size (the
-decompressor stops at the cap, so a zip bomb fails after reading at most the cap), the number of
-readings, series and alarms, and the length of names and strings.
+The `Limits` are enforced while decoding (`cloud.wire_decode`): the compressed body size, the
+decompressed size (the decompressor stops at the cap, so a zip bomb fails after reading at most
+the cap), the number of readings, series and alarms, the nesting depth and the length of names
+and strings, each checked before the part it bounds is built. Strings hold no NUL and no lone
+surrogate (neither can be stored); severities fit a 32-bit integer.
 
 Errors (all `ContractError`, each with an HTTP status, a stable code and details):
 
@@ -41,6 +46,7 @@ Errors (all `ContractError`, each with an HTTP status, a stable code and details
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -61,12 +67,24 @@ from pydantic import (
     model_validator,
 )
 
+from cloud.wire_decode import (
+    EVENT_DEPTH,
+    Inflating,
+    Malformed,
+    TooLarge,
+    batch_value_limit,
+    check_json_shape,
+    read_msgpack_batch,
+)
+
 BATCH_VERSION: Final = 1
 JSON: Final = "application/json"
 MSGPACK: Final = "application/vnd.tagway.batch+msgpack"
 MSGPACK_TYPES: Final = frozenset({"application/x-msgpack", MSGPACK, "application/msgpack"})
 ENCODINGS: Final = frozenset({"identity", "zstd", "gzip"})
 QUALITY_CODES: Final = (0, 1, 2)
+MAX_COUNT: Final = 2**48
+"""The largest drop count a batch may report (far beyond any real outbox; keeps sums in int64)."""
 
 Path = tuple[str | int, ...]
 
@@ -192,6 +210,14 @@ class AlarmRecord:
     comment: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DroppedTotals:
+    """Readings dropped under the outbox quota since the outbox `life` began, per lane."""
+
+    life: str
+    lanes: Mapping[str, int] = field(default_factory=dict)
+
+
 ALARM_KINDS: Final = frozenset({"alarm", "event"})
 ALARM_STATES: Final = frozenset({"active", "acknowledged", "cleared", "normal", "event"})
 ALARM_TRANSITIONS: Final = frozenset({"raised", "cleared", "acked"})
@@ -215,6 +241,7 @@ class Batch:
     """Command results, write records and shadow reports (see `GatewayEvent`)."""
     ignored_events: int = 0
     """Events of a type this cloud does not know (a newer gateway): skipped, counted."""
+    dropped_totals: DroppedTotals | None = None
 
     @property
     def reading_count(self) -> int:
@@ -253,6 +280,9 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
     }
     if batch.events:
         out["events"] = [event_to_dict(e) for e in batch.events]
+    if batch.dropped_totals is not None:
+        totals = batch.dropped_totals
+        out["dropped_totals"] = {"life": totals.life, "lanes": dict(totals.lanes)}
     return out
 
 
@@ -317,15 +347,8 @@ def decompress(
     body: bytes, content_encoding: str | None, *, limits: Limits = DEFAULT_LIMITS
 ) -> bytes:
     """Undo the Content-Encoding, stopping as soon as the output would pass the limit."""
-    encoding = (content_encoding or "identity").strip().lower()
+    encoding = _encoding(body, content_encoding, limits)
     cap = limits.max_decompressed_bytes
-    if encoding not in ENCODINGS:
-        raise UnsupportedEncoding(
-            f"unknown Content-Encoding {encoding!r}; expected one of {sorted(ENCODINGS)}",
-            details={"content_encoding": encoding},
-        )
-    if len(body) > limits.max_body_bytes:
-        raise _too_large("body", len(body), limits.max_body_bytes)
     if encoding == "identity":
         out = body
     elif encoding == "zstd":
@@ -335,6 +358,19 @@ def decompress(
     if len(out) > cap:
         raise _too_large("decompressed body", len(out), cap)
     return out
+
+
+def _encoding(body: bytes, content_encoding: str | None, limits: Limits) -> str:
+    """The Content-Encoding if the contract knows it (415 if not), the body within its limit."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding not in ENCODINGS:
+        raise UnsupportedEncoding(
+            f"unknown Content-Encoding {encoding!r}; expected one of {sorted(ENCODINGS)}",
+            details={"content_encoding": encoding},
+        )
+    if len(body) > limits.max_body_bytes:
+        raise _too_large("body", len(body), limits.max_body_bytes)
+    return encoding
 
 
 def _too_large(what: str, size: int, limit: int) -> PayloadTooLarge:
@@ -384,18 +420,33 @@ def check_content_type(content_type: str | None) -> str:
     return kind
 
 
-def parse_payload(raw: bytes, content_type: str | None) -> Any:
-    """Parse JSON or msgpack bytes into plain data; a syntax error is a 422 on `body`."""
+def parse_payload(
+    body: bytes,
+    content_type: str | None,
+    content_encoding: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Any:
+    """Decompress and parse a body into plain data within the limits (`cloud.wire_decode`): a
+    size over a limit is a 413, a syntax or shape error a 422 naming the field."""
     kind = check_content_type(content_type)
-    if kind == JSON:
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise InvalidBatch(f"body is not valid JSON: {exc}", path=("body",)) from exc
     try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
-    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
-        raise InvalidBatch(f"body is not valid msgpack: {exc}", path=("body",)) from exc
+        if kind == JSON:
+            raw = decompress(body, content_encoding, limits=limits)
+            check_json_shape(raw, max_depth=EVENT_DEPTH + 1, max_values=batch_value_limit(limits))
+            try:
+                return json.loads(raw)  # NaN/inf parse here and are refused by path later
+            except (ValueError, RecursionError) as exc:
+                raise InvalidBatch(f"body is not valid JSON: {exc}", path=("body",)) from exc
+        source = Inflating(
+            body, _encoding(body, content_encoding, limits), limits.max_decompressed_bytes
+        )
+        return read_msgpack_batch(source, limits)
+    except TooLarge as exc:
+        raise PayloadTooLarge(
+            str(exc), details={"limit": exc.limit, "path": list(exc.path)}
+        ) from exc
+    except Malformed as exc:
+        raise InvalidBatch(str(exc), path=exc.path) from exc
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -415,8 +466,9 @@ def decode_batch(
     decodes in well under a millisecond of validation work.
     """
     check_content_type(content_type)  # before any decompression work
-    raw = decompress(body, content_encoding, limits=limits)
-    return batch_from_data(parse_payload(raw, content_type), limits=limits)
+    return batch_from_data(
+        parse_payload(body, content_type, content_encoding, limits), limits=limits
+    )
 
 
 def batch_from_data(data: Any, *, limits: Limits = DEFAULT_LIMITS) -> Batch:
@@ -448,21 +500,24 @@ def batch_from_data(data: Any, *, limits: Limits = DEFAULT_LIMITS) -> Batch:
     if len(alarms_data) > limits.max_alarms:
         raise PayloadTooLarge(f"{len(alarms_data)} alarms exceed the limit of {limits.max_alarms}")
     alarms = tuple(_alarm(item, ("alarms", i), limits) for i, item in enumerate(alarms_data))
-    dropped = _dropped(top.get("dropped", {}), limits)
+    dropped = _dropped(top.get("dropped", {}), ("dropped",), limits)
+    totals = top.get("dropped_totals")
+    dropped_totals = None if totals is None else _dropped_totals(totals, limits)
     events, ignored = _events(top.get("events", []), limits)
-    unknown = set(top) - {
-        "version",
-        "gateway_id",
-        "seq",
-        "created_at",
-        "series",
-        "alarms",
-        "dropped",
-        "events",
-    }
+    unknown = set(top) - _BATCH_FIELDS
     if unknown:
-        raise InvalidBatch(f"unknown field {sorted(unknown)[0]!r}", path=(sorted(unknown)[0],))
-    return Batch(gateway_id, seq, created_at, series, alarms, dropped, version, events, ignored)
+        first = sorted(map(str, unknown))[0]
+        raise InvalidBatch(f"unknown field {first!r}", path=(first,))
+    return Batch(
+        gateway_id, seq, created_at, series, alarms, dropped, version, events, ignored,
+        dropped_totals=dropped_totals,
+    )  # fmt: skip
+
+
+_BATCH_FIELDS: Final = frozenset(
+    {"version", "gateway_id", "seq", "created_at", "series", "alarms", "dropped", "events",
+     "dropped_totals"}
+)  # fmt: skip
 
 
 def _series(data: Any, path: Path, limits: Limits) -> SeriesColumns:
@@ -492,13 +547,26 @@ def _int_column(data: Any, path: Path) -> IntArray:
     items = _list(data, path)
     if not items:
         return np.empty(0, dtype=np.int64)
-    array = np.asarray(items)
+    array = _array(items)
     if array.dtype.kind not in "iu" or array.ndim != 1:
         bad = next((i for i, v in enumerate(items) if type(v) is not int), 0)
-        raise InvalidBatch(f"expected integer microseconds, got {items[bad]!r}", path=(*path, bad))
+        raise InvalidBatch(
+            f"expected integer microseconds, got {_shown(items[bad])}", path=(*path, bad)
+        )
     if array.dtype.kind == "u" and array.max() > np.iinfo(np.int64).max:
         raise InvalidBatch("timestamp out of the int64 range", path=(*path, int(array.argmax())))
     return array.astype(np.int64, copy=False)
+
+
+def _array(items: list[Any]) -> npt.NDArray[Any]:
+    """A numpy array of `items`, or an object array when they are ragged or mixed (which the
+    callers refuse, naming the first bad item)."""
+    import numpy as np  # noqa: PLC0415 - see the top
+
+    try:
+        return np.asarray(items)
+    except (ValueError, TypeError, OverflowError):  # ragged: "inhomogeneous shape"
+        return np.asarray([None], dtype=object)  # refused by every caller
 
 
 def _values_column(
@@ -512,16 +580,22 @@ def _values_column(
     if items and isinstance(items[0], str):
         for i, v in enumerate(items):
             if not isinstance(v, str):
-                raise InvalidBatch(f"a text series holds only strings, got {v!r}", path=(*path, i))
-            if len(v) > limits.max_text_length or "\x00" in v:
                 raise InvalidBatch(
-                    f"text longer than {limits.max_text_length} or holding NUL", path=(*path, i)
+                    f"a text series holds only strings, got {_shown(v)}", path=(*path, i)
+                )
+            if len(v) > limits.max_text_length or not storable(v):
+                raise InvalidBatch(
+                    f"text longer than {limits.max_text_length}, or holding NUL or a lone"
+                    " surrogate",
+                    path=(*path, i),
                 )
         return tuple(items)
-    array = np.asarray(items) if items else np.empty(0, dtype=np.float64)
+    array = _array(items) if items else np.empty(0, dtype=np.float64)
     if array.dtype.kind not in "iufb" or array.ndim != 1:
         bad = next((i for i, v in enumerate(items) if type(v) not in (int, float, bool)), 0)
-        raise InvalidBatch(f"expected a number or bool, got {items[bad]!r}", path=(*path, bad))
+        raise InvalidBatch(
+            f"expected a number or bool, got {_shown(items[bad])}", path=(*path, bad)
+        )
     values = array.astype(np.float64)
     finite = np.isfinite(values)
     if not finite.all():
@@ -542,14 +616,18 @@ def _quality_column(data: Any, path: Path, length: int) -> QualityArray:
         raise InvalidBatch(f"{len(items)} qualities for {length} timestamps", path=path)
     if not items:
         return np.zeros(0, dtype=np.int8)
-    array = np.asarray(items)
+    array = _array(items)
     if array.dtype.kind not in "iu" or array.ndim != 1:
         bad = next((i for i, v in enumerate(items) if type(v) is not int), 0)
-        raise InvalidBatch(f"quality must be 0, 1 or 2, got {items[bad]!r}", path=(*path, bad))
+        raise InvalidBatch(
+            f"quality must be 0, 1 or 2, got {_shown(items[bad])}", path=(*path, bad)
+        )
     out_of_range = (array < 0) | (array > 2)
     if out_of_range.any():
         bad = int(np.flatnonzero(out_of_range)[0])
-        raise InvalidBatch(f"quality must be 0, 1 or 2, got {items[bad]!r}", path=(*path, bad))
+        raise InvalidBatch(
+            f"quality must be 0, 1 or 2, got {_shown(items[bad])}", path=(*path, bad)
+        )
     return array.astype(np.int8)
 
 
@@ -563,15 +641,23 @@ def _alarm(data: Any, path: Path, limits: Limits) -> AlarmRecord:
             f"unknown field {sorted(unknown)[0]!r}", path=(*path, sorted(unknown)[0])
         )
     kind = item.get("kind", "alarm")
-    if kind not in ALARM_KINDS:
+    if not isinstance(kind, str) or kind not in ALARM_KINDS:
         raise InvalidBatch(f"kind must be one of {sorted(ALARM_KINDS)}", path=(*path, "kind"))
     state = item.get("state", "active" if kind == "alarm" else "event")
-    if state not in ALARM_STATES:
+    if not isinstance(state, str) or state not in ALARM_STATES:
         raise InvalidBatch(f"state must be one of {sorted(ALARM_STATES)}", path=(*path, "state"))
     tag = item.get("tag")
     message = item.get("message", "")
-    if not isinstance(message, str) or len(message) > limits.max_text_length or "\x00" in message:
-        raise InvalidBatch("message must be a string of bounded length", path=(*path, "message"))
+    if (
+        not isinstance(message, str)
+        or len(message) > limits.max_text_length
+        or not storable(message)
+    ):
+        raise InvalidBatch(
+            f"message must be a string of at most {limits.max_text_length} characters without"
+            " NUL or lone surrogates",
+            path=(*path, "message"),
+        )
     value = item.get("value")
     if value is not None:
         if type(value) not in (int, float) or not math.isfinite(value):
@@ -609,26 +695,36 @@ def _severity(data: Any, path: Path) -> str:
 
 
 def _text(data: Any, path: Path, limits: Limits) -> str:
-    if not isinstance(data, str) or len(data) > limits.max_text_length or "\x00" in data:
+    if not isinstance(data, str) or len(data) > limits.max_text_length or not storable(data):
         raise InvalidBatch(
-            f"expected a string of at most {limits.max_text_length} characters without NUL",
+            f"expected a string of at most {limits.max_text_length} characters without NUL or"
+            " lone surrogates",
             path=path,
         )
     return data
 
 
-def _dropped(data: Any, limits: Limits) -> dict[str, int]:
-    items = _mapping(data, ("dropped",))
+def _dropped(data: Any, path: Path, limits: Limits) -> dict[str, int]:
+    items = _mapping(data, path)
     if len(items) > limits.max_dropped_lanes:
-        raise InvalidBatch("too many dropped lanes", path=("dropped",))
+        raise InvalidBatch(f"more than {limits.max_dropped_lanes} lanes", path=path)
     out: dict[str, int] = {}
     for lane, count in items.items():
-        path: Path = ("dropped", lane)
-        number = _int(count, path)
-        if number < 0:
-            raise InvalidBatch("a dropped count is never negative", path=path)
-        out[_name(lane, path, limits)] = number
+        where: Path = (*path, str(lane)[:50])
+        name = _name(lane, where, limits)
+        out[name] = _int(count, where, low=0, high=MAX_COUNT + 1)
     return out
+
+
+def _dropped_totals(data: Any, limits: Limits) -> DroppedTotals:
+    path: Path = ("dropped_totals",)
+    item = _mapping(data, path)
+    unknown = set(item) - {"life", "lanes"}
+    if unknown:
+        first = sorted(map(str, unknown))[0]
+        raise InvalidBatch(f"unknown field {first!r}", path=(*path, first))
+    life = _name(item.get("life"), (*path, "life"), limits)
+    return DroppedTotals(life, _dropped(item.get("lanes", {}), (*path, "lanes"), limits))
 
 
 def _mapping(data: Any, path: Path) -> dict[str, Any]:
@@ -637,16 +733,61 @@ def _mapping(data: Any, path: Path) -> dict[str, Any]:
     return data
 
 
+def batch_digest(batch: Batch) -> bytes:
+    """SHA-256 over what a batch says (its readings, alarms and drop reports; not its encoding
+    nor `created_at`): two posts of one (gateway, seq) must agree on it."""
+    import numpy as np  # noqa: PLC0415 - see the top
+
+    h = hashlib.sha256(b"tagway-batch-1")
+    for s in batch.series:
+        h.update(json.dumps([s.device, s.tag, s.unit, s.simulated, len(s)]).encode())
+        h.update(np.asarray(s.ts, dtype=np.int64).tobytes())
+        if s.is_text:
+            h.update(json.dumps(list(s.values)).encode())
+        else:
+            h.update(np.asarray(s.values, dtype=np.float64).tobytes())
+        qualities = np.zeros(len(s), np.int8) if s.qualities is None else s.qualities
+        h.update(np.asarray(qualities, dtype=np.int8).tobytes())
+    alarms = [[a.device, a.tag, a.name, a.kind, a.state, a.ts, a.severity, a.message, a.value]
+              for a in batch.alarms]  # fmt: skip
+    totals = batch.dropped_totals
+    tail = [alarms, sorted(batch.dropped.items()),
+            None if totals is None else [totals.life, sorted(totals.lanes.items())]]  # fmt: skip
+    h.update(json.dumps(tail).encode())
+    return h.digest()
+
+
 def _list(data: Any, path: Path) -> list[Any]:
     if not isinstance(data, list):
         raise InvalidBatch(f"expected a list, got {type(data).__name__}", path=path)
     return data
 
 
-def _int(data: Any, path: Path) -> int:
-    if type(data) is not int or not -(2**63) <= data < 2**63:
-        raise InvalidBatch(f"expected an integer, got {data!r}", path=path)
+def _int(data: Any, path: Path, *, low: int = -(2**63), high: int = 2**63) -> int:
+    """An int in [low, high)."""
+    if type(data) is not int:
+        raise InvalidBatch(f"expected an integer, got {_shown(data)}", path=path)
+    if not low <= data < high:
+        raise InvalidBatch(f"{data} is out of range [{low}, {high - 1}]", path=path)
     return data
+
+
+def _shown(data: Any) -> str:
+    text = repr(data)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def storable(text: str) -> bool:
+    """True unless `text` holds NUL or a lone surrogate, which no database column can store."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _name(data: Any, path: Path, limits: Limits) -> str:
@@ -655,8 +796,8 @@ def _name(data: Any, path: Path, limits: Limits) -> str:
             f"expected a non-empty string of at most {limits.max_name_length} characters",
             path=path,
         )
-    if "\x00" in data:
-        raise InvalidBatch("strings may not contain NUL characters", path=path)
+    if not storable(data):
+        raise InvalidBatch("strings may not hold NUL characters or lone surrogates", path=path)
     return data
 
 

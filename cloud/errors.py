@@ -7,7 +7,9 @@ the API answers it as ``{"error": {"code", "message", "details"}}``.
     ├── NotFound               404 not_found: absent, or belongs to another tenant (never 403)
     ├── Conflict               409 conflict: a name already taken in this tenant
     │   ├── IdempotencyConflict    409 idempotency_conflict: the key named another command
-    │   └── CommandNotQueued       409 command_not_queued: too late to cancel
+    │   ├── CommandNotQueued       409 command_not_queued: too late to cancel
+    │   ├── GatewayRevoked         409 gateway_revoked: revocation is final (enroll it anew)
+    │   └── SeqConflict            409 seq_conflict: a seq reused with different content
     ├── PreconditionFailed     412 precondition_failed: If-Match names an old version
     ├── InvalidRequest         422 invalid_request: `details["path"]` names the bad field
     ├── RateLimited            429 rate_limited / quota_exceeded: carries `retry_after` seconds
@@ -86,6 +88,18 @@ class PreconditionFailed(CloudError):
 
     status = 412
     code = "precondition_failed"
+
+
+class GatewayRevoked(Conflict):
+    """The gateway was revoked; no credential brings it back (it enrolls as a new gateway)."""
+
+    code = "gateway_revoked"
+
+
+class SeqConflict(Conflict):
+    """A batch reuses a (gateway, seq) already stored with different content: a gateway bug."""
+
+    code = "seq_conflict"
 
 
 class InvalidRequest(CloudError):

@@ -22,6 +22,12 @@ class CloudSettings(BaseModel):
     PostgreSQL, where every replica must share one key) creates it on first start.
     `allow_static_gateway_tokens` keeps the interim per-gateway bearer tokens working.
 
+    Request limits (`cloud.api.guard`): the body of a JSON operation is at most
+    `max_json_body_bytes` (`max_public_body_bytes` for the ones that take no credentials:
+    `/v1/provision`), nested at most `max_json_depth` deep, with at most `max_json_values` values;
+    a batch to `/v1/ingest` has its own `limits` (`cloud.contract.Limits`) and is decoded on one
+    of `decode_threads` threads, never on the event loop.
+
     Retention (`cloud.retention`): telemetry older than `retention_days` is removed by a pass
     each replica runs at start-up and then every `retention_interval_s` (0: never in the
     background; run ``tagway cloud retention`` from cron instead).
@@ -44,6 +50,11 @@ class CloudSettings(BaseModel):
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=8, ge=1)
     limits: Limits = Limits()
+    max_json_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_public_body_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_json_depth: int = Field(default=16, ge=2, le=64)
+    max_json_values: int = Field(default=10_000, ge=10)
+    decode_threads: int = Field(default=2, ge=1, le=64)
     default_ingest_quota_per_day: int = Field(default=1_000_000_000, ge=0)
     default_rate_limit: int = Field(default=600, ge=1, description="ingest requests per window")
     rate_window_s: int = Field(default=60, ge=1)

@@ -2,7 +2,9 @@
 
 Strict on purpose: only canonical unpadded base64url (one token has exactly one spelling, so its
 string cannot be altered without breaking the signature), JSON objects without duplicate keys
-(two parsers must not read two different claim sets from one token), and no NaN or Infinity.
+(two parsers must not read two different claim sets from one token), no NaN or Infinity, and
+nothing nested deeper than `MAX_DEPTH` (a header 1,500 levels deep must be a refusal, not a
+RecursionError in the verifier).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Final
 from provisioning.errors import TokenMalformed
 
 _B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+MAX_DEPTH: Final = 32
 
 Json = None | bool | int | float | str | list["Json"] | dict[str, "Json"]
 """A JSON value, as claims may hold."""
@@ -33,17 +36,32 @@ def decode_json(part: str, what: str) -> dict[str, Any]:
     Raises:
         TokenMalformed: not canonical base64url, not JSON, duplicate keys, NaN, not an object.
     """
+    raw = b64decode(part, what)
+    if nesting(raw) > MAX_DEPTH:
+        raise TokenMalformed(f"token {what} is nested deeper than {MAX_DEPTH} levels")
     try:
-        value = json.loads(
-            b64decode(part, what),
-            object_pairs_hook=_unique_keys,
-            parse_constant=_refuse_constant,
-        )
-    except ValueError as exc:
+        value = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
         raise TokenMalformed(f"token {what} is not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise TokenMalformed(f"token {what} is not a JSON object")
     return value
+
+
+def nesting(raw: bytes) -> int:
+    """The deepest bracket nesting of a JSON text, strings left out (without parsing it)."""
+    bare = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    depth = deepest = 0
+    for i, part in enumerate(bare.split(b'"')):
+        if i % 2:
+            continue  # inside a string
+        for byte in part:
+            if byte in b"[{":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif byte in b"]}":
+                depth -= 1
+    return deepest
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

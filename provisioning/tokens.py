@@ -20,6 +20,7 @@ duplicate keys, integer times.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -52,6 +53,7 @@ from provisioning.keys import PrivateKey, PublicKey, is_p256
 
 ALGORITHM: Final = "ES256"
 THUMBPRINT_HEADER: Final = "x5t#S256"
+_THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 DEFAULT_LIFETIME: Final = 300
 DEFAULT_LEEWAY: Final = 60
 DEFAULT_MAX_LIFETIME: Final = 3600
@@ -220,6 +222,8 @@ def _parse(token: str) -> tuple[GatewayToken, bytes, bytes]:
         raise TokenAlgorithmRefused("critical header extensions are not supported")
     if header.get("typ", "JWT") != "JWT":
         raise TokenMalformed(f"token type {header.get('typ')!r} is not JWT")
+    if not _THUMBPRINT.fullmatch(str(header.get(THUMBPRINT_HEADER, ""))):
+        raise TokenMalformed(f"{THUMBPRINT_HEADER} must be 43 base64url characters (SHA-256)")
     claims = decode_json(parts[1], "payload")
     signature = b64decode(parts[2], "signature")
     content = GatewayToken(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from cloud.api.deps import AdminTenant, Caller, Id, Rt, ViewerTenant, now_us
+from cloud.api.deps import AdminTenant, Id, PlatformAdmin, Rt, ViewerTenant, now_us
 from cloud.api.provision import Enroll
 from cloud.api.schemas import (
     ApiKeyCreate,
@@ -22,9 +22,8 @@ router = APIRouter()
 
 
 @router.post("/v1/tenants", status_code=201, tags=["tenants"])
-async def create_tenant(body: TenantCreate, caller: Caller, rt: Rt) -> Tenant:
+async def create_tenant(body: TenantCreate, _: PlatformAdmin, rt: Rt) -> Tenant:
     """Create a tenant (platform admin)."""
-    caller.require_platform_admin()
     return await rt.repo.create_tenant(
         name=body.name,
         now_us=now_us(),
@@ -34,23 +33,20 @@ async def create_tenant(body: TenantCreate, caller: Caller, rt: Rt) -> Tenant:
 
 
 @router.get("/v1/tenants", tags=["tenants"])
-async def list_tenants(caller: Caller, rt: Rt) -> list[Tenant]:
+async def list_tenants(_: PlatformAdmin, rt: Rt) -> list[Tenant]:
     """Every tenant (platform admin)."""
-    caller.require_platform_admin()
     return await rt.repo.list_tenants()
 
 
 @router.get("/v1/tenants/{tenant_id}", tags=["tenants"])
-async def get_tenant(tenant_id: Id, caller: Caller, rt: Rt) -> Tenant:
+async def get_tenant(tenant_id: Id, _: PlatformAdmin, rt: Rt) -> Tenant:
     """One tenant (platform admin)."""
-    caller.require_platform_admin()
     return await rt.repo.get_tenant(tenant_id)
 
 
 @router.put("/v1/tenants/{tenant_id}/limits", tags=["tenants"])
-async def set_tenant_limits(tenant_id: Id, body: TenantLimits, caller: Caller, rt: Rt) -> Tenant:
+async def set_tenant_limits(tenant_id: Id, body: TenantLimits, _: PlatformAdmin, rt: Rt) -> Tenant:
     """Set a tenant's ingest quota and rate limit (platform admin; null = service default)."""
-    caller.require_platform_admin()
     return await rt.repo.update_tenant_limits(
         tenant_id, quota=body.ingest_quota_per_day, rate_limit=body.rate_limit
     )
@@ -58,10 +54,9 @@ async def set_tenant_limits(tenant_id: Id, body: TenantLimits, caller: Caller, r
 
 @router.post("/v1/tenants/{tenant_id}/api-keys", status_code=201, tags=["tenants"])
 async def bootstrap_api_key(
-    tenant_id: Id, body: ApiKeyCreate, caller: Caller, rt: Rt
+    tenant_id: Id, body: ApiKeyCreate, _: PlatformAdmin, rt: Rt
 ) -> ApiKeyCreated:
     """Create a key in a tenant (platform admin): how a tenant gets its first admin."""
-    caller.require_platform_admin()
     return await _new_api_key(tenant_id, body, rt)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Response
 
 from cloud.api.commands import IdempotencyKey, queue_command
-from cloud.api.deps import Caller, Id, IdFilter, Rt, ViewerTenant
+from cloud.api.deps import Id, IdFilter, OperatorCaller, Rt, ViewerTenant
 from cloud.api.schemas import AckAlarmCommandCreate, AlarmAck
 from cloud.auth import Role
 from cloud.contract import AckAlarmArgs
@@ -66,7 +66,7 @@ async def alarm_events(
 async def acknowledge_alarm(
     alarm_id: Id,
     *,
-    caller: Caller,
+    caller: OperatorCaller,
     rt: Rt,
     response: Response,
     body: AlarmAck | None = None,

@@ -2,7 +2,9 @@
 
 Everything that matters lives in the database (idempotency, quotas, rate windows, usage), so any
 number of replicas can serve behind a load balancer. Errors are answered as
-``{"error": {"code", "message", "details"}}`` (see `cloud.errors`), 429s with Retry-After.
+``{"error": {"code", "message", "details"}}`` (see `cloud.errors`, `cloud.api.error_answers`),
+429s with Retry-After. Every request passes the `cloud.api.guard.RequestGuard` (credentials,
+role and body limits) before its body is read.
 """
 
 from __future__ import annotations
@@ -12,22 +14,21 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException
 
 from cloud.api import admin, alarms, commands, ingest, provision, query, registry, shadow, stream
 from cloud.api.deps import Runtime, StoredTokenAuthenticator, runtime
+from cloud.api.error_answers import document_errors, install_error_handlers
+from cloud.api.guard import RequestGuard, api_routes, route_policy
 from cloud.api.schemas import ErrorBody
 from cloud.auth import PlatformKeyAuthenticator
-from cloud.contract import ContractError
 from cloud.enrollment import Enrollment, authenticators, load_master_key
-from cloud.errors import CloudError, RateLimited, StorageError
 from cloud.hub import Hub
 from cloud.metrics import CloudMetrics, MetricsMiddleware
 from cloud.retention import run_retention
@@ -40,53 +41,6 @@ from cloud.storage.shadow import ShadowStore
 from cloud.storage.writes import WriteStore
 
 log = logging.getLogger("tagway.cloud")
-
-_HTTP_CODES = {
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-}
-
-
-def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None
-) -> JSONResponse:
-    """The one error shape of the API."""
-    body = {"error": {"code": code, "message": message, "details": details or {}}}
-    return JSONResponse(body, status_code=status)
-
-
-async def _cloud_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CloudError | ContractError)  # noqa: S101 - registered for these only
-    if isinstance(exc, StorageError):
-        log.error("storage error: %s", exc.message)
-    response = error_response(exc.status, exc.code, exc.message, exc.details)
-    if isinstance(exc, RateLimited):
-        response.headers["Retry-After"] = str(exc.retry_after)
-    return response
-
-
-async def _validation_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this only
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    details = {
-        "path": list(first.get("loc", [])),
-        "errors": [{"path": list(e.get("loc", [])), "message": e.get("msg")} for e in errors],
-    }
-    return error_response(422, "invalid_request", str(first.get("msg")), details)
-
-
-async def _http_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)  # noqa: S101 - registered for this only
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    response = error_response(exc.status_code, code, str(exc.detail))
-    for name, value in (exc.headers or {}).items():
-        response.headers[name] = value
-    return response
 
 
 def create_app(settings: CloudSettings) -> FastAPI:
@@ -101,6 +55,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
         repo = Repository(db, hub.announce)
         key = settings.platform_admin_key
         enrollment = Enrollment(settings=settings, db=db, master_key=master_key)
+        decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="tagway-decode")
         app.state.enrollment = enrollment
         app.state.runtime = Runtime(
             settings=settings,
@@ -116,6 +71,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
             commands=CommandStore(db),
             shadows=ShadowStore(db),
             writes=WriteStore(db),
+            decoder=decoder,
         )
         log.info(
             "storage: %s, timescaledb=%s, partitioning=%s, schema v%s",
@@ -144,6 +100,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            decoder.shutdown(wait=True)
             await db.close()
 
     app = FastAPI(
@@ -152,19 +109,18 @@ def create_app(settings: CloudSettings) -> FastAPI:
         summary="Multi-tenant ingestion and query service for tagway gateways.",
         lifespan=lifespan,
         responses={
-            401: {"model": ErrorBody, "description": "Unauthenticated"},
             422: {"model": ErrorBody, "description": "Invalid request"},
         },
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_exception_handler(CloudError, _cloud_error)
-    app.add_exception_handler(ContractError, _cloud_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts refusals too
+    install_error_handlers(app)
     for router in (ingest.router, admin.router, registry.router, query.router, provision.router,
                    alarms.router, commands.router, shadow.router, stream.router):  # fmt: skip
         app.include_router(router)
     _add_operations(app, metrics)
+    for route in api_routes(app.routes):
+        document_errors(route, route_policy(route).error_statuses())
     return app
 
 
@@ -174,7 +130,7 @@ def _add_operations(app: FastAPI, metrics: CloudMetrics) -> None:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
+    @app.get("/readyz", tags=["operations"])
     async def readyz(request: Request) -> dict[str, Any]:
         """Readiness: the database answers; reports the backend and TimescaleDB detection."""
         rt = runtime(request)

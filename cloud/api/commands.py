@@ -18,7 +18,7 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field, TypeAdapter
 
-from cloud.api.deps import Caller, Id, Rt, Runtime, ViewerTenant, now_us, who
+from cloud.api.deps import Caller, Id, OperatorCaller, Rt, Runtime, ViewerTenant, now_us, who
 from cloud.api.schemas import CommandCreate
 from cloud.auth import Principal, Role
 from cloud.contract import (
@@ -82,7 +82,7 @@ async def create_command(
     gateway_id: Id,
     *,
     body: Annotated[CommandCreate, Body()],
-    caller: Caller,
+    caller: OperatorCaller,
     rt: Rt,
     response: Response,
     idempotency_key: Annotated[IdempotencyKey | None, Header()] = None,
@@ -126,7 +126,7 @@ async def get_command(gateway_id: Id, command_id: Id, tenant_id: ViewerTenant, r
     "/v1/gateways/{gateway_id}/commands/{command_id}",
     responses={409: {"description": "The command is no longer queued"}},
 )
-async def cancel_command(gateway_id: Id, command_id: Id, caller: Caller, rt: Rt) -> Command:
+async def cancel_command(gateway_id: Id, command_id: Id, caller: OperatorCaller, rt: Rt) -> Command:
     """Cancel a queued command (operator); one the gateway already received runs its course."""
     tenant_id = caller.require_user(Role.OPERATOR)
     async with rt.repo.live(tenant_id) as (tx, news):

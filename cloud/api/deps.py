@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, Final
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from cloud.auth import Authenticator, Principal, PrincipalKind, Role, token_digest
+from cloud.auth import Access, Authenticator, Principal, PrincipalKind, Role, token_digest
 from cloud.errors import Unauthenticated
 from cloud.hub import Hub
 from cloud.metrics import CloudMetrics
@@ -55,6 +57,8 @@ class Runtime:
     commands: CommandStore
     shadows: ShadowStore
     writes: WriteStore
+    decoder: Executor
+    """Threads that decode ingest bodies (`CloudSettings.decode_threads`), off the event loop."""
 
 
 def runtime(request: Request) -> Runtime:
@@ -66,21 +70,47 @@ def runtime(request: Request) -> Runtime:
 _bearer = HTTPBearer(auto_error=False, description="API key, gateway token or platform key")
 
 
-async def principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """Authenticate the bearer token; count the call in the tenant's usage."""
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+def bearer_token(request: Request) -> str | None:
+    """The bearer token of the Authorization header, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def bearer_required(request: Request) -> str:
+    """The bearer token, for operations that verify it themselves (the request guard refuses a
+    request without one before reading its body)."""
+    token = bearer_token(request)
+    if token is None:
         raise Unauthenticated("send an Authorization: Bearer <token> header")
-    rt = runtime(request)
+    return token
+
+
+async def authenticate(rt: Runtime, token: str | None) -> Principal:
+    """The principal of a bearer token; `Unauthenticated` if there is none or it is unknown.
+
+    Counts the call in the tenant's usage when the caller is a tenant user.
+    """
+    if not token:
+        raise Unauthenticated("send an Authorization: Bearer <token> header")
     for authenticator in rt.authenticators:
-        found = await authenticator.authenticate(credentials.credentials)
+        found = await authenticator.authenticate(token)
         if found is not None:
             if found.kind is PrincipalKind.USER and found.tenant_id is not None:
                 await rt.repo.record_api_call(found.tenant_id, now_us=now_us())
             return found
     raise Unauthenticated("unknown or revoked credentials")
+
+
+async def principal(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The authenticated caller: found by the request guard before the body was read (or here,
+    for an app without the guard)."""
+    found = getattr(request.state, "principal", None)
+    if isinstance(found, Principal):
+        return found
+    return await authenticate(runtime(request), bearer_token(request))
 
 
 Caller = Annotated[Principal, Depends(principal)]
@@ -111,10 +141,51 @@ def admin(caller: Caller) -> int:
     return caller.require_user(Role.ADMIN)
 
 
+def operator_caller(caller: Caller) -> Principal:
+    """The caller, if it is a tenant user who may operate (for endpoints that record who)."""
+    caller.require_user(Role.OPERATOR)
+    return caller
+
+
+def admin_caller(caller: Caller) -> Principal:
+    """The caller, if it administers its tenant (for endpoints that record who)."""
+    caller.require_user(Role.ADMIN)
+    return caller
+
+
+def platform_admin(caller: Caller) -> Principal:
+    """The caller, if it is the platform admin."""
+    caller.require_platform_admin()
+    return caller
+
+
+def gateway(caller: Caller) -> tuple[int, int]:
+    """(tenant id, gateway id) of a gateway caller."""
+    return caller.require_gateway()
+
+
 ViewerTenant = Annotated[int, Depends(viewer)]
 OperatorTenant = Annotated[int, Depends(operator)]
 AdminTenant = Annotated[int, Depends(admin)]
+OperatorCaller = Annotated[Principal, Depends(operator_caller)]
+AdminCaller = Annotated[Principal, Depends(admin_caller)]
+PlatformAdmin = Annotated[Principal, Depends(platform_admin)]
+GatewayCaller = Annotated[tuple[int, int], Depends(gateway)]
+
+ACCESS: Final[dict[Callable[..., Any], Access]] = {
+    principal: Access.ANY,
+    viewer: Access.VIEWER,
+    operator: Access.OPERATOR,
+    operator_caller: Access.OPERATOR,
+    admin: Access.ADMIN,
+    admin_caller: Access.ADMIN,
+    platform_admin: Access.PLATFORM,
+    gateway: Access.GATEWAY,
+}
+"""What each of these dependencies demands of the caller: the request guard checks it before
+the body is read, so a new endpoint that uses them is guarded without doing anything more."""
 
 
-Id = Annotated[int, Path(ge=1, le=2**63 - 1, description="an id of the caller's tenant")]
-IdFilter = Annotated[int | None, Query(ge=1, le=2**63 - 1)]
+BIGINT_MAX: Final = 2**63 - 1
+Id = Annotated[int, Path(ge=1, le=BIGINT_MAX, description="an id of the caller's tenant")]
+IdFilter = Annotated[int | None, Query(ge=1, le=BIGINT_MAX)]

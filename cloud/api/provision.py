@@ -12,14 +12,11 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, field_validator
 
-from cloud.api.deps import AdminTenant, Caller, ViewerTenant
-from cloud.api.schemas import Body, ErrorBody, Name
-from cloud.auth import Role
+from cloud.api.deps import AdminCaller, AdminTenant, Id, ViewerTenant, bearer_required
+from cloud.api.schemas import Body, Name
 from cloud.enrollment import Enrollment, Issued, now_us
-from cloud.errors import Unauthenticated
 from cloud.storage.provisioning import ClaimToken, GatewayCertificate
 from provisioning.claim import new_claim_token
 
@@ -35,7 +32,7 @@ def enrollment(request: Request) -> Enrollment:
 
 
 Enroll = Annotated[Enrollment, Depends(enrollment)]
-_bearer = HTTPBearer(auto_error=False, description="a gateway token bound to the CSR")
+BearerToken = Annotated[str, Depends(bearer_required)]
 
 
 class ClaimTokenCreate(Body):
@@ -117,10 +114,11 @@ def _provisioned(issued: Issued, cloud: dict[str, Any]) -> Provisioned:
 
 @router.post("/v1/claim-tokens", status_code=201)
 async def create_claim_token(
-    body: ClaimTokenCreate, caller: Caller, enroll: Enroll
+    body: ClaimTokenCreate, caller: AdminCaller, enroll: Enroll
 ) -> ClaimTokenCreated:
     """Create a claim token (tenant admin); the secret is in this answer and nowhere else."""
-    tenant_id = caller.require_user(Role.ADMIN)
+    tenant_id = caller.tenant_id
+    assert tenant_id is not None  # noqa: S101 - an admin is a tenant user
     issued = new_claim_token()
     now = now_us()
     record = await enroll.store.create_claim_token(
@@ -145,7 +143,7 @@ async def list_claim_tokens(tenant_id: AdminTenant, enroll: Enroll) -> list[Clai
 
 
 @router.delete("/v1/claim-tokens/{claim_id}")
-async def revoke_claim_token(claim_id: int, tenant_id: AdminTenant, enroll: Enroll) -> ClaimToken:
+async def revoke_claim_token(claim_id: Id, tenant_id: AdminTenant, enroll: Enroll) -> ClaimToken:
     """Revoke a claim token; it enrolls nothing from now on (gateways it enrolled stay)."""
     return await enroll.store.revoke_claim_token(tenant_id, claim_id, now_us=now_us())
 
@@ -154,10 +152,10 @@ async def revoke_claim_token(claim_id: int, tenant_id: AdminTenant, enroll: Enro
     "/v1/provision",
     status_code=201,
     responses={
-        401: {"model": ErrorBody, "description": "claim_token_invalid"},
-        409: {"model": ErrorBody, "description": "gateway_name_taken"},
-        410: {"model": ErrorBody, "description": "claim_token_expired, claim_token_exhausted"},
-        503: {"model": ErrorBody, "description": "provisioning_unavailable"},
+        401: {"description": "claim_token_invalid"},
+        409: {"description": "gateway_name_taken"},
+        410: {"description": "claim_token_expired, claim_token_exhausted"},
+        503: {"description": "provisioning_unavailable, storage_unavailable"},
     },
 )
 async def provision(body: ProvisionRequest, enroll: Enroll) -> Provisioned:
@@ -166,19 +164,15 @@ async def provision(body: ProvisionRequest, enroll: Enroll) -> Provisioned:
     return _provisioned(issued, enroll.cloud_settings())
 
 
-@router.post("/v1/gateways/{gateway_id}/certificate", responses={401: {"model": ErrorBody}})
+@router.post(
+    "/v1/gateways/{gateway_id}/certificate",
+    responses={403: {"description": "the token is another gateway's"}},
+)
 async def rotate_certificate(
-    gateway_id: int,
-    body: CertificateRequest,
-    enroll: Enroll,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    gateway_id: Id, body: CertificateRequest, enroll: Enroll, token: BearerToken
 ) -> CertificateIssued:
     """Issue a certificate for the gateway's new key; tokens of the old one are refused after."""
-    if credentials is None or not credentials.credentials:
-        raise Unauthenticated("send the gateway's token: Authorization: Bearer <token>")
-    issued = await enroll.rotate(
-        token=credentials.credentials, gateway_id=gateway_id, csr_pem=body.csr
-    )
+    issued = await enroll.rotate(token=token, gateway_id=gateway_id, csr_pem=body.csr)
     return CertificateIssued(
         gateway_id=str(issued.gateway_id),
         certificate_chain=issued.chain_pem,
@@ -188,7 +182,7 @@ async def rotate_certificate(
 
 @router.get("/v1/gateways/{gateway_id}/certificates", tags=["gateways"])
 async def list_certificates(
-    gateway_id: int, tenant_id: ViewerTenant, enroll: Enroll
+    gateway_id: Id, tenant_id: ViewerTenant, enroll: Enroll
 ) -> list[GatewayCertificate]:
     """The certificates issued to a gateway (thumbprint, expiry, state), newest first."""
     return await enroll.store.list_certificates(tenant_id, gateway_id)

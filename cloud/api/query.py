@@ -10,7 +10,7 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Query
 
-from cloud.api.deps import Id, Rt, ViewerTenant, now_us
+from cloud.api.deps import BIGINT_MAX, Id, Rt, ViewerTenant, now_us
 from cloud.api.schemas import RawPage
 from cloud.errors import InvalidRequest
 from cloud.storage.records import Bucket, UsageDay
@@ -44,9 +44,12 @@ def _encode_cursor(ts: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        return int(text)
+        value = int(text)
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest("cursor is not one this API gave", path=["query", "cursor"]) from exc
+    if not 0 <= value < BIGINT_MAX:
+        raise InvalidRequest("cursor is not one this API gave", path=["query", "cursor"])
+    return value
 
 
 def _window(start: int | None, end: int | None) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from cloud.api.deps import Caller, Id, Rt, ViewerTenant, now_us, who
+from cloud.api.deps import Id, OperatorCaller, Rt, ViewerTenant, now_us, who
 from cloud.api.schemas import ShadowPatch
 from cloud.auth import Role
 from cloud.errors import InvalidRequest
@@ -47,7 +47,7 @@ async def patch_shadow(
     gateway_id: Id,
     *,
     body: ShadowPatch,
-    caller: Caller,
+    caller: OperatorCaller,
     rt: Rt,
     response: Response,
     if_match: Annotated[str | None, Header(max_length=64)] = None,

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from cloud.errors import Conflict, StorageError
+from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.settings import CloudSettings
 from cloud.storage.base import Row, TelemetryRows, Tx
 from cloud.storage.pg_schema import DAY_US, MIGRATIONS
@@ -162,8 +162,12 @@ class PostgresDatabase:
                         await conn.rollback()
                     raise
                 await conn.commit()
-        except pg_errors.IntegrityError as exc:
-            raise Conflict(f"conflicts with existing data: {exc.diag.message_primary}") from exc
+        except pg_errors.IntegrityError as exc:  # a race past our own checks: say it our way
+            raise Conflict("the request conflicts with data stored meanwhile; retry") from exc
+        except psycopg.DataError as exc:  # a value no column can hold (our checks come first)
+            raise InvalidRequest(
+                f"a value cannot be stored: {exc.diag.message_primary or exc}", path=[]
+            ) from exc
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(f"postgresql: {exc}") from exc
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from cloud.auth import Role
-from cloud.errors import Conflict, NotFound
+from cloud.errors import Conflict, GatewayRevoked, NotFound
 from cloud.storage.base import Row, Tx
 from cloud.storage.records import (
     ApiKey,
@@ -237,9 +237,26 @@ class Repository(TelemetryStore):
         token: tuple[str, str] | None = None,
         revoke_at: int | None = None,
     ) -> Gateway:
-        """Rename, replace the token (prefix, digest) of, or revoke a gateway."""
+        """Rename, replace the token (prefix, digest) of, or revoke a gateway.
+
+        Revocation is final: a revoked gateway gets no new token (`GatewayRevoked`); the device
+        comes back only by enrolling again with a claim token, as a new gateway.
+        """
         async with self.db.transaction(tenant_id) as tx:
-            await _require(tx, "gateways", tenant_id, gateway_id, "gateway")
+            found = await _one(
+                tx, "SELECT revoked_at FROM gateways WHERE tenant_id = %s AND id = %s",
+                [tenant_id, gateway_id], "gateway",
+            )  # fmt: skip
+            if token is not None and found[0] is not None:
+                raise GatewayRevoked(
+                    f"gateway {gateway_id} was revoked, which is final; enroll the device again"
+                    " with a new claim token (it becomes a new gateway)"
+                )
+            if name is not None and await tx.fetchone(
+                "SELECT 1 FROM gateways WHERE tenant_id = %s AND name = %s AND id <> %s",
+                [tenant_id, name, gateway_id],
+            ):
+                raise Conflict(f"a gateway named {name!r} exists in this tenant")
             if name is not None:
                 await tx.execute(
                     "UPDATE gateways SET name = %s WHERE tenant_id = %s AND id = %s",
@@ -247,8 +264,8 @@ class Repository(TelemetryStore):
                 )
             if token is not None:
                 await tx.execute(
-                    "UPDATE gateways SET token_prefix = %s, token_hash = %s, revoked_at = NULL"
-                    " WHERE tenant_id = %s AND id = %s",
+                    "UPDATE gateways SET token_prefix = %s, token_hash = %s"
+                    " WHERE tenant_id = %s AND id = %s AND revoked_at IS NULL",
                     [token[0], token[1], tenant_id, gateway_id],
                 )
             if revoke_at is not None:

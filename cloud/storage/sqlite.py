@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from cloud.errors import StorageError
+from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.storage.base import Row, TelemetryRows, Tx
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
@@ -92,6 +92,20 @@ def _sql(sql: str) -> str:
     return sql.replace("%s", "?")
 
 
+@contextmanager
+def _translated() -> Iterator[None]:
+    """SQLite's errors in our words: a unique key is a conflict, an int past 64 bits a bad value
+    (our checks at the API come first; these are the last wall), the rest storage trouble."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise Conflict("the request conflicts with data stored meanwhile; retry") from exc
+    except OverflowError as exc:
+        raise InvalidRequest("a number is out of the range the database stores", path=[]) from exc
+    except sqlite3.Error as exc:
+        raise StorageError(f"sqlite: {exc}") from exc
+
+
 class SqliteTx:
     """A transaction on the one SQLite connection."""
 
@@ -100,10 +114,8 @@ class SqliteTx:
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """All rows of a query."""
-        try:
+        with _translated():
             return self.conn.execute(_sql(sql), tuple(params)).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"sqlite: {exc}") from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         """The first row, or None."""
@@ -112,10 +124,8 @@ class SqliteTx:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; rows changed."""
-        try:
+        with _translated():
             return self.conn.execute(_sql(sql), tuple(params)).rowcount
-        except sqlite3.Error as exc:
-            raise StorageError(f"sqlite: {exc}") from exc
 
 
 class SqliteDatabase:

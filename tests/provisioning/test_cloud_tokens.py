@@ -80,11 +80,11 @@ async def test_a_revoked_gateway_is_refused_at_once(cloud: Cloud) -> None:
     assert (status, details["reason"]) == (401, "revoked")
     certificates = await cloud.get(tenant.admin, f"/v1/gateways/{gw.gateway_id}/certificates")
     assert [c["state"] for c in certificates.json()] == ["revoked"]
-    # re-issuing an interim token does not bring the certificate back
+    # revocation is final: no interim token either (the device enrolls again, as a new gateway)
     r = await cloud.client.post(
         f"/v1/gateways/{gw.gateway_id}/token", headers=cloud.auth(tenant.admin)
     )
-    assert r.status_code == 200
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "gateway_revoked")
     status, _, details = error(await ingest(cloud, gw.token(), gw.gateway_id, seq=3))
     assert (status, details["reason"]) == (401, "revoked")
 

@@ -355,7 +355,7 @@ def test_round_trip_with_arbitrary_claims(
         gateway.key,
         gateway_id=gateway_id,
         audience=audience,
-        thumbprint="tp",
+        thumbprint="t" * 43,
         lifetime=lifetime,
         now=NOW,
         extra=extra,
