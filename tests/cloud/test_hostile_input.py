@@ -151,7 +151,7 @@ async def test_malformed_batches_are_422_with_their_path(cloud: Cloud) -> None:
                                    content_encoding="identity"))  # fmt: skip
     alarm = {"device": "p1", "name": "hot", "ts": now_us(), "severity": 2**40}
     cases: list[tuple[dict[str, Any], list[Any]]] = [
-        ({"series": [good["series"][0] | {"ts": [1, [2, 3]] + good["series"][0]["ts"][2:]}]},
+        ({"series": [good["series"][0] | {"ts": [1, [2, 3], *good["series"][0]["ts"][2:]]}]},
          ["series", 0, "ts", 1]),
         ({"series": [good["series"][0] | {"device": "pump\ud800"}]}, ["series", 0, "device"]),
         ({"series": [good["series"][0] | {"tag": "a\x00b"}]}, ["series", 0, "tag"]),
