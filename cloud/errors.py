@@ -11,8 +11,10 @@ the API answers it as ``{"error": {"code", "message", "details"}}``.
     │   ├── GatewayRevoked         409 gateway_revoked: revocation is final (enroll it anew)
     │   └── SeqConflict            409 seq_conflict: a seq reused with different content
     ├── PreconditionFailed     412 precondition_failed: If-Match names an old version
+    ├── TooManyNewSeries       413 too_many_new_series: a batch creates too many series at once
     ├── InvalidRequest         422 invalid_request: `details["path"]` names the bad field
-    ├── RateLimited            429 rate_limited / quota_exceeded: carries `retry_after` seconds
+    ├── RateLimited            429 rate_limited / quota_exceeded / ingest_busy /
+    │                              device_limit_reached / series_limit_reached: `retry_after` s
     └── StorageError           503 storage_unavailable: the database failed or is unreachable
 
 Wire-contract errors (`cloud.contract.ContractError`: 413, 415, 422) carry their own status and
@@ -100,6 +102,13 @@ class SeqConflict(Conflict):
     """A batch reuses a (gateway, seq) already stored with different content: a gateway bug."""
 
     code = "seq_conflict"
+
+
+class TooManyNewSeries(CloudError):
+    """A batch would create more new series than one batch may (send it in smaller batches)."""
+
+    status = 413
+    code = "too_many_new_series"
 
 
 class InvalidRequest(CloudError):

@@ -29,6 +29,8 @@ async def create_tenant(body: TenantCreate, _: PlatformAdmin, rt: Rt) -> Tenant:
         now_us=now_us(),
         quota=body.ingest_quota_per_day,
         rate_limit=body.rate_limit,
+        max_devices=body.max_devices,
+        max_series=body.max_series,
     )
 
 
@@ -48,7 +50,11 @@ async def get_tenant(tenant_id: Id, _: PlatformAdmin, rt: Rt) -> Tenant:
 async def set_tenant_limits(tenant_id: Id, body: TenantLimits, _: PlatformAdmin, rt: Rt) -> Tenant:
     """Set a tenant's ingest quota and rate limit (platform admin; null = service default)."""
     return await rt.repo.update_tenant_limits(
-        tenant_id, quota=body.ingest_quota_per_day, rate_limit=body.rate_limit
+        tenant_id,
+        quota=body.ingest_quota_per_day,
+        rate_limit=body.rate_limit,
+        max_devices=body.max_devices,
+        max_series=body.max_series,
     )
 
 

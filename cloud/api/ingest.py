@@ -11,14 +11,17 @@ from cloud.api.deps import GatewayCaller, Rt, now_us
 from cloud.contract import (
     JSON,
     MSGPACK,
+    Batch,
     PayloadTooLarge,
+    batch_digest,
     check_content_type,
     check_time_window,
     decode_batch,
 )
 from cloud.errors import Forbidden
+from cloud.settings import CloudSettings
 from cloud.storage.records import IngestResult
-from cloud.storage.telemetry import PostedBody
+from cloud.storage.telemetry import IngestDefaults, PostedBody
 
 router = APIRouter(tags=["ingest"])
 
@@ -57,9 +60,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     openapi_extra=_DOC_BODY,
     responses={
         403: {"description": "Not a gateway, or the batch names another gateway"},
-        413: {"description": "Body, decompressed size or reading count over the limit"},
         415: {"description": "Unknown Content-Type or Content-Encoding"},
-        429: {"description": "Over the tenant's rate limit or daily quota (see Retry-After)"},
+        409: {"description": "seq_conflict: the seq was stored with other content"},
+        413: {"description": "Body, decompressed size, reading count or new series over a limit"},
+        429: {
+            "description": "rate_limited, quota_exceeded, device_limit_reached,"
+            " series_limit_reached (see Retry-After)"
+        },
     },
 )
 async def ingest(request: Request, caller: GatewayCaller, rt: Rt) -> IngestResult:
@@ -70,40 +77,56 @@ async def ingest(request: Request, caller: GatewayCaller, rt: Rt) -> IngestResul
     check_content_type(content_type)
     body = await read_body(request, settings.limits.max_body_bytes)
     now = now_us()
-    quota = await rt.repo.admit_ingest(
-        tenant_id,
-        default_rate=settings.default_rate_limit,
-        default_quota=settings.default_ingest_quota_per_day,
-        window_s=settings.rate_window_s,
-        now_us=now,
+    policy = await rt.repo.admit_ingest(
+        tenant_id, defaults=ingest_defaults(settings), window_s=settings.rate_window_s, now_us=now
     )
-    # Decompression, decoding and validation take milliseconds of CPU per batch (more for a
-    # hostile one, though the limits stop that early): on the runtime's decode threads, never
-    # on the event loop, so /healthz and other tenants' queries keep their latency.
-    batch = await asyncio.get_running_loop().run_in_executor(
+    content_encoding = request.headers.get("content-encoding")
+    # Decompression, decoding, validation and the digest take milliseconds of CPU per batch
+    # (more for a hostile one, though the limits stop that early): on the runtime's decode
+    # threads, never on the event loop, so /healthz and other tenants' queries keep their pace.
+    batch, digest = await asyncio.get_running_loop().run_in_executor(
         rt.decoder,
-        functools.partial(
-            decode_batch,
-            body,
-            content_type=content_type,
-            content_encoding=request.headers.get("content-encoding"),
-            limits=settings.limits,
-        ),
+        functools.partial(_decoded, body, content_type, content_encoding, settings, now),
     )
     if batch.gateway_id != str(gateway_id):
         raise Forbidden(
             f"the batch names gateway {batch.gateway_id!r}, but the token is gateway {gateway_id}"
         )
+    posted = PostedBody(body, content_type or JSON, content_encoding)
+    result = await rt.repo.ingest(
+        tenant_id, gateway_id, batch, posted=posted, digest=digest, policy=policy, now_us=now
+    )
+    rt.metrics.batches.labels("duplicate" if result.duplicate else "stored").inc()
+    rt.metrics.readings.inc(result.stored)
+    return result
+
+
+def ingest_defaults(settings: CloudSettings) -> IngestDefaults:
+    """The service's limits for tenants without their own."""
+    return IngestDefaults(
+        quota=settings.default_ingest_quota_per_day,
+        rate=settings.default_rate_limit,
+        max_devices=settings.default_max_devices,
+        max_series=settings.default_max_series,
+        max_new_series=settings.max_new_series_per_batch,
+    )
+
+
+def _decoded(
+    body: bytes,
+    content_type: str | None,
+    content_encoding: str | None,
+    settings: CloudSettings,
+    now: int,
+) -> tuple[Batch, bytes]:
+    """The checked batch and its digest (run on a decode thread)."""
+    batch = decode_batch(
+        body, content_type=content_type, content_encoding=content_encoding, limits=settings.limits
+    )
     check_time_window(
         batch,
         now_us=now,
         max_future_us=settings.max_future_skew_s * 1_000_000,
         max_age_us=settings.max_age_days * 86_400_000_000,
     )
-    posted = PostedBody(body, content_type or JSON, request.headers.get("content-encoding"))
-    result = await rt.repo.ingest(
-        tenant_id, gateway_id, batch, posted=posted, quota=quota, now_us=now
-    )
-    rt.metrics.batches.labels("duplicate" if result.duplicate else "stored").inc()
-    rt.metrics.readings.inc(result.stored)
-    return result
+    return batch, batch_digest(batch)

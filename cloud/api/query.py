@@ -11,9 +11,10 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Query
 
 from cloud.api.deps import BIGINT_MAX, Id, Rt, ViewerTenant, now_us
+from cloud.api.ingest import ingest_defaults
 from cloud.api.schemas import RawPage
 from cloud.errors import InvalidRequest
-from cloud.storage.records import Bucket, UsageDay
+from cloud.storage.records import Bucket, TenantUsageLimits, Usage
 
 router = APIRouter()
 
@@ -115,11 +116,27 @@ async def usage(
     rt: Rt,
     start: date | None = None,
     end: date | None = None,
-) -> list[UsageDay]:
-    """Readings, bytes, batches, API calls and dropped readings per UTC day (default: 31 days)."""
+) -> Usage:
+    """Per UTC day (default: the last 31): readings stored, bytes, batches, API calls and
+    readings the gateways reported dropped; the devices and series the tenant holds; and the
+    limits in force (the tenant's own, else the service's)."""
     today = now_us() // DAY_US
     last = _day_number(end) if end else today
     first = _day_number(start) if start else last - 30
     if first > last:
         raise InvalidRequest("start must not be after end", path=["query", "start"])
-    return await rt.repo.usage(tenant_id, first_day=first, last_day=last)
+    days = await rt.repo.usage(tenant_id, first_day=first, last_day=last)
+    devices, series = await rt.repo.holdings(tenant_id)
+    tenant = await rt.repo.get_tenant(tenant_id)
+    policy = ingest_defaults(rt.settings).apply(
+        tenant.ingest_quota_per_day, tenant.rate_limit, tenant.max_devices, tenant.max_series
+    )
+    limits = TenantUsageLimits(
+        ingest_quota_per_day=policy.ingest.quota,
+        rate_limit=policy.rate,
+        rate_window_s=rt.settings.rate_window_s,
+        max_devices=policy.ingest.max_devices,
+        max_series=policy.ingest.max_series,
+        max_new_series_per_batch=policy.ingest.max_new_series,
+    )
+    return Usage(days=days, devices=devices, series=series, limits=limits)

@@ -37,19 +37,23 @@ class Body(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class TenantCreate(Body):
-    """A new tenant (platform admin)."""
-
-    name: Name
-    ingest_quota_per_day: Quota | None = None
-    rate_limit: Rate | None = None
+Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class TenantLimits(Body):
-    """A tenant's ingest quota (readings per UTC day) and rate limit (requests per window)."""
+    """A tenant's ingest quota (readings stored per UTC day), rate limit (ingest requests per
+    window) and the devices and series it may hold; null means the service's default."""
 
     ingest_quota_per_day: Quota | None = None
     rate_limit: Rate | None = None
+    max_devices: Count | None = None
+    max_series: Count | None = None
+
+
+class TenantCreate(TenantLimits):
+    """A new tenant (platform admin)."""
+
+    name: Name
 
 
 class ApiKeyCreate(Body):

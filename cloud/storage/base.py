@@ -7,9 +7,9 @@ SQL is written with ``%s`` placeholders; the SQLite backend rewrites them to ``?
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,8 @@ import numpy.typing as npt
 from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
 
 Row = tuple[Any, ...]
+NewSeriesCheck: TypeAlias = Callable[[int], Awaitable[None]]
+"""Awaited with the number of series about to be created; raises to refuse them."""
 
 
 class Tx(Protocol):
@@ -67,9 +69,16 @@ class Database(Protocol):
         ...
 
     async def resolve_series(
-        self, tx: Tx, tenant_id: int, gateway_id: int, keys: Sequence[tuple[str, str, str | None]]
+        self,
+        tx: Tx,
+        tenant_id: int,
+        gateway_id: int,
+        keys: Sequence[tuple[str, str, str | None]],
+        *,
+        before_create: NewSeriesCheck | None = None,
     ) -> list[int]:
-        """Ids of the (device, tag, unit) series of a gateway, creating missing devices/series."""
+        """Ids of the (device, tag, unit) series of a gateway, creating missing devices/series
+        (after awaiting `before_create` with how many are missing, which may refuse)."""
         ...
 
     async def ensure_partitions(self, days: Sequence[int]) -> None:

@@ -22,7 +22,8 @@ What migration 1 sets up, and why:
   never a partition.
 
 Migration 3 adds `tagway_drop_partitions(keep_days, dry_run)` (see `retention_function`): the
-native path's retention, since only the owner may drop a partition.
+native path's retention, since only the owner may drop a partition. Migration 5
+(`counts_and_limits`) adds batch digests, drop totals and per-tenant series limits.
 """
 
 from __future__ import annotations
@@ -267,6 +268,24 @@ GRANT EXECUTE ON FUNCTION tagway_drop_partitions(integer, boolean) TO {role};
 """
 
 
+def counts_and_limits(*, role: str, **_: Any) -> str:
+    """Migration 5: batch digests (`seq_conflict`), drop totals kept as maxima, and per-tenant
+    limits on devices and series (null: the service default)."""
+    return f"""
+ALTER TABLE ingest_batch ADD COLUMN digest bytea;
+CREATE TABLE gateway_drop_totals (tenant_id bigint NOT NULL, gateway_id bigint NOT NULL,
+  life text NOT NULL, lane text NOT NULL, total bigint NOT NULL,
+  PRIMARY KEY (gateway_id, life, lane));
+ALTER TABLE gateway_drop_totals ENABLE ROW LEVEL SECURITY;
+ALTER TABLE gateway_drop_totals FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON gateway_drop_totals TO {role}
+  USING (tenant_id = tagway_current_tenant()) WITH CHECK (tenant_id = tagway_current_tenant());
+CREATE POLICY owner_all ON gateway_drop_totals TO CURRENT_USER USING (true) WITH CHECK (true);
+GRANT SELECT, INSERT, UPDATE, DELETE ON gateway_drop_totals TO {role};
+ALTER TABLE tenants ADD COLUMN max_devices integer, ADD COLUMN max_series integer;
+"""
+
+
 Migration = tuple[int, str, Callable[..., str]]
 
 MIGRATIONS: Final[list[Migration]] = [
@@ -274,4 +293,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (2, "provisioning", pg_migration),
     (3, "telemetry retention", retention_function),
     (4, "two-way: commands, shadow, write records, alarm state", twoway_schema.pg_migration),
+    (5, "batch digests, drop totals, tenant series limits", counts_and_limits),
 ]

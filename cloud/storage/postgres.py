@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.settings import CloudSettings
-from cloud.storage.base import Row, TelemetryRows, Tx
+from cloud.storage.base import NewSeriesCheck, Row, TelemetryRows, Tx
 from cloud.storage.pg_schema import DAY_US, MIGRATIONS
 from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
 from cloud.storage.registry import find_or_create_series
@@ -180,7 +180,13 @@ class PostgresDatabase:
         return StoredPrincipal(kind=row[0], tenant_id=row[1], subject_id=row[2], role=row[3])
 
     async def resolve_series(
-        self, tx: Tx, tenant_id: int, gateway_id: int, keys: Sequence[tuple[str, str, str | None]]
+        self,
+        tx: Tx,
+        tenant_id: int,
+        gateway_id: int,
+        keys: Sequence[tuple[str, str, str | None]],
+        *,
+        before_create: NewSeriesCheck | None = None,
     ) -> list[int]:
         """All known series in one query; the new ones created one by one (first sight only)."""
         rows = await tx.fetch(
@@ -191,8 +197,11 @@ class PostgresDatabase:
             [[k[0] for k in keys], [k[1] for k in keys], tenant_id, gateway_id, tenant_id],
         )
         ids: dict[int, int] = {int(ord_) - 1: int(sid) for ord_, sid in rows}
+        missing = set(range(len(keys))) - set(ids)
+        if missing and before_create is not None:
+            await before_create(len(missing))
         # Sorted, so two transactions creating the same new series take locks in one order.
-        for i in sorted(set(range(len(keys))) - set(ids), key=lambda j: keys[j][:2]):
+        for i in sorted(missing, key=lambda j: keys[j][:2]):
             device, tag, unit = keys[i]
             ids[i] = await find_or_create_series(
                 tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit

@@ -27,6 +27,8 @@ class Tenant(Record):
     created_at: int
     ingest_quota_per_day: int | None = None
     rate_limit: int | None = None
+    max_devices: int | None = None
+    max_series: int | None = None
 
 
 class ApiKey(Record):
@@ -224,6 +226,26 @@ class UsageDay(Record):
     batches: int
     api_calls: int
     dropped: int
+
+
+class TenantUsageLimits(Record):
+    """The limits in force for a tenant (its own where set, else the service's defaults)."""
+
+    ingest_quota_per_day: int
+    rate_limit: int
+    rate_window_s: int
+    max_devices: int
+    max_series: int
+    max_new_series_per_batch: int
+
+
+class Usage(Record):
+    """What `GET /v1/usage` answers: metered days, what the tenant holds, and its limits."""
+
+    days: list[UsageDay]
+    devices: int
+    series: int
+    limits: TenantUsageLimits
 
 
 class IngestResult(Record):

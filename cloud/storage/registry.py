@@ -43,3 +43,15 @@ async def find_or_create_series(
     )
     assert row is not None  # noqa: S101 - inserted or found just above
     return int(row[0])
+
+
+async def find_series(
+    tx: Tx, tenant_id: int, gateway_id: int, *, device: str, tag: str
+) -> int | None:
+    """The id of the (device, tag) series of a gateway, if it exists."""
+    row = await tx.fetchone(
+        "SELECT s.id FROM series s JOIN devices d ON d.id = s.device_id AND d.tenant_id = %s"
+        " WHERE s.tenant_id = %s AND d.gateway_id = %s AND d.name = %s AND s.tag = %s",
+        [tenant_id, tenant_id, gateway_id, device, tag],
+    )
+    return None if row is None else int(row[0])

@@ -27,7 +27,7 @@ from cloud.storage.telemetry import TelemetryStore
 
 DAY_US: Final = 86_400_000_000
 
-_TENANT = "id, name, created_at, ingest_quota_per_day, rate_limit"
+_TENANT = "id, name, created_at, ingest_quota_per_day, rate_limit, max_devices, max_series"
 _KEY = "id, name, role, prefix, created_at, last_used_at, revoked_at"
 _GATEWAY = "id, name, token_prefix, created_at, last_seen_at, last_seq, revoked_at"
 _DEVICE = "id, gateway_id, name, display_name, metadata, created_at"
@@ -35,7 +35,13 @@ _DEVICE = "id, gateway_id, name, display_name, metadata, created_at"
 
 def _tenant(row: Row) -> Tenant:
     return Tenant(
-        id=row[0], name=row[1], created_at=row[2], ingest_quota_per_day=row[3], rate_limit=row[4]
+        id=row[0],
+        name=row[1],
+        created_at=row[2],
+        ingest_quota_per_day=row[3],
+        rate_limit=row[4],
+        max_devices=row[5],
+        max_series=row[6],
     )
 
 
@@ -96,16 +102,17 @@ class Repository(TelemetryStore):
     # -------------------------------------------------------------------- tenants (platform)
 
     async def create_tenant(
-        self, *, name: str, now_us: int, quota: int | None, rate_limit: int | None
-    ) -> Tenant:
+        self, *, name: str, now_us: int, quota: int | None, rate_limit: int | None,
+        max_devices: int | None = None, max_series: int | None = None,
+    ) -> Tenant:  # fmt: skip
         """A new tenant; `Conflict` if the name is taken."""
         async with self.db.transaction(None, platform=True) as tx:
             if await tx.fetchone("SELECT 1 FROM tenants WHERE name = %s", [name]):
                 raise Conflict(f"a tenant named {name!r} exists")
             row = await tx.fetchone(
-                "INSERT INTO tenants (name, created_at, ingest_quota_per_day, rate_limit)"
-                f" VALUES (%s, %s, %s, %s) RETURNING {_TENANT}",
-                [name, now_us, quota, rate_limit],
+                "INSERT INTO tenants (name, created_at, ingest_quota_per_day, rate_limit,"
+                f" max_devices, max_series) VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_TENANT}",
+                [name, now_us, quota, rate_limit, max_devices, max_series],
             )
         assert row is not None  # noqa: S101 - INSERT ... RETURNING returns its row
         return _tenant(row)
@@ -125,15 +132,17 @@ class Repository(TelemetryStore):
         return _tenant(row)
 
     async def update_tenant_limits(
-        self, tenant_id: int, *, quota: int | None, rate_limit: int | None
-    ) -> Tenant:
-        """Set the tenant's ingest quota and rate limit (None: the service default)."""
+        self, tenant_id: int, *, quota: int | None, rate_limit: int | None,
+        max_devices: int | None = None, max_series: int | None = None,
+    ) -> Tenant:  # fmt: skip
+        """Set the tenant's ingest quota, rate limit, and device and series limits (None: the
+        service default)."""
         async with self.db.transaction(tenant_id) as tx:
             row = await _one(
                 tx,
-                "UPDATE tenants SET ingest_quota_per_day = %s, rate_limit = %s WHERE id = %s"
-                f" RETURNING {_TENANT}",
-                [quota, rate_limit, tenant_id],
+                "UPDATE tenants SET ingest_quota_per_day = %s, rate_limit = %s, max_devices = %s,"
+                f" max_series = %s WHERE id = %s RETURNING {_TENANT}",
+                [quota, rate_limit, max_devices, max_series, tenant_id],
                 "tenant",
             )
         return _tenant(row)
@@ -290,7 +299,8 @@ class Repository(TelemetryStore):
                 [tenant_id, tenant_id, gateway_id],
             )
             for table in ("alarms", "alarm_events", "commands", "shadows", "write_records",
-                          "ingest_batch", "gateway_drops", "series", "devices"):  # fmt: skip
+                          "ingest_batch", "gateway_drops", "gateway_drop_totals", "series",
+                          "devices"):  # fmt: skip
                 await tx.execute(
                     f"DELETE FROM {table} WHERE tenant_id = %s AND gateway_id = %s",
                     [tenant_id, gateway_id],
@@ -400,6 +410,16 @@ class Repository(TelemetryStore):
                 " DO UPDATE SET api_calls = usage_daily.api_calls + 1",
                 [tenant_id, now_us // DAY_US],
             )
+
+    async def holdings(self, tenant_id: int) -> tuple[int, int]:
+        """How many devices and series the tenant holds."""
+        async with self.db.transaction(tenant_id) as tx:
+            row = await tx.fetchone(
+                "SELECT (SELECT count(*) FROM devices WHERE tenant_id = %s),"
+                " (SELECT count(*) FROM series WHERE tenant_id = %s)",
+                [tenant_id, tenant_id],
+            )
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def usage(self, tenant_id: int, *, first_day: int, last_day: int) -> list[UsageDay]:
         """Metered usage per UTC day (days since the epoch, inclusive)."""

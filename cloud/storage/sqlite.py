@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
-from cloud.storage.base import Row, TelemetryRows, Tx
+from cloud.storage.base import NewSeriesCheck, Row, TelemetryRows, Tx
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
-from cloud.storage.registry import find_or_create_series
+from cloud.storage.registry import find_or_create_series, find_series
 from cloud.storage.telemetry import DAY_US
 from cloud.storage.twoway_schema import SQLITE_MIGRATION as TWO_WAY_MIGRATION
 
@@ -76,6 +76,18 @@ CREATE TABLE rate_window (tenant_id INTEGER NOT NULL, window_start INTEGER NOT N
     ),
     (2, "provisioning", SQLITE_MIGRATION),
     (4, "two-way: commands, shadow, write records, alarm state", TWO_WAY_MIGRATION),
+    (
+        5,
+        "batch digests, drop totals, tenant series limits",
+        """
+ALTER TABLE ingest_batch ADD COLUMN digest BLOB;
+CREATE TABLE gateway_drop_totals (tenant_id INTEGER NOT NULL, gateway_id INTEGER NOT NULL,
+  life TEXT NOT NULL, lane TEXT NOT NULL, total INTEGER NOT NULL,
+  PRIMARY KEY (gateway_id, life, lane));
+ALTER TABLE tenants ADD COLUMN max_devices INTEGER;
+ALTER TABLE tenants ADD COLUMN max_series INTEGER;
+""",
+    ),
 ]
 
 # Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest
@@ -194,15 +206,26 @@ class SqliteDatabase:
         return StoredPrincipal(kind=row[0], tenant_id=row[1], subject_id=row[2], role=row[3])
 
     async def resolve_series(
-        self, tx: Tx, tenant_id: int, gateway_id: int, keys: Sequence[tuple[str, str, str | None]]
+        self,
+        tx: Tx,
+        tenant_id: int,
+        gateway_id: int,
+        keys: Sequence[tuple[str, str, str | None]],
+        *,
+        before_create: NewSeriesCheck | None = None,
     ) -> list[int]:
         """Series ids, one lookup per series (in-process, so cheap)."""
-        return [
-            await find_or_create_series(
+        found = [await find_series(tx, tenant_id, gateway_id, device=d, tag=t) for d, t, _ in keys]
+        missing = [i for i, sid in enumerate(found) if sid is None]
+        if missing and before_create is not None:
+            await before_create(len(missing))
+        ids = [sid or 0 for sid in found]
+        for i in missing:
+            device, tag, unit = keys[i]
+            ids[i] = await find_or_create_series(
                 tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit
             )
-            for device, tag, unit in keys
-        ]
+        return ids
 
     async def ensure_partitions(self, days: Sequence[int]) -> None:
         """Nothing to do: SQLite does not partition."""

@@ -20,11 +20,18 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.contract import Batch, CommandResult, ShadowReport, WriteRecord
-from cloud.errors import NotFound, RateLimited
+from cloud.errors import NotFound, RateLimited, SeqConflict
 from cloud.live import AlarmChanges, Announce, News, StoredBatch, ignore
 from cloud.storage.alarms import write_alarms
 from cloud.storage.base import Database, Row, Tx
 from cloud.storage.commands import apply_result
+from cloud.storage.metering import (
+    IngestPolicy,
+    charge,
+    check_holdings,
+    check_new_series,
+    record_drops,
+)
 from cloud.storage.records import Bucket, IngestResult, LatestValue, Point
 from cloud.storage.shadow import apply_report
 from cloud.storage.writes import store_write
@@ -104,6 +111,39 @@ def _value(num: float | None, text: str | None) -> float | str:
 
 
 @dataclass(frozen=True, slots=True)
+class Admitted:
+    """A tenant's ingest rate and the limits its batch is held to."""
+
+    rate: int
+    ingest: IngestPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class IngestDefaults:
+    """The service's defaults for tenants that have no limits of their own."""
+
+    quota: int
+    rate: int
+    max_devices: int
+    max_series: int
+    max_new_series: int
+
+    def apply(
+        self, quota: int | None, rate: int | None, devices: int | None, series: int | None
+    ) -> Admitted:
+        """The tenant's own limits where set, these defaults elsewhere."""
+        return Admitted(
+            rate=self.rate if rate is None else int(rate),
+            ingest=IngestPolicy(
+                quota=self.quota if quota is None else int(quota),
+                max_devices=self.max_devices if devices is None else int(devices),
+                max_series=self.max_series if series is None else int(series),
+                max_new_series=self.max_new_series,
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PostedBody:
     """A batch's body as the gateway posted it (relayed as is to the other replicas)."""
 
@@ -135,9 +175,9 @@ class TelemetryStore:
             self.announce(tenant_id, message)
 
     async def admit_ingest(
-        self, tenant_id: int, *, default_rate: int, default_quota: int, window_s: int, now_us: int
-    ) -> int:
-        """Count this ingest request against the tenant's rate limit; the daily quota to apply.
+        self, tenant_id: int, *, defaults: IngestDefaults, window_s: int, now_us: int
+    ) -> IngestPolicy:
+        """Count this ingest request against the tenant's rate limit; the limits to apply.
 
         The counter is a row per (tenant, window) in the database, so every replica sees it.
         Raises `RateLimited` with the seconds left in the window when over the limit.
@@ -148,27 +188,30 @@ class TelemetryStore:
             row = await tx.fetchone(
                 "INSERT INTO rate_window (tenant_id, window_start, hits) VALUES (%s, %s, 1)"
                 " ON CONFLICT (tenant_id, window_start)"
-                " DO UPDATE SET hits = rate_window.hits + 1 RETURNING hits,"
-                " (SELECT ingest_quota_per_day FROM tenants WHERE id = %s),"
-                " (SELECT rate_limit FROM tenants WHERE id = %s)",
-                [tenant_id, start, tenant_id, tenant_id],
+                " DO UPDATE SET hits = rate_window.hits + 1 RETURNING hits",
+                [tenant_id, start],
             )
-            if row is None:
+            limits = await tx.fetchone(
+                "SELECT ingest_quota_per_day, rate_limit, max_devices, max_series FROM tenants"
+                " WHERE id = %s",
+                [tenant_id],
+            )
+            if row is None or limits is None:
                 raise NotFound("tenant not found")
-            hits, limits = row[0], row[1:]
+            hits = row[0]
             if hits == 1:  # first request of a window: forget the old windows
                 await tx.execute(
                     "DELETE FROM rate_window WHERE tenant_id = %s AND window_start < %s",
                     [tenant_id, start],
                 )
-        rate = limits[1] if limits[1] is not None else default_rate
-        if hits > rate:
+        policy = defaults.apply(*limits)
+        if hits > policy.rate:
             retry = math.ceil((start + window_us - now_us) / US)
             raise RateLimited(
-                f"over the ingest rate limit of {rate} requests per {window_s} s",
+                f"over the ingest rate limit of {policy.rate} requests per {window_s} s",
                 retry_after=retry,
             )
-        return int(limits[0]) if limits[0] is not None else default_quota
+        return policy.ingest
 
     async def ingest(
         self,
@@ -177,24 +220,26 @@ class TelemetryStore:
         batch: Batch,
         *,
         posted: PostedBody,
-        quota: int,
+        digest: bytes,
+        policy: IngestPolicy,
         now_us: int,
     ) -> IngestResult:
-        """Store a batch once per (gateway, seq); a replay answers `duplicate=True`."""
+        """Store a batch once per (gateway, seq); a replay answers `duplicate=True`, the same
+        seq with other content (another `digest`) is a `SeqConflict`."""
         readings = batch.reading_count
         body_bytes = len(posted.body)
         await self.db.ensure_partitions(batch_days(batch))
         async with self.live(tenant_id) as (tx, news):
             claimed = await tx.fetchone(
                 "INSERT INTO ingest_batch (tenant_id, gateway_id, seq, created_at, received_at,"
-                " readings, bytes) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " readings, bytes, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (gateway_id, seq) DO NOTHING RETURNING seq",
-                [tenant_id, gateway_id, batch.seq, batch.created_at, now_us, readings, body_bytes],
-            )
+                [tenant_id, gateway_id, batch.seq, batch.created_at, now_us, readings, body_bytes,
+                 digest],
+            )  # fmt: skip
             if claimed is None:
-                return await self._duplicate(tx, tenant_id, gateway_id, batch.seq)
-            keys = [(s.device, s.tag, s.unit) for s in batch.series]
-            ids = await self.db.resolve_series(tx, tenant_id, gateway_id, keys) if keys else []
+                return await self._duplicate(tx, tenant_id, gateway_id, batch.seq, digest)
+            ids = await self._series_ids(tx, tenant_id, gateway_id, batch, policy)
             stored = await self.db.write_telemetry(tx, tenant_id, BatchRows.build(batch, ids))
             changed = await write_alarms(tx, tenant_id, gateway_id, batch.alarms, now_us)
             await _apply_events(tx, tenant_id, gateway_id, batch, news=news, now_us=now_us)
@@ -219,55 +264,50 @@ class TelemetryStore:
                 " WHERE tenant_id = %s AND id = %s",
                 [now_us, batch.seq, batch.seq, tenant_id, gateway_id],
             )
-            for lane, dropped in sorted(batch.dropped.items()):
-                if dropped:
-                    await tx.execute(
-                        "INSERT INTO gateway_drops AS g (tenant_id, gateway_id, lane, dropped)"
-                        " VALUES (%s, %s, %s, %s) ON CONFLICT (gateway_id, lane)"
-                        " DO UPDATE SET dropped = g.dropped + excluded.dropped",
-                        [tenant_id, gateway_id, lane, dropped],
-                    )
-            await self._charge(
-                tx, tenant_id, batch, body_bytes=body_bytes, quota=quota, now_us=now_us
-            )
+            dropped = await record_drops(tx, tenant_id, gateway_id, batch)
+            await charge(tx, tenant_id, stored=stored, dropped=dropped, body_bytes=body_bytes,
+                         quota=policy.quota, now_us=now_us)  # fmt: skip
         return IngestResult(
             duplicate=False, seq=batch.seq, readings=readings, stored=stored, received_at=now_us
         )
 
-    async def _duplicate(self, tx: Tx, tenant_id: int, gateway_id: int, seq: int) -> IngestResult:
+    async def _series_ids(
+        self, tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, policy: IngestPolicy
+    ) -> list[int]:
+        """The batch's series ids, creating new ones within the tenant's limits."""
+        keys = [(s.device, s.tag, s.unit) for s in batch.series]
+        if not keys:
+            return []
+        created = 0
+
+        async def admit(count: int) -> None:
+            nonlocal created
+            check_new_series(policy, count)
+            created = count
+
+        ids = await self.db.resolve_series(tx, tenant_id, gateway_id, keys, before_create=admit)
+        if created:
+            await check_holdings(tx, tenant_id, policy)
+        return ids
+
+    async def _duplicate(
+        self, tx: Tx, tenant_id: int, gateway_id: int, seq: int, digest: bytes
+    ) -> IngestResult:
         row = await tx.fetchone(
-            "SELECT readings, stored, received_at FROM ingest_batch"
+            "SELECT readings, stored, received_at, digest FROM ingest_batch"
             " WHERE tenant_id = %s AND gateway_id = %s AND seq = %s",
             [tenant_id, gateway_id, seq],
         )
-        readings, stored, received = row if row else (0, 0, 0)
+        readings, stored, received, known = row if row else (0, 0, 0, None)
+        if known is not None and bytes(known) != digest:
+            raise SeqConflict(
+                f"seq {seq} of this gateway was stored with other content; a gateway never"
+                " reuses a seq, so this is a bug on the gateway (quarantine the batch)",
+                details={"seq": seq},
+            )
         return IngestResult(
             duplicate=True, seq=seq, readings=readings, stored=stored or 0, received_at=received
         )
-
-    async def _charge(
-        self, tx: Tx, tenant_id: int, batch: Batch, *, body_bytes: int, quota: int, now_us: int
-    ) -> None:
-        day = now_us // DAY_US
-        readings = batch.reading_count
-        # One statement: insert today's row or add to it, unless that would pass the quota.
-        # Concurrent batches serialize on the row, so the quota holds across replicas.
-        charged = None
-        if readings <= quota:
-            charged = await tx.fetchone(
-                "INSERT INTO usage_daily AS u (tenant_id, day, readings, bytes, batches, dropped)"
-                " VALUES (%s, %s, %s, %s, 1, %s) ON CONFLICT (tenant_id, day) DO UPDATE SET"
-                " readings = u.readings + excluded.readings, bytes = u.bytes + excluded.bytes,"
-                " batches = u.batches + 1, dropped = u.dropped + excluded.dropped"
-                " WHERE u.readings + excluded.readings <= %s RETURNING readings",
-                [tenant_id, day, readings, body_bytes, sum(batch.dropped.values()), quota],
-            )
-        if charged is None:
-            raise RateLimited(
-                f"the tenant's daily quota of {quota} readings is used up",
-                retry_after=math.ceil(((day + 1) * DAY_US - now_us) / US),
-                code="quota_exceeded",
-            )
 
     # ----------------------------------------------------------------------------- queries
 

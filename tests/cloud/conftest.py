@@ -28,7 +28,8 @@ PLATFORM_KEY = "platform-secret-for-tests-only"
 APP_ROLE = "tagway_app"
 _TABLES = (
     "telemetry, alarms, alarm_events, commands, shadows, write_records, stream_log, ingest_batch,"
-    " gateway_drops, usage_daily, rate_window, series, devices, gateways, api_keys, tenants"
+    " gateway_drops, gateway_drop_totals, usage_daily, rate_window, series, devices, gateways,"
+    " api_keys, tenants"
 )
 
 

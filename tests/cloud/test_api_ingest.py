@@ -27,7 +27,7 @@ async def _stored(cloud: Cloud, tenant: Tenant) -> dict[str, Any]:
             tenant.admin, f"/v1/series/{s['id']}/raw", start=0, end=now_us() + HOUR_US, limit=10_000
         )
         counts[(s["device"], s["tag"])] = len(page.json()["points"])
-    usage = (await cloud.get(tenant.admin, "/v1/usage")).json()
+    usage = (await cloud.get(tenant.admin, "/v1/usage")).json()["days"]
     devices = (await cloud.get(tenant.admin, "/v1/devices")).json()
     return {
         "counts": counts,

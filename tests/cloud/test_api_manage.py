@@ -291,7 +291,7 @@ async def test_usage_counts_api_calls_and_ingest(cloud: Cloud) -> None:
     await cloud.send(gw, make_batch(gw[0], 2, n=1, dropped={"telemetry": 2}))
     gateway = (await cloud.get(tenant.admin, "/v1/gateways")).json()[0]
     assert gateway["dropped"] == {"telemetry": 5}
-    usage = (await cloud.get(tenant.admin, "/v1/usage")).json()
+    usage = (await cloud.get(tenant.admin, "/v1/usage")).json()["days"]
     assert len(usage) == 1
     day = usage[0]
     assert day["readings"] == 12
