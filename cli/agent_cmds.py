@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +15,18 @@ from cli.errors import fail
 from cli.local import DEFAULT_CONFIG, LocalClient
 from cli.logs import LogFormat, setup
 from cli.starter import STARTER
+
+if TYPE_CHECKING:
+    from edge.api_contract import (
+        Alarm,
+        ConfigStatus,
+        Driver,
+        Gateway,
+        Health,
+        Outbox,
+        TagValue,
+        Uplink,
+    )
 
 ConfigOpt = Annotated[
     Path | None,
@@ -89,7 +102,9 @@ def run(
     Example: tagway run --config /etc/tagway/config.yaml
     """
     from edge.agent import Agent, run_until_signalled  # noqa: PLC0415
+    from edge.alarm_store import AlarmStateTooNew  # noqa: PLC0415
     from edge.config import ConfigError, load_config  # noqa: PLC0415
+    from store_forward import SchemaTooNew  # noqa: PLC0415
 
     setup(log_format, log_level)
     path = config or DEFAULT_CONFIG
@@ -99,12 +114,8 @@ def run(
         for issue in exc.issues:
             typer.echo(f"tagway: {issue}", err=True)
         raise typer.Exit(EX_CONFIG) from None
-    from edge.alarm_store import AlarmStateTooNew  # noqa: PLC0415
-    from store_forward import SchemaTooNew  # noqa: PLC0415
-
-    identity = uplink_identity(cfg)
     try:
-        asyncio.run(run_until_signalled(Agent(cfg, identity=identity, config_path=path)))
+        asyncio.run(run_until_signalled(Agent(cfg, config_path=path)))
     except (SchemaTooNew, AlarmStateTooNew) as exc:
         # A state file from a newer release needs a person (upgrade, or move the file away);
         # restarting cannot fix it, so the exit code tells systemd not to try.
@@ -112,60 +123,27 @@ def run(
         raise typer.Exit(EX_CONFIG) from None
 
 
-def uplink_identity(cfg: Any) -> Any:
-    """Who the uplink posts as: a static token file, or the provisioned identity's tokens."""
-    from edge.agent import UplinkIdentity  # noqa: PLC0415
-    from edge.gateway_token import TokenMinter  # noqa: PLC0415
-    from edge.identity import IdentityNotFound, IdentityStore  # noqa: PLC0415
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """What `tagway status` reads from the agent, one contract model per endpoint."""
 
-    if cfg.cloud is None:
-        return None
-    if cfg.cloud.token_file is not None:
-        token = cfg.cloud.token_file.read_text().strip()
+    health: Health
+    gateway: Gateway
+    drivers: tuple[Driver, ...]
+    uplink: Uplink
+    outbox: Outbox
+    alarms: tuple[Alarm, ...]  # those that need attention (not normal)
 
-        async def static() -> str:
-            return str(token)
-
-        return UplinkIdentity(cfg.cloud.gateway_id, static)
-    try:
-        identity = IdentityStore(cfg.gateway.state_dir).load()
-    except IdentityNotFound:
-        fail("this gateway is not provisioned: run `tagway provision --cloud URL "
-             "--claim-token TOKEN` first, or remove the cloud section to run offline")  # fmt: skip
-    minter = TokenMinter(identity)
-    store = IdentityStore(cfg.gateway.state_dir)
-
-    async def minted() -> str:
-        return minter.token()
-
-    async def rotate_when_due() -> None:
-        await keep_certificate_fresh(store, minter, cfg.cloud.url)
-
-    return UplinkIdentity(identity.gateway_id, minted, rotate_when_due)
-
-
-async def keep_certificate_fresh(store: Any, minter: Any, cloud_url: str) -> None:
-    """Every hour, rotate the gateway certificate if it expires within 30 days; a failed
-    rotation is logged and tried again the next hour (the current certificate still works)."""
-    import logging  # noqa: PLC0415
-
-    import httpx  # noqa: PLC0415
-
-    from edge.identity import IdentityError  # noqa: PLC0415
-    from edge.rotation import rotate_if_due  # noqa: PLC0415
-
-    log = logging.getLogger("edge.rotation")
-    async with httpx.AsyncClient(timeout=30) as client:
-        while True:
-            try:
-                rotated = await rotate_if_due(store, client, cloud_url=cloud_url)
-            except IdentityError as exc:
-                log.error("certificate rotation failed, will retry in an hour: %s", exc)  # noqa: TRY400
-            else:
-                if rotated is not None:
-                    minter.use(rotated)
-                    log.info("certificate rotated; it now expires %s", rotated.expires_at)
-            await asyncio.sleep(3600)
+    def as_json(self) -> str:
+        """The report for scripts."""
+        return json.dumps({
+            "health": self.health.model_dump(mode="json"),
+            "gateway": self.gateway.model_dump(mode="json"),
+            "drivers": [d.model_dump(mode="json") for d in self.drivers],
+            "uplink": self.uplink.model_dump(mode="json"),
+            "outbox": self.outbox.model_dump(mode="json"),
+            "alarms": [a.model_dump(mode="json") for a in self.alarms],
+        }, indent=2)  # fmt: skip
 
 
 def status(config: ConfigOpt = None, api: ApiOpt = None, json_out: JsonOpt = False) -> None:
@@ -173,64 +151,63 @@ def status(config: ConfigOpt = None, api: ApiOpt = None, json_out: JsonOpt = Fal
 
     Example: tagway status --json
     """
+    from edge.api_contract import ALARMS, DRIVERS, Gateway, Health, Outbox, Uplink  # noqa: PLC0415
+
     client = LocalClient(config, api)
-    report = {
-        "health": client.get("/health"), "gateway": client.get("/v1/gateway"),
-        "drivers": client.get("/v1/drivers"), "uplink": client.get("/v1/uplink"),
-        "outbox": client.get("/v1/outbox"),
-        "alarms": [a for a in client.get("/v1/alarms") if a["state"] != "normal"],
-    }  # fmt: skip
-    healthy = report["health"]["status"] == "ok"
+    report = StatusReport(
+        health=client.get("/health", Health), gateway=client.get("/v1/gateway", Gateway),
+        drivers=client.get_as("/v1/drivers", DRIVERS), uplink=client.get("/v1/uplink", Uplink),
+        outbox=client.get("/v1/outbox", Outbox),
+        alarms=tuple(a for a in client.get_as("/v1/alarms", ALARMS) if a.state != "normal"),
+    )  # fmt: skip
     if json_out:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(report.as_json())
     else:
         _print_status(report)
-    raise typer.Exit(0 if healthy else 1)
+    raise typer.Exit(0 if report.health.status == "ok" else 1)
 
 
-def _print_status(r: dict[str, Any]) -> None:
-    gw = r["gateway"]
-    badge = "  [SIMULATED]" if gw["simulated"] else ""
-    typer.echo(f"{gw['name']} (id {gw['gateway_id'] or '-'}) tagway {gw['version']}{badge}")
-    typer.echo(f"health: {r['health']['status']}")
-    for problem in r["health"]["problems"]:
+def _print_status(r: StatusReport) -> None:
+    gw = r.gateway
+    badge = "  [SIMULATED]" if gw.simulated else ""
+    typer.echo(f"{gw.name} (id {gw.gateway_id or '-'}) tagway {gw.version}{badge}")
+    typer.echo(f"health: {r.health.status}")
+    for problem in r.health.problems:
         typer.echo(f"  ! {problem}")
-    _print_reload(gw["config"])
+    _print_reload(gw.config)
     typer.echo("drivers:")
-    for d in r["drivers"]:
-        c = d["counters"]
-        typer.echo(f"  {d['name']:<20} {d['protocol']:<7} {d['state']:<11} readings "
-                   f"{c.get('readings', 0):>10}  errors {c.get('errors', 0)}  restarts "
-                   f"{d['restarts']}")  # fmt: skip
-    up = r["uplink"]
-    if up.get("configured"):
+    for d in r.drivers:
+        typer.echo(f"  {d.name:<20} {d.protocol:<7} {d.state:<11} readings "
+                   f"{d.counter('readings'):>10}  errors {d.counter('errors')}  restarts "
+                   f"{d.restarts}")  # fmt: skip
+    up = r.uplink
+    if up.configured:
+        age = f"{up.backlog_age_s:.0f} s" if up.backlog_age_s is not None else "-"
         typer.echo(
-            f"uplink: {up['state']}, {up['batches_sent']} batches, "
-            f"{up['readings_sent']} readings sent, last error: {up['last_error'] or '-'}"
+            f"uplink: {up.state}, sending {up.send_rate:.1f} readings/s (last minute), "
+            f"{up.batches_sent} batches, {up.readings_sent} readings sent, "
+            f"backlog age {age}, last error: {up.last_error or '-'}"
         )
     else:
         typer.echo("uplink: not configured (offline gateway)")
-    ob = r["outbox"]
-    if ob.get("open"):
-        lanes = ob["lanes"]
-        used, quota = ob["used_bytes"] / 2**20, ob["quota_bytes"] / 2**20
-        typer.echo(f"outbox: {used:.1f} of {quota:.0f} MiB, "
-                   f"backlog {sum(v['readings'] for v in lanes.values())} readings, dropped "
-                   f"{ob['dropped_readings']}")  # fmt: skip
-    typer.echo(f"alarms: {len(r['alarms'])} need attention")
-    for a in r["alarms"]:
-        typer.echo(f"  {a['severity']:<8} {a['state']:<9} {a['name']}: {a['message']}")
+    ob = r.outbox
+    used, quota = ob.used_bytes / 2**20, ob.quota_bytes / 2**20
+    typer.echo(f"outbox: {used:.1f} of {quota:.0f} MiB, backlog {ob.backlog_readings} readings, "
+               f"dropped {ob.dropped_readings}")  # fmt: skip
+    typer.echo(f"alarms: {len(r.alarms)} need attention")
+    for a in r.alarms:
+        typer.echo(f"  {a.severity:<8} {a.state:<9} {a.name}: {a.message}")
 
 
-def _print_reload(config: dict[str, Any]) -> None:
-    last = config["last_reload"]
+def _print_reload(config: ConfigStatus) -> None:
+    last = config.last_reload
     if last is None:
         return
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"]))
-    typer.echo(f"config: last reload {when} {last['outcome']}"
-               + (f": {last['error']}" if last["error"] else ""))  # fmt: skip
-    if config["needs_restart"]:
-        typer.echo(f"  ! needs a restart to apply: {', '.join(config['needs_restart'])}")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.at))
+    typer.echo(f"config: last reload {when} {last.outcome}"
+               + (f": {last.error}" if last.error else ""))  # fmt: skip
+    if config.needs_restart:
+        typer.echo(f"  ! needs a restart to apply: {', '.join(config.needs_restart)}")
 
 
 def tags(
@@ -244,11 +221,13 @@ def tags(
 
     Example: tagway tags --device pump1 --watch
     """
+    from edge.api_contract import TAGS  # noqa: PLC0415 - keep `--help` fast
+
     client = LocalClient(config, api)
     while True:
-        rows = client.get("/v1/tags", device=device)
+        rows = client.get_as("/v1/tags", TAGS, device=device)
         if json_out:
-            typer.echo(json.dumps(rows))
+            typer.echo(json.dumps([r.model_dump(mode="json") for r in rows]))
         else:
             _print_tags(rows)
         if not watch:
@@ -257,16 +236,15 @@ def tags(
         typer.echo("")
 
 
-def _print_tags(rows: list[dict[str, Any]]) -> None:
+def _print_tags(rows: tuple[TagValue, ...]) -> None:
     now = time.time()
     typer.echo(f"{'device':<16} {'tag':<28} {'value':>14} {'unit':<8} {'quality':<9} age")
     for r in rows:
-        value = r["value"]
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        age = now - r["ts"] / 1e6
-        sim = " sim" if r["simulated"] else ""
-        typer.echo(f"{r['device']:<16} {r['tag']:<28} {shown:>14} {r['unit'] or '':<8} "
-                   f"{r['quality']:<9} {age:.1f}s{sim}")  # fmt: skip
+        shown = f"{r.value:.4g}" if isinstance(r.value, float) else str(r.value)
+        age = now - r.ts / 1e6
+        sim = " sim" if r.simulated else ""
+        typer.echo(f"{r.device:<16} {r.tag:<28} {shown:>14} {r.unit or '':<8} "
+                   f"{r.quality:<9} {age:.1f}s{sim}")  # fmt: skip
 
 
 def alarms(
@@ -279,19 +257,19 @@ def alarms(
 
     Example: tagway alarms --ack pump1_vibration_high
     """
+    from edge.api_contract import ALARMS, AckResult  # noqa: PLC0415 - keep `--help` fast
+
     client = LocalClient(config, api)
     if ack is not None:
-        result = client.post(f"/v1/alarms/{ack}/ack")
-        typer.echo(
-            f"{ack}: {'acknowledged' if result['acknowledged'] else 'nothing to acknowledge'}"
-        )
+        result = client.post(f"/v1/alarms/{ack}/ack", AckResult)
+        typer.echo(f"{ack}: {'acknowledged' if result.acknowledged else 'nothing to acknowledge'}")
         return
-    rows = client.get("/v1/alarms")
+    rows = client.get_as("/v1/alarms", ALARMS)
     if json_out:
-        typer.echo(json.dumps(rows))
+        typer.echo(json.dumps([a.model_dump(mode="json") for a in rows]))
         return
-    for a in sorted(rows, key=lambda a: (a["state"] == "normal", a["name"])):
-        typer.echo(f"{a['state']:<9} {a['severity']:<8} {a['name']:<32} {a['message']}")
+    for a in sorted(rows, key=lambda a: (a.state == "normal", a.name)):
+        typer.echo(f"{a.state:<9} {a.severity:<8} {a.name:<32} {a.message}")
 
 
 def write(
@@ -306,11 +284,14 @@ def write(
 
     Example: tagway write pump1 speed_setpoint 1450
     """
+    from edge.api_contract import WriteRequest, WriteResult  # noqa: PLC0415 - keep `--help` fast
+
     parsed = _parse_value(value)
     if not yes:
         typer.confirm(f"write {parsed!r} to {device}.{tag}?", abort=True)
     client = LocalClient(config, api, timeout=15)
-    client.post("/v1/write", {"device": device, "tag": tag, "value": parsed})
+    request = WriteRequest(device=device, tag=tag, value=parsed)
+    client.post("/v1/write", WriteResult, request)
     typer.echo(f"{device}.{tag} = {parsed!r} (written and read back)")
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.agent_cmds import ApiOpt, ConfigOpt, JsonOpt
 from cli.errors import fail
 from cli.local import DEFAULT_CONFIG, LocalClient
+
+if TYPE_CHECKING:
+    from protocols.reading import Reading
 
 buffer_app = typer.Typer(help="Inspect and repair the outbox (the durable buffer).",
                          no_args_is_help=True)  # fmt: skip
@@ -76,12 +79,14 @@ def requeue_quarantine(
     Example: tagway buffer requeue-quarantine
     """
     if outbox is None:
+        from edge.api_contract import Requeued  # noqa: PLC0415 - keep `--help` fast
+
         try:
-            result = LocalClient(config, api).post("/v1/outbox/requeue-quarantine")
+            result = LocalClient(config, api).post("/v1/outbox/requeue-quarantine", Requeued)
         except Exception:  # noqa: BLE001 - any failure to reach the agent means: do it directly
             result = None
         if result is not None:
-            typer.echo(f"{result['requeued']} chunks requeued through the running agent")
+            typer.echo(f"{result.requeued} chunks requeued through the running agent")
             return
     from store_forward import Outbox  # noqa: PLC0415
 
@@ -103,7 +108,6 @@ def export(
     Reads a snapshot without leasing anything: safe while the agent runs, and nothing is removed.
     Example: tagway buffer export backlog.csv
     """
-    from edge.chunk import decode_readings  # noqa: PLC0415
     from store_forward import Lane, iter_chunks  # noqa: PLC0415
 
     kind = fmt or ("csv" if out.suffix.lower() == ".csv" else "sqlite")
@@ -114,10 +118,21 @@ def export(
         {"device": r.device, "tag": r.tag, "time": _iso(r.ts), "ts_us": r.ts, "value": r.value,
          "quality": r.quality.value, "unit": r.unit or "", "simulated": r.simulated}
         for c in iter_chunks(path, lanes=frozenset({Lane.TELEMETRY}))
-        for r in decode_readings(c.payload)
+        for r in _readings(path, c.id, c.payload)
     )  # fmt: skip
     count = _write_csv(out, rows) if kind == "csv" else _write_sqlite(out, rows)
     typer.echo(f"wrote {count} readings from {path} to {out}")
+
+
+def _readings(path: Path, chunk_id: int, payload: bytes) -> list[Reading]:
+    """The readings of one chunk; a damaged one stops the export, naming the chunk."""
+    from edge.chunk import ChunkError, decode_readings  # noqa: PLC0415
+
+    try:
+        return decode_readings(payload)
+    except ChunkError as exc:
+        raise ChunkError(f"{path}: chunk {chunk_id} is damaged and was not exported: {exc}; "
+                         "the readings before it were written") from exc  # fmt: skip
 
 
 def _iso(ts: int) -> str:

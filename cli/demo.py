@@ -231,7 +231,6 @@ minutes. Ctrl-C stops everything cleanly.
 
 async def run_demo(options: DemoOptions) -> None:
     """Run the demo until Ctrl-C or `options.duration`."""
-    from cli.agent_cmds import uplink_identity  # noqa: PLC0415
     from edge.agent import Agent  # noqa: PLC0415
     from edge.config import load_config  # noqa: PLC0415
     from firmware_sim.faults import BearingWear  # noqa: PLC0415
@@ -265,7 +264,7 @@ async def run_demo(options: DemoOptions) -> None:
         config_path.write_text("# Written by `tagway demo`.\n" + yaml.safe_dump(config))
         typer.echo(await provision(cloud, enrolment["claim_token"], config_path))
         cfg = load_config(config_path)
-        agent = Agent(cfg, identity=uplink_identity(cfg))
+        agent = Agent(cfg, config_path=config_path)
         agent_task = asyncio.create_task(agent.run(stop), name="demo-agent")
         await _started(agent, agent_task)
         (options.directory / "demo.json").write_text(json.dumps({

@@ -1,8 +1,9 @@
 """How the CLI reports failures: one clear line on stderr, never a traceback for a user mistake.
 
-Every library package has its own error root (the import rules forbid a shared one); this module
-knows them all and turns each into a line naming what was wrong and where. Anything else is a bug:
-it gets one line too, and the traceback only with ``TAGWAY_DEBUG=1``.
+Every library package has one error root (the import rules forbid a shared one): `EdgeError`,
+`OutboxError`, `ProtocolError`, `ProvisioningError`, `ContractError`. This module maps them by
+type, root by root, and turns each into a line naming what was wrong and where. Anything else is
+a bug: it gets one line too, and the traceback only with ``TAGWAY_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -26,17 +27,15 @@ class CliError(Exception):
         self.code = code
 
 
-def _known() -> tuple[type[Exception], ...]:
+def _roots() -> tuple[type[Exception], ...]:
     # Imported here, not at the top: `tagway --help` must not pay for numpy and cryptography.
-    from edge.alarm_store import AlarmStoreError  # noqa: PLC0415
-    from edge.identity import IdentityError  # noqa: PLC0415
-    from edge.inference.model import ModelError  # noqa: PLC0415
+    from cloud.contract import ContractError  # noqa: PLC0415
+    from edge.errors import EdgeError  # noqa: PLC0415
     from protocols.errors import ProtocolError  # noqa: PLC0415
     from provisioning.errors import ProvisioningError  # noqa: PLC0415
     from store_forward import OutboxError  # noqa: PLC0415
 
-    return (CliError, OutboxError, ProtocolError, ProvisioningError, IdentityError,
-            AlarmStoreError, ModelError)  # fmt: skip
+    return (CliError, EdgeError, OutboxError, ProtocolError, ProvisioningError, ContractError)
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -54,7 +53,7 @@ def report(exc: BaseException) -> int:
         for issue in exc.issues:
             typer.echo(f"tagway: {issue}", err=True)
         return 1
-    if isinstance(exc, _known()):
+    if isinstance(exc, _roots()):
         typer.echo(f"tagway: error: {exc}", err=True)
         return exc.code if isinstance(exc, CliError) else 1
     if isinstance(exc, httpx.HTTPStatusError):

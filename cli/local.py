@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
 from cli.errors import fail
+
+if TYPE_CHECKING:  # pydantic is imported when an answer is parsed: `--help` stays fast
+    from pydantic import BaseModel, TypeAdapter
+
+    from edge.api_contract import WriteRequest
+
+M = TypeVar("M", bound="BaseModel")
+T = TypeVar("T")
 
 DEFAULT_CONFIG = Path(os.environ.get("TAGWAY_CONFIG", "/etc/tagway/config.yaml"))
 
@@ -35,36 +43,60 @@ def api_base(config: Path | None, api: str | None) -> tuple[str, httpx.BaseTrans
 
 
 class LocalClient:
-    """A small synchronous client for the local API."""
+    """A small synchronous client for the local API; answers are parsed with the models of
+    `edge.api_contract`, so a field the agent no longer sends fails here, not in a print."""
 
     def __init__(self, config: Path | None = None, api: str | None = None, timeout: float = 5.0):
         base, transport = api_base(config, api)
         self.base = base
         self._client = httpx.Client(base_url=base, transport=transport, timeout=timeout)
 
-    def get(self, path: str, **params: Any) -> Any:
-        """GET and decode JSON; a refused connection says the agent is not running."""
+    def get(self, path: str, answer: type[M], **params: str | None) -> M:
+        """GET one answer; a refused connection says the agent is not running."""
+        from pydantic import TypeAdapter  # noqa: PLC0415 - see the top
+
+        return self.get_as(path, TypeAdapter(answer), **params)
+
+    def get_as(self, path: str, answer: TypeAdapter[T], **params: str | None) -> T:
+        """GET an answer of any shape the contract names (a list of drivers, of tags...)."""
         try:
             response = self._client.get(path, params={k: v for k, v in params.items() if v})
         except httpx.ConnectError:
             fail(f"the agent is not answering at {self.base}; is `tagway run` running?")
+        # /health answers 503 with its body when degraded: that is an answer, not a failure.
         if response.status_code >= 400 and response.status_code != 503:
             fail(f"{path}: HTTP {response.status_code}: {_detail(response)}")
-        return response.json()
+        return _parse(path, response, answer)
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        """POST JSON and decode the answer."""
+    def post(self, path: str, answer: type[M], body: WriteRequest | None = None) -> M:
+        """POST (a request model, or nothing) and parse the answer."""
         try:
-            response = self._client.post(path, json=body or {})
+            response = self._client.post(
+                path, json=body.model_dump(mode="json") if body is not None else {}
+            )
         except httpx.ConnectError:
             fail(f"the agent is not answering at {self.base}; is `tagway run` running?")
         if response.status_code >= 400:
             fail(_detail(response))
-        return response.json()
+        from pydantic import TypeAdapter  # noqa: PLC0415 - see the top
+
+        return _parse(path, response, TypeAdapter(answer))
 
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
+
+
+def _parse(path: str, response: httpx.Response, answer: TypeAdapter[T]) -> T:
+    from pydantic import ValidationError  # noqa: PLC0415 - see the top
+
+    try:
+        return answer.validate_json(response.content)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the answer"
+        fail(f"{path}: the agent's answer does not fit this tagway ({where}: {first['msg']}); "
+             "are the agent and the CLI the same version?")  # fmt: skip
 
 
 def _detail(response: httpx.Response) -> str:

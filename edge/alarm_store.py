@@ -15,6 +15,7 @@ from typing import Final
 import apsw
 
 from edge.alarms import Alarm, AlarmState
+from edge.errors import EdgeError
 
 SCHEMA_VERSION: Final = 1
 
@@ -32,7 +33,7 @@ _MIGRATIONS: Final[dict[int, str]] = {
 }
 
 
-class AlarmStoreError(Exception):
+class AlarmStoreError(EdgeError):
     """The alarm-state file cannot be used; the message names the file and why."""
 
 

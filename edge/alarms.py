@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from edge.errors import EdgeError
 from protocols.reading import Quality, Reading
 
 _US_PER_S = 1_000_000
@@ -33,8 +34,8 @@ class AlarmKind(StrEnum):
     HIGH = "high"
     LOW = "low"
     RATE = "rate"  # |change per second| above the limit
-    STALE = "stale"  # no reading for `stale_s`
-    BAD_QUALITY = "bad_quality"  # bad quality for `on_delay_s`
+    STALE = "stale"  # no reading for `stale`
+    BAD_QUALITY = "bad_quality"  # bad quality for `on_delay`
 
 
 class Severity(StrEnum):
@@ -63,7 +64,7 @@ class Transition(StrEnum):
     ACKED = "acked"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AlarmRule:
     """One alarm definition.
 
@@ -74,8 +75,8 @@ class AlarmRule:
         kind: what is watched.
         limit: the threshold (HIGH/LOW: the value; RATE: units per second; unused otherwise).
         hysteresis: how far back past the limit the value must go before the alarm clears.
-        on_delay_s: how long the condition must hold before the alarm is raised.
-        stale_s: STALE only: seconds without a reading.
+        on_delay: how long the condition must hold before the alarm is raised.
+        stale: STALE only: seconds without a reading.
         severity: how urgent.
         message: what the operator reads; defaults to a description of the rule.
     """
@@ -86,8 +87,8 @@ class AlarmRule:
     kind: AlarmKind
     limit: float = 0.0
     hysteresis: float = 0.0
-    on_delay_s: float = 0.0
-    stale_s: float = 0.0
+    on_delay: float = 0.0
+    stale: float = 0.0
     severity: Severity = Severity.MEDIUM
     message: str = ""
 
@@ -100,8 +101,8 @@ class AlarmRule:
             AlarmKind.HIGH: f"{what} above {self.limit:g}",
             AlarmKind.LOW: f"{what} below {self.limit:g}",
             AlarmKind.RATE: f"{what} changing faster than {self.limit:g}/s",
-            AlarmKind.STALE: f"{what} not updated for {self.stale_s:g} s",
-            AlarmKind.BAD_QUALITY: f"{what} bad quality for {self.on_delay_s:g} s",
+            AlarmKind.STALE: f"{what} not updated for {self.stale:g} s",
+            AlarmKind.BAD_QUALITY: f"{what} bad quality for {self.on_delay:g} s",
         }[self.kind]
 
 
@@ -133,7 +134,7 @@ class AlarmEvent:
     message: str
 
 
-class UnknownAlarm(KeyError):
+class UnknownAlarm(EdgeError, KeyError):
     """An acknowledgement named an alarm that does not exist."""
 
 
@@ -199,7 +200,7 @@ class AlarmEngine:
                 seen = last.ts if last is not None else self._pending_since.setdefault(
                     "start:" + rule.name, now_us
                 )  # fmt: skip
-                stale = now_us - seen >= rule.stale_s * _US_PER_S
+                stale = now_us - seen >= rule.stale * _US_PER_S
                 self._apply(rule, stale, now_us, None if last is None else last.value, events)
             elif rule.name in self._pending_since and last is not None:
                 self._apply(rule, True, now_us, last.value, events)
@@ -237,7 +238,7 @@ class AlarmEngine:
         raised = alarm.state in (AlarmState.ACTIVE, AlarmState.ACKED)
         if condition and not raised:
             since = self._pending_since.setdefault(rule.name, ts)
-            if ts - since < rule.on_delay_s * _US_PER_S:
+            if ts - since < rule.on_delay * _US_PER_S:
                 return
             self._pending_since.pop(rule.name, None)
             new = replace(

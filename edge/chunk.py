@@ -44,6 +44,7 @@ from typing import Any, Final
 import msgpack
 import zstandard
 
+from edge.errors import EdgeError
 from protocols.reading import Quality, Reading
 
 FORMAT_VERSION: Final = 2  # telemetry chunks
@@ -58,7 +59,7 @@ _SERIES, _DEVICE, _TAG, _TS = itemgetter(0, 1), itemgetter(0), itemgetter(1), it
 _VALUE, _QUALITY, _UNIT, _SIMULATED = itemgetter(3), itemgetter(4), itemgetter(5), itemgetter(6)
 
 
-class ChunkError(ValueError):
+class ChunkError(EdgeError, ValueError):
     """A chunk cannot be decoded (unknown version or damaged); the message says which."""
 
 

@@ -17,6 +17,8 @@ from typing import TypeVar
 import pydantic
 import yaml
 
+from edge.errors import EdgeError
+
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 # libyaml's parser when PyYAML was built with it (the wheels are): several times faster and
@@ -40,7 +42,7 @@ class ConfigIssue:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
-class ConfigError(Exception):
+class ConfigError(EdgeError):
     """The config file cannot be used. `issues` lists every problem found, not just the first."""
 
     def __init__(self, issues: list[ConfigIssue]) -> None:

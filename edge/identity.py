@@ -35,6 +35,7 @@ from typing import Final
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge.errors import EdgeError
 from provisioning.ca import check_issued_by, verify_chain
 from provisioning.certificates import (
     certificates_to_pem,
@@ -60,7 +61,7 @@ _RECORD: Final = "identity.json"
 _GENERATION_FILE: Final = re.compile(r"(key|chain)-(\d+)\.pem")
 
 
-class IdentityError(Exception):
+class IdentityError(EdgeError):
     """An identity file is missing, unreadable or inconsistent; the message names the file."""
 
 

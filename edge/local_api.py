@@ -1,21 +1,12 @@
 """The local API: what the TUI, `tagway status` and health checks read from a running agent.
 
-Served on 127.0.0.1 (or a unix socket) only. Read-only except acknowledging alarms and writing
-setpoints. When the port is 0 the actual port is written to `<state_dir>/local_api.json`, so the
-CLI and the TUI on the same box find the agent without configuration.
+Served on 127.0.0.1 (or a unix socket) only. Read-only except acknowledging alarms, requeueing
+quarantined chunks and writing setpoints. When the port is 0 the actual port is written to
+`<state_dir>/local_api.json`, so the CLI and the TUI on the same box find the agent without
+configuration. Every answer is a model of `edge.api_contract` (the routes are listed there);
+the OpenAPI document is served at `/docs` and `/openapi.json`.
 
-    GET  /health              ok / degraded, with the reasons
-    GET  /v1/gateway          name, id, version, simulated, uptime, config file and last reload
-    GET  /v1/drivers          each device: protocol, state, counters, restarts, last error
-    GET  /v1/tags             latest values (?device=&tag= filters)
-    GET  /v1/alarms           alarm states;  POST /v1/alarms/{name}/ack
-    GET  /v1/outbox           depth per lane, oldest age, dropped, quarantined, file size
-    POST /v1/outbox/requeue-quarantine   give refused chunks another try after a fix
-    GET  /v1/uplink           state, last success, backlog, send rate, last error
-    GET  /v1/dead-letters     the newest undecodable MQTT messages
-    GET  /v1/stream           server-sent events: readings and alarm changes, live
-    POST /v1/write            {"device", "tag", "value"}: a setpoint through the driver
-    GET  /metrics             Prometheus text format
+It serves a `Runtime`, never the agent: it cannot reach anything start-up has not built.
 """
 
 from __future__ import annotations
@@ -29,50 +20,44 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from edge import api_contract as contract
 from edge.alarms import AlarmEvent, AlarmState, UnknownAlarm
+from edge.metrics import AgentMetrics
+from edge.runtime import Runtime
+from edge.supervisor import DeviceNotRunning
 from protocols.errors import ProtocolError
-from protocols.reading import Reading
-
-if TYPE_CHECKING:
-    from edge.agent import Agent
+from protocols.reading import Quality, Reading
 
 log = logging.getLogger(__name__)
 
 _STREAM_QUEUE = 1_000  # per client; a slow client loses events (counted), never the agent
+_QUALITY: dict[Quality, contract.QualityWord] = {
+    Quality.GOOD: "good", Quality.UNCERTAIN: "uncertain", Quality.BAD: "bad"}  # fmt: skip
 
 
-class WriteRequest(BaseModel):
-    """A setpoint to write."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    device: str
-    tag: str
-    value: float | int | bool | str
-
-
-def reading_json(r: Reading) -> dict[str, Any]:
+def tag_value(r: Reading) -> contract.TagValue:
     """A reading as the local API shows it (JSON has no NaN: a non-finite value is null, bad)."""
     value: float | int | str | None = r.value
-    quality, reason = r.quality.value, r.reason
+    quality, reason = _QUALITY[r.quality], r.reason
     if isinstance(value, float) and not math.isfinite(value):
         value, quality, reason = None, "bad", reason or f"not a finite number ({value})"
-    return {"device": r.device, "tag": r.tag, "ts": r.ts, "value": value, "quality": quality,
-            "unit": r.unit, "simulated": r.simulated, "reason": reason}  # fmt: skip
+    return contract.TagValue(device=r.device, tag=r.tag, ts=r.ts, value=value, quality=quality,
+                             unit=r.unit, simulated=r.simulated, reason=reason)  # fmt: skip
 
 
-def alarm_event_json(e: AlarmEvent) -> dict[str, Any]:
+def alarm_change(e: AlarmEvent) -> contract.AlarmChange:
     """An alarm transition as the local API shows it."""
-    return {"rule": e.rule, "device": e.device, "tag": e.tag, "kind": e.kind.value,
-            "severity": e.severity.value, "transition": e.transition.value,
-            "state": e.state.value, "ts": e.ts, "value": e.value, "message": e.message}  # fmt: skip
+    return contract.AlarmChange(
+        rule=e.rule, device=e.device, tag=e.tag, kind=e.kind.value, severity=e.severity.value,
+        transition=e.transition.value, state=e.state.value, ts=e.ts, value=e.value,
+        message=e.message,
+    )  # fmt: skip
 
 
 class QuietServer(uvicorn.Server):
@@ -84,18 +69,22 @@ class QuietServer(uvicorn.Server):
 
 
 class LocalApi:
-    """The local API of one agent."""
+    """The local API of one running agent.
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.app = build_app(agent)
+    Args:
+        runtime: the agent's resources.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.app = build_app(runtime)
         self.started = asyncio.Event()
         self.port: int | None = None
         self._server: QuietServer | None = None
 
     async def serve(self) -> None:
         """Serve until `stop()`."""
-        section = self.agent.config.local_api
+        section = self.runtime.config.current.local_api
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
         self._server = QuietServer(config)
         if section.socket is not None:
@@ -126,11 +115,11 @@ class LocalApi:
         self.started.set()
 
     def _write_discovery(self) -> None:
-        section = self.agent.config.local_api
+        config = self.runtime.config.current
+        section = config.local_api
         where = {"socket": str(section.socket)} if section.socket else {
             "url": f"http://{section.host}:{self.port}"}  # fmt: skip
-        path = self.agent.config.gateway.state_dir / "local_api.json"
-        path.write_text(json.dumps(where))
+        (config.gateway.state_dir / "local_api.json").write_text(json.dumps(where))
 
     def stop(self) -> None:
         """Ask the server to finish."""
@@ -138,190 +127,205 @@ class LocalApi:
             self._server.should_exit = True
 
 
-def build_app(agent: Agent) -> FastAPI:
+def build_app(rt: Runtime) -> FastAPI:
     """The FastAPI app over a running agent."""
-    app = FastAPI(title="tagway local API", version=agent.version, docs_url=None, redoc_url=None)
+    app = FastAPI(title="tagway local API", version=rt.version,
+                  description="The agent's local API; models in `edge.api_contract`.")  # fmt: skip
+    metrics = AgentMetrics(rt)
 
-    @app.get("/health")
+    @app.get("/health", response_model=contract.Health,
+             responses={503: {"model": contract.Health, "description": "degraded"}})  # fmt: skip
     async def health() -> JSONResponse:
-        problems = _problems(agent)
-        body = {"status": "degraded" if problems else "ok", "problems": problems}
-        return JSONResponse(body, status_code=200 if not problems else 503)
+        problems = _problems(rt)
+        body = contract.Health(status="degraded" if problems else "ok", problems=tuple(problems))
+        return JSONResponse(body.model_dump(mode="json"), status_code=503 if problems else 200)
 
-    @app.get("/v1/gateway")
-    async def gateway() -> dict[str, Any]:
-        identity = agent.identity
-        return {"name": agent.config.gateway.name, "gateway_id": identity.gateway_id if identity
-                else None, "version": agent.version, "simulated": agent.config.simulated,
-                "uptime_s": time.time() - agent.started_at,
-                "cloud": agent.config.cloud.url if agent.config.cloud else None,
-                "config": _config_json(agent)}  # fmt: skip
+    @app.get("/v1/gateway", response_model=contract.Gateway)
+    async def gateway() -> contract.Gateway:
+        return _gateway(rt)
 
-    @app.get("/v1/drivers")
-    async def drivers() -> list[dict[str, Any]]:
-        return [_driver_json(agent, name) for name in agent.slots]
+    @app.get("/v1/drivers", response_model=list[contract.Driver])
+    async def drivers() -> list[contract.Driver]:
+        return [_driver(rt, name) for name in rt.supervisor.slots]
 
-    @app.get("/v1/tags")
-    async def tags(device: str | None = None, tag: str | None = None) -> list[dict[str, Any]]:
-        pipeline = agent.pipeline
-        latest = pipeline.latest.values() if pipeline is not None else []
+    @app.get("/v1/tags", response_model=list[contract.TagValue])
+    async def tags(device: str | None = None, tag: str | None = None) -> list[contract.TagValue]:
+        latest = rt.pipeline.latest.values()
         return [
-            reading_json(r) for r in sorted(latest, key=lambda r: (r.device, r.tag))
+            tag_value(r) for r in sorted(latest, key=lambda r: (r.device, r.tag))
             if (device is None or r.device == device) and (tag is None or r.tag == tag)
         ]  # fmt: skip
 
-    @app.get("/v1/alarms")
-    async def alarms() -> list[dict[str, Any]]:
-        return _alarms_json(agent)
+    @app.get("/v1/alarms", response_model=list[contract.Alarm])
+    async def alarms() -> list[contract.Alarm]:
+        return _alarms(rt)
 
-    @app.post("/v1/alarms/{name}/ack")
-    async def ack(name: str) -> dict[str, Any]:
-        if agent.pipeline is None:
-            raise HTTPException(503, "the agent is starting")
+    @app.post("/v1/alarms/{name}/ack", response_model=contract.AckResult,
+              responses={404: {"description": "no alarm of that name"}})  # fmt: skip
+    async def ack(name: str) -> contract.AckResult:
         try:
-            event = await agent.pipeline.acknowledge(name, time.time_ns() // 1_000)
+            event = await rt.pipeline.acknowledge(name, time.time_ns() // 1_000)
         except UnknownAlarm:
             raise HTTPException(404, f"no alarm named {name!r}") from None
-        return {"acknowledged": event is not None, "alarm": name}
+        return contract.AckResult(acknowledged=event is not None, alarm=name)
 
-    @app.get("/v1/outbox")
-    async def outbox() -> dict[str, Any]:
-        return await _outbox_json(agent)
+    @app.get("/v1/outbox", response_model=contract.Outbox)
+    async def outbox() -> contract.Outbox:
+        return await _outbox(rt)
 
-    @app.post("/v1/outbox/requeue-quarantine")
-    async def requeue() -> dict[str, Any]:
-        if agent.outbox is None:
-            raise HTTPException(503, "the agent is starting")
-        return {"requeued": await agent.outbox.requeue_quarantine()}
+    @app.post("/v1/outbox/requeue-quarantine", response_model=contract.Requeued)
+    async def requeue() -> contract.Requeued:
+        return contract.Requeued(requeued=await rt.outbox.requeue_quarantine())
 
-    @app.get("/v1/uplink")
-    async def uplink() -> dict[str, Any]:
-        status = agent.uplink_status
-        if status is None:
-            return {"configured": False}
-        return {"configured": True, **asdict(status), "state": status.state.value}
+    @app.get("/v1/uplink", response_model=contract.Uplink)
+    async def uplink() -> contract.Uplink:
+        return await _uplink(rt)
 
-    @app.get("/v1/dead-letters")
-    async def dead_letters(limit: int = 50) -> dict[str, Any]:
-        store = agent.dead_letters
-        if store is None:
-            return {"total": 0, "recent": []}
-        return {"total": store.total, "recent": store.recent(min(limit, 1000))}
+    @app.get("/v1/dead-letters", response_model=contract.DeadLetters)
+    async def dead_letters(limit: int = 50) -> contract.DeadLetters:
+        store = rt.dead_letters
+        recent = store.recent(max(0, min(limit, 1000)))
+        return contract.DeadLetters.model_validate({"total": store.total, "recent": recent})
 
-    @app.post("/v1/write")
-    async def write(request: WriteRequest) -> dict[str, Any]:
+    refusals: dict[int | str, dict[str, object]] = {
+        404: {"description": "the device is not running"},
+        502: {"description": "the device refused or did not confirm"},
+    }
+
+    @app.post("/v1/write", response_model=contract.WriteResult, responses=refusals)
+    async def write(request: contract.WriteRequest) -> contract.WriteResult:
         try:
-            await agent.write(request.device, request.tag, request.value)
-        except LookupError as exc:
+            await rt.supervisor.write(request.device, request.tag, request.value)
+        except DeviceNotRunning as exc:
             raise HTTPException(404, str(exc)) from exc
         except ProtocolError as exc:
             raise HTTPException(502, f"write failed: {exc}") from exc
-        return {"written": True, **request.model_dump()}
+        return contract.WriteResult(written=True, **request.model_dump())
 
-    @app.get("/v1/stream")
+    @app.get("/v1/stream", response_class=StreamingResponse)
     async def stream(request: Request) -> StreamingResponse:
-        return StreamingResponse(_events(agent, request), media_type="text/event-stream")
+        return StreamingResponse(_events(rt, request), media_type="text/event-stream")
 
-    @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(await _metrics_text(agent), media_type="text/plain; version=0.0.4")
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(await metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
-def _config_json(agent: Agent) -> dict[str, Any]:
-    reloads = agent.reloads
-    return {
-        "path": str(agent.config_path) if agent.config_path is not None else None,
-        "reloads_applied": reloads.applied, "reloads_rejected": reloads.rejected,
-        "needs_restart": list(reloads.pending_restart),
-        "last_reload": reloads.last.as_dict() if reloads.last is not None else None,
-    }  # fmt: skip
+def _gateway(rt: Runtime) -> contract.Gateway:
+    config, reloads = rt.config.current, rt.config.reloads
+    last = reloads.last
+    return contract.Gateway(
+        name=config.gateway.name, gateway_id=rt.gateway_id, version=rt.version,
+        simulated=config.simulated, uptime_s=time.time() - rt.started_at,
+        cloud=config.cloud.url if config.cloud is not None else None,
+        config=contract.ConfigStatus(
+            path=str(rt.config.path) if rt.config.path is not None else None,
+            reloads_applied=reloads.applied, reloads_rejected=reloads.rejected,
+            needs_restart=reloads.pending_restart,
+            last_reload=contract.ReloadOutcome.model_validate(last.as_dict()) if last else None,
+        ),
+    )  # fmt: skip
 
 
-def _problems(agent: Agent) -> list[str]:
-    problems = [f"device {s.name} is {s.state}" for s in agent.slots.values() if not s.healthy]
-    last_reload = agent.reloads.last
+def _problems(rt: Runtime) -> list[str]:
+    slots = rt.supervisor.slots.values()
+    problems = [f"device {s.name} is {s.state}" for s in slots if not s.healthy]
+    last_reload = rt.config.reloads.last
     if last_reload is not None and not last_reload.applied:
         # The file on disk would not start the agent either: someone has to look at it.
         problems.append(f"config reload rejected, running the previous config: {last_reload.error}")
-    status = agent.uplink_status
-    if status is not None and status.state.value == "backoff":
-        problems.append(f"uplink failing: {status.last_error}")
-    pipeline = agent.pipeline
-    if pipeline is not None and pipeline.counters.flush_errors and pipeline.buffered:
-        problems.append(f"outbox not accepting: {pipeline.counters.last_flush_error}")
+    if rt.uplink is not None and rt.uplink.status.state.value == "backoff":
+        problems.append(f"uplink failing: {rt.uplink.status.last_error}")
+    counters = rt.pipeline.counters
+    if counters.flush_errors and rt.pipeline.buffered:
+        problems.append(f"outbox not accepting: {counters.last_flush_error}")
     return problems
 
 
-def _driver_json(agent: Agent, name: str) -> dict[str, Any]:
-    slot = agent.slots[name]
+def _driver(rt: Runtime, name: str) -> contract.Driver:
+    slot = rt.supervisor.slots[name]
     driver = slot.driver
     link = driver.link if driver is not None else None
-    return {
-        "name": name, "protocol": slot.config.protocol, "state": slot.state,
-        "simulated": slot.config.simulated,
-        "since": link.since if link else None, "reconnects": link.reconnects if link else 0,
-        "last_error": (link.last_error if link else None) or slot.last_crash,
-        "restarts": slot.restarts, "crashes": slot.crashes,
-        "counters": driver.counters.as_dict() if driver is not None else {},
-    }  # fmt: skip
+    return contract.Driver(
+        name=name, protocol=slot.config.protocol, state=slot.state,
+        simulated=slot.config.simulated,
+        since=link.since if link else None, reconnects=link.reconnects if link else 0,
+        last_error=(link.last_error if link else None) or slot.last_crash,
+        restarts=slot.restarts, crashes=slot.crashes,
+        counters=driver.counters.as_dict() if driver is not None else {},
+    )  # fmt: skip
 
 
-def _alarms_json(agent: Agent) -> list[dict[str, Any]]:
-    pipeline = agent.pipeline
-    if pipeline is None:
-        return []
-    engine = pipeline.alarms
+def _alarms(rt: Runtime) -> list[contract.Alarm]:
+    engine = rt.pipeline.alarms
     out = []
     for name, alarm in engine.alarms.items():
         rule = engine.rules[name]
-        out.append({
-            "name": name, "device": rule.device, "tag": rule.tag, "kind": rule.kind.value,
-            "severity": rule.severity.value, "message": rule.describe(),
-            "state": alarm.state.value, "active": alarm.state in (AlarmState.ACTIVE,
-                                                                   AlarmState.ACKED),
-            "raised_at": alarm.raised_at, "acked_at": alarm.acked_at,
-            "cleared_at": alarm.cleared_at, "value": alarm.value,
-        })  # fmt: skip
+        out.append(contract.Alarm(
+            name=name, device=rule.device, tag=rule.tag, kind=rule.kind.value,
+            severity=rule.severity.value, message=rule.describe(), state=alarm.state.value,
+            active=alarm.state in (AlarmState.ACTIVE, AlarmState.ACKED),
+            raised_at=alarm.raised_at, acked_at=alarm.acked_at, cleared_at=alarm.cleared_at,
+            value=alarm.value,
+        ))  # fmt: skip
     return out
 
 
-async def _outbox_json(agent: Agent) -> dict[str, Any]:
-    stats = await agent.outbox_stats()
-    if stats is None:
-        return {"open": False}
-    pipeline = agent.pipeline
-    return {
-        "open": True, "used_bytes": stats.used_bytes, "quota_bytes": stats.quota_bytes,
-        "file_bytes": stats.file_bytes, "leased_chunks": stats.leased_chunks,
-        "dropped_readings": stats.dropped_readings,
-        "buffered_readings": pipeline.buffered if pipeline else 0,
-        "lanes": {lane.value: asdict(figures) for lane, figures in stats.lanes.items()},
-        "recoveries": [{"at": r.at, "moved_to": str(r.moved_to), "reason": r.reason}
-                       for r in stats.recoveries],
-        "pipeline": asdict(pipeline.counters) if pipeline else {},
-    }  # fmt: skip
+async def _outbox(rt: Runtime) -> contract.Outbox:
+    stats = await rt.outbox.stats()
+    return contract.Outbox(
+        used_bytes=stats.used_bytes, quota_bytes=stats.quota_bytes, file_bytes=stats.file_bytes,
+        leased_chunks=stats.leased_chunks, dropped_readings=stats.dropped_readings,
+        buffered_readings=rt.pipeline.buffered,
+        lanes={lane.value: contract.Lane(**asdict(figures)) for lane, figures
+               in stats.lanes.items()},
+        recoveries=tuple(contract.Recovery(at=r.at, moved_to=str(r.moved_to), reason=r.reason)
+                         for r in stats.recoveries),
+        pipeline=contract.PipelineCounters(**asdict(rt.pipeline.counters)),
+    )  # fmt: skip
 
 
-async def _events(agent: Agent, request: Request) -> AsyncIterator[bytes]:
+async def _uplink(rt: Runtime) -> contract.Uplink:
+    if rt.uplink is None:
+        return contract.Uplink(configured=False, state="offline")
+    status = rt.uplink.status
+    stats = await rt.outbox.stats()
+    ages = [lane.oldest_age_s for lane in stats.lanes.values() if lane.oldest_age_s is not None]
+    return contract.Uplink(
+        configured=True, state=status.state.value, last_success=status.last_success,
+        last_error=status.last_error, batches_sent=status.batches_sent,
+        readings_sent=status.readings_sent, duplicates=status.duplicates,
+        quarantined_chunks=status.quarantined_chunks, retries=status.retries,
+        token_renewals=status.token_renewals, send_rate=rt.uplink.send_rate(),
+        backlog_readings=sum(lane.readings for lane in stats.lanes.values()),
+        backlog_age_s=max(ages) if ages else None,
+        latency_p50_s=status.latency_p50_s, latency_p99_s=status.latency_p99_s,
+    )  # fmt: skip
+
+
+def _sse(kind: str, items: list[contract.TagValue] | list[contract.AlarmChange]) -> bytes:
+    data = json.dumps([item.model_dump(mode="json") for item in items])
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
+async def _events(rt: Runtime, request: Request) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_STREAM_QUEUE)
     lost = 0
 
     def listener(readings: list[Reading], events: list[AlarmEvent]) -> None:
         nonlocal lost
-        for kind, items in (("reading", [reading_json(r) for r in readings]),
-                            ("alarm", [alarm_event_json(e) for e in events])):  # fmt: skip
-            if not items:
-                continue
-            try:
-                queue.put_nowait(f"event: {kind}\ndata: {json.dumps(items)}\n\n".encode())
-            except asyncio.QueueFull:
-                lost += len(items)
+        if readings and queue.full():
+            lost += len(readings)
+        elif readings:
+            queue.put_nowait(_sse("reading", [tag_value(r) for r in readings]))
+        if events and queue.full():
+            lost += len(events)
+        elif events:
+            queue.put_nowait(_sse("alarm", [alarm_change(e) for e in events]))
 
-    pipeline = agent.pipeline
-    if pipeline is None:
-        return
+    pipeline = rt.pipeline
     pipeline.listeners.append(listener)
     try:
         yield b": connected\n\n"
@@ -332,41 +336,3 @@ async def _events(agent: Agent, request: Request) -> AsyncIterator[bytes]:
                 yield f": keepalive lost={lost}\n\n".encode()
     finally:
         pipeline.listeners.remove(listener)
-
-
-async def _metrics_text(agent: Agent) -> str:
-    lines: list[str] = []
-
-    def metric(name: str, value: float, help_text: str, labels: str = "") -> None:
-        if not any(line.startswith(f"# HELP tagway_{name} ") for line in lines):
-            lines.append(f"# HELP tagway_{name} {help_text}")
-        lines.append(f"tagway_{name}{{{labels}}} {value}" if labels else f"tagway_{name} {value}")
-
-    pipeline = agent.pipeline
-    if pipeline is not None:
-        c = pipeline.counters
-        metric("readings_received_total", c.received, "readings delivered by drivers")
-        metric("readings_committed_total", c.committed, "readings committed to the outbox")
-        metric("readings_suppressed_total", c.suppressed, "readings filtered by deadband")
-        metric("readings_dropped_total", c.dropped, "readings refused with a full buffer")
-    for name, slot in agent.slots.items():
-        up = 1 if slot.healthy else 0
-        metric("driver_connected", up, "1 when the device link is up", f'device="{name}"')
-        metric("driver_restarts_total", slot.restarts, "driver restarts", f'device="{name}"')
-    for outcome, count in (("applied", agent.reloads.applied),
-                           ("rejected", agent.reloads.rejected)):  # fmt: skip
-        metric("config_reloads_total", count, "config reloads (SIGHUP)", f'outcome="{outcome}"')
-    stats = await agent.outbox_stats()
-    if stats is not None:
-        metric("outbox_used_bytes", stats.used_bytes, "payload bytes in the outbox")
-        metric("outbox_quota_bytes", stats.quota_bytes, "outbox quota")
-        for lane, figures in stats.lanes.items():
-            labels = f'lane="{lane.value}"'
-            metric("outbox_chunks", figures.chunks, "chunks waiting", labels)
-            metric("outbox_dropped_readings_total", figures.dropped_readings,
-                   "readings dropped by the quota policy", labels)  # fmt: skip
-    status = agent.uplink_status
-    if status is not None:
-        metric("uplink_batches_sent_total", status.batches_sent, "batches acknowledged")
-        metric("uplink_readings_sent_total", status.readings_sent, "readings acknowledged")
-    return "\n".join(lines) + "\n"

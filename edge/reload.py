@@ -25,12 +25,13 @@ from typing import Any
 import pydantic
 
 from edge.config import AgentConfig, Device
+from edge.errors import EdgeError
 
 RESTART_SECTIONS = ("gateway", "cloud", "outbox", "local_api", "mqtt_broker", "models")
 """Sections the running agent cannot swap; a change to them waits for a restart."""
 
 
-class ReloadRejected(ValueError):
+class ReloadRejected(EdgeError, ValueError):
     """A new config cannot be applied (it is invalid, or clashes with what needs a restart)."""
 
 

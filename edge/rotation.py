@@ -15,15 +15,20 @@ Errors::
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import datetime, timedelta
 
 import httpx
 
+from edge.gateway_token import TokenMinter
 from edge.identity import ROTATE_WITHIN, GatewayIdentity, IdentityError, IdentityStore, rotation_due
 from provisioning.csr import CSR_CLAIM, csr_thumbprint, csr_to_pem
 from provisioning.tokens import mint_token
 
 ROTATION_TOKEN_LIFETIME = 120
+
+log = logging.getLogger(__name__)
 
 
 class RotationFailed(IdentityError):
@@ -107,3 +112,22 @@ def _error(response: httpx.Response) -> tuple[str, str]:
         return str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         return "http_error", response.text[:200]
+
+
+async def keep_certificate_fresh(
+    store: IdentityStore, minter: TokenMinter, *, cloud_url: str, every_s: float = 3600.0
+) -> None:
+    """Every `every_s` seconds, rotate the certificate if `rotation_due`; sign the uplink's
+    tokens with the new one at once. A failed rotation is logged and tried again next time
+    (the current certificate still works). Runs until cancelled."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        while True:
+            try:
+                rotated = await rotate_if_due(store, client, cloud_url=cloud_url)
+            except IdentityError as exc:
+                log.error("certificate rotation failed, will retry in an hour: %s", exc)  # noqa: TRY400
+            else:
+                if rotated is not None:
+                    minter.use(rotated)
+                    log.info("certificate rotated; it now expires %s", rotated.expires_at)
+            await asyncio.sleep(every_s)

@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -36,11 +36,14 @@ import httpx
 
 from cloud.contract import BATCH_VERSION, MSGPACK, encode_data
 from edge import chunk
+from edge.credentials import UplinkIdentity
+from edge.errors import EdgeError
 from edge.seq_state import SeqState
 from protocols.backoff import Backoff, BackoffPolicy
 from store_forward import Lane, Lease, OutboxStats
 
 _LATENCY_SAMPLES = 500  # readings sampled per batch for the latency percentiles
+_RATE_WINDOW_S = 60.0  # the send rate is readings acknowledged over the last minute
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class UplinkState(StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UplinkSettings:
     """How the uplink behaves.
 
@@ -74,22 +77,25 @@ class UplinkSettings:
         ingest_url: the cloud's `/v1/ingest` URL.
         gateway_id: this gateway's id, as issued at provisioning.
         max_batch_bytes: payload bytes leased per batch (compressed chunk bytes).
-        max_chunks: chunks per batch.
         max_batches_per_s: cap on the send rate while draining a backlog (0 = no cap).
+        connect_timeout / read_timeout: HTTP timeouts, seconds.
+        retry_max_delay: the cap of the jittered exponential backoff between retries, seconds.
+        max_chunks: chunks per batch.
         idle_poll_s: how often to look for new chunks when the outbox was empty.
-        connect_timeout_s / read_timeout_s: HTTP timeouts.
-        backoff: the retry policy for failed sends.
+
+    The fields named like the config's `cloud` section take its values (and its defaults); the
+    last two are not configurable.
     """
 
     ingest_url: str
     gateway_id: str
-    max_batch_bytes: int = 1_000_000
+    max_batch_bytes: int
+    max_batches_per_s: float
+    connect_timeout: float
+    read_timeout: float
+    retry_max_delay: float
     max_chunks: int = 64
-    max_batches_per_s: float = 20.0
     idle_poll_s: float = 0.25
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base=0.5, cap=60.0))
 
 
 @dataclass(slots=True)
@@ -104,16 +110,20 @@ class UplinkStatus:
     duplicates: int = 0  # batches the cloud already had (a retry after a lost answer)
     quarantined_chunks: int = 0
     retries: int = 0
-    send_rate: float = 0.0  # readings/s over the last batches
+    token_renewals: int = 0  # tokens renewed after the cloud answered 401
     latency_p50_s: float | None = None  # reading time -> the cloud's commit, recent readings
     latency_p99_s: float | None = None
 
 
-class Refused(Exception):
+class UplinkError(EdgeError):
+    """Root of the uplink's own errors (they steer its send loop and never leave it)."""
+
+
+class Refused(UplinkError):
     """The cloud refused a batch in a way that a retry will not fix (422, 413)."""
 
 
-class RetryLater(Exception):
+class RetryLater(UplinkError):
     """The cloud or the network failed in a way that a retry may fix.
 
     Args:
@@ -169,7 +179,7 @@ class Uplink:
     Args:
         settings: URLs, limits and timeouts.
         outbox: the async outbox to lease from.
-        token: returns a valid gateway token (renewing it when needed).
+        identity: the gateway id's token source, renewed after a 401.
         seq_state: the durable seq counter.
         client: an httpx client; one is created when not given.
     """
@@ -179,27 +189,27 @@ class Uplink:
         *,
         settings: UplinkSettings,
         outbox: LeaseSource,
-        token: TokenSource,
+        identity: UplinkIdentity,
         seq_state: SeqState,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
         self.status = UplinkStatus()
         self._outbox = outbox
-        self._token = token
+        self._identity = identity
         self._seq = seq_state
         self._client = client
         self._max_chunks = settings.max_chunks
         self._newest_next = True  # flipped before the first lease: the first is oldest-first
         self._latencies: deque[list[float]] = deque(maxlen=20)  # samples of recent batches
-        self._backoff = Backoff(settings.backoff)
+        self._acked: deque[tuple[float, int]] = deque()  # (monotonic time, readings) per 2xx
+        self._started = time.monotonic()
+        self._backoff = Backoff(BackoffPolicy(base=0.5, cap=settings.retry_max_delay))
         self.wake = asyncio.Event()  # set by the pipeline after each flush
 
     async def run(self) -> None:
         """Send until cancelled."""
-        timeout = httpx.Timeout(
-            self.settings.read_timeout_s, connect=self.settings.connect_timeout_s
-        )
+        timeout = httpx.Timeout(self.settings.read_timeout, connect=self.settings.connect_timeout)
         own = self._client is None
         client = self._client or httpx.AsyncClient(timeout=timeout)
         try:
@@ -234,7 +244,6 @@ class Uplink:
         batch = build_batch(lease, gateway_id=self.settings.gateway_id, seq=self._seq.next_seq(),
                             dropped=dropped)  # fmt: skip
         body = encode_data(batch, content_type=MSGPACK, content_encoding="zstd")
-        started = time.monotonic()
         try:
             duplicate = await self._post_until_settled(client, body, len(lease))
         except Refused as exc:
@@ -253,7 +262,7 @@ class Uplink:
             raise
         acked_us = time.time_ns() // 1_000
         await self._outbox.ack(lease)
-        self._settled(lease, dropped, duplicate, time.monotonic() - started)
+        self._settled(lease, dropped, duplicate)
         self._measure_latency(batch, acked_us)
         return True
 
@@ -268,7 +277,7 @@ class Uplink:
         self.status.latency_p50_s = _percentile(recent, 0.50)
         self.status.latency_p99_s = _percentile(recent, 0.99)
 
-    def _settled(self, lease: Lease, dropped: dict[str, int], duplicate: bool, took: float) -> None:
+    def _settled(self, lease: Lease, dropped: dict[str, int], duplicate: bool) -> None:
         for lane, count in dropped.items():
             self._seq.reported_dropped[lane] = self._seq.reported_dropped.get(lane, 0) + count
         if dropped:
@@ -278,8 +287,17 @@ class Uplink:
         status.readings_sent += lease.count
         status.duplicates += int(duplicate)
         status.last_success = time.time()
-        status.send_rate = 0.8 * status.send_rate + 0.2 * (lease.count / max(took, 1e-3))
+        self._acked.append((time.monotonic(), lease.count))
         self._max_chunks = min(self.settings.max_chunks, self._max_chunks * 2)
+
+    def send_rate(self, now: float | None = None) -> float:
+        """Readings the cloud acknowledged per second over the last minute (or since start,
+        when the uplink is younger than that)."""
+        now = time.monotonic() if now is None else now
+        while self._acked and self._acked[0][0] < now - _RATE_WINDOW_S:
+            self._acked.popleft()
+        span = min(_RATE_WINDOW_S, now - self._started)
+        return sum(count for _, count in self._acked) / span if span > 0 else 0.0
 
     async def _dropped_delta(self) -> dict[str, int]:
         stats = await self._outbox.stats()
@@ -310,7 +328,7 @@ class Uplink:
 
     async def _post(self, client: httpx.AsyncClient, body: bytes, chunks: int) -> bool:
         headers = {
-            "Authorization": f"Bearer {await self._token()}",
+            "Authorization": f"Bearer {await self._identity.token()}",
             "Content-Type": MSGPACK,
             "Content-Encoding": "zstd",
         }
@@ -331,7 +349,7 @@ class Uplink:
         raise RetryLater(reason, retry_after=_retry_after(response))
 
 
-class _TooLarge(Exception):
+class _TooLarge(UplinkError):
     """413 for a batch of several chunks: send fewer at a time."""
 
 

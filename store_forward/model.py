@@ -78,10 +78,10 @@ class OutboxSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    quota_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    quota_bytes: int = Field(default=1024**3, gt=0)
     synchronous: Synchronous = Synchronous.FULL
     policy: QuotaPolicy = QuotaPolicy.DROP_OLDEST
-    lease_timeout_s: float = Field(default=60.0, gt=0)
+    lease_timeout_s: float = Field(default=120.0, gt=0)
     startup_check: StartupCheck = StartupCheck.QUICK
     busy_timeout_s: float = Field(default=5.0, ge=0)
 

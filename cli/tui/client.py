@@ -21,28 +21,21 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 import httpx
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from cli.tui.model import (
-    Alarm,
-    AlarmChange,
-    AlarmsEvent,
+from cli.tui.model import AlarmsEvent, ReadingsEvent, Snapshot, StreamEvent
+from edge.api_contract import (
+    ALARM_CHANGES,
+    ALARMS,
+    DRIVERS,
+    TAGS,
+    AckResult,
     DeadLetters,
-    Driver,
     Gateway,
     Health,
     Outbox,
-    ReadingsEvent,
-    Snapshot,
-    StreamEvent,
-    TagValue,
     Uplink,
 )
-
-_DRIVERS = TypeAdapter(tuple[Driver, ...])
-_TAGS = TypeAdapter(tuple[TagValue, ...])
-_ALARMS = TypeAdapter(tuple[Alarm, ...])
-_CHANGES = TypeAdapter(tuple[AlarmChange, ...])
 
 
 class AgentClientError(Exception):
@@ -187,8 +180,8 @@ class AgentClient:
         try:
             return Snapshot(
                 gateway=Gateway.model_validate(gateway), health=Health.model_validate(health),
-                drivers=_DRIVERS.validate_python(drivers), tags=_TAGS.validate_python(tags),
-                alarms=_ALARMS.validate_python(alarms), outbox=Outbox.model_validate(outbox),
+                drivers=DRIVERS.validate_python(drivers), tags=TAGS.validate_python(tags),
+                alarms=ALARMS.validate_python(alarms), outbox=Outbox.model_validate(outbox),
                 uplink=Uplink.model_validate(uplink),
                 dead_letters=DeadLetters.model_validate(dead),
             )  # fmt: skip
@@ -203,7 +196,10 @@ class AgentClient:
         except httpx.HTTPError as exc:
             raise await self._unavailable(exc) from exc
         body = _decode(response, f"/v1/alarms/{alarm}/ack")
-        return bool(body.get("acknowledged")) if isinstance(body, dict) else False
+        try:
+            return AckResult.model_validate(body).acknowledged
+        except ValidationError as exc:
+            raise AgentRefused(f"unexpected answer from the agent: {exc}") from exc
 
     async def follow(self, on_event: Callable[[StreamEvent], Awaitable[None] | None]) -> None:
         """Deliver live stream events to `on_event` until the stream ends or fails."""
@@ -302,8 +298,8 @@ class SseParser:
             return
         try:
             if kind == "reading":
-                yield ReadingsEvent(_TAGS.validate_json(data))
+                yield ReadingsEvent(TAGS.validate_json(data))
             elif kind == "alarm":
-                yield AlarmsEvent(_CHANGES.validate_json(data))
+                yield AlarmsEvent(ALARM_CHANGES.validate_json(data))
         except ValidationError as exc:
             raise AgentRefused(f"/v1/stream: unreadable {kind} event") from exc

@@ -1,5 +1,6 @@
-"""What the TUI knows about the agent: typed views of the local API answers, and the pure logic
-that turns successive answers into what a plant engineer reads (rates, histories, ages).
+"""What the TUI knows about the agent: the local API's answers (the models of
+`edge.api_contract`, the one definition the agent serves) and the pure logic that turns successive
+answers into what a plant engineer reads (rates, histories, ages).
 
 Nothing here does I/O; the client (`cli.tui.client`) fills it, the screens (`cli.tui.panes`) read
 it. The answer models ignore fields they do not know, so a newer agent does not break an older TUI.
@@ -13,197 +14,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from edge.api_contract import (
+    Alarm,
+    AlarmChange,
+    DeadLetters,
+    Driver,
+    Gateway,
+    Health,
+    Outbox,
+    TagValue,
+    Uplink,
+    Value,
+)
 
-_ANSWER = ConfigDict(frozen=True, extra="ignore")
-
-Value = float | int | bool | str | None
 HISTORY_POINTS = 120  # per tag: two minutes at one reading a second, a screen's width of sparkline
-
-
-class Gateway(BaseModel):
-    """`GET /v1/gateway`."""
-
-    model_config = _ANSWER
-
-    name: str = "?"
-    gateway_id: str | None = None
-    version: str = "?"
-    simulated: bool = False
-    uptime_s: float = 0.0
-    cloud: str | None = None
-
-
-class Health(BaseModel):
-    """`GET /health`."""
-
-    model_config = _ANSWER
-
-    status: str = "unknown"
-    problems: tuple[str, ...] = ()
-
-
-class Driver(BaseModel):
-    """One device of `GET /v1/drivers`."""
-
-    model_config = _ANSWER
-
-    name: str
-    protocol: str = "?"
-    state: str = "unknown"
-    simulated: bool = False
-    since: float | None = None
-    reconnects: int = 0
-    last_error: str | None = None
-    restarts: int = 0
-    crashes: int = 0
-    counters: Mapping[str, int] = {}
-
-    def counter(self, name: str) -> int:
-        """A counter by name, 0 when this driver does not keep it."""
-        return int(self.counters.get(name, 0))
-
-
-class TagValue(BaseModel):
-    """A latest value (`GET /v1/tags`) or a reading from the live stream."""
-
-    model_config = _ANSWER
-
-    device: str
-    tag: str
-    ts: int  # microseconds since the epoch
-    value: Value = None
-    quality: str = "good"
-    unit: str | None = None
-    simulated: bool = False
-    reason: str | None = None
-
-    @property
-    def key(self) -> str:
-        """`device.tag`, the name a plant engineer types."""
-        return f"{self.device}.{self.tag}"
-
-
-class Alarm(BaseModel):
-    """One alarm rule and its state (`GET /v1/alarms`)."""
-
-    model_config = _ANSWER
-
-    name: str
-    device: str = ""
-    tag: str = ""
-    kind: str = ""
-    severity: str = "medium"
-    message: str = ""
-    state: str = "normal"
-    active: bool = False
-    raised_at: int | None = None
-    acked_at: int | None = None
-    cleared_at: int | None = None
-    value: Value = None
-
-    @property
-    def needs_ack(self) -> bool:
-        """Raised (or raised and cleared) and nobody has acknowledged it yet."""
-        return self.state in {"active", "cleared"} and self.acked_at is None
-
-
-class AlarmChange(BaseModel):
-    """An alarm transition from the live stream."""
-
-    model_config = _ANSWER
-
-    rule: str
-    device: str = ""
-    tag: str = ""
-    severity: str = "medium"
-    transition: str = ""
-    state: str = ""
-    ts: int = 0
-    value: Value = None
-    message: str = ""
-
-
-class Lane(BaseModel):
-    """One outbox lane."""
-
-    model_config = _ANSWER
-
-    chunks: int = 0
-    readings: int = 0
-    oldest_age_s: float | None = None
-    dropped_readings: int = 0
-    quarantined_readings: int = 0
-
-
-class PipelineCounters(BaseModel):
-    """The pipeline counters the outbox answer carries."""
-
-    model_config = _ANSWER
-
-    received: int = 0
-    committed: int = 0
-    dropped: int = 0
-    flush_errors: int = 0
-    last_flush_error: str | None = None
-
-
-class Outbox(BaseModel):
-    """`GET /v1/outbox`."""
-
-    model_config = _ANSWER
-
-    open: bool = False
-    used_bytes: int = 0
-    quota_bytes: int = 0
-    dropped_readings: int = 0
-    buffered_readings: int = 0
-    lanes: Mapping[str, Lane] = {}
-    pipeline: PipelineCounters = PipelineCounters()
-
-    @property
-    def backlog_readings(self) -> int:
-        """Readings waiting to be sent, all lanes."""
-        return sum(lane.readings for lane in self.lanes.values())
-
-    @property
-    def oldest_age_s(self) -> float | None:
-        """Age of the oldest waiting chunk, any lane."""
-        ages = [lane.oldest_age_s for lane in self.lanes.values() if lane.oldest_age_s is not None]
-        return max(ages) if ages else None
-
-    @property
-    def quarantined_readings(self) -> int:
-        """Readings the cloud refused, kept aside for a requeue."""
-        return sum(lane.quarantined_readings for lane in self.lanes.values())
-
-    @property
-    def used_fraction(self) -> float:
-        """Use against the quota, 0..1."""
-        return self.used_bytes / self.quota_bytes if self.quota_bytes else 0.0
-
-
-class Uplink(BaseModel):
-    """`GET /v1/uplink`."""
-
-    model_config = _ANSWER
-
-    configured: bool = False
-    state: str = "idle"
-    last_success: float | None = None
-    last_error: str | None = None
-    batches_sent: int = 0
-    readings_sent: int = 0
-    retries: int = 0
-    send_rate: float = 0.0
-
-
-class DeadLetters(BaseModel):
-    """`GET /v1/dead-letters` (only the total is shown)."""
-
-    model_config = _ANSWER
-
-    total: int = 0
 
 
 @dataclass(frozen=True, slots=True)

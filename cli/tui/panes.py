@@ -20,11 +20,7 @@ from textual.widgets import DataTable, Input, Sparkline, Static
 
 from cli.tui.model import (
     AgentView,
-    Alarm,
-    Driver,
     Snapshot,
-    TagValue,
-    Uplink,
     alarm_order,
     format_age,
     format_bytes,
@@ -33,6 +29,7 @@ from cli.tui.model import (
     matches,
 )
 from cli.tui.table import RowTable
+from edge.api_contract import Alarm, Driver, TagValue, Uplink
 
 QUALITY_STYLE = {"good": "green", "uncertain": "yellow", "bad": "bold red"}
 SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow",

@@ -21,14 +21,15 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from edge.errors import EdgeError
 from protocols.reading import Quality, Reading
 
 
-class ModelError(Exception):
+class ModelError(EdgeError):
     """A model cannot be loaded or does not fit its configuration; the message names it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelSpec:
     """One model as configured.
 

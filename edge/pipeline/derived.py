@@ -16,7 +16,7 @@ from protocols.reading import Quality, Reading, Value
 _SEVERITY = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DerivedTag:
     """A tag computed from an expression over other tags of `device`."""
 

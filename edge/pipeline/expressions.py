@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import Final
 
+from edge.errors import EdgeError
 from protocols.reading import Value
 
 FUNCTIONS: Final[Mapping[str, Callable[..., float]]] = {
@@ -65,7 +66,7 @@ _ALLOWED_NODES: Final = (
 )
 
 
-class ExpressionError(ValueError):
+class ExpressionError(EdgeError, ValueError):
     """The expression is not allowed or cannot be evaluated; the message says what and where."""
 
 

@@ -4,7 +4,7 @@ A reading passes when it is the first of its series, when its quality differs fr
 passed (quality changes always pass, so an outage and its end are never filtered), when a
 non-numeric value changed, when a numeric value moved by more than the absolute or percent
 deadband from the last *reported* value (not the last seen one, so a slow drift still gets through),
-or when the series has been silent for `max_silence` (the heartbeat that tells the cloud an
+or when the series has been silent for `heartbeat` seconds (the heartbeat that tells the cloud an
 unchanging value is still alive).
 """
 
@@ -17,26 +17,27 @@ from protocols.reading import Quality, Reading, Value
 _US_PER_S = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Deadband:
     """How much a tag must move before it is reported again.
 
     Args:
-        absolute: report when |value - last reported| > absolute (0 disables).
-        percent: report when the change exceeds this percentage of |last reported| (0 disables).
-        max_silence_s: report anyway after this many seconds without a report (0 disables).
+        deadband: report when |value - last reported| > deadband (0 disables).
+        deadband_percent: report when the change exceeds this percentage of |last reported|
+            (0 disables).
+        heartbeat: report anyway after this many seconds without a report (0 disables).
         every_reading: report every reading, repeats included (no filtering at all).
     """
 
-    absolute: float = 0.0
-    percent: float = 0.0
-    max_silence_s: float = 0.0
+    deadband: float = 0.0
+    deadband_percent: float = 0.0
+    heartbeat: float = 0.0
     every_reading: bool = False
 
     @property
     def passes_everything(self) -> bool:
         """True when no filtering is configured: every reading is reported."""
-        return self.absolute == 0 and self.percent == 0
+        return self.deadband == 0 and self.deadband_percent == 0
 
 
 class ReportByException:
@@ -100,12 +101,12 @@ def _moved(reading: Reading, last: tuple[Value, Quality, int], band: Deadband) -
     if band.every_reading:
         return True
     before, _, ts = last
-    if band.max_silence_s and reading.ts - ts >= band.max_silence_s * _US_PER_S:
+    if band.heartbeat and reading.ts - ts >= band.heartbeat * _US_PER_S:
         return True
     value = reading.value
     if isinstance(value, str) or isinstance(before, str) or band.passes_everything:
         return value != before
     delta = abs(value - before)
-    if band.absolute and delta > band.absolute:
+    if band.deadband and delta > band.deadband:
         return True
-    return bool(band.percent) and delta > abs(before) * band.percent / 100.0
+    return bool(band.deadband_percent) and delta > abs(before) * band.deadband_percent / 100.0

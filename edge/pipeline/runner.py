@@ -19,12 +19,12 @@ import contextlib
 import logging
 import operator
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge import chunk
-from edge.alarms import AlarmEngine, AlarmEvent, AlarmState
+from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
 from edge.pipeline.derived import DerivedTags
 from edge.pipeline.rbe import ReportByException
 from protocols.reading import Reading
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 _series_key = operator.itemgetter(0, 1)  # (device, tag) of a Reading, at C speed
 
 Listener = Callable[[list[Reading], list[AlarmEvent]], None]
+AlarmsCommitted = Callable[[list[AlarmEvent], Mapping[str, Alarm]], Awaitable[None]]
+"""Called with committed alarm transitions and the engine's states (to persist them)."""
 
 _SEVERITY_CODE = {"critical": 4, "high": 3, "medium": 2, "low": 1}
 _STATE_WORD = {
@@ -89,8 +91,9 @@ class Pipeline:
         derived: the derived-tags stage.
         inference: the model stage (or None).
         alarms: the alarm engine.
-        on_alarms: called with each batch of alarm events after they are committed (persist
-            states, wake the uplink).
+        on_alarms: called with each batch of alarm events after they are committed, with the
+            states of all alarms (to persist them).
+        on_commit: called after each commit to the outbox (wakes the uplink).
         flush_interval: seconds between flushes (the durability window).
         chunk_readings: flush as soon as this many readings wait.
         max_buffered: readings held while the outbox refuses, before new ones are dropped.
@@ -104,7 +107,8 @@ class Pipeline:
         derived: DerivedTags,
         inference: InferenceStage | None,
         alarms: AlarmEngine,
-        on_alarms: Callable[[list[AlarmEvent]], Awaitable[None]] | None = None,
+        on_alarms: AlarmsCommitted | None = None,
+        on_commit: Callable[[], None] | None = None,
         flush_interval: float = 0.25,
         chunk_readings: int = 5_000,
         max_buffered: int = 1_000_000,
@@ -115,6 +119,7 @@ class Pipeline:
         self._inference = inference
         self._alarms = alarms
         self._on_alarms = on_alarms
+        self._on_commit = on_commit
         self.flush_interval = flush_interval
         self.chunk_readings = chunk_readings
         self.max_buffered = max_buffered
@@ -124,7 +129,6 @@ class Pipeline:
         self._buffer: list[Reading] = []
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()  # one flush at a time
-        self.flushed = asyncio.Event()  # set after each successful flush (the uplink waits on it)
 
     async def accept(self, readings: list[Reading]) -> None:
         """The driver sink: run the stages and buffer what passes."""
@@ -183,8 +187,10 @@ class Pipeline:
         payload = chunk.encode_records([alarm_record(e) for e in events])
         await self._outbox.append_many([(payload, len(events), Lane.ALARM)])
         self.counters.alarm_events += len(events)
+        if self._on_commit is not None:
+            self._on_commit()
         if self._on_alarms is not None:
-            await self._on_alarms(events)
+            await self._on_alarms(events, self._alarms.alarms)
 
     async def run(self) -> None:
         """Flush every `flush_interval` (or sooner when a chunk is full) until cancelled."""
@@ -220,7 +226,8 @@ class Pipeline:
             self.counters.committed += len(pending)
             self.counters.committed_bytes += sum(len(payload) for payload, _, _ in items)
             self.counters.chunks += len(items)
-            self.flushed.set()
+            if self._on_commit is not None:
+                self._on_commit()
             return len(pending)
 
     @property

@@ -4,6 +4,7 @@ at start and applied again to the running pipeline after a config reload."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from edge.alarms import AlarmKind, AlarmRule
 from edge.config import AgentConfig, MqttSource, Reporting
@@ -11,6 +12,9 @@ from edge.pipeline.derived import DerivedTag
 from edge.pipeline.expressions import Expression
 from edge.pipeline.rbe import Deadband
 from edge.pipeline.runner import Pipeline
+
+_REPORTING: Final = {"deadband": True, "deadband_percent": True, "heartbeat": True}
+"""The report-by-exception fields a tag may set over the `report` defaults."""
 
 
 def reconfigure(pipeline: Pipeline, config: AgentConfig, *, forget: tuple[str, ...]) -> None:
@@ -46,16 +50,15 @@ def derived_tags(config: AgentConfig) -> list[DerivedTag]:
     """The derived tags, marked simulated when their device is."""
     simulated = {d.name: d.simulated for d in config.devices}
     return [
-        DerivedTag(d.device, d.tag, Expression.parse(d.expression), d.unit,
-                   simulated.get(d.device, False))
+        DerivedTag(device=d.device, tag=d.tag, expression=Expression.parse(d.expression),
+                   unit=d.unit, simulated=simulated.get(d.device, False))
         for d in config.derived
     ]  # fmt: skip
 
 
 def default_deadband(reporting: Reporting) -> Deadband:
     """The deadband of tags without settings of their own."""
-    return Deadband(reporting.deadband, reporting.deadband_percent, reporting.heartbeat,
-                    reporting.every_reading)  # fmt: skip
+    return Deadband(**reporting.model_dump())
 
 
 def deadbands(config: AgentConfig) -> dict[tuple[str, str], Deadband]:
@@ -66,29 +69,19 @@ def deadbands(config: AgentConfig) -> dict[tuple[str, str], Deadband]:
         if isinstance(device, MqttSource):
             continue
         for tag in device.tags:
-            if tag.deadband is None and tag.deadband_percent is None and tag.heartbeat is None:
-                continue
-            out[(device.name, tag.name)] = Deadband(
-                tag.deadband if tag.deadband is not None else default.deadband,
-                tag.deadband_percent if tag.deadband_percent is not None
-                else default.deadband_percent,
-                tag.heartbeat if tag.heartbeat is not None else default.heartbeat,
-                default.every_reading,
-            )  # fmt: skip
+            own = tag.model_dump(include=_REPORTING, exclude_none=True)
+            if own:
+                out[(device.name, tag.name)] = Deadband(**(default.model_dump() | own))
     return out
 
 
 def alarm_rules(config: AgentConfig) -> list[AlarmRule]:
     """The alarm rules, and a high-limit rule per device of each model with an alarm."""
-    rules = [
-        AlarmRule(a.name, a.device, a.tag, a.kind, a.limit, a.hysteresis, a.on_delay, a.stale,
-                  a.severity, a.message)
-        for a in config.alarms
-    ]  # fmt: skip
+    rules = [AlarmRule(**a.model_dump()) for a in config.alarms]
     rules.extend(
         AlarmRule(
-            f"{model.name}.{device}", device, model.outputs[0], AlarmKind.HIGH,
-            limit=model.alarm.threshold, on_delay_s=model.alarm.on_delay,
+            name=f"{model.name}.{device}", device=device, tag=model.outputs[0],
+            kind=AlarmKind.HIGH, limit=model.alarm.threshold, on_delay=model.alarm.on_delay,
             severity=model.alarm.severity,
             message=model.alarm.message
             or f"{device}: {model.name} score above {model.alarm.threshold:g}",

@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from edge.agent import Agent, UplinkIdentity  # noqa: E402 - after the path fix-up
+from edge.agent import Agent  # noqa: E402 - after the path fix-up
 from edge.alarms import AlarmEngine  # noqa: E402
 from edge.config import parse_config  # noqa: E402
 from edge.pipeline.derived import DerivedTags  # noqa: E402
@@ -67,7 +67,7 @@ async def bench_pipeline(work: Path) -> dict[str, float]:
     ]
     async with AsyncOutbox(work / "pipeline.db", OutboxSettings(quota_bytes=1 << 30)) as outbox:
         pipeline = Pipeline(
-            outbox=outbox, rbe=ReportByException(default=Deadband(max_silence_s=60)),
+            outbox=outbox, rbe=ReportByException(default=Deadband(heartbeat=60)),
             derived=DerivedTags([]), inference=None, alarms=AlarmEngine([]),
         )  # fmt: skip
         flusher = asyncio.create_task(pipeline.run())
@@ -180,29 +180,29 @@ def aux_tags(count: int) -> list[dict[str, Any]]:
              "type": "float32"} for i in range(count)]  # fmt: skip
 
 
-async def run_agent(config: dict[str, Any], seconds: float,
-                    identity: UplinkIdentity | None = None) -> dict[str, float]:  # fmt: skip
+async def run_agent(config: dict[str, Any], seconds: float) -> dict[str, float]:
     """Run the agent, skip a warm-up, then measure `seconds` of steady state."""
     cfg = parse_config(json.dumps(config), source="bench")  # JSON is YAML, and cheap to write
-    agent = Agent(cfg, identity=identity)
+    agent = Agent(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     await asyncio.wait_for(agent.ready.wait(), 120)
     await asyncio.sleep(min(10.0, seconds / 2))  # connect, subscribe, first polls
-    assert agent.pipeline is not None
-    received, cpu, wall = agent.pipeline.counters.received, time.process_time(), time.perf_counter()
+    rt = agent.runtime
+    received, cpu, wall = rt.pipeline.counters.received, time.process_time(), time.perf_counter()
     await asyncio.sleep(seconds)
-    received = agent.pipeline.counters.received - received
+    received = rt.pipeline.counters.received - received
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     figures = {
         "readings_per_s": received / wall, "core_share": cpu / wall, "per_cpu_s": received / cpu,
         "rss_mb": rss_mb(),
-        "bytes_per_reading": agent.pipeline.counters.committed_bytes
-        / max(agent.pipeline.counters.committed, 1),
-        "overruns": sum(s.driver.counters.overruns for s in agent.slots.values() if s.driver),
+        "bytes_per_reading": rt.pipeline.counters.committed_bytes
+        / max(rt.pipeline.counters.committed, 1),
+        "overruns": sum(s.driver.counters.overruns for s in rt.supervisor.slots.values()
+                        if s.driver),
     }  # fmt: skip
-    status = agent.uplink_status
-    if status is not None:
+    if rt.uplink is not None:
+        status = rt.uplink.status
         figures["latency_p50_s"] = status.latency_p50_s or float("nan")
         figures["latency_p99_s"] = status.latency_p99_s or float("nan")
     stop.set()
@@ -237,15 +237,12 @@ async def bench_10k(work: Path, seconds: float) -> dict[str, float]:
             token_file = work / "token"
             token_file.write_text(token)
 
-            async def minted() -> str:
-                return token
-
             config = {
                 "gateway": {"name": "bench", "state_dir": str(work / "agent10k")},
                 "cloud": {"url": url, "gateway_id": gateway_id, "token_file": str(token_file)},
                 "report": {"every_reading": True}, "local_api": {"port": 0}, "devices": devices,
             }  # fmt: skip
-            return await run_agent(config, seconds, UplinkIdentity(gateway_id, minted))
+            return await run_agent(config, seconds)
 
 
 async def bench_flat_out(work: Path, seconds: float) -> dict[str, float]:

@@ -73,3 +73,17 @@ def test_a_missing_outbox_is_one_line(tmp_path: Path) -> None:
     result = tagway("buffer", "stats", "--outbox", str(tmp_path / "nope.db"))
     assert result.returncode == 1
     assert result.stderr.strip() == f"tagway: error: no outbox at {tmp_path / 'nope.db'}"
+
+
+def test_a_damaged_chunk_in_an_export_is_one_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    outbox_with_data(path)
+    with Outbox(path) as outbox:
+        damaged = outbox.append(b"\x28\xb5\x2f\xfd not a chunk", count=5, lane=Lane.TELEMETRY)
+    result = tagway("buffer", "export", str(tmp_path / "backlog.csv"), "--outbox", str(path))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"tagway: error: {path}: chunk {damaged} is damaged and was not exported"
+    )
+    assert "internal error" not in result.stderr

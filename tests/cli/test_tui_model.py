@@ -13,10 +13,10 @@ from cli.tui.model import (
     RateMeter,
     ReadingsEvent,
     TagHistory,
-    TagValue,
     format_age,
     matches,
 )
+from edge.api_contract import TagValue
 
 
 def reading(ts: int, value: float | str, quality: str = "good") -> TagValue:

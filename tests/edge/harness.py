@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import yaml
 
-from edge.agent import Agent, UplinkIdentity
+from edge.agent import Agent
 from edge.config import AgentConfig, parse_config
+from edge.credentials import UplinkIdentity
 from firmware_sim.model import layout
 from firmware_sim.plant import Plant
 from firmware_sim.register_map import load_map

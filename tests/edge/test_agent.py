@@ -39,8 +39,7 @@ async def test_readings_flow_from_devices_into_the_outbox(tmp_path: Path, plant:
         assert gateway["simulated"] is True
         health = await running.get("/health")
         assert health["status"] == "ok"
-        pipeline = running.agent.pipeline
-        assert pipeline is not None
+        pipeline = running.agent.runtime.pipeline
         received = pipeline.counters.received
 
     # After a clean stop everything received was committed: nothing held in memory is lost.

@@ -18,7 +18,9 @@ def vib(value: float, t: float, quality: Quality = Quality.GOOD) -> Reading:
     return Reading("pump1", "vibration", int(t * S), value, quality, "mm/s")
 
 
-HIGH = AlarmRule("vib_high", "pump1", "vibration", AlarmKind.HIGH, limit=7.1, hysteresis=0.5)
+HIGH = AlarmRule(
+    name="vib_high", device="pump1", tag="vibration", kind=AlarmKind.HIGH, limit=7.1, hysteresis=0.5
+)
 
 
 def transitions(engine: AlarmEngine, readings: list[Reading]) -> list[tuple[Transition, int]]:
@@ -35,7 +37,9 @@ def test_high_limit_with_hysteresis_does_not_chatter() -> None:
 
 
 def test_on_delay_ignores_a_spike_and_raises_a_sustained_excursion() -> None:
-    rule = AlarmRule("vib_high", "pump1", "vibration", AlarmKind.HIGH, limit=7.1, on_delay_s=5)
+    rule = AlarmRule(
+        name="vib_high", device="pump1", tag="vibration", kind=AlarmKind.HIGH, limit=7.1, on_delay=5
+    )
     engine = AlarmEngine([rule])
     assert transitions(engine, [vib(9, 0), vib(5, 1)]) == []  # a 1 s spike
     assert transitions(engine, [vib(9, t) for t in range(2, 7)]) == []  # 4 s so far
@@ -43,7 +47,9 @@ def test_on_delay_ignores_a_spike_and_raises_a_sustained_excursion() -> None:
 
 
 def test_on_delay_elapses_on_the_clock_without_new_readings() -> None:
-    rule = AlarmRule("vib_high", "pump1", "vibration", AlarmKind.HIGH, limit=7.1, on_delay_s=5)
+    rule = AlarmRule(
+        name="vib_high", device="pump1", tag="vibration", kind=AlarmKind.HIGH, limit=7.1, on_delay=5
+    )
     engine = AlarmEngine([rule])
     engine.evaluate([vib(9, 100)])
     assert engine.tick(103 * S) == []
@@ -51,8 +57,10 @@ def test_on_delay_elapses_on_the_clock_without_new_readings() -> None:
 
 
 def test_low_limit_and_rate_of_change() -> None:
-    low = AlarmRule("level_low", "tank1", "level", AlarmKind.LOW, limit=10, hysteresis=2)
-    rate = AlarmRule("level_rate", "tank1", "level", AlarmKind.RATE, limit=1.0)
+    low = AlarmRule(
+        name="level_low", device="tank1", tag="level", kind=AlarmKind.LOW, limit=10, hysteresis=2
+    )
+    rate = AlarmRule(name="level_rate", device="tank1", tag="level", kind=AlarmKind.RATE, limit=1.0)
     engine = AlarmEngine([low, rate])
     lvl = [
         Reading("tank1", "level", t * S, v) for t, v in enumerate([50, 49.5, 45, 44.5, 9, 11, 13])
@@ -76,14 +84,18 @@ def test_bad_values_neither_raise_nor_clear_a_limit_alarm() -> None:
 
 
 def test_bad_quality_for_n_seconds() -> None:
-    rule = AlarmRule("link", "pump1", "vibration", AlarmKind.BAD_QUALITY, on_delay_s=10)
+    rule = AlarmRule(
+        name="link", device="pump1", tag="vibration", kind=AlarmKind.BAD_QUALITY, on_delay=10
+    )
     engine = AlarmEngine([rule])
     got = transitions(engine, [vib(0, t, Quality.BAD) for t in range(0, 12, 2)] + [vib(3, 12)])
     assert got == [(Transition.RAISED, 10), (Transition.CLEARED, 12)]
 
 
 def test_stale_data_raises_on_the_clock_and_clears_on_the_next_reading() -> None:
-    rule = AlarmRule("vib_stale", "pump1", "vibration", AlarmKind.STALE, stale_s=30)
+    rule = AlarmRule(
+        name="vib_stale", device="pump1", tag="vibration", kind=AlarmKind.STALE, stale=30
+    )
     engine = AlarmEngine([rule])
     engine.evaluate([vib(3, 0)])
     assert engine.tick(20 * S) == []

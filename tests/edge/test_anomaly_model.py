@@ -23,7 +23,8 @@ def first_sustained(scores: np.ndarray, threshold: float) -> int | None:
 
 
 async def scores_through_the_pipeline(rows: np.ndarray) -> np.ndarray:
-    spec = ModelSpec("pump_anomaly", pump_anomaly_path(), ("pump1",), PUMP_FEATURES,
+    spec = ModelSpec(name="pump_anomaly", path=pump_anomaly_path(), devices=("pump1",),
+                     inputs=PUMP_FEATURES,
                      outputs=("anomaly_score",))  # fmt: skip
     stage = InferenceStage([spec])
     out: list[float] = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import AgentConfig, ConfigError, load_config, parse_size
+from edge.config import AgentConfig, ConfigError, load_config, parse_config, parse_size
 
 GOOD = """\
 gateway:
@@ -126,3 +126,13 @@ def test_sizes(text: str | int, size: int) -> None:
 def test_bad_size_is_explained(tmp_path: Path) -> None:
     found = issues(tmp_path, GOOD.replace("quota: 2GiB", "quota: lots"))
     assert any("outbox.quota" in f and "is not a size" in f for f in found)
+
+
+def test_the_agent_and_the_outbox_library_agree_on_every_default(tmp_path: Path) -> None:
+    """The agent passes every outbox setting from its config; the library's own defaults (used
+    by tools and tests that open an outbox directly) must not tell a different story."""
+    from edge.agent import outbox_settings  # noqa: PLC0415
+    from store_forward import OutboxSettings  # noqa: PLC0415
+
+    config = parse_config(f"gateway: {{name: gw, state_dir: {tmp_path}}}")
+    assert outbox_settings(config) == OutboxSettings()

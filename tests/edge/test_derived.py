@@ -45,8 +45,18 @@ def test_math_errors_are_expression_errors() -> None:
 def _stage() -> DerivedTags:
     return DerivedTags(
         [
-            DerivedTag("pump1", "flow_lps", Expression.parse("flow / 3.6"), unit="l/s"),
-            DerivedTag("pump1", "power", Expression.parse("current * voltage"), unit="VA"),
+            DerivedTag(
+                device="pump1",
+                tag="flow_lps",
+                expression=Expression.parse("flow / 3.6"),
+                unit="l/s",
+            ),
+            DerivedTag(
+                device="pump1",
+                tag="power",
+                expression=Expression.parse("current * voltage"),
+                unit="VA",
+            ),
         ]
     )
 
@@ -75,7 +85,9 @@ def test_other_devices_do_not_trigger() -> None:
 
 
 def test_failed_arithmetic_is_a_visible_bad_reading() -> None:
-    stage = DerivedTags([DerivedTag("t1", "ratio", Expression.parse("a / b"))])
+    stage = DerivedTags(
+        [DerivedTag(device="t1", tag="ratio", expression=Expression.parse("a / b"))]
+    )
     out = stage([Reading("t1", "a", 1, 1.0), Reading("t1", "b", 1, 0.0)])
     assert out[-1].quality is Quality.BAD
     assert "division by zero" in (out[-1].reason or "")

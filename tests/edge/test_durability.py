@@ -21,7 +21,7 @@ from firmware_sim.plant import Plant
 from store_forward import Lane, Outbox
 from tests.edge.cloud_harness import RunningCloud, bootstrap, serve_cloud
 from tests.edge.harness import modbus_devices, running_agent
-from tests.edge.test_uplink import drain, identity, with_cloud
+from tests.edge.test_uplink import drain, with_cloud
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ async def test_a_long_outage_fills_the_quota_drops_oldest_telemetry_and_counts_i
         cloud={"url": cloud.url, "gateway_id": cloud.gateway_id, "token_file": str(token_file),
                "retry_max_delay": 1.0},
     )  # fmt: skip
-    async with running_agent(config, identity(cloud)) as running:  # the cloud is down
+    async with running_agent(config) as running:  # the cloud is down
 
         async def dropping() -> Any:
             outbox = await running.get("/v1/outbox")

@@ -102,7 +102,8 @@ async def test_pca_model_scores_anomalies_high_and_normal_low(tmp_path: Path) ->
     fit = pca.fit_pca(normal, components=1)
     path = tmp_path / "pca.onnx"
     pca.save(fit, path)
-    spec = ModelSpec("pca", path, ("pump1",), ("flow", "current", "vibration"))
+    spec = ModelSpec(name="pca", path=path, devices=("pump1",),
+                     inputs=("flow", "current", "vibration"))  # fmt: skip
     stage = InferenceStage([spec])
     try:
         ok = await stage([Reading("pump1", t, 1, float(v)) for t, v in zip(

@@ -13,7 +13,7 @@ def r(value: float | str, t: float, quality: Quality = Quality.GOOD, tag: str = 
 
 
 def test_absolute_deadband_measures_from_the_last_reported_value() -> None:
-    rbe = ReportByException({("pump1", "flow"): Deadband(absolute=1.0)})
+    rbe = ReportByException({("pump1", "flow"): Deadband(deadband=1.0)})
     out = rbe([r(10.0, 0), r(10.6, 1), r(11.2, 2), r(11.9, 3), r(10.0, 4)])
     # 10.6 and 11.9 are within 1.0 of the last *reported* 10.0 / 11.2; a slow drift is not lost.
     assert [x.value for x in out] == [10.0, 11.2, 10.0]
@@ -21,19 +21,19 @@ def test_absolute_deadband_measures_from_the_last_reported_value() -> None:
 
 
 def test_percent_deadband() -> None:
-    rbe = ReportByException(default=Deadband(percent=5.0))
+    rbe = ReportByException(default=Deadband(deadband_percent=5.0))
     out = rbe([r(100.0, 0), r(104.0, 1), r(106.0, 2), r(110.0, 3)])
     assert [x.value for x in out] == [100.0, 106.0]  # 110 is within 5 % of 106
 
 
 def test_quality_change_always_passes_even_inside_the_deadband() -> None:
-    rbe = ReportByException(default=Deadband(absolute=100.0))
+    rbe = ReportByException(default=Deadband(deadband=100.0))
     out = rbe([r(1.0, 0), r(1.0, 1, Quality.BAD), r(1.0, 2, Quality.BAD), r(1.0, 3)])
     assert [x.quality for x in out] == [Quality.GOOD, Quality.BAD, Quality.GOOD]
 
 
 def test_heartbeat_reports_an_unchanging_value() -> None:
-    rbe = ReportByException(default=Deadband(absolute=1.0, max_silence_s=60))
+    rbe = ReportByException(default=Deadband(deadband=1.0, heartbeat=60))
     out = rbe([r(5.0, t) for t in range(0, 181, 10)])
     assert [x.ts // S for x in out] == [0, 60, 120, 180]
 
@@ -47,7 +47,7 @@ def test_without_a_deadband_only_repeats_are_dropped() -> None:
 
 
 def test_series_are_independent_and_forget_resets_a_device() -> None:
-    rbe = ReportByException(default=Deadband(absolute=10))
+    rbe = ReportByException(default=Deadband(deadband=10))
     assert len(rbe([r(1.0, 0, tag="a"), r(1.0, 0, tag="b")])) == 2
     assert rbe([r(2.0, 1, tag="a")]) == []
     rbe.forget("pump1")

@@ -89,10 +89,12 @@ def test_a_new_alarm_named_like_a_kept_model_alarm_is_rejected(tmp_path: Path) -
 
 
 def test_alarm_states_survive_new_rules_and_removed_rules_go() -> None:
-    rule = AlarmRule("hot", "p", "t", AlarmKind.HIGH, limit=10)
-    engine = AlarmEngine([rule, AlarmRule("cold", "p", "t", AlarmKind.LOW, limit=0)])
+    rule = AlarmRule(name="hot", device="p", tag="t", kind=AlarmKind.HIGH, limit=10)
+    engine = AlarmEngine(
+        [rule, AlarmRule(name="cold", device="p", tag="t", kind=AlarmKind.LOW, limit=0)]
+    )
     assert engine.evaluate([Reading("p", "t", 1 * S, 50.0, Quality.GOOD)])
-    stricter = AlarmRule("hot", "p", "t", AlarmKind.HIGH, limit=100)
+    stricter = AlarmRule(name="hot", device="p", tag="t", kind=AlarmKind.HIGH, limit=100)
     after = engine.with_rules([stricter])
     assert list(after.alarms) == ["hot"]
     assert after.alarms["hot"].state is AlarmState.ACTIVE  # raised before: still needs an ack
@@ -101,9 +103,9 @@ def test_alarm_states_survive_new_rules_and_removed_rules_go() -> None:
 
 
 def test_new_deadbands_apply_without_resending_unchanged_values() -> None:
-    rbe = ReportByException(default=Deadband(absolute=0.0))
+    rbe = ReportByException(default=Deadband(deadband=0.0))
     assert len(rbe([Reading("p", "t", 1 * S, 10.0, Quality.GOOD)])) == 1
-    rbe.reconfigure({("p", "t"): Deadband(absolute=5.0)}, default=Deadband())
+    rbe.reconfigure({("p", "t"): Deadband(deadband=5.0)}, default=Deadband())
     out = rbe([Reading("p", "t", 2 * S, 10.0, Quality.GOOD), Reading("p", "t", 3 * S, 13.0,
                Quality.GOOD), Reading("p", "t", 4 * S, 16.0, Quality.GOOD)])  # fmt: skip
     assert [r.value for r in out] == [16.0]
@@ -130,7 +132,10 @@ async def test_reload_adds_removes_and_changes_devices_and_leaves_the_others_run
             return all([await tags_of(d) for d in ("pump1", "pump2", "tank1")])
 
         await running.wait_for(all_reading)
-        pump1_driver, tank1_driver = agent.slots["pump1"].driver, agent.slots["tank1"].driver
+        pump1_driver, tank1_driver = (
+            agent.runtime.supervisor.slots["pump1"].driver,
+            agent.runtime.supervisor.slots["tank1"].driver,
+        )
         assert pump1_driver is not None
         assert tank1_driver is not None
         reconnects = pump1_driver.link.reconnects
@@ -145,12 +150,12 @@ async def test_reload_adds_removes_and_changes_devices_and_leaves_the_others_run
             added=("boiler1",), removed=("pump2",), changed=("tank1",), unchanged=("pump1",)
         )
         # The unchanged device kept its driver and its connection.
-        assert agent.slots["pump1"].driver is pump1_driver
+        assert agent.runtime.supervisor.slots["pump1"].driver is pump1_driver
         assert pump1_driver.link.state is ConnectionState.CONNECTED
         assert pump1_driver.link.reconnects == reconnects
         # The changed one was stopped and runs again with the new tags.
         assert tank1_driver.link.state is ConnectionState.CLOSED
-        assert agent.slots["tank1"].driver is not tank1_driver
+        assert agent.runtime.supervisor.slots["tank1"].driver is not tank1_driver
 
         async def new_layout_reading() -> bool:
             return bool(await tags_of("boiler1")) and bool(await tags_of("tank1"))
@@ -167,8 +172,7 @@ async def test_reload_adds_removes_and_changes_devices_and_leaves_the_others_run
             "applied", ["boiler1"], ["pump2"], ["tank1"])  # fmt: skip
         assert gateway["config"]["reloads_applied"] == 1
         assert gateway["config"]["path"] == str(path)
-        pipeline = agent.pipeline
-        assert pipeline is not None
+        pipeline = agent.runtime.pipeline
 
     # Nothing accepted was lost across the reload, the removed device's readings included.
     assert pipeline.counters.committed == pipeline.counters.received
@@ -191,10 +195,10 @@ async def test_an_invalid_file_changes_nothing_and_is_reported(
         agent = running.agent
 
         async def all_connected() -> bool:
-            return all(s.healthy for s in agent.slots.values())
+            return all(s.healthy for s in agent.runtime.supervisor.slots.values())
 
         await running.wait_for(all_connected)
-        before = {name: slot.driver for name, slot in agent.slots.items()}
+        before = {name: slot.driver for name, slot in agent.runtime.supervisor.slots.items()}
         good = path.read_text()
         path.write_text(good + "devicez: []\n")  # a typo, on the file's last line
         bad_line = len(path.read_text().splitlines())
@@ -205,8 +209,10 @@ async def test_an_invalid_file_changes_nothing_and_is_reported(
         assert result.error == (
             f"{path}:{bad_line}: devicez: unknown key (check the spelling; unknown keys are errors)"
         )
-        assert {name: slot.driver for name, slot in agent.slots.items()} == before
-        assert all(s.healthy for s in agent.slots.values())
+        assert {
+            name: slot.driver for name, slot in agent.runtime.supervisor.slots.items()
+        } == before
+        assert all(s.healthy for s in agent.runtime.supervisor.slots.values())
         response = await running.api.get("/health")
         assert response.status_code == 503
         assert any(f"{path}:{bad_line}: devicez" in p for p in response.json()["problems"])
@@ -221,7 +227,9 @@ async def test_an_invalid_file_changes_nothing_and_is_reported(
         assert result.applied
         assert result.devices is not None
         assert result.devices.unchanged == ("pump1", "pump2", "tank1")
-        assert {name: slot.driver for name, slot in agent.slots.items()} == before
+        assert {
+            name: slot.driver for name, slot in agent.runtime.supervisor.slots.items()
+        } == before
         assert (await running.api.get("/health")).status_code == 200
 
 
@@ -240,7 +248,7 @@ async def test_alarms_and_derived_tags_follow_a_reload_and_restart_sections_wait
             return bool(await running.get("/v1/tags?device=pump1&tag=flow"))
 
         await running.wait_for(flowing)
-        driver = agent.slots["pump1"].driver
+        driver = agent.runtime.supervisor.slots["pump1"].driver
         data["gateway"]["name"] = "renamed-gw"
         data["outbox"]["flush_interval"] = 0.2
         data["derived"] = [{"device": "pump1", "tag": "flow_x2", "expression": "flow * 2"}]
@@ -251,7 +259,7 @@ async def test_alarms_and_derived_tags_follow_a_reload_and_restart_sections_wait
         agent.reload_requested.set()  # what SIGHUP does
 
         async def reloaded() -> bool:
-            return agent.reloads.applied == 1
+            return agent.config.reloads.applied == 1
 
         await running.wait_for(reloaded)
 
@@ -267,4 +275,4 @@ async def test_alarms_and_derived_tags_follow_a_reload_and_restart_sections_wait
         assert gateway["name"] == "test-gw"  # the gateway section waits for a restart
         assert gateway["config"]["needs_restart"] == ["gateway", "outbox"]
         assert "config reload needs a restart: gateway, outbox changed" in caplog.text
-        assert agent.slots["pump1"].driver is driver
+        assert agent.runtime.supervisor.slots["pump1"].driver is driver

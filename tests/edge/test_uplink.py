@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from edge.agent import UplinkIdentity
 from edge.config import AgentConfig
 from firmware_sim.plant import Plant
 from protocols.reading import Reading
@@ -18,13 +17,6 @@ from tests.edge.cloud_harness import RunningCloud, bootstrap, serve_cloud
 from tests.edge.harness import RunningAgent, agent_config, modbus_devices, running_agent
 
 pytestmark = pytest.mark.integration
-
-
-def identity(cloud: RunningCloud) -> UplinkIdentity:
-    async def token() -> str:
-        return cloud.gateway_token
-
-    return UplinkIdentity(cloud.gateway_id, token)
 
 
 def with_cloud(tmp_path: Path, plant: Plant | None, cloud: RunningCloud) -> AgentConfig:
@@ -45,14 +37,13 @@ def count_everything(running: RunningAgent) -> Counter[tuple[str, str]]:
     def listener(readings: list[Reading], _events: object) -> None:
         seen.update((r.device, r.tag) for r in readings)
 
-    assert running.agent.pipeline is not None
-    running.agent.pipeline.listeners.append(listener)
+    running.agent.runtime.pipeline.listeners.append(listener)
     return seen
 
 
 async def drain(tmp_path: Path, cloud: RunningCloud) -> None:
     """Run the agent with no devices on the same state until its outbox is empty."""
-    async with running_agent(with_cloud(tmp_path, None, cloud), identity(cloud)) as running:
+    async with running_agent(with_cloud(tmp_path, None, cloud)) as running:
 
         async def empty() -> bool:
             outbox = await running.get("/v1/outbox")
@@ -67,7 +58,7 @@ async def test_every_accepted_reading_reaches_the_cloud_exactly_once(
     async with serve_cloud(tmp_path / "cloud.db") as cloud:
         await bootstrap(cloud)
         config = with_cloud(tmp_path, plant, cloud)
-        async with running_agent(config, identity(cloud)) as running:
+        async with running_agent(config) as running:
             seen = count_everything(running)
 
             async def sent_some() -> bool:
@@ -87,7 +78,7 @@ async def test_cloud_down_then_back_drains_the_backlog_without_loss(
         await bootstrap(cloud)
         port = int(cloud.url.rsplit(":", 1)[1])
     config = with_cloud(tmp_path, plant, cloud)
-    async with running_agent(config, identity(cloud)) as running:
+    async with running_agent(config) as running:
         seen = count_everything(running)
 
         async def failing() -> bool:
@@ -119,7 +110,7 @@ async def test_500s_429_and_a_refused_batch(tmp_path: Path, plant: Plant) -> Non
         cloud.faults.fail_next(429, **{"Retry-After": "1"})
         cloud.faults.fail_next(422)
         config = with_cloud(tmp_path, plant, cloud)
-        async with running_agent(config, identity(cloud)) as running:
+        async with running_agent(config) as running:
             seen = count_everything(running)
 
             async def past_the_faults() -> bool:
@@ -150,7 +141,7 @@ async def test_live_data_keeps_flowing_while_a_backlog_drains(tmp_path: Path, pl
         cloud={"url": cloud.url, "gateway_id": cloud.gateway_id, "token_file": str(token_file),
                "retry_max_delay": 0.5, "max_batch_bytes": 2_000, "max_batches_per_s": 20},
     )  # fmt: skip
-    async with running_agent(config, identity(cloud)) as running:
+    async with running_agent(config) as running:
 
         async def backlog() -> bool:
             outbox = await running.get("/v1/outbox")

@@ -1,0 +1,342 @@
+"""The local API's contract: one pydantic model per answer, shared by the agent and its clients.
+
+The local API declares these as `response_model` (so its OpenAPI, served at `/docs` and
+`/openapi.json`, is this module), and the TUI and every `tagway` command that talks to the agent
+parse the answers with them. Changing a field is a type error in every user, not a broken screen.
+
+Rules for changing it (other engineers add fields here):
+- A new field gets a default, so a newer client still reads an older agent.
+- Answers ignore fields they do not know (`extra="ignore"`), so an older client reads a newer
+  agent. Requests forbid unknown fields: a typo in a write must not be silently dropped.
+- A new answer is a new model here plus the route's `response_model`; derived views a client
+  computes (`Outbox.backlog_readings`) are properties on the model, not repeated per client.
+
+Routes::
+
+    GET  /health                      Health (503 when degraded, same body)
+    GET  /v1/gateway                  Gateway
+    GET  /v1/drivers                  list[Driver]
+    GET  /v1/tags                     list[TagValue]   (?device=&tag=)
+    GET  /v1/alarms                   list[Alarm];  POST /v1/alarms/{name}/ack -> AckResult
+    GET  /v1/outbox                   Outbox;  POST /v1/outbox/requeue-quarantine -> Requeued
+    GET  /v1/uplink                   Uplink
+    GET  /v1/dead-letters             DeadLetters      (?limit=)
+    POST /v1/write                    WriteRequest -> WriteResult
+    GET  /v1/stream                   server-sent events: `reading` (list[TagValue]) and
+                                      `alarm` (list[AlarmChange])
+    GET  /metrics                     Prometheus text format
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+Value = float | int | bool | str | None
+"""A tag value as JSON carries it (null: not a finite number, see `TagValue.reason`)."""
+
+QualityWord = Literal["good", "uncertain", "bad"]
+
+_ANSWER: Final = ConfigDict(frozen=True, extra="ignore")
+_REQUEST: Final = ConfigDict(frozen=True, extra="forbid")
+
+
+class Answer(BaseModel):
+    """Base of the answers: frozen, unknown fields ignored."""
+
+    model_config = _ANSWER
+
+
+# ------------------------------------------------------------------------------------- health
+
+
+class Health(Answer):
+    """`GET /health`: ok, or degraded with the reasons (then HTTP 503)."""
+
+    status: Literal["ok", "degraded", "unknown"] = "unknown"
+    problems: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------------ gateway
+
+
+class ReloadOutcome(Answer):
+    """One config reload, as `ReloadResult` records it."""
+
+    at: float
+    outcome: Literal["applied", "rejected"]
+    error: str | None = None
+    needs_restart: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+
+class ConfigStatus(Answer):
+    """The config file and its reloads since start."""
+
+    path: str | None = None
+    reloads_applied: int = 0
+    reloads_rejected: int = 0
+    needs_restart: tuple[str, ...] = ()
+    last_reload: ReloadOutcome | None = None
+
+
+class Gateway(Answer):
+    """`GET /v1/gateway`: who this agent is."""
+
+    name: str = "?"
+    gateway_id: str | None = None
+    version: str = "?"
+    simulated: bool = False
+    uptime_s: float = 0.0
+    cloud: str | None = None
+    config: ConfigStatus = ConfigStatus()
+
+
+# ------------------------------------------------------------------------------------ drivers
+
+
+class Driver(Answer):
+    """One device of `GET /v1/drivers`."""
+
+    name: str
+    protocol: str = "?"
+    state: str = "unknown"
+    simulated: bool = False
+    since: float | None = None
+    reconnects: int = 0
+    last_error: str | None = None
+    restarts: int = 0
+    crashes: int = 0
+    counters: Mapping[str, int] = {}
+
+    def counter(self, name: str) -> int:
+        """A counter by name, 0 when this driver does not keep it."""
+        return int(self.counters.get(name, 0))
+
+
+# ------------------------------------------------------------------------------ tags, alarms
+
+
+class TagValue(Answer):
+    """A latest value (`GET /v1/tags`) or a reading of the live stream."""
+
+    device: str
+    tag: str
+    ts: int  # microseconds since the epoch, UTC
+    value: Value = None
+    quality: QualityWord = "good"
+    unit: str | None = None
+    simulated: bool = False
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        """`device.tag`, the name a plant engineer types."""
+        return f"{self.device}.{self.tag}"
+
+
+class Alarm(Answer):
+    """One alarm rule and its state (`GET /v1/alarms`)."""
+
+    name: str
+    device: str = ""
+    tag: str = ""
+    kind: str = ""
+    severity: str = "medium"
+    message: str = ""
+    state: str = "normal"  # normal | active | acked | cleared
+    active: bool = False
+    raised_at: int | None = None
+    acked_at: int | None = None
+    cleared_at: int | None = None
+    value: Value = None
+
+    @property
+    def needs_ack(self) -> bool:
+        """Raised (or raised and cleared) and nobody has acknowledged it yet."""
+        return self.state in {"active", "cleared"} and self.acked_at is None
+
+
+class AlarmChange(Answer):
+    """An alarm transition of the live stream."""
+
+    rule: str
+    device: str = ""
+    tag: str = ""
+    kind: str = ""
+    severity: str = "medium"
+    transition: str = ""  # raised | cleared | acked
+    state: str = ""
+    ts: int = 0
+    value: Value = None
+    message: str = ""
+
+
+class AckResult(Answer):
+    """`POST /v1/alarms/{name}/ack`: False when there was nothing to acknowledge."""
+
+    acknowledged: bool
+    alarm: str
+
+
+# ------------------------------------------------------------------------------------- outbox
+
+
+class Lane(Answer):
+    """One outbox lane (alarm, event, telemetry)."""
+
+    chunks: int = 0
+    readings: int = 0
+    bytes: int = 0
+    oldest_age_s: float | None = None
+    leased_chunks: int = 0
+    dropped_chunks: int = 0
+    dropped_readings: int = 0
+    quarantined_chunks: int = 0
+    quarantined_readings: int = 0
+    quarantined_bytes: int = 0
+
+
+class Recovery(Answer):
+    """A damaged outbox file that was moved aside."""
+
+    at: float
+    moved_to: str
+    reason: str
+
+
+class PipelineCounters(Answer):
+    """What went through the pipeline since start."""
+
+    received: int = 0
+    suppressed: int = 0
+    derived: int = 0
+    committed: int = 0
+    committed_bytes: int = 0
+    chunks: int = 0
+    alarm_events: int = 0
+    dropped: int = 0
+    flush_errors: int = 0
+    last_flush_error: str | None = None
+
+
+class Outbox(Answer):
+    """`GET /v1/outbox`: the durable buffer and what the pipeline put into it."""
+
+    used_bytes: int = 0
+    quota_bytes: int = 0
+    file_bytes: int = 0
+    leased_chunks: int = 0
+    dropped_readings: int = 0
+    buffered_readings: int = 0
+    lanes: Mapping[str, Lane] = {}
+    recoveries: tuple[Recovery, ...] = ()
+    pipeline: PipelineCounters = PipelineCounters()
+
+    @property
+    def backlog_readings(self) -> int:
+        """Readings waiting to be sent, all lanes."""
+        return sum(lane.readings for lane in self.lanes.values())
+
+    @property
+    def oldest_age_s(self) -> float | None:
+        """Age of the oldest waiting chunk, any lane."""
+        ages = [lane.oldest_age_s for lane in self.lanes.values() if lane.oldest_age_s is not None]
+        return max(ages) if ages else None
+
+    @property
+    def quarantined_readings(self) -> int:
+        """Readings the cloud refused, kept aside for a requeue."""
+        return sum(lane.quarantined_readings for lane in self.lanes.values())
+
+    @property
+    def used_fraction(self) -> float:
+        """Use against the quota, 0..1."""
+        return self.used_bytes / self.quota_bytes if self.quota_bytes else 0.0
+
+
+class Requeued(Answer):
+    """`POST /v1/outbox/requeue-quarantine`: how many chunks went back into the queue."""
+
+    requeued: int
+
+
+# ------------------------------------------------------------------------------------- uplink
+
+
+class Uplink(Answer):
+    """`GET /v1/uplink`: the sending side; `configured` is False on an offline gateway."""
+
+    configured: bool = False
+    state: Literal["idle", "sending", "backoff", "stopped", "offline"] = "offline"
+    last_success: float | None = None
+    last_error: str | None = None
+    batches_sent: int = 0
+    readings_sent: int = 0
+    duplicates: int = 0
+    quarantined_chunks: int = 0
+    retries: int = 0
+    token_renewals: int = 0
+    send_rate: float = 0.0
+    """Readings the cloud acknowledged per second, over the last minute."""
+    backlog_readings: int = 0
+    backlog_age_s: float | None = None
+    """Age of the oldest chunk still waiting to be sent, None when nothing waits."""
+    latency_p50_s: float | None = None
+    latency_p99_s: float | None = None
+
+
+# ------------------------------------------------------------------------------- dead letters
+
+
+class DeadLetter(Answer):
+    """An MQTT message that could not be turned into readings."""
+
+    received_us: int
+    topic: str
+    device: str | None = None
+    reason: str
+    size: int
+    head: str = ""
+
+
+class DeadLetters(Answer):
+    """`GET /v1/dead-letters`: the total since the file was created, and the newest ones."""
+
+    total: int = 0
+    recent: tuple[DeadLetter, ...] = ()
+
+
+# -------------------------------------------------------------------------------------- write
+
+
+class WriteRequest(BaseModel):
+    """`POST /v1/write`: a setpoint to write through the device's driver."""
+
+    model_config = _REQUEST
+
+    device: str
+    tag: str
+    value: float | int | bool | str
+
+
+class WriteResult(Answer):
+    """The write was done and read back by the driver."""
+
+    written: bool
+    device: str
+    tag: str
+    value: float | int | bool | str
+
+
+# --------------------------------------------------------------------------- list adapters
+
+DRIVERS: Final = TypeAdapter(tuple[Driver, ...])
+TAGS: Final = TypeAdapter(tuple[TagValue, ...])
+ALARMS: Final = TypeAdapter(tuple[Alarm, ...])
+ALARM_CHANGES: Final = TypeAdapter(tuple[AlarmChange, ...])

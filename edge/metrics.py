@@ -1,0 +1,116 @@
+"""The agent's Prometheus metrics: one registry per agent, written by `prometheus_client`.
+
+The figures already live where they are counted (pipeline counters, driver counters, the uplink's
+status, the outbox's stats), so a custom collector reads them at scrape time instead of keeping a
+second copy in sync. The library writes the text format, label values escaped: a device may be
+named `pump "A"\\1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from edge.runtime import Runtime
+from store_forward import OutboxStats
+
+Metric = CounterMetricFamily | GaugeMetricFamily
+
+
+class AgentMetrics(Collector):
+    """The metrics of one running agent.
+
+    Args:
+        runtime: the agent's resources, read at every scrape.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._outbox: OutboxStats | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    async def exposition(self) -> bytes:
+        """The text format of every metric, with fresh outbox figures."""
+        self._outbox = await self._runtime.outbox.stats()
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by the registry at each scrape."""
+        yield from self._pipeline()
+        yield from self._drivers()
+        yield from self._reloads()
+        yield from self._outbox_figures()
+        yield from self._uplink()
+
+    def _pipeline(self) -> Iterator[Metric]:
+        c = self._runtime.pipeline.counters
+        for name, value, doc in (
+            ("readings_received", c.received, "readings delivered by drivers"),
+            ("readings_committed", c.committed, "readings committed to the outbox"),
+            ("readings_suppressed", c.suppressed, "readings filtered by deadband"),
+            ("readings_dropped", c.dropped, "readings refused with a full buffer"),
+        ):
+            yield CounterMetricFamily(f"tagway_{name}", doc, value=value)
+
+    def _drivers(self) -> Iterator[Metric]:
+        connected = GaugeMetricFamily(
+            "tagway_driver_connected", "1 when the device link is up", labels=["device"]
+        )
+        restarts = CounterMetricFamily(
+            "tagway_driver_restarts", "driver restarts", labels=["device"]
+        )
+        for name, slot in self._runtime.supervisor.slots.items():
+            connected.add_metric([name], 1 if slot.healthy else 0)
+            restarts.add_metric([name], slot.restarts)
+        yield connected
+        yield restarts
+
+    def _reloads(self) -> Iterator[Metric]:
+        reloads = self._runtime.config.reloads
+        family = CounterMetricFamily(
+            "tagway_config_reloads", "config reloads (SIGHUP)", labels=["outcome"]
+        )
+        family.add_metric(["applied"], reloads.applied)
+        family.add_metric(["rejected"], reloads.rejected)
+        yield family
+
+    def _outbox_figures(self) -> Iterator[Metric]:
+        stats = self._outbox
+        if stats is None:
+            return
+        yield GaugeMetricFamily(
+            "tagway_outbox_used_bytes", "payload bytes in the outbox", value=stats.used_bytes
+        )
+        yield GaugeMetricFamily(
+            "tagway_outbox_quota_bytes", "outbox quota", value=stats.quota_bytes
+        )
+        chunks = GaugeMetricFamily("tagway_outbox_chunks", "chunks waiting", labels=["lane"])
+        dropped = CounterMetricFamily(
+            "tagway_outbox_dropped_readings", "readings dropped by the quota policy",
+            labels=["lane"],
+        )  # fmt: skip
+        for lane, figures in stats.lanes.items():
+            chunks.add_metric([lane.value], figures.chunks)
+            dropped.add_metric([lane.value], figures.dropped_readings)
+        yield chunks
+        yield dropped
+
+    def _uplink(self) -> Iterator[Metric]:
+        uplink = self._runtime.uplink
+        if uplink is None:
+            return
+        status = uplink.status
+        yield CounterMetricFamily(
+            "tagway_uplink_batches_sent", "batches acknowledged", value=status.batches_sent
+        )
+        yield CounterMetricFamily(
+            "tagway_uplink_readings_sent", "readings acknowledged", value=status.readings_sent
+        )
+        yield CounterMetricFamily(
+            "tagway_uplink_token_renewals", "tokens renewed after a 401",
+            value=status.token_renewals,
+        )  # fmt: skip

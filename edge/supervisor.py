@@ -1,0 +1,155 @@
+"""The supervisor: one named task per configured device, each restarted with capped, jittered
+backoff when its driver fails, so one failing device never stops another.
+
+`_supervise` is the one place in the agent that catches broad exceptions: it logs and counts what
+it caught, and restarts the driver. Drivers, the MQTT broker and onnxruntime are imported where
+they are first needed: a gateway that reads only Modbus does not pay the memory of asyncua and
+amqtt (tens of MB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import assert_never
+
+from edge.config import Device, ModbusDevice, MqttSource, OpcUaDevice
+from edge.dead_letters import DeadLetterStore
+from protocols.backoff import Backoff, BackoffPolicy
+from protocols.driver import ConnectionState, Driver, Sink
+from protocols.reading import Value
+
+log = logging.getLogger(__name__)
+
+_GOOD_RUN_S = 60.0  # a driver that ran this long before failing starts its backoff small again
+
+
+@dataclass(slots=True)
+class DriverSlot:
+    """One configured device and the driver currently serving it."""
+
+    config: Device
+    driver: Driver | None = None  # None between a failure and the restart
+    restarts: int = 0
+    crashes: int = 0
+    last_crash: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        """The device name."""
+        return self.config.name
+
+    @property
+    def state(self) -> str:
+        """The link state, or `stopped` between restarts."""
+        return self.driver.link.state.value if self.driver is not None else "stopped"
+
+    @property
+    def healthy(self) -> bool:
+        """Connected right now."""
+        return self.driver is not None and self.driver.link.state is ConnectionState.CONNECTED
+
+
+class DeviceNotRunning(LookupError):
+    """A write named a device that has no running driver."""
+
+
+class Supervisor:
+    """Runs the devices' drivers in `group`, delivering their readings to `sink`.
+
+    Args:
+        group: the agent's task group; each driver runs in it as task `driver:<name>`.
+        sink: where drivers deliver readings (the pipeline's `accept`).
+        dead_letters: where MQTT sources put messages they cannot decode.
+        backoff: the restart policy for failed drivers.
+    """
+
+    def __init__(
+        self,
+        *,
+        group: asyncio.TaskGroup,
+        sink: Sink,
+        dead_letters: DeadLetterStore,
+        backoff: BackoffPolicy,
+    ) -> None:
+        self.slots: dict[str, DriverSlot] = {}
+        self._group = group
+        self._sink = sink
+        self._dead_letters = dead_letters
+        self._backoff = backoff
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, devices: Iterable[Device]) -> None:
+        """Start a supervised driver for each device (replacing a slot of the same name)."""
+        for device in devices:
+            slot = self.slots[device.name] = DriverSlot(device)
+            self._tasks[slot.name] = self._group.create_task(
+                self._supervise(slot), name=f"driver:{slot.name}"
+            )
+
+    async def stop(self, names: Iterable[str], *, forget: bool = False) -> None:
+        """Stop these devices' drivers: cancel, and wait until they have closed. With `forget`,
+        their slots go too (a device removed from the config)."""
+        tasks = [self._tasks.pop(name) for name in names if name in self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if forget:
+            for name in names:
+                self.slots.pop(name, None)
+
+    async def stop_all(self) -> None:
+        """Stop every driver (shutdown: drivers stop before the pipeline's last flush)."""
+        await self.stop(tuple(self._tasks))
+
+    async def write(self, device: str, tag: str, value: Value) -> None:
+        """Write a setpoint through the device's running driver.
+
+        Raises:
+            DeviceNotRunning: no such device, or its driver is between restarts.
+            ProtocolError: the driver refused or the device did not confirm.
+        """
+        slot = self.slots.get(device)
+        if slot is None or slot.driver is None:
+            raise DeviceNotRunning(f"device {device!r} is not running")
+        await slot.driver.write(tag, value)
+
+    async def _supervise(self, slot: DriverSlot) -> None:
+        """Run one driver forever; restart it with backoff when it fails."""
+        backoff = Backoff(self._backoff)
+        while True:
+            driver = self._build_driver(slot.config)
+            slot.driver = driver
+            started = time.monotonic()
+            try:
+                async with driver:
+                    await driver.run(self._sink)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the supervisor is where failures stop
+                slot.crashes += 1
+                slot.last_crash = f"{type(exc).__name__}: {exc}"
+                log.exception("driver %s failed; restarting", slot.name)
+            if time.monotonic() - started > _GOOD_RUN_S:
+                backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
+            slot.restarts += 1
+
+    def _build_driver(self, device: Device) -> Driver:
+        if isinstance(device, ModbusDevice):
+            from protocols.modbus.driver import ModbusDriver  # noqa: PLC0415 - see the top
+
+            return ModbusDriver(device)
+        if isinstance(device, OpcUaDevice):
+            from protocols.opcua.driver import OpcUaDriver  # noqa: PLC0415
+
+            return OpcUaDriver(device)
+        if isinstance(device, MqttSource):
+            from protocols.mqtt.driver import MqttDriver  # noqa: PLC0415
+
+            return MqttDriver(device, dead_letters=self._dead_letters.put)
+        assert_never(device)
