@@ -9,10 +9,15 @@ What the cloud says decides what happens to the chunks:
 
     2xx                 ack: the chunks are deleted for good
     422, 413 (1 chunk)  quarantine: kept, counted, visible; the queue moves on
-    413 (many chunks)   release, and lease fewer chunks next time
+    413 (many chunks)   release, and lease half as many chunks next time
+    401                 renew the token and retry at once, one time; then as below
     429, 503            wait for Retry-After, then retry the same batch
-    401, 403            renew the token, back off, retry (the data is not at fault)
     other / no answer   capped, jittered exponential backoff, retry the same batch
+                        (403 too: the data is not at fault, a person must act)
+
+The retry policy is tenacity's (`AsyncRetrying`, full-jitter exponential wait capped at the
+config's `retry_max_delay`, Retry-After taking precedence): the same bytes are posted until the
+cloud settles them, however long that takes.
 
 Alarms and events always go first. A telemetry backlog drains oldest-first while every other batch
 is leased newest-first, so live data keeps flowing during a long drain. `max_batches_per_s` caps
@@ -33,13 +38,20 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
 
 from cloud.contract import BATCH_VERSION, MSGPACK, encode_data
 from edge import chunk
 from edge.credentials import UplinkIdentity
 from edge.errors import EdgeError
 from edge.seq_state import SeqState
-from protocols.backoff import Backoff, BackoffPolicy
 from store_forward import Lane, Lease, OutboxStats
 
 _LATENCY_SAMPLES = 500  # readings sampled per batch for the latency percentiles
@@ -47,7 +59,7 @@ _RATE_WINDOW_S = 60.0  # the send rate is readings acknowledged over the last mi
 
 log = logging.getLogger(__name__)
 
-TokenSource = Callable[[], Awaitable[str]]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class LeaseSource(Protocol):
@@ -129,13 +141,25 @@ class RetryLater(UplinkError):
     Args:
         message: what happened.
         retry_after: seconds the cloud asked us to wait, if it did.
-        auth: True when the token was refused (renew it before retrying).
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, auth: bool = False):
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self.auth = auth
+
+
+class _RetryAfterOr(wait_base):
+    """Wait what the cloud's Retry-After said, or else what `otherwise` says."""
+
+    def __init__(self, otherwise: wait_base) -> None:
+        self._otherwise = otherwise
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        if isinstance(failure, RetryLater) and failure.retry_after is not None:
+            return failure.retry_after
+        return float(self._otherwise(retry_state))
 
 
 def build_batch(
@@ -182,6 +206,7 @@ class Uplink:
         identity: the gateway id's token source, renewed after a 401.
         seq_state: the durable seq counter.
         client: an httpx client; one is created when not given.
+        sleep: how to wait between retries and paced batches (tests pass a recorder).
     """
 
     def __init__(
@@ -192,6 +217,7 @@ class Uplink:
         identity: UplinkIdentity,
         seq_state: SeqState,
         client: httpx.AsyncClient | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.status = UplinkStatus()
@@ -204,7 +230,7 @@ class Uplink:
         self._latencies: deque[list[float]] = deque(maxlen=20)  # samples of recent batches
         self._acked: deque[tuple[float, int]] = deque()  # (monotonic time, readings) per 2xx
         self._started = time.monotonic()
-        self._backoff = Backoff(BackoffPolicy(base=0.5, cap=settings.retry_max_delay))
+        self._sleep = sleep
         self.wake = asyncio.Event()  # set by the pipeline after each flush
 
     async def run(self) -> None:
@@ -221,7 +247,7 @@ class Uplink:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), self.settings.idle_poll_s)
                 elif self.settings.max_batches_per_s > 0:
-                    await asyncio.sleep(1.0 / self.settings.max_batches_per_s)
+                    await self._sleep(1.0 / self.settings.max_batches_per_s)
         finally:
             self.status.state = UplinkState.STOPPED
             if own:
@@ -308,34 +334,42 @@ class Uplink:
                 delta[lane.value] = new
         return delta
 
+    def _retrying(self) -> AsyncRetrying:
+        """The retry policy: forever, full-jitter exponential waits, Retry-After first."""
+        return AsyncRetrying(
+            retry=retry_if_exception_type(RetryLater),
+            wait=_RetryAfterOr(
+                wait_random_exponential(multiplier=0.5, max=self.settings.retry_max_delay)
+            ),
+            stop=stop_never,
+            sleep=self._sleep,
+            before_sleep=self._backing_off,
+            reraise=True,
+        )
+
+    def _backing_off(self, retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        self.status.state = UplinkState.BACKOFF
+        self.status.last_error = str(failure)
+        self.status.retries += 1
+        log.warning("uplink: %s; retrying in %.1f s", failure, retry_state.upcoming_sleep)
+
     async def _post_until_settled(
         self, client: httpx.AsyncClient, body: bytes, chunks: int
     ) -> bool:
         """POST the same body until the cloud settles it; True if it was a duplicate."""
-        self._backoff.reset()
-        while True:
-            try:
-                return await self._post(client, body, chunks)
-            except RetryLater as exc:
-                self.status.state = UplinkState.BACKOFF
-                self.status.last_error = str(exc)
-                self.status.retries += 1
-                delay = (
-                    exc.retry_after if exc.retry_after is not None else self._backoff.next_delay()
-                )
-                log.warning("uplink: %s; retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+        settled: bool = await self._retrying()(self._post, client, body, chunks)
+        return settled
 
     async def _post(self, client: httpx.AsyncClient, body: bytes, chunks: int) -> bool:
-        headers = {
-            "Authorization": f"Bearer {await self._identity.token()}",
-            "Content-Type": MSGPACK,
-            "Content-Encoding": "zstd",
-        }
-        try:
-            response = await client.post(self.settings.ingest_url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise RetryLater(f"cannot reach the cloud: {type(exc).__name__}: {exc}") from exc
+        response = await self._send(client, body)
+        if response.status_code == 401:
+            # The token expired in flight, or the cloud's clock moved: a fresh token is worth
+            # one immediate try before the batch backs off like any other failure.
+            self._identity.renew()
+            self.status.token_renewals += 1
+            response = await self._send(client, body)
         code = response.status_code
         if 200 <= code < 300:
             return bool(_json(response).get("duplicate", False))
@@ -344,9 +378,18 @@ class Uplink:
             raise _TooLarge(reason)
         if code in (413, 422):
             raise Refused(reason)
-        if code in (401, 403):
-            raise RetryLater(reason, auth=True)
         raise RetryLater(reason, retry_after=_retry_after(response))
+
+    async def _send(self, client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {await self._identity.token()}",
+            "Content-Type": MSGPACK,
+            "Content-Encoding": "zstd",
+        }
+        try:
+            return await client.post(self.settings.ingest_url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"cannot reach the cloud: {type(exc).__name__}: {exc}") from exc
 
 
 class _TooLarge(UplinkError):

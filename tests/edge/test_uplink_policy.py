@@ -1,0 +1,197 @@
+"""The uplink's policy as a unit: an in-memory outbox and `httpx.MockTransport` playing the
+cloud. What each answer does to the leased chunks, the token, the waits and the batch size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloud.contract import decode_batch
+from edge.chunk import encode
+from edge.credentials import UplinkIdentity
+from edge.seq_state import SeqState
+from edge.uplink import Uplink, UplinkSettings
+from protocols.reading import Reading
+from tests.edge.memory_outbox import MemoryOutbox
+
+T0 = 1_795_000_000_000_000
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Cloud:
+    """Answers from a script (then 200), and remembers every request."""
+
+    def __init__(self, *answers: httpx.Response) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.answers:
+            return self.answers.pop(0)
+        return httpx.Response(200, json={"duplicate": False, "stored": 1})
+
+    def batch_readings(self, i: int) -> list[float]:
+        """The values of request `i`, in the order the batch carries them."""
+        request = self.requests[i]
+        batch = decode_batch(request.content, content_type=request.headers["content-type"],
+                             content_encoding=request.headers.get("content-encoding"))  # fmt: skip
+        return [float(v) for s in batch.series for v in s.values]
+
+    def tokens(self) -> list[str]:
+        return [r.headers["authorization"].removeprefix("Bearer ") for r in self.requests]
+
+
+class Tokens:
+    """A token source that mints `token-1`, `token-2`... each time it is renewed."""
+
+    def __init__(self) -> None:
+        self.generation = 1
+
+    async def token(self) -> str:
+        return f"token-{self.generation}"
+
+    def renew(self) -> None:
+        self.generation += 1
+
+
+def fill(box: MemoryOutbox, chunks: int, *, per_chunk: int = 3, first: int = 0) -> None:
+    """`chunks` telemetry chunks whose values number the readings from `first` on."""
+    for c in range(chunks):
+        values = range(first + c * per_chunk, first + (c + 1) * per_chunk)
+        payload = encode([Reading("pump1", "flow", T0 + v, float(v)) for v in values])
+        box.put(payload, per_chunk)
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+def uplink(
+    tmp_path: Path, box: MemoryOutbox, cloud: Cloud, sleeps: list[float], *, max_chunks: int = 64
+) -> tuple[Uplink, httpx.AsyncClient]:
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    source = Tokens()
+    settings = UplinkSettings(
+        ingest_url="http://cloud.test/v1/ingest", gateway_id="17", max_batch_bytes=1 << 20,
+        max_batches_per_s=0, connect_timeout=1.0, read_timeout=1.0, retry_max_delay=4.0,
+        max_chunks=max_chunks,
+    )  # fmt: skip
+    identity = UplinkIdentity(gateway_id="17", token=source.token, renew=source.renew)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(cloud))
+    link = Uplink(settings=settings, outbox=box, identity=identity,
+                  seq_state=SeqState.load(tmp_path / "seq.json"), client=client,
+                  sleep=sleep)  # fmt: skip
+    return link, client
+
+
+async def test_413_for_many_chunks_releases_them_and_halves_the_batch(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 8)
+    cloud = Cloud(httpx.Response(413, json={"error": {"code": "payload_too_large"}}))
+    link, client = uplink(tmp_path, box, cloud, sleeps, max_chunks=8)
+    async with client:
+        assert await link.send_once(client)
+        assert (len(box.acked), len(box.waiting()), box.quarantined) == (0, 8, [])
+        assert await link.send_once(client)  # half as many chunks: 4 of 3 readings
+        assert len(cloud.batch_readings(1)) == 12
+        assert len(box.acked) == 4
+        assert await link.send_once(client)  # after a success the batch grows again
+        assert len(cloud.batch_readings(2)) == 12  # the 4 chunks left
+    assert box.waiting() == []
+    assert sleeps == []
+
+
+async def test_413_or_422_for_one_chunk_quarantines_it_and_the_queue_moves_on(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 2)
+    error = {"code": "invalid_batch", "message": "series[0].ts: bad"}
+    cloud = Cloud(httpx.Response(422, json={"error": error}))
+    link, client = uplink(tmp_path, box, cloud, sleeps, max_chunks=1)
+    async with client:
+        await link.send_once(client)
+        await link.send_once(client)
+    ((chunk, reason),) = box.quarantined
+    assert reason == "HTTP 422: invalid_batch: series[0].ts: bad"
+    assert link.status.quarantined_chunks == 1
+    assert [c.id for c in box.acked] != [chunk.id]
+    assert len(box.acked) == 1
+
+
+async def test_401_renews_the_token_and_retries_at_once(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 1)
+    cloud = Cloud(httpx.Response(401, json={"error": {"code": "token_expired"}}))
+    link, client = uplink(tmp_path, box, cloud, sleeps)
+    async with client:
+        assert await link.send_once(client)
+    assert cloud.tokens() == ["token-1", "token-2"]
+    assert cloud.requests[0].content == cloud.requests[1].content  # the same batch, same seq
+    assert sleeps == []  # no backoff for a renewed token
+    assert (link.status.token_renewals, link.status.retries, len(box.acked)) == (1, 0, 1)
+
+
+async def test_a_401_that_renewal_does_not_cure_backs_off_then_retries(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 1)
+    refused = httpx.Response(401, json={"error": {"code": "gateway_revoked"}})
+    cloud = Cloud(refused, refused, refused)
+    link, client = uplink(tmp_path, box, cloud, sleeps)
+    async with client:
+        assert await link.send_once(client)
+    assert cloud.tokens() == ["token-1", "token-2", "token-2", "token-3"]
+    (slept,) = sleeps
+    assert 0 <= slept <= 4.0  # capped by retry_max_delay
+    assert link.status.retries == 1
+    assert link.status.last_error == "HTTP 401: gateway_revoked: "
+
+
+async def test_429_waits_for_retry_after_and_posts_the_same_bytes(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 2)
+    cloud = Cloud(httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(503))
+    link, client = uplink(tmp_path, box, cloud, sleeps)
+    async with client:
+        assert await link.send_once(client)
+    assert sleeps[0] == 7.0
+    assert 0 <= sleeps[1] <= 4.0  # no Retry-After: the jittered backoff
+    assert len({r.content for r in cloud.requests}) == 1
+    assert (link.status.retries, len(box.acked)) == (2, 2)
+
+
+async def test_live_data_interleaves_with_a_draining_backlog(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 10, per_chunk=1)  # the backlog: readings 0..9
+    cloud = Cloud()
+    link, client = uplink(tmp_path, box, cloud, sleeps, max_chunks=2)
+    async with client:
+        for i in range(6):
+            fill(box, 1, per_chunk=1, first=100 + i)  # one live reading arrives per batch
+            await link.send_once(client)
+    batches = [cloud.batch_readings(i) for i in range(6)]
+    # Oldest-first and newest-first batches alternate: the backlog drains in order while every
+    # live reading goes out within two batches of arriving.
+    assert batches[0::2] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    sent = [v for b in batches for v in b]
+    for i in range(6):
+        arrived = 100.0 + i
+        assert arrived in batches[i] or arrived in batches[min(i + 1, 5)], (arrived, batches)
+    assert len(sent) == len(set(sent))
