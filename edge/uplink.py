@@ -1,8 +1,9 @@
 """The uplink: from the outbox to the cloud, exactly once.
 
-Loop: lease chunks (alarms first, then events, then telemetry) up to a byte limit, build ONE batch
-with the gateway's next `seq`, encode it (msgpack + zstd), POST it with the gateway token, and ack
-the lease only on a 2xx. The same bytes under the same seq are retried until the cloud answers, so
+Loop: lease chunks (alarms first, then events, then telemetry) up to a byte limit, post them as ONE
+batch with the gateway's next `seq` (a small header and the chunks as they are in the outbox:
+`cloud.contract.chunked`, nothing decoded or re-encoded), with the gateway token, and ack the lease
+only on a 2xx. The same bytes under the same seq are retried until the cloud answers, so
 a retry is always harmless: the cloud stores a batch once per (gateway, seq).
 
 What the cloud says decides what happens to the chunks:
@@ -47,8 +48,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from cloud.contract import BATCH_VERSION, MSGPACK, encode_data
-from edge import chunk
+from cloud.contract import CHUNKS, LeasedChunk, chunk, encode_chunk_batch
 from edge.credentials import UplinkIdentity
 from edge.errors import EdgeError
 from edge.seq_state import SeqState
@@ -162,39 +162,12 @@ class _RetryAfterOr(wait_base):
         return float(self._otherwise(retry_state))
 
 
-def build_batch(
-    lease: Lease, *, gateway_id: str, seq: int, dropped: dict[str, int]
-) -> dict[str, Any]:
-    """Merge the leased chunks into one batch, in the contract's plain form (series merged by
-    device and tag), ready for `cloud.contract.encode_data`."""
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
-    alarms: list[dict[str, Any]] = []
-    for item in lease.chunks:
-        if item.lane is not Lane.TELEMETRY:
-            alarms.extend(chunk.decode_records(item.payload))
-            continue
-        for series in chunk.decode_plain(item.payload):
-            key = (series["device"], series["tag"])
-            known = merged.get(key)
-            if known is None:
-                merged[key] = series
-            else:
-                _extend(known, series)
-    return {
-        "version": BATCH_VERSION, "gateway_id": gateway_id, "seq": seq,
-        "created_at": time.time_ns() // 1_000, "series": list(merged.values()),
-        "alarms": alarms, "dropped": dropped,
-    }  # fmt: skip
-
-
-def _extend(known: dict[str, Any], more: dict[str, Any]) -> None:
-    """Append a later part of the same series (qualities filled in where one part had none)."""
-    if "qualities" in known or "qualities" in more:
-        known["qualities"] = known.get("qualities", [0] * len(known["ts"])) + more.get(
-            "qualities", [0] * len(more["ts"])
-        )
-    known["ts"] = known["ts"] + more["ts"]
-    known["values"] = known["values"] + more["values"]
+def chunk_batch(lease: Lease, *, gateway_id: str, seq: int, dropped: dict[str, int]) -> bytes:
+    """The leased chunks as one batch (`cloud.contract.chunked`), their payloads as they are."""
+    return encode_chunk_batch(
+        gateway_id=gateway_id, seq=seq, created_at=time.time_ns() // 1_000, dropped=dropped,
+        chunks=[LeasedChunk(c.lane.value, c.count, c.payload) for c in lease.chunks],
+    )  # fmt: skip
 
 
 class Uplink:
@@ -267,9 +240,8 @@ class Uplink:
             return False
         self.status.state = UplinkState.SENDING
         dropped = await self._dropped_delta()
-        batch = build_batch(lease, gateway_id=self.settings.gateway_id, seq=self._seq.next_seq(),
-                            dropped=dropped)  # fmt: skip
-        body = encode_data(batch, content_type=MSGPACK, content_encoding="zstd")
+        seq = self._seq.next_seq()
+        body = chunk_batch(lease, gateway_id=self.settings.gateway_id, seq=seq, dropped=dropped)
         try:
             duplicate = await self._post_until_settled(client, body, len(lease))
         except Refused as exc:
@@ -277,7 +249,7 @@ class Uplink:
             self.status.quarantined_chunks += len(lease)
             self.status.last_error = str(exc)
             log.error("cloud refused batch seq=%s: %s; %d chunks quarantined",  # noqa: TRY400
-                      batch["seq"], exc, len(lease))  # fmt: skip
+                      seq, exc, len(lease))  # fmt: skip
             return True
         except _TooLarge:
             await self._outbox.release(lease)
@@ -289,12 +261,16 @@ class Uplink:
         acked_us = time.time_ns() // 1_000
         await self._outbox.ack(lease)
         self._settled(lease, dropped, duplicate)
-        self._measure_latency(batch, acked_us)
+        self._measure_latency(lease, acked_us)
         return True
 
-    def _measure_latency(self, batch: dict[str, Any], acked_us: int) -> None:
-        """Device-to-database latency of the batch's readings: the 2xx came after the commit."""
-        stamps = [ts for s in batch["series"] for ts in s["ts"]]
+    def _measure_latency(self, lease: Lease, acked_us: int) -> None:
+        """Device-to-database latency of the batch's readings: the 2xx came after the commit.
+
+        Only the timestamps are read back from the chunks (one decompression each, no values).
+        """
+        stamps = [ts for c in lease.chunks if c.lane is Lane.TELEMETRY
+                  for ts in chunk.timestamps(c.payload)]  # fmt: skip
         if not stamps:
             return
         step = max(1, len(stamps) // _LATENCY_SAMPLES)  # evenly spread, bounded work per batch
@@ -383,8 +359,7 @@ class Uplink:
     async def _send(self, client: httpx.AsyncClient, body: bytes) -> httpx.Response:
         headers = {
             "Authorization": f"Bearer {await self._identity.token()}",
-            "Content-Type": MSGPACK,
-            "Content-Encoding": "zstd",
+            "Content-Type": CHUNKS,
         }
         try:
             return await client.post(self.settings.ingest_url, content=body, headers=headers)

@@ -40,9 +40,9 @@ from cloud.api.deps import ACCESS, Runtime, authenticate, bearer_required, beare
 from cloud.api.error_answers import answer_error
 from cloud.auth import Access
 from cloud.contract import ContractError, InvalidBatch, PayloadTooLarge, storable
+from cloud.contract.wire_decode import Malformed, TooLarge, check_json_shape
 from cloud.errors import CloudError, InvalidRequest, Unauthenticated
 from cloud.settings import CloudSettings
-from cloud.wire_decode import Malformed, TooLarge, check_json_shape
 
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

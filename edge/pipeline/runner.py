@@ -21,8 +21,9 @@ import operator
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from cloud.contract import AlarmRecord
 from edge import chunk
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
 from edge.pipeline.derived import DerivedTags
@@ -41,19 +42,18 @@ Listener = Callable[[list[Reading], list[AlarmEvent]], None]
 AlarmsCommitted = Callable[[list[AlarmEvent], Mapping[str, Alarm]], Awaitable[None]]
 """Called with committed alarm transitions and the engine's states (to persist them)."""
 
-_SEVERITY_CODE = {"critical": 4, "high": 3, "medium": 2, "low": 1}
-_STATE_WORD = {
+_STATE_WORD = {  # the wire's words (cloud.contract.AlarmRecord)
     AlarmState.ACTIVE: "active",
     AlarmState.ACKED: "acknowledged",
     AlarmState.CLEARED: "cleared",
-    AlarmState.NORMAL: "cleared",
+    AlarmState.NORMAL: "normal",
 }
 
 
 class ChunkSink(Protocol):
     """What the pipeline needs from the (async) outbox."""
 
-    async def append_many(self, chunks: list[tuple[bytes, int, Lane]]) -> Any: ...
+    async def append_many(self, chunks: list[tuple[bytes, int, Lane]]) -> object: ...
 
 
 @dataclass(slots=True)
@@ -72,14 +72,14 @@ class PipelineCounters:
     last_flush_error: str | None = None
 
 
-def alarm_record(event: AlarmEvent) -> dict[str, Any]:
-    """An alarm transition as a contract alarm record."""
-    value = event.value if isinstance(event.value, float | int) else None
-    return {
-        "device": event.device, "tag": event.tag, "name": event.rule, "kind": "alarm",
-        "state": _STATE_WORD[event.state], "ts": event.ts,
-        "severity": _SEVERITY_CODE[event.severity.value], "message": event.message, "value": value,
-    }  # fmt: skip
+def alarm_record(event: AlarmEvent) -> AlarmRecord:
+    """An alarm transition as the wire contract's alarm record."""
+    value = float(event.value) if isinstance(event.value, float | int) else None
+    return AlarmRecord(
+        device=event.device, tag=event.tag, name=event.rule, kind="alarm",
+        state=_STATE_WORD[event.state], ts=event.ts, severity=event.severity.value,
+        message=event.message, value=value, transition=event.transition.value,
+    )  # fmt: skip
 
 
 class Pipeline:

@@ -1,7 +1,9 @@
 """Benchmark: ingestion through the HTTP API against the database's own bulk-write speed.
 
 Runs the cloud service in a real uvicorn process (a port-0 socket handed over with --fd) and
-posts pre-encoded batches (msgpack + zstd, 5,000 readings each) from 4 concurrent senders:
+posts pre-encoded batches (5,000 readings each) from 4 concurrent senders, in both formats the
+cloud accepts: format 1 (series as lists, msgpack + zstd) and format 2 (what the agent sends: the
+readings in an outbox chunk, posted as they are):
 
 1. PostgreSQL through the API, and in the same run the physical baseline: psycopg binary COPY of
    the same rows, one transaction per batch, from one process, into a table of the same shape.
@@ -41,7 +43,16 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cloud.contract import Batch, SeriesColumns, encode_batch  # noqa: E402 - after sys.path
+from cloud.contract import (  # noqa: E402 - after sys.path
+    CHUNKS,
+    MSGPACK,
+    Batch,
+    LeasedChunk,
+    SeriesColumns,
+    chunk,
+    encode_batch,
+    encode_chunk_batch,
+)
 from cloud.settings import CloudSettings  # noqa: E402
 from cloud.storage.postgres import apply_migrations, copy_buffer  # noqa: E402
 from cloud.storage.sqlite import MIGRATIONS  # noqa: E402
@@ -53,7 +64,9 @@ SERIES_PER_BATCH = 50
 READINGS_PER_SERIES = 100  # 50 x 100 = 5,000 readings per batch
 
 
-def make_batches(gateway_id: int, count: int, first_seq: int = 1) -> list[Batch]:
+def make_batches(
+    gateway_id: int, count: int, first_seq: int = 1, prefix: str = "pump"
+) -> list[Batch]:
     """`count` batches of 5,000 readings, distinct (series, ts) across all of them."""
     base = time.time_ns() // 1000 - 2 * 3_600_000_000
     batches = []
@@ -63,7 +76,7 @@ def make_batches(gateway_id: int, count: int, first_seq: int = 1) -> list[Batch]
             t0 = base + b * READINGS_PER_SERIES * 1000
             series.append(
                 SeriesColumns(
-                    device=f"pump{s // 10}",
+                    device=f"{prefix}{s // 10}",
                     tag=f"tag{s % 10}",
                     ts=[t0 + i * 1000 for i in range(READINGS_PER_SERIES)],
                     values=[float(i % 97) * 0.5 for i in range(READINGS_PER_SERIES)],
@@ -72,6 +85,20 @@ def make_batches(gateway_id: int, count: int, first_seq: int = 1) -> list[Batch]
             )
         batches.append(Batch(str(gateway_id), first_seq + b, base, series))
     return batches
+
+
+def chunk_body(batch: Batch) -> bytes:
+    """The batch as a gateway sends it now: its readings in one outbox chunk (format 2)."""
+    rows = [(s.device, s.tag, ts, v, "good", None, False, None)
+            for s in batch.series for ts, v in zip(s.ts, s.values, strict=True)]  # fmt: skip
+    return encode_chunk_batch(
+        gateway_id=batch.gateway_id, seq=batch.seq, created_at=batch.created_at, dropped={},
+        chunks=[LeasedChunk("telemetry", len(rows), chunk.encode(rows))],
+    )  # fmt: skip
+
+
+FORMAT_1 = {"Content-Type": MSGPACK, "Content-Encoding": "zstd"}
+FORMAT_2 = {"Content-Type": CHUNKS}
 
 
 async def _setup(url: str) -> tuple[int, str]:
@@ -93,16 +120,15 @@ async def _setup(url: str) -> tuple[int, str]:
         return int(gw["gateway"]["id"]), str(gw["token"])
 
 
-async def _send_all(url: str, token: str, bodies: list[bytes], senders: int, tally: Tally) -> None:
+async def _send_all(
+    url: str, token: str, bodies: list[bytes], senders: int, tally: Tally, *,
+    wire: dict[str, str] = FORMAT_1,
+) -> None:  # fmt: skip
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     latencies: list[float] = []
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Content-Type": "application/vnd.tagway.batch+msgpack",
-        "Content-Encoding": "zstd",
-    }
+    headers = {"Authorization": f"Bearer {token}", **wire}
 
     async def sender(client: httpx.AsyncClient) -> None:
         while not queue.empty():
@@ -227,19 +253,27 @@ def run_backend(
 ) -> dict[str, Any]:
     """API and baseline in alternating rounds, so a load swing on the machine hits both."""
     proc, url = start_replica(settings)
-    api, base, fallback = Tally(), Tally(), Tally()
+    api, chunks, base, fallback = Tally(), Tally(), Tally(), Tally()
     try:
         wait_ready(url, proc)
         gateway_id, token = asyncio.run(_setup(url))
         batches = make_batches(gateway_id, args.batches + 4)
         bodies = [encode_batch(b) for b in batches]
+        # Format 2 carries the same readings under other device names (its own series), and
+        # seqs after format 1's, so both take the COPY fast path.
+        twins = make_batches(gateway_id, args.batches + 4, first_seq=10_000, prefix="chunked")
+        chunked = [chunk_body(b) for b in twins]
         asyncio.run(_send_all(url, token, bodies[:4], args.senders, Tally()))  # series created
+        asyncio.run(_send_all(url, token, chunked[:4], args.senders, Tally(), wire=FORMAT_2))
         rows = [BatchRows.build(b, _series_ids()) for b in make_batches(1, args.batches)]
         per_round = args.batches // args.rounds
         for i in range(args.rounds):
-            chunk = slice(i * per_round, (i + 1) * per_round)
-            asyncio.run(_send_all(url, token, bodies[4:][chunk], args.senders, api))
-            baseline.run(rows[chunk], base)
+            part = slice(i * per_round, (i + 1) * per_round)
+            asyncio.run(_send_all(url, token, bodies[4:][part], args.senders, api))
+            asyncio.run(
+                _send_all(url, token, chunked[4:][part], args.senders, chunks, wire=FORMAT_2)
+            )
+            baseline.run(rows[part], base)
         replays = [
             encode_batch(Batch(b.gateway_id, b.seq + 1_000_000, b.created_at, b.series))
             for b in batches[4 : 4 + per_round]
@@ -249,7 +283,8 @@ def run_backend(
         proc.terminate()
         proc.wait(timeout=20)
         baseline.close()
-    return {"api": api.figures(), "baseline": base.figures(), "fallback": fallback.figures()}
+    return {"api": api.figures(), "chunks": chunks.figures(), "baseline": base.figures(),
+            "fallback": fallback.figures()}  # fmt: skip
 
 
 def _series_ids() -> list[int]:
@@ -306,9 +341,11 @@ def main() -> None:
         lite_settings = common | {"database_url": f"sqlite:///{Path(tmp) / 'api.db'}"}
         lite = run_backend(lite_settings, SqliteBaseline(Path(tmp) / "baseline.db"), args)
     _row("postgresql: API (COPY fast path)", pg["api"])
+    _row("postgresql: API, format 2 (chunks)", pg["chunks"])
     _row("postgresql: raw binary COPY baseline", pg["baseline"])
     _row("postgresql: API, replays (fallback path)", pg["fallback"])
     _row("sqlite: API", lite["api"])
+    _row("sqlite: API, format 2 (chunks)", lite["chunks"])
     _row("sqlite: raw executemany baseline", lite["baseline"])
     result = {
         "batch_readings": SERIES_PER_BATCH * READINGS_PER_SERIES,
@@ -319,6 +356,8 @@ def main() -> None:
     for key, figures in (("pg", pg), ("sqlite", lite)):
         result |= {
             f"{key}_api_readings_per_s": figures["api"]["readings_per_s"],
+            f"{key}_api_chunks_readings_per_s": figures["chunks"]["readings_per_s"],
+            f"{key}_api_chunks_p50_ms": figures["chunks"]["p50_ms"],
             f"{key}_api_p50_ms": figures["api"]["p50_ms"],
             f"{key}_api_p99_ms": figures["api"]["p99_ms"],
             f"{key}_baseline_readings_per_s": figures["baseline"]["readings_per_s"],

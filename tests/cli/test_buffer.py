@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cloud.contract import AlarmRecord
 from edge.chunk import encode, encode_records
 from protocols.reading import Quality, Reading
 from store_forward import Lane, Outbox, read_stats
@@ -28,7 +29,7 @@ def outbox_with_data(path: Path) -> None:
                       lane=Lane.TELEMETRY)  # fmt: skip
         outbox.append(encode([Reading("pump1", "flow", T0 + 1_000_000, 0.0, Quality.BAD)]),
                       count=1, lane=Lane.TELEMETRY)  # fmt: skip
-        outbox.append(encode_records([{"device": "pump1", "name": "x", "ts": T0}]), count=1,
+        outbox.append(encode_records([AlarmRecord(device="pump1", name="x", ts=T0)]), count=1,
                       lane=Lane.ALARM)  # fmt: skip
 
 

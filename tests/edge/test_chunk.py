@@ -56,9 +56,9 @@ def test_a_polled_plant_costs_few_bytes_per_reading() -> None:
 
 def test_damaged_chunks_are_refused_with_a_clear_error() -> None:
     data = chunk.encode([Reading("d", "t", T0, 1.0)])
-    with pytest.raises(chunk.ChunkError, match="cannot be decoded"):
+    with pytest.raises(chunk.ChunkError, match=r"not valid|cannot be decoded"):
         chunk.decode(data[:-3])
-    with pytest.raises(chunk.ChunkError, match="cannot be decoded"):
+    with pytest.raises(chunk.ChunkError, match=r"not valid|cannot be decoded"):
         chunk.decode(b"garbage")
 
 
@@ -115,20 +115,6 @@ def test_the_uplinks_plain_decoding_agrees_with_the_readings() -> None:
                                     "values": [1.5, 2.5], "qualities": [0, 2], "unit": "m3/h",
                                     "simulated": True}  # fmt: skip
     assert plain[("p", "mode")] == {"device": "p", "tag": "mode", "ts": [T0], "values": ["AUTO"]}
-
-
-def test_a_batch_merges_the_same_series_across_chunks() -> None:
-    from edge.uplink import build_batch  # noqa: PLC0415
-    from store_forward import Chunk, ChunkId, Lane, Lease  # noqa: PLC0415
-
-    first = chunk.encode([Reading("p", "flow", T0, 1.0)])
-    second = chunk.encode([Reading("p", "flow", T0 + 1, 2.0, Quality.UNCERTAIN)])
-    lease = Lease(1, (Chunk(ChunkId(1), Lane.TELEMETRY, 1, first, 0.0),
-                      Chunk(ChunkId(2), Lane.TELEMETRY, 1, second, 0.0)), 0.0)  # fmt: skip
-    batch = build_batch(lease, gateway_id="7", seq=42, dropped={"telemetry": 3})
-    assert batch["series"] == [{"device": "p", "tag": "flow", "ts": [T0, T0 + 1],
-                                "values": [1.0, 2.0], "qualities": [0, 1]}]  # fmt: skip
-    assert (batch["gateway_id"], batch["seq"], batch["dropped"]) == ("7", 42, {"telemetry": 3})
 
 
 # A chunk written by release 0.1.0 (format version 1), as it may still lie in an outbox after an

@@ -67,7 +67,13 @@ from pydantic import (
     model_validator,
 )
 
-from cloud.wire_decode import (
+from cloud.contract.errors import (
+    InvalidBatch,
+    Path,
+    PayloadTooLarge,
+    UnsupportedEncoding,
+)
+from cloud.contract.wire_decode import (
     EVENT_DEPTH,
     Inflating,
     Malformed,
@@ -81,54 +87,12 @@ BATCH_VERSION: Final = 1
 JSON: Final = "application/json"
 MSGPACK: Final = "application/vnd.tagway.batch+msgpack"
 MSGPACK_TYPES: Final = frozenset({"application/x-msgpack", MSGPACK, "application/msgpack"})
+CHUNKS: Final = "application/vnd.tagway.chunks+msgpack"
+"""Batch format 2 (`cloud.contract.chunked`): a header and the gateway's outbox chunks."""
 ENCODINGS: Final = frozenset({"identity", "zstd", "gzip"})
 QUALITY_CODES: Final = (0, 1, 2)
 MAX_COUNT: Final = 2**48
 """The largest drop count a batch may report (far beyond any real outbox; keeps sums in int64)."""
-
-Path = tuple[str | int, ...]
-
-
-class ContractError(Exception):
-    """Root of the wire-contract errors.
-
-    Args:
-        message: what was wrong, for people.
-        details: machine-readable context (`path` for 422s, `limit` for 413s).
-    """
-
-    status: int = 400
-    code: str = "bad_request"
-
-    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details: dict[str, Any] = dict(details or {})
-
-
-class PayloadTooLarge(ContractError):
-    """The body, its decompressed form or its reading count exceeds a stated limit."""
-
-    status = 413
-    code = "payload_too_large"
-
-
-class UnsupportedEncoding(ContractError):
-    """The Content-Type or Content-Encoding is not one the contract knows."""
-
-    status = 415
-    code = "unsupported_media_type"
-
-
-class InvalidBatch(ContractError):
-    """The batch is malformed or a field has the wrong type; `details["path"]` names the field."""
-
-    status = 422
-    code = "invalid_batch"
-
-    def __init__(self, message: str, *, path: Path) -> None:
-        super().__init__(message, details={"path": list(path)})
-        self.path = path
 
 
 class Limits(BaseModel):
@@ -412,7 +376,7 @@ def _gunzip(body: bytes, cap: int) -> bytes:
 def check_content_type(content_type: str | None) -> str:
     """The media type if the contract knows it; `UnsupportedEncoding` (415) otherwise."""
     kind = media_type(content_type)
-    if kind != JSON and kind not in MSGPACK_TYPES:
+    if kind != JSON and kind not in MSGPACK_TYPES and kind != CHUNKS:
         raise UnsupportedEncoding(
             f"unknown Content-Type {kind or '(none)'!r}; expected {JSON} or {MSGPACK}",
             details={"content_type": kind},
@@ -1076,3 +1040,12 @@ def _events(data: Any, limits: Limits) -> tuple[tuple[Any, ...], int]:
         except InvalidBatch as exc:
             raise InvalidBatch(exc.message, path=("events", i, *exc.path)) from exc
     return tuple(events), ignored
+
+
+# The chunk batch format (`cloud.contract.chunked`) validates the same header and alarm fields.
+header_int = _int
+header_name = _name
+alarm_from_data = _alarm
+dropped_from_data = _dropped
+dropped_totals_from_data = _dropped_totals
+events_from_data = _events
