@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -141,7 +142,7 @@ def _iso(ts: int) -> str:
     return us_to_datetime(ts).isoformat()
 
 
-def _write_csv(out: Path, rows: Any) -> int:
+def _write_csv(out: Path, rows: Iterable[Mapping[str, object]]) -> int:
     import csv  # noqa: PLC0415
 
     count = 0
@@ -155,10 +156,10 @@ def _write_csv(out: Path, rows: Any) -> int:
     return count
 
 
-def _write_sqlite(out: Path, rows: Any) -> int:
+def _write_sqlite(out: Path, rows: Iterable[Mapping[str, object]]) -> int:
     import sqlite_utils  # noqa: PLC0415 - the library for "a table someone can open"
 
-    table = sqlite_utils.Database(out)["readings"]
-    materialized = list(rows)
-    table.insert_all(materialized, batch_size=5000)  # type: ignore[union-attr]
+    table = sqlite_utils.Database(out).table("readings")
+    materialized = [dict(row) for row in rows]
+    table.insert_all(materialized, batch_size=5000)
     return len(materialized)

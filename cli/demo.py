@@ -29,7 +29,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import typer
@@ -40,6 +40,9 @@ from pydantic import SecretStr
 from cli.errors import fail, refusal
 from cli.simconfig import agent_devices
 from edge.local_api import QuietServer
+
+if TYPE_CHECKING:
+    from edge.agent import Agent
 
 log = logging.getLogger("tagway.demo")
 
@@ -304,7 +307,7 @@ async def _run_tui_until(
     await asyncio.gather(stopped, return_exceptions=True)
 
 
-async def _started(agent: Any, task: asyncio.Task[None]) -> None:
+async def _started(agent: Agent, task: asyncio.Task[None]) -> None:
     ready = asyncio.create_task(agent.ready.wait())
     done, _ = await asyncio.wait({ready, task}, timeout=30, return_when="FIRST_COMPLETED")
     if task in done:

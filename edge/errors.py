@@ -16,13 +16,15 @@ Errors::
     ├── ExpressionError        (edge.pipeline.expressions) a derived-tag expression is refused
     ├── ModelError             (edge.inference.model) an ONNX model does not load or fit
     ├── AgentNotRunning        (edge.agent) the runtime was asked for before start or after stop
+    ├── DeviceNotRunning       (edge.supervisor) a write named a device with no running driver
     └── UplinkError            (edge.uplink) internal to the uplink's send loop
         ├── Refused            the cloud refused a batch for good (422, 413 of one chunk)
         └── RetryLater         the cloud or the network failed in a way a retry may fix
 
 The other packages keep their own roots (the import rules forbid a shared one): `OutboxError`
 (store_forward), `ProtocolError` (protocols), `ProvisioningError` (provisioning) and
-`ContractError` (cloud.contract, which also holds the chunk codec's `ChunkError`).
+`ContractError` (cloud.contract, which also holds the chunk codec's `ChunkError`); the
+credentials' `NotProvisioned` is an `IdentityNotFound`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import assert_never
 
 from edge.config import Device, ModbusDevice, MqttSource, OpcUaDevice
 from edge.dead_letters import DeadLetterStore
+from edge.errors import EdgeError
 from protocols.backoff import Backoff, BackoffPolicy
 from protocols.driver import ConnectionState, Driver, Sink
 from protocols.reading import Value
@@ -54,7 +55,7 @@ class DriverSlot:
         return self.driver is not None and self.driver.link.state is ConnectionState.CONNECTED
 
 
-class DeviceNotRunning(LookupError):
+class DeviceNotRunning(EdgeError, LookupError):
     """A write named a device that has no running driver."""
 
 

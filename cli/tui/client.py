@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
 import httpx
 from pydantic import ValidationError
@@ -179,11 +179,12 @@ class AgentClient:
         gateway, health, drivers, tags, alarms, outbox, uplink, dead = (t.result() for t in tasks)
         try:
             return Snapshot(
-                gateway=Gateway.model_validate(gateway), health=Health.model_validate(health),
-                drivers=DRIVERS.validate_python(drivers), tags=TAGS.validate_python(tags),
-                alarms=ALARMS.validate_python(alarms), outbox=Outbox.model_validate(outbox),
-                uplink=Uplink.model_validate(uplink),
-                dead_letters=DeadLetters.model_validate(dead),
+                gateway=Gateway.model_validate_json(gateway),
+                health=Health.model_validate_json(health),
+                drivers=DRIVERS.validate_json(drivers), tags=TAGS.validate_json(tags),
+                alarms=ALARMS.validate_json(alarms), outbox=Outbox.model_validate_json(outbox),
+                uplink=Uplink.model_validate_json(uplink),
+                dead_letters=DeadLetters.model_validate_json(dead),
             )  # fmt: skip
         except ValidationError as exc:
             raise AgentRefused(f"unexpected answer from the agent: {exc}") from exc
@@ -197,7 +198,7 @@ class AgentClient:
             raise await self._unavailable(exc) from exc
         body = _decode(response, f"/v1/alarms/{alarm}/ack")
         try:
-            return AckResult.model_validate(body).acknowledged
+            return AckResult.model_validate_json(body).acknowledged
         except ValidationError as exc:
             raise AgentRefused(f"unexpected answer from the agent: {exc}") from exc
 
@@ -235,7 +236,7 @@ class AgentClient:
                 self._endpoint = endpoint
             return self._http
 
-    async def _get(self, http: httpx.AsyncClient, path: str) -> Any:
+    async def _get(self, http: httpx.AsyncClient, path: str) -> bytes:
         try:
             response = await http.get(path)
         except httpx.HTTPError as exc:
@@ -250,15 +251,13 @@ class AgentClient:
         return AgentRefused(f"{where}: {exc}")
 
 
-def _decode(response: httpx.Response, path: str) -> Any:
+def _decode(response: httpx.Response, path: str) -> bytes:
+    """The answer's body, for the contract's models to parse (JSON errors are theirs to name)."""
     # /health answers 503 with its JSON body when degraded; that is an answer, not a failure.
     if response.status_code >= 400 and not (path == "/health" and response.status_code == 503):
         raise AgentRefused(f"{path}: HTTP {response.status_code}: {response.text[:200]}",
                            status=response.status_code)  # fmt: skip
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise AgentRefused(f"{path}: the answer is not JSON") from exc
+    return response.content
 
 
 def _first(errors: Iterable[BaseException]) -> BaseException:
