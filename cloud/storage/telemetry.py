@@ -274,9 +274,11 @@ class TelemetryStore:
     async def _series_ids(
         self, tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, policy: IngestPolicy
     ) -> list[int]:
-        """The batch's series ids, creating new ones within the tenant's limits."""
+        """The id of each series entry, creating new series within the tenant's limits. A series
+        split over several entries (one per chunk of a format-2 batch) is looked up once."""
         keys = [(s.device, s.tag, s.unit) for s in batch.series]
-        if not keys:
+        unique = list(dict.fromkeys(keys))
+        if not unique:
             return []
         created = 0
 
@@ -285,10 +287,11 @@ class TelemetryStore:
             check_new_series(policy, count)
             created = count
 
-        ids = await self.db.resolve_series(tx, tenant_id, gateway_id, keys, before_create=admit)
+        found = await self.db.resolve_series(tx, tenant_id, gateway_id, unique, before_create=admit)
         if created:
             await check_holdings(tx, tenant_id, policy)
-        return ids
+        ids = dict(zip(unique, found, strict=True))
+        return [ids[key] for key in keys]
 
     async def _duplicate(
         self, tx: Tx, tenant_id: int, gateway_id: int, seq: int, digest: bytes

@@ -205,6 +205,8 @@ async def run_agent(config: dict[str, Any], seconds: float) -> dict[str, float]:
         status = rt.uplink.status
         figures["latency_p50_s"] = status.latency_p50_s or float("nan")
         figures["latency_p99_s"] = status.latency_p99_s or float("nan")
+        figures["uplink_batches"] = status.batches_sent
+        figures["uplink_retries"] = status.retries
     stop.set()
     await asyncio.wait_for(task, 60)
     return figures

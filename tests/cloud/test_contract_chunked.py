@@ -173,16 +173,18 @@ async def test_the_api_stores_both_formats(cloud: Cloud) -> None:
                                                         [1.0, 2.0])])  # fmt: skip
     assert (await cloud.post(token, encode_batch(old))).status_code == 200
     readings = [Reading("pump1", "flow", now, 3.0), Reading("pump1", "mode", now, "AUTO")]
+    later = [Reading("pump1", "flow", now + 1, 4.0)]  # the same series in a second chunk
     body = encode_chunk_batch(gateway_id=str(gateway_id), seq=2, created_at=now, dropped={},
-                              chunks=[LeasedChunk("telemetry", 2, encode(readings))])  # fmt: skip
+                              chunks=[LeasedChunk("telemetry", 2, encode(readings)),
+                                      LeasedChunk("telemetry", 1, encode(later))])  # fmt: skip
     answer = await cloud.post(token, body, content_type=CHUNKS, content_encoding="identity")
     assert answer.status_code == 200, answer.text
-    assert answer.json()["stored"] == 2
+    assert answer.json()["stored"] == 3
     again = await cloud.post(token, body, content_type=CHUNKS, content_encoding="identity")
     assert again.json()["duplicate"] is True
     series = {(s["device"], s["tag"]): s["id"]
               for s in (await cloud.get(tenant.admin, "/v1/series")).json()}  # fmt: skip
     points = (await cloud.get(tenant.admin, f"/v1/series/{series['pump1', 'flow']}/raw",
-                              start=0, end=now + 1)).json()["points"]  # fmt: skip
-    assert [p["value"] for p in points] == [1.0, 2.0, 3.0]
+                              start=0, end=now + 2)).json()["points"]  # fmt: skip
+    assert [p["value"] for p in points] == [1.0, 2.0, 3.0, 4.0]
     assert batch_to_dict(old)["version"] == 1
