@@ -20,6 +20,7 @@ from cloud.contract import (
     MSGPACK,
     AlarmRecord,
     Batch,
+    CommandResult,
     ContractError,
     InvalidBatch,
     LeasedChunk,
@@ -76,6 +77,9 @@ def chunk_body(flushes: list[list[Reading]], alarms: Sequence[AlarmRecord] = ())
     chunks = [LeasedChunk("telemetry", len(f), encode(f)) for f in flushes]
     if alarms:
         chunks.insert(0, LeasedChunk("alarm", len(alarms), encode_records(alarms)))
+        done = CommandResult(type="command_result", command_id=9, state="succeeded",
+                             finished_at=T0)  # fmt: skip
+        chunks.insert(1, LeasedChunk("event", 1, encode_records([], [done])))
     return encode_chunk_batch(gateway_id="7", seq=3, created_at=T0, dropped={"telemetry": 2},
                               chunks=chunks)  # fmt: skip
 
@@ -97,12 +101,13 @@ def expected(flushes: list[list[Reading]]) -> list[tuple[str, str, int, Any, int
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(flushes())
 def test_what_the_gateway_commits_is_what_the_cloud_decodes(batches: list[list[Reading]]) -> None:
-    alarm = AlarmRecord(device="pump1", name="flow_high", ts=T0, tag="flow", severity=3,
-                        message="flow above 10", value=12.5)  # fmt: skip
+    alarm = AlarmRecord(device="pump1", name="flow_high", ts=T0, tag="flow", severity="high",
+                        message="flow above 10", value=12.5, transition="raised")  # fmt: skip
     batch = decode_batch(chunk_body(batches, [alarm]), content_type=CHUNKS)
     assert (batch.gateway_id, batch.seq, batch.created_at, batch.version) == ("7", 3, T0, 2)
     assert dict(batch.dropped) == {"telemetry": 2}
     assert list(batch.alarms) == [alarm]
+    assert [(e.type, e.command_id) for e in batch.events] == [("command_result", 9)]
     assert as_rows(batch) == expected(batches)
     # The same readings in format 1 decode to the same rows: one Batch, whatever the format.
     plain = encode_batch(dataclasses.replace(batch, version=1))
