@@ -65,6 +65,10 @@ async def test_every_accepted_reading_reaches_the_cloud_exactly_once(
                 return (await running.get("/v1/uplink"))["batches_sent"] >= 3
 
             await running.wait_for(sent_some)
+            uplink = await running.get("/v1/uplink")
+            # Readings the cloud acknowledged per second over the last minute.
+            assert uplink["send_rate"] > 0
+            assert uplink["readings_sent"] > 0
         await drain(tmp_path, cloud)
         assert sum(seen.values()) > 100
         assert cloud.counts() == dict(seen)

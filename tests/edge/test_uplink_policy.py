@@ -3,6 +3,7 @@ cloud. What each answer does to the leased chunks, the token, the waits and the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,3 +196,18 @@ async def test_live_data_interleaves_with_a_draining_backlog(
         arrived = 100.0 + i
         assert arrived in batches[i] or arrived in batches[min(i + 1, 5)], (arrived, batches)
     assert len(sent) == len(set(sent))
+
+
+async def test_the_send_rate_is_readings_acknowledged_over_the_last_minute(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 3, per_chunk=4)
+    link, client = uplink(tmp_path, box, Cloud(), sleeps, max_chunks=1)
+    async with client:
+        for _ in range(3):
+            await link.send_once(client)
+    now = time.monotonic()
+    assert link.send_rate(now + 30) == pytest.approx(12 / 30, rel=0.05)  # young: since start
+    assert link.send_rate(now + 59) == pytest.approx(12 / 60, rel=0.05)
+    assert link.send_rate(now + 61) == 0.0  # those acks are more than a minute old
