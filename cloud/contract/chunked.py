@@ -17,11 +17,12 @@ A record chunk (alarm and event lanes) holds alarm records and, from 0.2, gatewa
     {"v": 1, "records": [<AlarmRecord as plain data>, ...], "events": [<GatewayEvent>, ...]}
 
 `seq`, `created_at`, `dropped` and `dropped_totals` mean what they mean in format 1 (see
-`cloud.contract.batch`), which the cloud still accepts from gateways in the field: `decode_batch` tells the two apart by
-Content-Type, before reading a byte. Both end as the same `Batch`, through the same `Limits`:
-the chunks share one decompressed-size budget (each decompressor stops at what is left of it),
-and the readings, series and alarms of all chunks one count each, checked before a chunk's
-columns are built. Telemetry columns are read with numpy straight from their bytes.
+`cloud.contract.batch`), which the cloud still accepts from gateways in the field:
+`decode_batch` tells the two apart by Content-Type, before reading a byte. Both end as the same
+`Batch`, through the same `Limits`: the chunks share one decompressed-size budget (each
+decompressor stops at what is left of it), and the readings, distinct series, alarms and events
+of all chunks are counted across the batch, checked before a chunk's columns are built. Telemetry
+columns are read with numpy straight from their bytes.
 """
 
 from __future__ import annotations
