@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from tests.cloud.conftest import (  # noqa: F401 - fixtures shared with the cloud tests
     backend,
+    engine_databases,
     make_cloud,
     migrated_pg,
+    owner_dsn,
+    pg_engine,
     settings_for,
 )

@@ -1,13 +1,17 @@
 """Fixtures of the cloud tests: the app on each backend, and helpers that act as its users.
 
-Every API test runs on SQLite and on PostgreSQL (`backend` is parametrized). PostgreSQL tests
-share one migrated database per session (from the suite's `postgres_dsn`) and truncate it before
-each test, and the app connects to it as the production app role (`tagway_app`, not the owner),
-so every API test is also a row-level-security test.
+Every API test runs on SQLite and on each PostgreSQL engine (`backend` is parametrized: plain
+PostgreSQL, TimescaleDB and a Citus cluster, see `tests.pg_engines`); tests that talk to
+PostgreSQL directly run on each engine too (`pg_engine`). Each engine gets one migrated database
+per session, truncated before each test, and the app connects to it as the production app role
+(`tagway_app`, not the owner), so every API test is also a row-level-security test. An engine
+that cannot run here skips its tests with the reason (fails them under CI=true).
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
@@ -23,6 +27,8 @@ from fastapi import FastAPI
 from cloud.api.app import create_app
 from cloud.contract import MSGPACK, Batch, SeriesColumns, encode_batch
 from cloud.settings import CloudSettings
+from tests.conftest import skip_or_fail
+from tests.pg_engines import ENGINES, EngineServer, EngineUnavailable, running
 
 PLATFORM_KEY = "platform-secret-for-tests-only"
 APP_ROLE = "tagway_app"
@@ -43,15 +49,80 @@ def app_dsn(owner_dsn: str) -> str:
     return psycopg.conninfo.make_conninfo(owner_dsn, user=APP_ROLE)
 
 
+def _engine_marks(engine: str) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.postgres]
+    if engine != "postgres":
+        marks.append(getattr(pytest.mark, engine))
+    return marks
+
+
+def engine_param(engine: str) -> Any:
+    """A parameter value of `backend` or `pg_engine` for one engine, with its marks."""
+    return pytest.param(engine, marks=_engine_marks(engine), id=engine)
+
+
+ENGINE_PARAMS = [engine_param(e) for e in ENGINES]
+
+
+class EngineDatabases:
+    """Per engine, started on first use: its server and one migrated database for the session."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self._stack = stack
+        self._servers: dict[str, EngineServer] = {}
+        self._migrated: dict[str, str] = {}
+        self._unavailable: dict[str, str] = {}
+
+    def server(self, engine: str) -> EngineServer:
+        """The engine's running server; skips (fails under CI) when it cannot run here."""
+        if engine in self._unavailable:
+            skip_or_fail(self._unavailable[engine])
+        if engine not in self._servers:
+            try:
+                self._servers[engine] = self._stack.enter_context(running(engine))
+            except EngineUnavailable as exc:
+                self._unavailable[engine] = f"{engine}: {exc}"
+                skip_or_fail(self._unavailable[engine])
+        return self._servers[engine]
+
+    def database(self, engine: str, prefix: str = "tagway_test") -> str:
+        """A new empty database on the engine (dropped at the end of the session)."""
+        server = self.server(engine)
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        dsn = server.create_database(name)
+        self._stack.callback(server.drop_database, name)
+        return dsn
+
+    def migrated(self, engine: str) -> str:
+        """The engine's session database with the schema applied (the owner's DSN)."""
+        if engine not in self._migrated:
+            import asyncio  # noqa: PLC0415 - session setup only
+
+            from cloud.storage.postgres import apply_migrations  # noqa: PLC0415 - postgres only
+
+            dsn = self.database(engine)
+            asyncio.run(apply_migrations(dsn, CloudSettings()))
+            self._migrated[engine] = dsn
+        return self._migrated[engine]
+
+
 @pytest.fixture(scope="session")
-def migrated_pg(postgres_dsn: str) -> str:
-    """The session database with the schema applied (as its owner)."""
-    import asyncio  # noqa: PLC0415 - session setup only
+def engine_databases() -> Iterator[EngineDatabases]:
+    """The engines' servers and databases; all stopped and dropped at the end of the session."""
+    with contextlib.ExitStack() as stack:
+        yield EngineDatabases(stack)
 
-    from cloud.storage.postgres import apply_migrations  # noqa: PLC0415 - postgres tests only
 
-    asyncio.run(apply_migrations(postgres_dsn, CloudSettings()))
-    return postgres_dsn
+@pytest.fixture(params=ENGINE_PARAMS)
+def pg_engine(request: pytest.FixtureRequest) -> str:
+    """The PostgreSQL engine under test (of a test that talks to PostgreSQL directly)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def migrated_pg(pg_engine: str, engine_databases: EngineDatabases) -> str:
+    """The engine's session database with the schema applied (as its owner)."""
+    return engine_databases.migrated(pg_engine)
 
 
 def truncate(owner_dsn: str) -> None:
@@ -62,21 +133,28 @@ def truncate(owner_dsn: str) -> None:
             conn.execute(f"DELETE FROM {table.strip()}")  # noqa: S608 - constant table names
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", *ENGINE_PARAMS])
 def backend(request: pytest.FixtureRequest) -> str:
-    """The storage backend under test."""
+    """The storage backend under test: ``sqlite`` or a PostgreSQL engine (see `ENGINES`)."""
     return str(request.param)
+
+
+@pytest.fixture
+def owner_dsn(backend: str, engine_databases: EngineDatabases) -> str:
+    """The schema owner's DSN of the backend under test (a PostgreSQL engine)."""
+    assert backend != "sqlite", "owner_dsn is for the PostgreSQL engines"
+    return engine_databases.migrated(backend)
 
 
 @pytest.fixture
 def settings_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     """A factory of settings for the backend under test (fresh, empty storage)."""
-    if backend == "postgres":
-        owner = request.getfixturevalue("migrated_pg")
+    if backend != "sqlite":
+        owner = request.getfixturevalue("owner_dsn")
         truncate(owner)
 
     def make(**overrides: Any) -> CloudSettings:
-        if backend == "postgres":
+        if backend != "sqlite":
             base: dict[str, Any] = {
                 "database_url": app_dsn(owner),
                 "migrate_database_url": owner,
@@ -232,10 +310,10 @@ async def cloud(make_cloud: Any) -> Cloud:
 @pytest.fixture
 def owner_conn(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A direct connection for checking what was stored (owner on PG, None on SQLite)."""
-    if backend != "postgres":
+    if backend == "sqlite":
         yield None
         return
-    with psycopg.connect(request.getfixturevalue("migrated_pg"), autocommit=True) as conn:
+    with psycopg.connect(request.getfixturevalue("owner_dsn"), autocommit=True) as conn:
         yield conn
 
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from cloud.storage import pg_schema, sqlite
+from tests.cloud.conftest import EngineDatabases
 
 SQLITE_LATEST = max(version for version, _, _ in sqlite.MIGRATIONS)
 PG_LATEST = max(version for version, _, _ in pg_schema.MIGRATIONS)
@@ -38,22 +38,13 @@ def test_migrate_sqlite_twice(tmp_path: Path) -> None:
     assert second.stdout.strip() == f"sqlite schema at version {SQLITE_LATEST}"
 
 
-@pytest.mark.postgres
-def test_migrate_postgres_twice(postgres_dsn: str) -> None:
-    dsn = psycopg.conninfo.make_conninfo(postgres_dsn, dbname="postgres")
-    name = f"tagway_migrate_{os.getpid()}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = psycopg.conninfo.make_conninfo(dsn, dbname=name)
-        first, second = _migrate(url), _migrate(url)
-        assert first.returncode == second.returncode == 0, first.stderr
-        assert f"version {PG_LATEST}" in second.stdout
-        with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (PG_LATEST,)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def test_migrate_postgres_twice(pg_engine: str, engine_databases: EngineDatabases) -> None:
+    url = engine_databases.database(pg_engine, "tagway_migrate")
+    first, second = _migrate(url), _migrate(url)
+    assert first.returncode == second.returncode == 0, first.stderr
+    assert f"version {PG_LATEST}" in second.stdout
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (PG_LATEST,)
 
 
 def test_migrate_reports_an_unreachable_database() -> None:

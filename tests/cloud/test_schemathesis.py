@@ -35,7 +35,7 @@ STREAMS = frozenset({"/v1/stream", "/v1/gateway/channel"})
 )
 def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "postgres":
-        owner = request.getfixturevalue("migrated_pg")
+        owner = request.getfixturevalue("engine_databases").migrated("postgres")
         truncate(owner)
         database_url = app_dsn(owner)
     else:

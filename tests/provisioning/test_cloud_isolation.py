@@ -9,21 +9,21 @@ import psycopg
 import pytest
 
 from cloud.storage.provisioning_schema import TABLES
-from tests.cloud.conftest import app_dsn
+from tests.cloud.conftest import ENGINE_PARAMS, app_dsn
 from tests.provisioning.cloud_support import claim_token, enroll, provisioning_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("backend", ENGINE_PARAMS, indirect=True)
 async def test_provisioning_rows_are_visible_only_in_their_tenant(
-    make_cloud: Any, tmp_path: Path, migrated_pg: str
+    make_cloud: Any, tmp_path: Path, owner_dsn: str
 ) -> None:
     cloud = await make_cloud(**provisioning_settings(tmp_path))
     a, b = await cloud.tenant("a"), await cloud.tenant("b")
     gw_a = await enroll(cloud, await claim_token(cloud, a), name="gw")
     await enroll(cloud, await claim_token(cloud, b), name="gw")
-    with psycopg.connect(app_dsn(migrated_pg)) as conn:
+    with psycopg.connect(app_dsn(owner_dsn)) as conn:
         forced = conn.execute(
             "SELECT relname FROM pg_class WHERE relname = ANY(%s)"
             " AND relrowsecurity AND relforcerowsecurity",

@@ -119,7 +119,7 @@ async def test_unknown_malformed_expired_and_used_up_claim_tokens_are_refused(
     assert error(r)[:2] == (410, "claim_token_exhausted")
 
     expiring = await claim_token(cloud, tenant, expires_in_s=60)
-    owner = request.getfixturevalue("migrated_pg") if backend == "postgres" else None
+    owner = request.getfixturevalue("owner_dsn") if backend != "sqlite" else None
     run_sql(backend, tmp_path, owner, "UPDATE claim_tokens SET expires_at = 1")
     assert error(await provision(cloud, expiring))[:2] == (410, "claim_token_expired")
     listed = (await cloud.get(tenant.admin, "/v1/claim-tokens")).json()
@@ -180,10 +180,10 @@ async def test_the_tenant_ca_key_is_stored_sealed(
 ) -> None:
     tenant = await cloud.tenant("acme")
     await enroll(cloud, await claim_token(cloud, tenant))
-    if backend == "postgres":
+    if backend != "sqlite":
         import psycopg  # noqa: PLC0415
 
-        with psycopg.connect(request.getfixturevalue("migrated_pg")) as conn:
+        with psycopg.connect(request.getfixturevalue("owner_dsn")) as conn:
             row = conn.execute("SELECT sealed_key, certificate_pem FROM tenant_cas").fetchone()
     else:
         import sqlite3  # noqa: PLC0415
