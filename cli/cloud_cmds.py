@@ -166,18 +166,21 @@ def migrate(database: DatabaseOpt = DEFAULT_DATABASE) -> None:
 
     settings = _settings(database_url=database)
 
-    async def run() -> int:
+    async def run() -> tuple[int, str]:
         if settings.backend == "postgresql":
-            return await apply_migrations(database, settings)
+            done = await apply_migrations(database, settings)
+            return done.version, done.layout.reason
         db = await open_database(settings)
         await db.close()
-        return db.info.schema_version
+        return db.info.schema_version, ""
 
     try:
-        version = asyncio.run(run())
+        version, storage = asyncio.run(run())
     except CloudError as exc:
         fail(exc.message)
     typer.echo(f"{database.split('@')[-1]}: schema at version {version}")
+    if storage:
+        typer.echo(f"storage: {storage}")
 
 
 @cloud_app.command("retention")

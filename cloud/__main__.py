@@ -30,8 +30,11 @@ async def migrate(database_url: str, app_role: str) -> str:
         return f"sqlite schema at version {version}"
     from cloud.storage.postgres import apply_migrations  # noqa: PLC0415 - postgres only
 
-    version = await apply_migrations(database_url, settings)
-    return f"postgresql schema at version {version}; the service connects as role {app_role}"
+    done = await apply_migrations(database_url, settings)
+    return (
+        f"postgresql schema at version {done.version}; the service connects as role {app_role}\n"
+        f"storage: {done.layout.reason}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

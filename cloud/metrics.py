@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloud.storage.records import MaintenanceJob
+
 # Label values come only from these sets: a label made of request input (a random method, a
 # random path) would grow the registry by one series per request.
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+JOB_STATUSES: Final = ("ok", "failed_work_done", "failed")  # of MaintenanceJob.status
 
 
 class CloudMetrics:
@@ -90,6 +94,26 @@ class CloudMetrics:
             "Old readings this replica deleted (SQLite).",
             registry=self.registry,
         )
+        self.db_job_status = Gauge(
+            "tagway_cloud_db_job_status",
+            "The database's background jobs (TimescaleDB policies): 1 for the job's current"
+            " status (ok, failed_work_done: recorded as failed but its work is done, failed).",
+            ["job", "status"],
+            registry=self.registry,
+        )
+        self.db_job_failures = Gauge(
+            "tagway_cloud_db_job_failures",
+            "Failed runs the database has recorded for each background job.",
+            ["job"],
+            registry=self.registry,
+        )
+
+    def report_jobs(self, jobs: Sequence[MaintenanceJob]) -> None:
+        """Set the job gauges from a fresh reading of the database's jobs."""
+        for job in jobs:
+            for status in JOB_STATUSES:
+                self.db_job_status.labels(job.job, status).set(int(job.status == status))
+            self.db_job_failures.labels(job.job).set(job.failures)
 
 
 class MetricsMiddleware:

@@ -3,8 +3,10 @@ replica at start-up and then every `retention_interval_s`.
 
 The storage backend does the removing (`Database.drop_telemetry`): native PostgreSQL drops whole
 daily partitions through a SECURITY DEFINER function under an advisory lock, so two replicas
-running the pass at once drop each partition once and the other finds it gone; SQLite deletes in
-short batches; with TimescaleDB its own retention policy does the work.
+running the pass at once drop each partition once and the other finds it gone; TimescaleDB drops
+whole daily chunks the same way (`drop_chunks`, and the same days of the continuous aggregate),
+and its own retention policies are kept at the same number of days; SQLite deletes in short
+batches.
 """
 
 from __future__ import annotations
@@ -30,13 +32,18 @@ def describe(result: RetentionResult) -> str:
     """One line saying what a pass removed (or would remove)."""
     cutoff = dt.datetime.fromtimestamp(result.cutoff / 1e6, tz=dt.UTC).isoformat(timespec="seconds")
     verb = "would drop" if result.dry_run else "dropped"
-    if result.method == "timescaledb":
-        return f"retention is TimescaleDB's policy (readings older than {cutoff}); nothing to do"
     if result.method == "partitions":
         names = ", ".join(result.partitions) or "none"
         return f"{verb} {len(result.partitions)} partitions older than {cutoff}: {names}"
+    if result.method == "chunks":
+        days = ", ".join(_day(d) for d in result.days) or "none"
+        return f"{verb} {len(result.partitions)} daily chunks older than {cutoff}: {days}"
     verb = "would delete" if result.dry_run else "deleted"
     return f"{verb} {result.rows_deleted} readings older than {cutoff}"
+
+
+def _day(day: int) -> str:
+    return dt.datetime.fromtimestamp(day * 86_400, tz=dt.UTC).date().isoformat()
 
 
 async def retention_pass(db: Database, metrics: CloudMetrics, *, keep_days: int) -> None:

@@ -29,12 +29,14 @@ from cloud.api.guard import RequestGuard, api_routes, route_policy
 from cloud.api.schemas import ErrorBody
 from cloud.auth import PlatformKeyAuthenticator
 from cloud.enrollment import Enrollment, authenticators, load_master_key
+from cloud.errors import StorageError
 from cloud.hub import Hub
 from cloud.metrics import CloudMetrics, MetricsMiddleware
 from cloud.retention import run_retention
 from cloud.settings import CloudSettings
 from cloud.storage import open_database
 from cloud.storage.alarms import AlarmStore
+from cloud.storage.base import Database
 from cloud.storage.commands import CommandStore
 from cloud.storage.repository import Repository
 from cloud.storage.shadow import ShadowStore
@@ -74,12 +76,14 @@ def create_app(settings: CloudSettings) -> FastAPI:
             decoder=decoder,
         )
         log.info(
-            "storage: %s, timescaledb=%s, partitioning=%s, schema v%s",
+            "storage: %s, timescaledb=%s, partitioning=%s, schema v%s%s",
             db.info.backend,
             db.info.timescaledb,
             db.info.partitioning,
             db.info.schema_version,
+            f": {db.info.storage}" if db.info.storage else "",
         )
+        await _follow_retention(db, settings.retention_days)
         live = asyncio.create_task(hub.run(), name="cloud-hub")
         retention = None
         if settings.retention_interval_s:
@@ -132,15 +136,40 @@ def _add_operations(app: FastAPI, metrics: CloudMetrics) -> None:
 
     @app.get("/readyz", tags=["operations"])
     async def readyz(request: Request) -> dict[str, Any]:
-        """Readiness: the database answers; reports the backend and TimescaleDB detection."""
+        """Readiness: the database answers. Reports the backend, how telemetry is stored and
+        why, and the database's background jobs (TimescaleDB): their failures do not make the
+        replica unready, but `jobs` says ``failing`` when one failed with its work not done."""
         rt = runtime(request)
         await rt.db.ping()
-        return {"status": "ready", **rt.db.info.model_dump()}
+        jobs = await rt.db.maintenance_jobs()
+        metrics.report_jobs(jobs)
+        failing = any(j.status == "failed" for j in jobs)
+        return {
+            "status": "ready",
+            **rt.db.info.model_dump(),
+            "jobs": "failing" if failing else "ok",
+            "db_jobs": [j.model_dump() for j in jobs],
+        }
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
-    async def prometheus() -> Response:
-        """Prometheus metrics of this replica."""
+    async def prometheus(request: Request) -> Response:
+        """Prometheus metrics of this replica (the database's jobs read afresh)."""
+        try:
+            metrics.report_jobs(await runtime(request).db.maintenance_jobs())
+        except StorageError as exc:  # the request metrics still matter when the database fails
+            log.warning("metrics: cannot read the database's jobs: %s", exc.message)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _follow_retention(db: Database, keep_days: int) -> None:
+    """Make the database's own retention (TimescaleDB's policies) keep `retention_days`."""
+    try:
+        before = await db.set_retention_policy(keep_days=keep_days)
+    except StorageError as exc:  # the hourly pass still drops by the configured days
+        log.warning("retention policy not updated to %s days: %s", keep_days, exc.message)
+        return
+    if before is not None:
+        log.info("retention policy: now %s days (was %s)", keep_days, before)
 
 
 def app_from_env() -> FastAPI:

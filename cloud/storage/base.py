@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
+from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
 
 Row = tuple[Any, ...]
 NewSeriesCheck: TypeAlias = Callable[[int], Awaitable[None]]
@@ -122,6 +122,22 @@ class Database(Protocol):
 
     async def prune_relayed(self, before_us: int) -> int:
         """Forget relayed messages older than `before_us`; how many."""
+        ...
+
+    async def set_retention_policy(self, *, keep_days: int) -> int | None:
+        """Make the database's own retention (TimescaleDB's policies) keep `keep_days` days;
+        the days it kept before when that changed, else None (also where there is none)."""
+        ...
+
+    async def aggregate_rows(
+        self, tx: Tx, tenant_id: int, series_id: int, *, start: int, end: int, bucket_us: int
+    ) -> list[Row] | None:
+        """The backend's own bucketed aggregates (bucket, min, max, avg, last number, last text,
+        count), or None where the shared SQL over raw rows answers."""
+        ...
+
+    async def maintenance_jobs(self) -> list[MaintenanceJob]:
+        """The database's background jobs and their health (empty where there are none)."""
         ...
 
     async def ping(self) -> None:

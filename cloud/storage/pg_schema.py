@@ -23,7 +23,13 @@ What migration 1 sets up, and why:
 
 Migration 3 adds `tagway_drop_partitions(keep_days, dry_run)` (see `retention_function`): the
 native path's retention, since only the owner may drop a partition. Migration 5
-(`counts_and_limits`) adds batch digests, drop totals and per-tenant series limits.
+(`counts_and_limits`) adds batch digests, drop totals and per-tenant series limits. Migration 6
+gives TimescaleDB what migration 3 gave native partitions: `drop_chunks` behind that function,
+the policies following `retention_days` (`tagway_set_retention`), chunks sealed from the app role
+and a `telemetry_1m` whose minutes combine into any larger bucket (`cloud.storage.timescale`).
+
+Whether telemetry is a hypertable is decided once, by migration 1, from what the server offers
+(`cloud.storage.pg_layout`); later migrations follow the schema, never the server.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from cloud.storage import twoway_schema
+from cloud.storage import timescale, twoway_schema
 from cloud.storage.provisioning_schema import pg_migration
 
 DAY_US: Final = 86_400_000_000
@@ -259,7 +265,7 @@ def retention_function(*, role: str, timescaledb: bool, **_: Any) -> str:
     Native partitioning: detaches and drops the daily partitions whose whole range lies before
     ``now() - keep_days`` (by the database's clock) and answers (partition, day) for each; with
     `dry_run` it only answers. The partition holding today is never dropped. With TimescaleDB
-    the retention policy of migration 1 does this, and the function answers nothing.
+    it answers nothing; migration 6 replaces it with one that drops chunks.
     """
     body = _TIMESCALE_RETENTION if timescaledb else _NATIVE_RETENTION
     return f"""{body}
@@ -286,6 +292,15 @@ ALTER TABLE tenants ADD COLUMN max_devices integer, ADD COLUMN max_series intege
 """
 
 
+def timescale_storage(*, role: str, timescaledb: bool, retention_days: int, **_: Any) -> str:
+    """Migration 6: on TimescaleDB, chunks reached only through the hypertable, retention by
+    `drop_chunks`, and `telemetry_1m` made for queries (see `cloud.storage.timescale`). Native
+    partitions need nothing."""
+    if not timescaledb:
+        return "SELECT 1"
+    return timescale.migration(role=role, retention_days=retention_days)
+
+
 Migration = tuple[int, str, Callable[..., str]]
 
 MIGRATIONS: Final[list[Migration]] = [
@@ -294,4 +309,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (3, "telemetry retention", retention_function),
     (4, "two-way: commands, shadow, write records, alarm state", twoway_schema.pg_migration),
     (5, "batch digests, drop totals, tenant series limits", counts_and_limits),
+    (6, "timescaledb: sealed chunks, chunk retention, telemetry_1m for queries", timescale_storage),
 ]

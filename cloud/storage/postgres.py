@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -29,10 +31,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.settings import CloudSettings
+from cloud.storage import timescale
 from cloud.storage.base import NewSeriesCheck, Row, TelemetryRows, Tx
+from cloud.storage.pg_layout import ExtensionNotCreatable, Layout, current, server_facts
 from cloud.storage.pg_schema import DAY_US, MIGRATIONS
-from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
+from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
 from cloud.storage.registry import find_or_create_series
+
+log = logging.getLogger("tagway.cloud.storage")
 
 _COPY_SQL: Final = (
     "COPY telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
@@ -61,6 +67,7 @@ _RETENTION_SCHEMA: Final = 3  # the migration that added tagway_drop_partitions
 RELAY_CHANNEL: Final = "tagway_live"
 # NOTIFY payloads must stay under 8000 bytes; a larger message goes through stream_log.
 _INLINE_RELAY: Final = 7_000
+_TIMESCALE_SCHEMA: Final = 6  # the migration that made TimescaleDB's retention and aggregate
 _INSERT_SKIPPING: Final = (
     "INSERT INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
     " SELECT %s, u.s, u.t, u.v, u.x, u.q"
@@ -115,6 +122,7 @@ class PostgresDatabase:
         self.replica = secrets.token_hex(6)  # tells this replica's own notifications apart
         self._dsn = dsn
         self._known_days: set[int] = set()
+        self._aggregate_sql = timescale.AGGREGATE
 
     @classmethod
     async def open(cls, settings: CloudSettings) -> PostgresDatabase:
@@ -136,6 +144,8 @@ class PostgresDatabase:
             await pool.close()
             raise StorageError(f"cannot use PostgreSQL: {exc}") from exc
         db = cls(pool, info, settings.database_url)
+        if info.timescaledb:
+            await db._choose_aggregate_sql()
         today = time.time_ns() // 1000 // DAY_US
         await db.ensure_partitions(range(today - 1, today + settings.partitions_ahead_days + 1))
         return db
@@ -208,6 +218,12 @@ class PostgresDatabase:
             )
         return [ids[i] for i in range(len(keys))]
 
+    async def _choose_aggregate_sql(self) -> None:
+        async with self.transaction(None) as tx:
+            row = await tx.fetchone("SELECT to_regclass(%s)", [timescale.RANGES_TABLE])
+        if row is None or row[0] is None:  # a TimescaleDB older than 2.2x
+            self._aggregate_sql = timescale.AGGREGATE_WITHOUT_RANGES
+
     async def ensure_partitions(self, days: Sequence[int]) -> None:
         """Create missing daily partitions in their own short transaction (not the batch's)."""
         missing = [d for d in days if d not in self._known_days]
@@ -217,18 +233,21 @@ class PostgresDatabase:
             await tx.execute("SELECT tagway_ensure_partitions(%s::bigint[])", [missing])
         self._known_days.update(missing)  # a cache of work done, never a source of truth
 
+    def _require_schema(self, version: int, what: str) -> None:
+        if self.info.schema_version < version:
+            raise StorageError(
+                f"the schema is at version {self.info.schema_version}; {what} needs"
+                f" {version}: run tagway cloud migrate as the schema owner"
+            )
+
     async def drop_telemetry(
         self, *, keep_days: int, now_us: int, dry_run: bool = False
     ) -> RetentionResult:
-        """Drop whole daily partitions through `tagway_drop_partitions` (owner's rights)."""
+        """Drop whole daily partitions (TimescaleDB: chunks, and the same days of the aggregate)
+        through `tagway_drop_partitions` (owner's rights)."""
         cutoff = now_us - keep_days * DAY_US
-        if self.info.partitioning != "native":
-            return RetentionResult(method="timescaledb", cutoff=cutoff, dry_run=dry_run)
-        if self.info.schema_version < _RETENTION_SCHEMA:
-            raise StorageError(
-                f"the schema is at version {self.info.schema_version}; retention needs"
-                f" {_RETENTION_SCHEMA}: run tagway cloud migrate as the schema owner"
-            )
+        hypertable = self.info.timescaledb
+        self._require_schema(_TIMESCALE_SCHEMA if hypertable else _RETENTION_SCHEMA, "retention")
         async with self.transaction(None) as tx:
             rows = await tx.fetch(
                 "SELECT partition, day FROM tagway_drop_partitions(%s, %s)", [keep_days, dry_run]
@@ -237,12 +256,43 @@ class PostgresDatabase:
         if not dry_run:
             self._known_days.difference_update(days)
         return RetentionResult(
-            method="partitions",
+            method="chunks" if hypertable else "partitions",
             cutoff=cutoff,
             dry_run=dry_run,
             partitions=[str(r[0]) for r in rows],
             days=days,
         )
+
+    async def set_retention_policy(self, *, keep_days: int) -> int | None:
+        """TimescaleDB: its retention policies (telemetry and the aggregate) keep `keep_days`."""
+        if not self.info.timescaledb:
+            return None
+        self._require_schema(_TIMESCALE_SCHEMA, "the retention policy")
+        async with self.transaction(None) as tx:
+            row = await tx.fetchone("SELECT tagway_set_retention(%s)", [keep_days])
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def aggregate_rows(
+        self, tx: Tx, tenant_id: int, series_id: int, *, start: int, end: int, bucket_us: int
+    ) -> list[Row] | None:
+        """TimescaleDB: through `telemetry_1m` for buckets of whole minutes; else None."""
+        if not self.info.timescaledb or self.info.schema_version < _TIMESCALE_SCHEMA:
+            return None
+        params = timescale.aggregate_params(
+            tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
+        )
+        if params is None:
+            return None
+        assert isinstance(tx, PgTx)  # noqa: S101 - the backend only ever hands out PgTx
+        cur = await tx.conn.execute(self._aggregate_sql, params)
+        return await cur.fetchall()
+
+    async def maintenance_jobs(self) -> list[MaintenanceJob]:
+        """TimescaleDB's background jobs, each with whether its work is done."""
+        if not self.info.timescaledb or self.info.schema_version < _TIMESCALE_SCHEMA:
+            return []
+        async with self.transaction(None) as tx:
+            return timescale.job_health(await tx.fetch(timescale.JOBS))
 
     async def write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
         """Binary COPY; on a unique violation, the skipping INSERT instead."""
@@ -359,30 +409,27 @@ class PostgresDatabase:
 
 async def _detect(pool: AsyncConnectionPool[Any]) -> BackendInfo:
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),"
-            " (SELECT max(version) FROM schema_migrations)"
-        )
+        cur = await conn.execute("SELECT max(version) FROM schema_migrations")
         row = await cur.fetchone()
-    timescale, version = (bool(row[0]), int(row[1] or 0)) if row else (False, 0)
+        layout = current(await server_facts(conn))
     return BackendInfo(
         backend="postgresql",
-        timescaledb=timescale,
-        partitioning="timescaledb" if timescale else "native",
-        schema_version=version,
+        timescaledb=layout.timescaledb,
+        partitioning=layout.kind,
+        schema_version=int(row[0] or 0) if row else 0,
+        storage=layout.reason,
     )
 
 
-async def timescaledb_available(conn: psycopg.AsyncConnection[Any]) -> bool:
-    """True if the TimescaleDB extension can be created in this server."""
-    cur = await conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"
-    )
-    row = await cur.fetchone()
-    return bool(row and row[0])
+@dataclass(frozen=True, slots=True)
+class Migrated:
+    """The outcome of `apply_migrations`: the schema version and the telemetry layout."""
+
+    version: int
+    layout: Layout
 
 
-async def apply_migrations(owner_dsn: str, settings: CloudSettings) -> int:
+async def apply_migrations(owner_dsn: str, settings: CloudSettings) -> Migrated:
     """Apply pending migrations as the schema owner; safe to run from several replicas at once."""
     try:
         async with await psycopg.AsyncConnection.connect(owner_dsn, autocommit=True) as conn:
@@ -393,21 +440,29 @@ async def apply_migrations(owner_dsn: str, settings: CloudSettings) -> int:
                 await conn.execute("SELECT pg_advisory_unlock(7360)")
     except psycopg.Error as exc:
         raise StorageError(f"PostgreSQL migration failed: {exc}") from exc
+    except ExtensionNotCreatable as exc:
+        raise StorageError(f"PostgreSQL migration refused: {exc}") from exc
 
 
-async def _migrate(conn: psycopg.AsyncConnection[Any], settings: CloudSettings) -> int:
+async def _migrate(conn: psycopg.AsyncConnection[Any], settings: CloudSettings) -> Migrated:
     await conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
         " name text NOT NULL, applied_at bigint NOT NULL)"
     )
     cur = await conn.execute("SELECT version FROM schema_migrations")
     done = {row[0] for row in await cur.fetchall()}
-    timescale = await timescaledb_available(conn)
+    # Decided from the schema once it exists (a migration never converts telemetry), and from
+    # what the server offers before that.
+    layout = current(await server_facts(conn))
+    if {v for v, _, _ in MIGRATIONS} - done:
+        log.info("migrating: %s", layout.reason)
     for version, name, build in MIGRATIONS:
         if version in done:
             continue
         script = build(
-            role=settings.app_role, timescaledb=timescale, retention_days=settings.retention_days
+            role=settings.app_role,
+            timescaledb=layout.timescaledb,
+            retention_days=settings.retention_days,
         )
         async with conn.transaction():
             await conn.execute(script.encode())
@@ -415,4 +470,4 @@ async def _migrate(conn: psycopg.AsyncConnection[Any], settings: CloudSettings) 
                 "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
                 [version, name, time.time_ns() // 1000],
             )
-    return max(v for v, _, _ in MIGRATIONS)
+    return Migrated(max(v for v, _, _ in MIGRATIONS), layout)

@@ -271,8 +271,8 @@ class RetentionResult(Record):
     """What one retention pass removed (or, with `dry_run`, would remove).
 
     `method` says how: ``partitions`` (native PostgreSQL drops whole UTC days, so up to a day
-    more than asked is kept), ``rows`` (SQLite deletes readings older than `cutoff`) or
-    ``timescaledb`` (its retention policy does the work; the pass removes nothing itself).
+    more than asked is kept), ``chunks`` (TimescaleDB drops whole daily chunks the same way,
+    named in `partitions`) or ``rows`` (SQLite deletes readings older than `cutoff`).
     """
 
     method: str
@@ -284,9 +284,26 @@ class RetentionResult(Record):
 
 
 class BackendInfo(Record):
-    """What `/readyz` reports about storage."""
+    """What `/readyz` reports about storage; `storage` says why telemetry is stored as it is."""
 
     backend: str
     timescaledb: bool
     partitioning: str
     schema_version: int
+    storage: str = ""
+
+
+class MaintenanceJob(Record):
+    """A database background job (TimescaleDB's policies) as /readyz and /metrics report it.
+
+    `status` is ``ok`` (the last run succeeded, or none yet), ``failed_work_done`` (the last run
+    is recorded as failed, but what it was to do is done: checked for compression, retention and
+    the aggregate's refresh) or ``failed``. `work_done` is None where it cannot be checked.
+    """
+
+    id: int
+    job: str
+    last_run: str | None
+    failures: int
+    work_done: bool | None
+    status: str

@@ -21,7 +21,7 @@ from typing import Any, Final
 from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.storage.base import NewSeriesCheck, Row, TelemetryRows, Tx
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
-from cloud.storage.records import BackendInfo, RetentionResult, StoredPrincipal
+from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
 from cloud.storage.registry import find_or_create_series, find_series
 from cloud.storage.telemetry import DAY_US
 from cloud.storage.twoway_schema import SQLITE_MIGRATION as TWO_WAY_MIGRATION
@@ -315,6 +315,20 @@ class SqliteDatabase:
     async def prune_relayed(self, before_us: int) -> int:
         """Nothing is relayed."""
         return 0
+
+    async def set_retention_policy(self, *, keep_days: int) -> int | None:
+        """SQLite has no retention of its own: the service's pass is all there is."""
+        return None
+
+    async def aggregate_rows(
+        self, tx: Tx, tenant_id: int, series_id: int, *, start: int, end: int, bucket_us: int
+    ) -> list[Row] | None:
+        """None: the shared SQL over raw rows answers."""
+        return None
+
+    async def maintenance_jobs(self) -> list[MaintenanceJob]:
+        """SQLite runs no background jobs."""
+        return []
 
     async def ping(self) -> None:
         """Raise `StorageError` unless the file answers."""

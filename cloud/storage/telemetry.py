@@ -364,17 +364,29 @@ class TelemetryStore:
         """min/max/avg/last/count per time bucket in [start, end)."""
         async with self.db.transaction(tenant_id) as tx:
             await self._series_exists(tx, tenant_id, series_id)
-            rows = await tx.fetch(
-                "WITH b AS (SELECT (ts / %s) * %s AS bucket, ts, value_num FROM telemetry"
-                " WHERE tenant_id = %s AND series_id = %s AND ts >= %s AND ts < %s),"
-                " agg AS (SELECT bucket, min(value_num) AS lo, max(value_num) AS hi,"
-                " avg(value_num) AS mean, count(*) AS n, max(ts) AS last_ts FROM b GROUP BY bucket)"
-                " SELECT a.bucket, a.lo, a.hi, a.mean, t.value_num, t.value_text, a.n FROM agg a"
-                " JOIN telemetry t ON t.tenant_id = %s AND t.series_id = %s AND t.ts = a.last_ts"
-                " ORDER BY a.bucket",
-                [bucket_us, bucket_us, tenant_id, series_id, start, end, tenant_id, series_id],
+            rows = await self.db.aggregate_rows(
+                tx, tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
             )
+            if rows is None:
+                rows = await self._aggregate_raw(
+                    tx, tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
+                )
         return [_bucket(r) for r in rows]
+
+    @staticmethod
+    async def _aggregate_raw(
+        tx: Tx, tenant_id: int, series_id: int, *, start: int, end: int, bucket_us: int
+    ) -> list[Row]:
+        return await tx.fetch(
+            "WITH b AS (SELECT (ts / %s) * %s AS bucket, ts, value_num FROM telemetry"
+            " WHERE tenant_id = %s AND series_id = %s AND ts >= %s AND ts < %s),"
+            " agg AS (SELECT bucket, min(value_num) AS lo, max(value_num) AS hi,"
+            " avg(value_num) AS mean, count(*) AS n, max(ts) AS last_ts FROM b GROUP BY bucket)"
+            " SELECT a.bucket, a.lo, a.hi, a.mean, t.value_num, t.value_text, a.n FROM agg a"
+            " JOIN telemetry t ON t.tenant_id = %s AND t.series_id = %s AND t.ts = a.last_ts"
+            " ORDER BY a.bucket",
+            [bucket_us, bucket_us, tenant_id, series_id, start, end, tenant_id, series_id],
+        )
 
 
 def _bucket(r: Row) -> Bucket:

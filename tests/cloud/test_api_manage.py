@@ -303,13 +303,36 @@ async def test_usage_counts_api_calls_and_ingest(cloud: Cloud) -> None:
     assert r.status_code == 422
 
 
+# What /readyz says about storage on each backend: (backend, timescaledb, partitioning, why).
+_STORAGE = {
+    "sqlite": ("sqlite", False, "none", ""),
+    "postgres": ("postgresql", False, "native", "TimescaleDB is not installed on this server"),
+    "timescaledb": ("postgresql", True, "timescaledb", "telemetry is a TimescaleDB 2."),
+}
+_TIMESCALEDB_JOBS = {
+    "compression:telemetry",
+    "retention:telemetry",
+    "refresh:telemetry_1m",
+    "compression:telemetry_1m",
+    "retention:telemetry_1m",
+}
+
+
 async def test_health_ready_metrics_openapi(cloud: Cloud, backend: str) -> None:
     assert (await cloud.client.get("/healthz")).json() == {"status": "ok"}
     ready = (await cloud.client.get("/readyz")).json()
     assert ready["status"] == "ready"
-    assert ready["backend"] == ("postgresql" if backend == "postgres" else "sqlite")
-    assert ready["timescaledb"] is False  # not installed on this server
-    assert ready["partitioning"] == ("native" if backend == "postgres" else "none")
+    name, timescaledb, partitioning, why = _STORAGE[backend]
+    assert (ready["backend"], ready["timescaledb"], ready["partitioning"]) == (
+        name,
+        timescaledb,
+        partitioning,
+    )
+    assert ready["storage"].startswith(why), ready["storage"]
+    jobs = {j["job"]: j for j in ready["db_jobs"]}
+    assert set(jobs) >= _TIMESCALEDB_JOBS if timescaledb else jobs == {}
+    failing = any(j["status"] == "failed" for j in jobs.values())
+    assert ready["jobs"] == ("failing" if failing else "ok")
     tenant = await cloud.tenant("acme")
     gw = await cloud.gateway(tenant)
     await cloud.send(gw, make_batch(gw[0], 1, n=5))
@@ -317,6 +340,9 @@ async def test_health_ready_metrics_openapi(cloud: Cloud, backend: str) -> None:
     assert 'tagway_cloud_ingest_batches_total{result="stored"} 1.0' in text
     assert "tagway_cloud_ingest_readings_total 10.0" in text
     assert 'route="/v1/ingest"' in text
+    for job in jobs.values():
+        gauge = f'tagway_cloud_db_job_status{{job="{job["job"]}",status="{job["status"]}"}}'
+        assert f"{gauge} 1.0" in text
     spec = (await cloud.client.get("/openapi.json")).json()
     assert "/v1/ingest" in spec["paths"]
     assert "/v1/series/{series_id}/aggregate" in spec["paths"]

@@ -27,6 +27,7 @@ from tests.cloud.conftest import (
     truncate,
 )
 from tests.cloud.live_support import batch_with_events, open_stream
+from tests.cloud.test_retention import unused_day
 
 pytestmark = pytest.mark.integration
 
@@ -294,17 +295,58 @@ async def test_rls_admits_only_the_current_tenant(two_tenants_pg: Any, migrated_
 
 
 @pg
-async def test_the_app_role_cannot_touch_partitions(two_tenants_pg: Any, migrated_pg: str) -> None:
+async def test_the_app_role_cannot_touch_partitions(
+    two_tenants_pg: Any, migrated_pg: str, pg_engine: str
+) -> None:
     today = dt.datetime.now(tz=dt.UTC).strftime("%Y%m%d")
+    hidden, queried = [f"telemetry_p{today}"], [f"telemetry_p{today}"]
+    if pg_engine == "timescaledb":
+        hidden, queried = _timescaledb_storage(migrated_pg, two_tenants_pg[1]["tenant"])
     with psycopg.connect(app_dsn(migrated_pg)) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(f"SELECT count(*) FROM telemetry_p{today}")  # noqa: S608 - a date
-        conn.rollback()
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(f"DROP TABLE telemetry_p{today}")
-        conn.rollback()
+        for name in hidden:
+            granted = conn.execute(
+                "SELECT has_table_privilege(%s, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')", [name]
+            ).fetchone()
+            assert granted == (False,), name
+        for name in queried:
+            for sql in (f"SELECT count(*) FROM {name}", f"DROP TABLE {name}"):  # noqa: S608
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(sql)
+                conn.rollback()
         # the parent is readable, and only through an explicit tenant filter does it make sense
         assert conn.execute("SELECT count(*) > 0 FROM telemetry").fetchone() == (True,)
+        if pg_engine == "timescaledb":
+            assert conn.execute("SELECT count(*) > 0 FROM telemetry_1m").fetchone() == (True,)
+
+
+def _timescaledb_storage(owner_dsn: str, tenant: int) -> tuple[list[str], list[str]]:
+    """Every table behind the hypertable and its aggregate, with compressed and materialized
+    data in them; and those a statement may name (TimescaleDB itself refuses statements naming
+    compressed data): the materialized hypertable and a chunk the app role's own insert made."""
+    with psycopg.connect(owner_dsn, autocommit=True) as owner:
+        owner.execute("SELECT compress_chunk(c) FROM show_chunks('telemetry') c")
+        owner.execute("CALL refresh_continuous_aggregate('telemetry_1m', NULL, NULL)")
+        owner.execute("SELECT compress_chunk(c) FROM show_chunks('telemetry_1m') c")
+        late = unused_day(owner) * 86_400_000_000 + 1
+        with psycopg.connect(app_dsn(owner_dsn), autocommit=True) as app:
+            app.execute("INSERT INTO telemetry VALUES (%s, 1, %s, 1.0, NULL, 0)", [tenant, late])
+        rows = owner.execute(
+            "SELECT format('%%I.%%I', n.nspname, c.relname), c.relname ~ '^_materialized' OR"
+            "  EXISTS (SELECT 1 FROM timescaledb_information.chunks k WHERE k.chunk_name ="
+            "   c.relname AND NOT k.is_compressed AND k.range_start_integer <= %s"
+            "   AND k.range_end_integer > %s)"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = '_timescaledb_internal' AND c.relkind = 'r'"
+            " AND c.relname ~ '^(_hyper|compress_hyper|_compressed_hypertable"
+            "|_materialized_hypertable)_'",
+            [late, late],
+        ).fetchall()
+    names = [str(r[0]) for r in rows]
+    for kind in ("._hyper_", ".compress_hyper_", "._materialized_hypertable_"):
+        assert any(kind in n for n in names), (kind, names)
+    queried = [str(r[0]) for r in rows if r[1]]
+    assert len(queried) == 2, rows  # the materialized hypertable and the app's new chunk
+    return names, queried
 
 
 @pg

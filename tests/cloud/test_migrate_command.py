@@ -9,9 +9,19 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from cloud.storage import pg_schema, sqlite
-from tests.cloud.conftest import EngineDatabases
+from cloud.storage.pg_layout import (
+    NATIVE,
+    TIMESCALEDB,
+    ExtensionNotCreatable,
+    ServerFacts,
+    choose,
+    current,
+)
+from tests.cloud.conftest import EngineDatabases, engine_param
+from tests.pg_engines import without_preload
 
 SQLITE_LATEST = max(version for version, _, _ in sqlite.MIGRATIONS)
 PG_LATEST = max(version for version, _, _ in pg_schema.MIGRATIONS)
@@ -45,6 +55,53 @@ def test_migrate_postgres_twice(pg_engine: str, engine_databases: EngineDatabase
     assert f"version {PG_LATEST}" in second.stdout
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (PG_LATEST,)
+
+
+@pytest.mark.parametrize("pg_engine", [engine_param("timescaledb")])
+def test_without_preload_the_migration_chooses_native_partitions_and_says_why(
+    pg_engine: str, engine_databases: EngineDatabases
+) -> None:
+    # the extension's files are there, but the library is not preloaded: CREATE EXTENSION would
+    # end the connection ("FATAL: extension "timescaledb" must be preloaded")
+    with without_preload(engine_databases.server(pg_engine)) as admin:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+            ).fetchone() == (1,)
+            conn.execute("CREATE DATABASE tagway")
+        url = psycopg.conninfo.make_conninfo(admin, dbname="tagway")
+        result = _migrate(url)
+        assert result.returncode == 0, result.stderr
+        assert "not in shared_preload_libraries" in result.stdout
+        assert "native daily partitions" in result.stdout
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "SELECT relkind FROM pg_class WHERE relname = 'telemetry'"
+            ).fetchone() == ("p",)
+            assert conn.execute(
+                "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+            ).fetchone() == (0,)
+
+
+def test_the_layout_is_chosen_from_what_the_server_offers() -> None:
+    facts = {"preload_setting": None, "loader_settings": False, "available": None,
+             "installed": None, "telemetry_exists": False, "hypertable": False}  # fmt: skip
+    assert choose(ServerFacts(**facts)).kind == NATIVE
+    offered = facts | {"available": "2.28.3"}
+    assert choose(ServerFacts(**offered)).kind == NATIVE  # not preloaded
+    preloaded = offered | {"preload_setting": 'pg_stat_statements, "$libdir/timescaledb"'}
+    assert choose(ServerFacts(**preloaded, superuser=True)).kind == TIMESCALEDB
+    hidden = offered | {"loader_settings": True}  # shared_preload_libraries hidden from this role
+    assert choose(ServerFacts(**hidden, superuser=True)).kind == TIMESCALEDB
+    with pytest.raises(ExtensionNotCreatable, match="as a superuser"):
+        choose(ServerFacts(**hidden))
+    created = hidden | {"installed": "2.28.3"}
+    assert choose(ServerFacts(**created)).kind == TIMESCALEDB
+    # an existing schema keeps its layout, whatever the server offers now
+    native_schema = created | {"telemetry_exists": True}
+    layout = current(ServerFacts(**native_schema))
+    assert (layout.kind, "created before TimescaleDB" in layout.reason) == (NATIVE, True)
+    assert current(ServerFacts(**native_schema | {"hypertable": True})).kind == TIMESCALEDB
 
 
 def test_migrate_reports_an_unreachable_database() -> None:

@@ -1,6 +1,8 @@
 """Telemetry retention: a pass removes what is older than the retention, keeps everything newer
 (still served by the API), never touches today, and is safe to repeat and to run from two
-replicas at once. On PostgreSQL the app role drops partitions only through the function."""
+replicas at once. On PostgreSQL the app role drops whole days only through the function: native
+daily partitions, or TimescaleDB's daily chunks (of telemetry and of its continuous aggregate),
+whose retention policies follow `retention_days`."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from cloud.storage import open_database
 from cloud.storage.postgres import PostgresDatabase
 from cloud.storage.records import RetentionResult
 from cloud.storage.sqlite import SqliteDatabase
-from tests.cloud.conftest import APP_ROLE, Cloud, app_dsn, now_us
+from tests.cloud.conftest import APP_ROLE, Cloud, app_dsn, engine_param, now_us
 
 pytestmark = pytest.mark.integration
 pg = pytest.mark.postgres
@@ -32,6 +34,53 @@ NEW_AGES = (8.0, 5.0, 2.0, 0.5, 0.0)
 
 def _partition(ts: int) -> str:
     return "telemetry_p" + dt.datetime.fromtimestamp(ts / 1e6, tz=dt.UTC).strftime("%Y%m%d")
+
+
+def _iso_day(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts / 1e6, tz=dt.UTC).date().isoformat()
+
+
+def day_label(backend: str, ts: int) -> str:
+    """How a pass names the day holding `ts`: its partition, or (TimescaleDB) its date."""
+    return _iso_day(ts) if backend == "timescaledb" else _partition(ts)
+
+
+def stored_days(owner: Any, backend: str) -> set[int]:
+    """The UTC days telemetry has a partition (or a TimescaleDB chunk) for."""
+    if backend == "timescaledb":
+        rows = owner.execute(
+            "SELECT range_start_integer / %s FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'telemetry'",
+            [DAY],
+        ).fetchall()
+        return {int(r[0]) for r in rows}
+    rows = owner.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'telemetry'::regclass"
+    ).fetchall()
+    epoch = dt.date(1970, 1, 1)
+    return {(dt.date.fromisoformat(r[0].removeprefix("telemetry_p")) - epoch).days for r in rows}
+
+
+def unused_day(owner: Any) -> int:
+    """A day of the last 100 (not the last 60) that has no TimescaleDB chunk yet."""
+    used = {
+        int(r[0])
+        for r in owner.execute(
+            "SELECT range_start_integer / %s FROM timescaledb_information.chunks", [DAY]
+        ).fetchall()
+    }
+    today = now_us() // DAY
+    return next(d for d in range(today - 60, today - 100, -1) if d not in used)
+
+
+def make_days(owner: Any, backend: str, days: list[int]) -> None:
+    """Give telemetry storage for these days, as the owner (TimescaleDB: one row makes a chunk)."""
+    if backend == "timescaledb":
+        for d in days:
+            owner.execute("INSERT INTO telemetry VALUES (0, 0, %s, 1.0, NULL, 0)", [d * DAY])
+    else:
+        owner.execute("SELECT tagway_ensure_partitions(%s::bigint[])", [days])
 
 
 def _batch(gateway_id: int, seq: int, stamps: list[int]) -> Batch:
@@ -77,7 +126,7 @@ def _old_partitions(now: int) -> set[str]:
 
 
 async def test_a_pass_removes_old_readings_and_keeps_the_rest(
-    make_cloud: Any, settings_for: Any, backend: str
+    make_cloud: Any, settings_for: Any, backend: str, owner_conn: Any
 ) -> None:
     cloud = await make_cloud(max_age_days=60, retention_interval_s=0)
     key, _, series, _ = await _old_and_new(cloud)
@@ -92,12 +141,23 @@ async def test_a_pass_removes_old_readings_and_keeps_the_rest(
     assert all(ts >= cutoff for ts in after)
     latest = (await cloud.get(key, "/v1/devices")).json()[0]["id"]
     assert (await cloud.get(key, f"/v1/devices/{latest}/latest")).json()[0]["ts"] == after[-1]
-    if backend == "postgres":
-        assert first.method == "partitions"
-        assert _old_partitions(now_us()) <= set(first.partitions)
-        assert _partition(now_us()) not in first.partitions
-    else:
+    if backend == "sqlite":
         assert (first.method, first.rows_deleted) == ("rows", len(OLD_AGES))
+    else:
+        old_days = {(now_us() - int(a * DAY)) // DAY for a in OLD_AGES}
+        assert old_days <= set(first.days)
+        assert now_us() // DAY not in first.days
+        assert not old_days & stored_days(owner_conn, backend)
+        assert len(first.partitions) == len(first.days)
+        if backend == "timescaledb":
+            assert first.method == "chunks"
+            # the aggregate lost the same days: it answers what the raw rows answer
+            r = await cloud.get(key, f"/v1/series/{series}/aggregate", bucket="1d",
+                                start=now_us() - 60 * DAY, end=now_us() + DAY)  # fmt: skip
+            assert sum(b["count"] for b in r.json()) == len(after)
+        else:
+            assert first.method == "partitions"
+            assert _old_partitions(now_us()) <= set(first.partitions)
 
     second = await _pass(settings, KEEP)
     assert (second.partitions, second.rows_deleted) == ([], 0)
@@ -105,7 +165,7 @@ async def test_a_pass_removes_old_readings_and_keeps_the_rest(
 
 
 async def test_today_survives_a_retention_of_one_day(
-    make_cloud: Any, settings_for: Any, owner_conn: Any
+    make_cloud: Any, settings_for: Any, owner_conn: Any, backend: str
 ) -> None:
     cloud = await make_cloud(retention_interval_s=0)
     tenant = await cloud.tenant("acme")
@@ -116,15 +176,14 @@ async def test_today_survives_a_retention_of_one_day(
 
     result = await _pass(settings_for(), 1)
 
-    assert _partition(just_now) not in result.partitions
+    assert just_now // DAY not in result.days
     assert result.rows_deleted == 0
     assert await _stored(cloud, tenant.admin, series) == [just_now]
     if owner_conn is not None:  # not even the owner can make the function drop today
         for keep in (0, -5):
             rows = owner_conn.execute("SELECT * FROM tagway_drop_partitions(%s, false)", [keep])
-            assert _partition(now_us()) not in {r[0] for r in rows.fetchall()}
-        names = owner_conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r'").fetchall()
-        assert (_partition(now_us()),) in names
+            assert now_us() // DAY not in {r[1] for r in rows.fetchall()}
+        assert now_us() // DAY in stored_days(owner_conn, backend)
 
 
 async def test_a_replica_ingests_into_a_day_another_replica_dropped(
@@ -139,18 +198,22 @@ async def test_a_replica_ingests_into_a_day_another_replica_dropped(
     if backend == "postgres":  # refused once (the gateway retries 503), then the day is made again
         assert (first.status_code, first.json()["error"]["code"]) == (503, "storage_unavailable")
         first = await cloud.send(gw, late)
+    # TimescaleDB makes the chunk again by itself; SQLite has no days to make
     assert first.status_code == 200, first.text
     assert stamps["old"] in await _stored(cloud, key, series)
 
 
 @pg
-async def test_two_replicas_at_once_drop_each_partition_once(migrated_pg: str) -> None:
+async def test_two_replicas_at_once_drop_each_partition_once(
+    migrated_pg: str, pg_engine: str
+) -> None:
     settings = CloudSettings(database_url=app_dsn(migrated_pg))
     dbs = [await PostgresDatabase.open(settings), await PostgresDatabase.open(settings)]
     try:
         today = now_us() // DAY
         old = [today - 40, today - 39, today - 38]
-        await dbs[0].ensure_partitions(old)
+        with psycopg.connect(migrated_pg, autocommit=True) as owner:
+            make_days(owner, pg_engine, old)
         results = await asyncio.gather(
             *(db.drop_telemetry(keep_days=KEEP, now_us=now_us()) for db in dbs)
         )
@@ -165,12 +228,12 @@ async def test_two_replicas_at_once_drop_each_partition_once(migrated_pg: str) -
 
 
 @pg
-async def test_the_app_role_drops_partitions_only_through_the_function(migrated_pg: str) -> None:
-    today = now_us() // DAY
-    old = today - 50
-    name = _partition(old * DAY)
+async def test_the_app_role_drops_days_only_through_the_function(
+    migrated_pg: str, pg_engine: str
+) -> None:
+    old = now_us() // DAY - 50
     with psycopg.connect(migrated_pg, autocommit=True) as owner:
-        owner.execute("SELECT tagway_ensure_partitions(%s::bigint[])", [[old]])
+        make_days(owner, pg_engine, [old])
         definer, owned_by_app = owner.execute(
             "SELECT p.prosecdef, pg_get_userbyid(p.proowner) = %s FROM pg_proc p"
             " WHERE p.proname = 'tagway_drop_partitions'",
@@ -181,13 +244,50 @@ async def test_the_app_role_drops_partitions_only_through_the_function(migrated_
             "SELECT has_function_privilege('public',"
             " 'tagway_drop_partitions(integer, boolean)', 'EXECUTE')"
         ).fetchone() == (False,)
+        name = _storage_of_day(owner, pg_engine, old)
     with psycopg.connect(app_dsn(migrated_pg), autocommit=True) as app:
-        for sql in (f"DROP TABLE {name}", f"ALTER TABLE telemetry DETACH PARTITION {name}"):
+        attempts = [f"DROP TABLE {name}"]
+        if pg_engine == "timescaledb":
+            attempts.append(f"SELECT drop_chunks('telemetry', older_than => {(old + 1) * DAY})")
+        else:
+            attempts.append(f"ALTER TABLE telemetry DETACH PARTITION {name}")
+        for sql in attempts:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(sql)
-        rows = app.execute("SELECT partition FROM tagway_drop_partitions(%s, false)", [KEEP])
-        assert name in {r[0] for r in rows.fetchall()}
+        rows = app.execute("SELECT day FROM tagway_drop_partitions(%s, false)", [KEEP])
+        assert old in {r[0] for r in rows.fetchall()}
         assert app.execute("SELECT to_regclass(%s)", [name]).fetchone() == (None,)
+
+
+def _storage_of_day(owner: Any, backend: str, day: int) -> str:
+    if backend == "timescaledb":
+        row = owner.execute(
+            "SELECT format('%%I.%%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'telemetry' AND range_start_integer = %s",
+            [day * DAY],
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+    return _partition(day * DAY)
+
+
+@pytest.mark.parametrize("backend", [engine_param("timescaledb")], indirect=True)
+async def test_timescaledb_policies_follow_retention_days(
+    make_cloud: Any, owner_conn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def policies() -> dict[str, int]:
+        rows = owner_conn.execute(
+            "SELECT hypertable_name, (config ->> 'drop_after')::bigint FROM"
+            " timescaledb_information.jobs WHERE proc_name = 'policy_retention'"
+        ).fetchall()
+        return {str(r[0]): int(r[1]) // DAY for r in rows}
+
+    caplog.set_level(logging.INFO, logger="tagway.cloud")
+    await make_cloud(retention_days=90, retention_interval_s=0)
+    assert policies() == {"telemetry": 90, "telemetry_1m": 90}
+    assert any("retention policy: now 90 days (was " in r.getMessage() for r in caplog.records)
+    await make_cloud(retention_days=30, retention_interval_s=0)
+    assert policies() == {"telemetry": 30, "telemetry_1m": 30}
 
 
 async def test_the_service_runs_retention_at_start_and_reports_it(
@@ -213,9 +313,10 @@ async def test_the_service_runs_retention_at_start_and_reports_it(
     assert last_run is not None
     assert abs(float(last_run.group(1)) - now_us() / 1e6) < 60
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    if backend == "postgres":
+    if backend != "sqlite":
         assert "tagway_cloud_retention_partitions_dropped_total 0.0" not in metrics
-        assert any(_partition(now_us() - 30 * DAY) in m for m in messages), messages
+        label = day_label(backend, now_us() - 30 * DAY)
+        assert any(label in m for m in messages), messages
     else:
         assert f"tagway_cloud_retention_rows_deleted_total {len(OLD_AGES)}.0" in metrics
         assert any(f"deleted {len(OLD_AGES)} readings" in m for m in messages), messages
