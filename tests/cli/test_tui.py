@@ -121,9 +121,11 @@ async def test_device_detail_help_and_quit(plant: Plant, tmp_path: Path) -> None
         await pilot.press("4")
         await wait_for_screen(pilot, lambda t: line_with(t, "pump1", "modbus", "connected"))
         await pilot.press("enter")  # the first device: pump1
-        text = await wait_for_screen(pilot, lambda t: "Last error" in t)
+        # The detail's tag rows arrive with the next refresh, after its header: wait for both.
+        text = await wait_for_screen(
+            pilot, lambda t: "Last error" in t and line_with(t, "pump1", "flow", "m3/h") is not None
+        )
         assert line_with(text, "Device", "pump1", "modbus")
-        assert line_with(text, "pump1", "flow", "m3/h")
         assert "readings" in line_with(text, "Counters").split()  # type: ignore[union-attr]
         assert "SIMULATED" in text.splitlines()[0]
         await pilot.press("escape")
