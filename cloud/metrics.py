@@ -89,6 +89,19 @@ class CloudMetrics:
             "Daily telemetry partitions this replica dropped (native PostgreSQL).",
             registry=self.registry,
         )
+        self.fleet_gateways = Gauge(
+            "tagway_cloud_fleet_gateways",
+            "Gateways per tenant and health, refreshed by the fleet sweep. The tenant label is"
+            " the tenant id for the tenants with the most gateways (metrics_max_tenants), and"
+            " 'other' for the sum of the rest, so the label set stays bounded.",
+            ["tenant", "health"],
+            registry=self.registry,
+        )
+        self.rollout_failures = Counter(
+            "tagway_cloud_rollout_gateway_timeouts",
+            "Gateways of a rollout wave that reported nothing before their deadline.",
+            registry=self.registry,
+        )
         self.retention_rows = Counter(
             "tagway_cloud_retention_rows_deleted",
             "Old readings this replica deleted (SQLite).",

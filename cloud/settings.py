@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from cloud.contract import Limits
+from cloud.health import HealthPolicy
 
 
 class CloudSettings(BaseModel):
@@ -39,6 +40,15 @@ class CloudSettings(BaseModel):
     gateway reconnects with a fresh token and a revoked one is cut off. Each `/v1/stream`
     client buffers at most `stream_buffer_events` events; beyond that it misses events and is
     told how many.
+
+    Fleet (`cloud.fleet`): a gateway with no batch for `health_offline_after_s` is offline; its
+    status document makes it degraded when its backlog is older than `health_backlog_age_s`,
+    its outbox disk has less than `health_disk_free_min_percent` free (or the outbox is at
+    `health_outbox_full_percent` of its quota), or its clock is unsynchronized or off by more
+    than `health_clock_offset_max_s`. A rollout waits `rollout_wave_timeout_s` for each gateway
+    of a wave (None: the document's probation plus `rollout_wave_margin_s`). Every
+    `fleet_sweep_s` a replica fails the gateways past their deadline and refreshes the fleet
+    gauges, which name at most `metrics_max_tenants` tenants (the rest are ``other``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -81,6 +91,26 @@ class CloudSettings(BaseModel):
     channel_max_s: float = Field(default=300.0, gt=0, le=86_400)
     stream_buffer_events: int = Field(default=1_000, ge=1, le=100_000)
     stream_keepalive_s: float = Field(default=15.0, gt=0, le=300)
+    health_offline_after_s: float = Field(default=300.0, gt=0)
+    health_backlog_age_s: float = Field(default=300.0, gt=0)
+    health_disk_free_min_percent: float = Field(default=5.0, ge=0, le=100)
+    health_outbox_full_percent: float = Field(default=90.0, gt=0, le=100)
+    health_clock_offset_max_s: float = Field(default=5.0, gt=0)
+    rollout_wave_timeout_s: int | None = Field(default=None, ge=1, le=86_400)
+    rollout_wave_margin_s: int = Field(default=120, ge=0, le=86_400)
+    fleet_sweep_s: float = Field(default=5.0, gt=0, le=3600)
+    metrics_max_tenants: int = Field(default=50, ge=0, le=10_000)
+
+    @property
+    def health_policy(self) -> HealthPolicy:
+        """The limits status documents are held to."""
+        return HealthPolicy(
+            offline_after_s=self.health_offline_after_s,
+            backlog_age_s=self.health_backlog_age_s,
+            disk_free_min_percent=self.health_disk_free_min_percent,
+            outbox_full_percent=self.health_outbox_full_percent,
+            clock_offset_max_s=self.health_clock_offset_max_s,
+        )
 
     @property
     def backend(self) -> str:

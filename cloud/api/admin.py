@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Response
 
 from cloud.api.deps import AdminTenant, Id, PlatformAdmin, Rt, ViewerTenant, now_us
@@ -115,15 +117,23 @@ async def create_gateway(body: GatewayCreate, tenant_id: AdminTenant, rt: Rt) ->
 
 
 @router.get("/v1/gateways", tags=["gateways"])
-async def list_gateways(tenant_id: ViewerTenant, rt: Rt) -> list[Gateway]:
-    """The tenant's gateways."""
-    return await rt.repo.list_gateways(tenant_id)
+async def list_gateways(
+    tenant_id: ViewerTenant,
+    rt: Rt,
+    health: Literal["healthy", "degraded", "offline", "unknown"] | None = None,
+) -> list[Gateway]:
+    """The tenant's gateways with their labels and health (``?health=degraded``: only those)."""
+    gateways = await rt.facts.annotate(
+        tenant_id, await rt.repo.list_gateways(tenant_id), now_us=now_us()
+    )
+    return [g for g in gateways if health is None or (g.health and g.health.state == health)]
 
 
 @router.get("/v1/gateways/{gateway_id}", tags=["gateways"])
 async def get_gateway(gateway_id: Id, tenant_id: ViewerTenant, rt: Rt) -> Gateway:
-    """One gateway."""
-    return await rt.repo.get_gateway(tenant_id, gateway_id)
+    """One gateway, with its labels and health."""
+    gateway = await rt.repo.get_gateway(tenant_id, gateway_id)
+    return (await rt.facts.annotate(tenant_id, [gateway], now_us=now_us()))[0]
 
 
 @router.patch("/v1/gateways/{gateway_id}", tags=["gateways"])

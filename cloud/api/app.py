@@ -22,7 +22,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloud.api import admin, alarms, commands, ingest, provision, query, registry, shadow, stream
+from cloud.api import (
+    admin,
+    alarms,
+    commands,
+    configs,
+    fleet,
+    ingest,
+    provision,
+    query,
+    registry,
+    shadow,
+    stream,
+)
 from cloud.api.deps import Runtime, StoredTokenAuthenticator, runtime
 from cloud.api.error_answers import document_errors, install_error_handlers
 from cloud.api.guard import RequestGuard, api_routes, route_policy
@@ -30,6 +42,7 @@ from cloud.api.schemas import ErrorBody
 from cloud.auth import PlatformKeyAuthenticator
 from cloud.enrollment import Enrollment, authenticators, load_master_key
 from cloud.errors import StorageError
+from cloud.fleet import run_fleet_sweep
 from cloud.hub import Hub
 from cloud.metrics import CloudMetrics, MetricsMiddleware
 from cloud.retention import run_retention
@@ -38,8 +51,11 @@ from cloud.storage import open_database
 from cloud.storage.alarms import AlarmStore
 from cloud.storage.base import Database
 from cloud.storage.commands import CommandStore
+from cloud.storage.configs import ConfigStore
 from cloud.storage.repository import Repository
+from cloud.storage.rollouts import RolloutStore
 from cloud.storage.shadow import ShadowStore
+from cloud.storage.status import GatewayFacts, StatusStore
 from cloud.storage.writes import WriteStore
 
 log = logging.getLogger("tagway.cloud")
@@ -54,7 +70,9 @@ def create_app(settings: CloudSettings) -> FastAPI:
         master_key = load_master_key(settings)
         db = await open_database(settings)
         hub = Hub(db=db, metrics=metrics)
-        repo = Repository(db, hub.announce)
+        repo = Repository(db, hub.announce, health=settings.health_policy)
+        status = StatusStore(db, settings.health_policy)
+        rollouts = RolloutStore(db)
         key = settings.platform_admin_key
         enrollment = Enrollment(settings=settings, db=db, master_key=master_key)
         decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="tagway-decode")
@@ -74,6 +92,10 @@ def create_app(settings: CloudSettings) -> FastAPI:
             shadows=ShadowStore(db),
             writes=WriteStore(db),
             decoder=decoder,
+            configs=ConfigStore(db),
+            rollouts=rollouts,
+            status=status,
+            facts=GatewayFacts(status),
         )
         log.info(
             "storage: %s, timescaledb=%s, partitioning=%s, schema v%s%s",
@@ -96,10 +118,15 @@ def create_app(settings: CloudSettings) -> FastAPI:
                 ),
                 name="cloud-retention",
             )
+        fleet = asyncio.create_task(
+            run_fleet_sweep(repo=repo, rollouts=rollouts, status=status, metrics=metrics,
+                            settings=settings),
+            name="cloud-fleet-sweep",
+        )  # fmt: skip
         try:
             yield
         finally:
-            for task in (live, retention):
+            for task in (live, retention, fleet):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -120,7 +147,8 @@ def create_app(settings: CloudSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts refusals too
     install_error_handlers(app)
     for router in (ingest.router, admin.router, registry.router, query.router, provision.router,
-                   alarms.router, commands.router, shadow.router, stream.router):  # fmt: skip
+                   alarms.router, commands.router, shadow.router, stream.router, configs.router,
+                   fleet.router):  # fmt: skip
         app.include_router(router)
     _add_operations(app, metrics)
     for route in api_routes(app.routes):

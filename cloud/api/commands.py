@@ -25,6 +25,7 @@ from cloud.contract import (
     ChannelCommand,
     ChannelHello,
     CommandSpec,
+    DesiredConfig,
     DesiredSetpoint,
     DesiredState,
 )
@@ -154,12 +155,13 @@ async def list_writes(
     "/v1/gateway/channel",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}},
-                     "description": "hello, desired and command events"}},
+                     "description": "hello, config, desired and command events"}},
 )  # fmt: skip
 async def channel(caller: Caller, rt: Rt) -> StreamingResponse:
     """The gateway's command channel (gateway token): server-sent events ``hello``, then
-    ``desired`` (on connect and each change) and ``command`` (each pending command, again on
-    every new connection until its result arrives), with keepalive comments. The server ends
+    ``config`` (the config version the cloud wants it to run) and ``desired`` (on connect and
+    each change) and ``command`` (each pending command, again on every new connection until
+    its result arrives), with keepalive comments. The server ends
     it after a few minutes; the gateway reconnects."""
     tenant_id, gateway_id = caller.require_gateway()
     return StreamingResponse(
@@ -177,6 +179,7 @@ async def _channel(rt: Runtime, tenant_id: int, gateway_id: int) -> AsyncIterato
         yield sse("hello", hello.model_dump_json())
         sent: set[int] = set()
         desired_version: int | None = None
+        config_sent: DesiredConfig | None = None
         while (left := deadline - time.monotonic()) > 0:
             wake.clear()  # before reading: a change after the read wakes the next round
             now = now_us()
@@ -185,6 +188,13 @@ async def _channel(rt: Runtime, tenant_id: int, gateway_id: int) -> AsyncIterato
                     tx, tenant_id, gateway_id, sent=sent, now_us=now, news=news
                 )
                 version, setpoints = await rt.shadows.desired(tx, tenant_id, gateway_id)
+                config = _config(
+                    await rt.configs.desired(tx, tenant_id, gateway_id, now_us=now, news=news),
+                    now,
+                )
+            if config_sent is None or config.version != config_sent.version:
+                config_sent = config
+                yield sse("config", config.model_dump_json())
             if version != desired_version:
                 desired_version = version
                 yield sse("desired", _desired(version, setpoints, now).model_dump_json())
@@ -204,6 +214,16 @@ def _desired(version: int, setpoints: dict[str, Any], now: int) -> DesiredState:
         version=version,
         setpoints={d: {t: DesiredSetpoint(**e) for t, e in tags.items()}
                    for d, tags in setpoints.items()},
+        server_time=now,
+    )  # fmt: skip
+
+
+def _config(found: tuple[int, str, int, str, int | None] | None, now: int) -> DesiredConfig:
+    if found is None:
+        return DesiredConfig(version=0, server_time=now)
+    version, digest, at, by, rollout = found
+    return DesiredConfig(
+        version=version, digest=digest, assigned_at=at, assigned_by=by, rollout_id=rollout,
         server_time=now,
     )  # fmt: skip
 

@@ -19,8 +19,11 @@ from cloud.settings import CloudSettings
 from cloud.storage.alarms import AlarmStore
 from cloud.storage.base import Database
 from cloud.storage.commands import CommandStore
+from cloud.storage.configs import ConfigStore
 from cloud.storage.repository import Repository
+from cloud.storage.rollouts import RolloutStore
 from cloud.storage.shadow import ShadowStore
+from cloud.storage.status import GatewayFacts, StatusStore
 from cloud.storage.writes import WriteStore
 
 
@@ -59,6 +62,10 @@ class Runtime:
     writes: WriteStore
     decoder: Executor
     """Threads that decode ingest bodies (`CloudSettings.decode_threads`), off the event loop."""
+    configs: ConfigStore
+    rollouts: RolloutStore
+    status: StatusStore
+    facts: GatewayFacts
 
 
 def runtime(request: Request) -> Runtime:

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from cloud.storage import timescale, twoway_schema
+from cloud.storage import fleet_schema, timescale, twoway_schema
 from cloud.storage.provisioning_schema import pg_migration
 
 DAY_US: Final = 86_400_000_000
@@ -310,4 +310,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (4, "two-way: commands, shadow, write records, alarm state", twoway_schema.pg_migration),
     (5, "batch digests, drop totals, tenant series limits", counts_and_limits),
     (6, "timescaledb: sealed chunks, chunk retention, telemetry_1m for queries", timescale_storage),
+    (fleet_schema.VERSION, fleet_schema.NAME, fleet_schema.pg_migration),
 ]

@@ -271,6 +271,12 @@ class ProvisioningStore:
             [row[0], tenant_id, redeemed.claim_id, requested_name, redeemed.site,
              json.dumps(redeemed.labels), json.dumps(redeemed.device_settings), now_us],
         )  # fmt: skip
+        for key, value in sorted(redeemed.labels.items()):  # what label rollouts select by
+            await tx.execute(
+                "INSERT INTO gateway_labels (tenant_id, gateway_id, key, value)"
+                " VALUES (%s, %s, %s, %s)",
+                [tenant_id, row[0], key, value],
+            )
         return int(row[0])
 
     async def add_certificate(

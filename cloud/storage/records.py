@@ -43,6 +43,17 @@ class ApiKey(Record):
     revoked_at: int | None = None
 
 
+class GatewayHealth(Record):
+    """A gateway's health: ``healthy``, ``degraded`` (see `reasons`), ``offline`` (no contact
+    for the configured minutes) or ``unknown`` (no status document yet)."""
+
+    state: str
+    reasons: list[str] = []
+    since: int | None = None
+    last_contact_at: int | None = None
+    status_at: int | None = None
+
+
 class Gateway(Record):
     """A gateway registered in a tenant."""
 
@@ -54,6 +65,8 @@ class Gateway(Record):
     last_seq: int | None = None
     revoked_at: int | None = None
     dropped: dict[str, int] = {}
+    labels: dict[str, str] = {}
+    health: GatewayHealth | None = None
 
 
 class Device(Record):

@@ -300,7 +300,9 @@ class Repository(TelemetryStore):
             )
             for table in ("alarms", "alarm_events", "commands", "shadows", "write_records",
                           "ingest_batch", "gateway_drops", "gateway_drop_totals", "series",
-                          "devices"):  # fmt: skip
+                          "devices", "gateway_labels", "gateway_configs", "config_events",
+                          "rollout_gateways", "gateway_status",
+                          "gateway_health_events"):  # fmt: skip
                 await tx.execute(
                     f"DELETE FROM {table} WHERE tenant_id = %s AND gateway_id = %s",
                     [tenant_id, gateway_id],

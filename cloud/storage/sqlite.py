@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
+from cloud.storage import fleet_schema
 from cloud.storage.base import NewSeriesCheck, Row, TelemetryRows, Tx
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
@@ -88,6 +89,7 @@ ALTER TABLE tenants ADD COLUMN max_devices INTEGER;
 ALTER TABLE tenants ADD COLUMN max_series INTEGER;
 """,
     ),
+    (fleet_schema.VERSION, fleet_schema.NAME, fleet_schema.SQLITE_MIGRATION),
 ]
 
 # Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest

@@ -19,8 +19,16 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from cloud.contract import Batch, CommandResult, ShadowReport, WriteRecord
+from cloud.contract import (
+    Batch,
+    CommandResult,
+    ConfigReport,
+    ShadowReport,
+    StatusReport,
+    WriteRecord,
+)
 from cloud.errors import NotFound, RateLimited, SeqConflict
+from cloud.health import HealthPolicy
 from cloud.live import AlarmChanges, Announce, News, StoredBatch, ignore
 from cloud.storage.alarms import write_alarms
 from cloud.storage.base import Database, Row, Tx
@@ -33,7 +41,9 @@ from cloud.storage.metering import (
     record_drops,
 )
 from cloud.storage.records import Bucket, IngestResult, LatestValue, Point
+from cloud.storage.rollouts import RolloutStore
 from cloud.storage.shadow import apply_report
+from cloud.storage.status import apply_config_report, apply_status
 from cloud.storage.writes import store_write
 
 DAY_US: Final = 86_400_000_000
@@ -94,9 +104,11 @@ def batch_days(batch: Batch) -> list[int]:
 
 
 async def _apply_events(
-    tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, *, news: News, now_us: int
-) -> None:
-    """The gateway's command results, write records and shadow reports, each applied once."""
+    tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, *, news: News, now_us: int,
+    health: HealthPolicy, rollouts: RolloutStore,
+) -> None:  # fmt: skip
+    """The gateway's command results, write records, shadow, config and status reports, each
+    applied once."""
     for event in batch.events:
         if isinstance(event, CommandResult):
             await apply_result(tx, tenant_id, gateway_id, event, now_us=now_us, news=news)
@@ -104,6 +116,11 @@ async def _apply_events(
             await store_write(tx, tenant_id, gateway_id, event, now_us=now_us)
         elif isinstance(event, ShadowReport):
             await apply_report(tx, tenant_id, gateway_id, event, now_us=now_us)
+        elif isinstance(event, ConfigReport):
+            await apply_config_report(tx, tenant_id, gateway_id, event, now_us=now_us, news=news,
+                                      rollouts=rollouts)  # fmt: skip
+        elif isinstance(event, StatusReport):
+            await apply_status(tx, tenant_id, gateway_id, event, now_us=now_us, policy=health)
 
 
 def _value(num: float | None, text: str | None) -> float | str:
@@ -158,11 +175,15 @@ class TelemetryStore:
     Args:
         db: the backend.
         announce: hands committed live messages to this replica's hub.
+        health: the limits status documents are held to.
     """
 
-    def __init__(self, db: Database, announce: Announce = ignore) -> None:
+    def __init__(
+        self, db: Database, announce: Announce = ignore, *, health: HealthPolicy | None = None
+    ) -> None:
         self.db = db
         self.announce = announce
+        self.health = health or HealthPolicy()
 
     @asynccontextmanager
     async def live(self, tenant_id: int) -> AsyncIterator[tuple[Tx, News]]:
@@ -242,7 +263,8 @@ class TelemetryStore:
             ids = await self._series_ids(tx, tenant_id, gateway_id, batch, policy)
             stored = await self.db.write_telemetry(tx, tenant_id, BatchRows.build(batch, ids))
             changed = await write_alarms(tx, tenant_id, gateway_id, batch.alarms, now_us)
-            await _apply_events(tx, tenant_id, gateway_id, batch, news=news, now_us=now_us)
+            await _apply_events(tx, tenant_id, gateway_id, batch, news=news, now_us=now_us,
+                                health=self.health, rollouts=RolloutStore(self.db))  # fmt: skip
             if batch.series:
                 news.add(StoredBatch(gateway_id, posted.body, posted.content_type,
                                      posted.content_encoding, batch))  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 
 from cloud.contract import AlarmRecord, Batch, CommandResult
 from cloud.settings import CloudSettings
+from cloud.storage.fleet_schema import TABLES as FLEET_TABLES
 from cloud.storage.pg_schema import METADATA_TABLES
 from cloud.storage.postgres import PostgresDatabase
 from cloud.storage.twoway_schema import TABLES as TWO_WAY_TABLES
@@ -26,6 +27,7 @@ from tests.cloud.conftest import (
     now_us,
     truncate,
 )
+from tests.cloud.fleet_support import CONFIG, Reporter, push, rollout
 from tests.cloud.live_support import batch_with_events, open_stream
 from tests.cloud.test_retention import unused_day
 
@@ -50,7 +52,15 @@ async def _populate(cloud: Cloud, name: str) -> tuple[Tenant, dict[str, int]]:
     )
     desired = {"desired": {"setpoints": {f"{name}-pump": {"speed": {"value": 5}}}}}
     await cloud.client.patch(f"/v1/gateways/{gw[0]}/shadow", json=desired, headers=h)
+    await cloud.client.put(f"/v1/gateways/{gw[0]}/labels", json={"labels": {"site": "s1"}},
+                           headers=h)  # fmt: skip
+    version = await push(cloud, tenant.admin, CONFIG.replace("gw}", f"{name}}}"))
+    started = await rollout(cloud, tenant.admin, version, label="site=s1")
+    reporter = Reporter(cloud, gw)
+    await reporter.send(reporter.status(), reporter.config("probation", version))
     return tenant, {
+        "version": version,
+        "rollout": started["id"],
         "gateway": gw[0],
         "device": device,
         "series": series,
@@ -64,7 +74,9 @@ async def _view(cloud: Cloud, tenant: Tenant) -> dict[str, Any]:
     paths = {p: p for p in ("/v1/gateways", "/v1/devices", "/v1/series", "/v1/alarms",
                             "/v1/api-keys")}  # fmt: skip
     gateway = next(iter(tenant.gateways.values()))[0]
-    paths |= {what: f"/v1/gateways/{gateway}/{what}" for what in ("commands", "shadow", "writes")}
+    paths |= {what: f"/v1/gateways/{gateway}/{what}" for what in (
+        "commands", "shadow", "writes", "config", "config/history", "health")}  # fmt: skip
+    paths |= {p: p for p in ("/v1/configs", "/v1/rollouts", "/v1/usage/fleet")}
     view = {name: (await cloud.get(tenant.admin, path)).json() for name, path in paths.items()}
     for entry in view["/v1/gateways"]:
         entry.pop("last_seen_at")
@@ -116,6 +128,25 @@ async def test_every_endpoint_hides_the_other_tenant(cloud: Cloud) -> None:
         ),
         "writes": await c.get(f"/v1/gateways/{b_ids['gateway']}/writes", headers=h),
         "revoke key": await c.delete(f"/v1/api-keys/{b_ids['key']}", headers=h),
+        "config": await c.get(f"/v1/configs/{b_ids['version']}", headers=h),
+        "config diff": await c.get(
+            f"/v1/configs/{b_ids['version']}/diff", params={"from": b_ids["version"]}, headers=h
+        ),
+        "rollout": await c.get(f"/v1/rollouts/{b_ids['rollout']}", headers=h),
+        "roll out b's version": await c.post(
+            "/v1/rollouts", json={"version": b_ids["version"], "label": "site=s1"}, headers=h
+        ),
+        "roll out to b's gateway": await c.post(
+            "/v1/rollouts", json={"version": 1, "gateway_id": b_ids["gateway"]}, headers=h
+        ),
+        "cancel rollout": await c.post(f"/v1/rollouts/{b_ids['rollout']}/cancel", headers=h),
+        "gateway config": await c.get(f"/v1/gateways/{b_ids['gateway']}/config", headers=h),
+        "config history": await c.get(f"/v1/gateways/{b_ids['gateway']}/config/history", headers=h),
+        "unpin": await c.delete(f"/v1/gateways/{b_ids['gateway']}/config/pin", headers=h),
+        "health": await c.get(f"/v1/gateways/{b_ids['gateway']}/health", headers=h),
+        "labels": await c.put(
+            f"/v1/gateways/{b_ids['gateway']}/labels", json={"labels": {"a": "b"}}, headers=h
+        ),
     }
     assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(answers, 404)
     # A's command ids on B's gateway path, and B's ids on A's: not found either way
@@ -130,12 +161,17 @@ async def test_every_endpoint_hides_the_other_tenant(cloud: Cloud) -> None:
         "alarms by device": await cloud.get(a.admin, "/v1/alarms", device="beta-pump"),
     }
     assert {name: r.json() for name, r in filtered.items()} == {name: [] for name in filtered}
+    # the same label in both tenants: A's rollout selects A's gateways only
+    a_version = (await cloud.get(a.admin, "/v1/configs")).json()[0]["version"]
+    mine = await rollout(cloud, a.admin, a_version, label="site=s1")
+    assert [g["gateway_id"] for g in mine["gateways"]] == [a.gateways["alpha-gw"][0]]
     a_view = await _view(cloud, a)
     for path, rows in a_view.items():
-        if path in ("shadow", "writes"):
-            continue  # per-gateway documents: B's is compared whole below
+        if path in ("shadow", "writes", "config", "config/history", "health", "/v1/usage/fleet"):
+            continue  # per-gateway (or per-tenant) documents: B's is compared whole below
         assert rows, path
-        assert not {r["id"] for r in rows} & {r["id"] for r in b_before[path]}, path
+        ids = {r.get("id", r.get("version")) for r in rows}
+        assert not ids & {r.get("id", r.get("version")) for r in b_before[path]}, path
     assert await _view(cloud, b) == b_before  # nothing of B changed
     assert (await cloud.get(b.admin, "/v1/tenant")).json()["name"] == "beta"
 
@@ -252,10 +288,11 @@ def test_the_app_role_is_not_privileged(migrated_pg: str) -> None:
         forced = conn.execute(
             "SELECT relname FROM pg_class WHERE relname = ANY(%s)"
             " AND relrowsecurity AND relforcerowsecurity ORDER BY relname",
-            [["tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES]],
+            [["tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES, *FLEET_TABLES]],
         ).fetchall()
         assert {r[0] for r in forced} == {
-            "tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES}  # fmt: skip
+            "tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES,
+            *FLEET_TABLES}  # fmt: skip
 
 
 @pg
@@ -263,7 +300,7 @@ async def test_without_tenant_context_nothing_is_visible(
     two_tenants_pg: Any, migrated_pg: str
 ) -> None:
     with psycopg.connect(app_dsn(migrated_pg)) as conn:
-        for table in ("tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES):
+        for table in ("tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES, *FLEET_TABLES):
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - constants
             assert count == (0,), table
         conn.rollback()
