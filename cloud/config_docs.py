@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import yaml
 
-from cloud.contract import MAX_CONFIG_BYTES, config_digest
+from cloud.contract import MAX_CONFIG_BYTES, config_digest, storable
 from cloud.errors import InvalidRequest
 
 REDACTED: Final = "<redacted>"
@@ -33,6 +33,8 @@ __all__ = ["config_digest", "diff", "parse_document", "parse_label", "probation_
 def parse_document(text: str, *, path: list[str | int]) -> dict[str, Any]:
     """The document as data; `InvalidRequest` (naming `path`) unless it is a mapping of
     sections within the size limit."""
+    if not storable(text):
+        raise InvalidRequest("a config document may not hold NUL or lone surrogates", path=path)
     if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
         raise InvalidRequest(f"a config document holds at most {MAX_CONFIG_BYTES} bytes", path=path)
     try:

@@ -9,16 +9,27 @@ step through its outbox (`cloud.contract.ConfigReport`).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, Query, Response
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from cloud.api.deps import Caller, Id, IdFilter, Rt, Runtime, ViewerTenant, now_us, who
+from cloud.api.deps import (
+    AdminCaller,
+    Caller,
+    GatewayCaller,
+    Id,
+    IdFilter,
+    Rt,
+    Runtime,
+    ViewerTenant,
+    now_us,
+    who,
+)
 from cloud.api.schemas import Body
 from cloud.auth import Principal, PrincipalKind, Role
 from cloud.config_docs import parse_document, parse_label, probation_s
-from cloud.contract import MAX_CONFIG_BYTES, ConfigDocument
+from cloud.contract import MAX_CONFIG_BYTES, ConfigDocument, storable
 from cloud.storage.fleet_records import (
     ConfigDiff,
     ConfigEvent,
@@ -29,11 +40,19 @@ from cloud.storage.fleet_records import (
 
 router = APIRouter(tags=["configs"])
 
+
+def _storable(text: str) -> str:
+    if not storable(text):
+        raise ValueError("NUL and lone surrogates cannot be stored")
+    return text
+
+
 Document = Annotated[str, Field(min_length=1, max_length=MAX_CONFIG_BYTES)]
-Comment = Annotated[str, Field(max_length=1_000, pattern=r"^[^\x00]*$")]
+Comment = Annotated[str, Field(max_length=1_000), AfterValidator(_storable)]
 Before = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="ids below")]
 Limit = Annotated[int, Query(ge=1, le=1_000)]
 DEFAULT_WAVE_PERCENT = 20
+CONFIG_BODY: dict[str, Any] = {"x-body-limit": "config"}  # a document, JSON-escaped: see guard
 
 
 class ConfigCreate(Body):
@@ -73,8 +92,8 @@ def reveals_secrets(caller: Principal) -> bool:
 # ------------------------------------------------------------------------------- versions
 
 
-@router.post("/v1/configs", status_code=201)
-async def create_config(body: ConfigCreate, caller: Caller, rt: Rt) -> ConfigVersion:
+@router.post("/v1/configs", status_code=201, openapi_extra=CONFIG_BODY)
+async def create_config(body: ConfigCreate, caller: AdminCaller, rt: Rt) -> ConfigVersion:
     """Store a new config version (admin). It runs nowhere until a rollout assigns it.
 
     The cloud only checks that the document is a mapping of sections: validate it with
@@ -121,7 +140,7 @@ async def diff_config(
 
 
 @router.post("/v1/rollouts", status_code=201, tags=["rollouts"])
-async def create_rollout(body: RolloutCreate, caller: Caller, rt: Rt) -> Rollout:
+async def create_rollout(body: RolloutCreate, caller: AdminCaller, rt: Rt) -> Rollout:
     """Assign a version to a gateway or a label (admin), wave by wave: the next wave starts
     when every gateway of the previous one passed its probation; the first failure stops the
     rollout with every gateway on a known version. A newer rollout to the same target
@@ -164,7 +183,7 @@ async def get_rollout(rollout_id: Id, tenant_id: ViewerTenant, rt: Rt) -> Rollou
 
 
 @router.post("/v1/rollouts/{rollout_id}/cancel", tags=["rollouts"])
-async def cancel_rollout(rollout_id: Id, caller: Caller, rt: Rt) -> Rollout:
+async def cancel_rollout(rollout_id: Id, caller: AdminCaller, rt: Rt) -> Rollout:
     """Start no further wave (admin); gateways already sent the version finish their probation."""
     tenant_id = caller.require_user(Role.ADMIN)
     async with rt.db.transaction(tenant_id) as tx:
@@ -193,7 +212,7 @@ async def gateway_config_history(
 
 
 @router.delete("/v1/gateways/{gateway_id}/config/pin", status_code=204, tags=["gateways"])
-async def unpin_gateway(gateway_id: Id, caller: Caller, rt: Rt) -> Response:
+async def unpin_gateway(gateway_id: Id, caller: AdminCaller, rt: Rt) -> Response:
     """Forget the gateway's own assignment (admin): label rollouts reach it again."""
     tenant_id = caller.require_user(Role.ADMIN)
     await rt.configs.unpin(tenant_id, gateway_id, by=who(caller), now_us=now_us())
@@ -211,17 +230,15 @@ class LocalDocument(Body):
 
 
 @router.get("/v1/gateway/config", tags=["gateway"])
-async def own_desired_config(caller: Caller, rt: Rt) -> ConfigDocument:
+async def own_desired_config(gateway: GatewayCaller, rt: Rt) -> ConfigDocument:
     """The document the cloud wants this gateway to run (gateway token); 404 when none."""
-    tenant_id, gateway_id = caller.require_gateway()
-    return await _document(rt, tenant_id, gateway_id, None)
+    return await _document(rt, *gateway, None)
 
 
 @router.get("/v1/gateway/config/{version}", tags=["gateway"])
-async def own_config_version(version: Id, caller: Caller, rt: Rt) -> ConfigDocument:
+async def own_config_version(version: Id, gateway: GatewayCaller, rt: Rt) -> ConfigDocument:
     """A version assigned to this gateway (gateway token); never another gateway's."""
-    tenant_id, gateway_id = caller.require_gateway()
-    return await _document(rt, tenant_id, gateway_id, version)
+    return await _document(rt, *gateway, version)
 
 
 async def _document(
@@ -233,20 +250,22 @@ async def _document(
         )
 
 
-@router.put("/v1/gateway/config/local", status_code=204, tags=["gateway"])
-async def upload_local_config(body: LocalDocument, caller: Caller, rt: Rt) -> Response:
+@router.put(
+    "/v1/gateway/config/local", status_code=204, tags=["gateway"], openapi_extra=CONFIG_BODY
+)
+async def upload_local_config(body: LocalDocument, gateway: GatewayCaller, rt: Rt) -> Response:
     """The gateway's drifted file (gateway token), shown next to the desired version."""
-    tenant_id, gateway_id = caller.require_gateway()
+    tenant_id, gateway_id = gateway
     parse_document(body.document, path=["body", "document"])
     await rt.configs.store_local(tenant_id, gateway_id, body.document, now_us=now_us())
     return Response(status_code=204)
 
 
-@router.post("/v1/gateway/config", status_code=201, tags=["gateway"])
-async def adopt_local_config(body: LocalDocument, caller: Caller, rt: Rt) -> ConfigVersion:
+@router.post("/v1/gateway/config", status_code=201, tags=["gateway"], openapi_extra=CONFIG_BODY)
+async def adopt_local_config(body: LocalDocument, gateway: GatewayCaller, rt: Rt) -> ConfigVersion:
     """Make the gateway's file a new version and its own assignment (gateway token; ``tagway
     config push``): the cloud then wants what the gateway runs, and drift ends."""
-    tenant_id, gateway_id = caller.require_gateway()
+    tenant_id, gateway_id = gateway
     parse_document(body.document, path=["body", "document"])
     async with rt.repo.live(tenant_id) as (tx, news):
         return await rt.configs.adopt(

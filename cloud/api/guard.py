@@ -39,7 +39,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cloud.api.deps import ACCESS, Runtime, authenticate, bearer_required, bearer_token
 from cloud.api.error_answers import answer_error
 from cloud.auth import Access
-from cloud.contract import ContractError, InvalidBatch, PayloadTooLarge, storable
+from cloud.contract import (
+    MAX_CONFIG_BYTES,
+    ContractError,
+    InvalidBatch,
+    PayloadTooLarge,
+    storable,
+)
 from cloud.contract.wire_decode import Malformed, TooLarge, check_json_shape
 from cloud.errors import CloudError, InvalidRequest, Unauthenticated
 from cloud.settings import CloudSettings
@@ -53,6 +59,9 @@ def body_limits(settings: CloudSettings) -> dict[str, int]:
         "ingest": settings.limits.max_body_bytes,
         "json": settings.max_json_body_bytes,
         "public": settings.max_public_body_bytes,
+        # A config document of MAX_CONFIG_BYTES, every character JSON-escaped at worst twice
+        # over (quotes, backslashes, newlines), plus the object around it.
+        "config": 2 * MAX_CONFIG_BYTES + 16_384,
     }
 
 

@@ -355,3 +355,21 @@ async def test_rollout_requests_are_checked(cloud: Cloud) -> None:
     missing = await cloud.client.post("/v1/rollouts", json={"version": 999, "gateway_id": gw[0]},
                                       headers=h)  # fmt: skip
     assert missing.status_code == 404
+
+
+async def test_documents_the_database_cannot_hold_are_refused_whole(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    h = cloud.auth(tenant.admin) | {"Content-Type": "application/json"}
+    for body in (
+        b'{"document": "a: \\u0000"}',
+        b'{"document": "a: \\ud800"}',
+        b'{"document": "a: 1", "comment": "\\ud800"}',
+    ):
+        r = await cloud.client.post("/v1/configs", content=body, headers=h)
+        assert r.status_code == 422, body
+    big = "a: " + "x" * (1_048_576 + 1)
+    r = await cloud.client.post("/v1/configs", json={"document": big}, headers=h)
+    assert r.status_code in (413, 422)
+    quoted = "a: '" + '"' * 300_000 + "'"  # 300 kB, JSON-escaped to 600 kB: under the limit
+    r = await cloud.client.post("/v1/configs", json={"document": quoted}, headers=h)
+    assert r.status_code == 201, r.text
