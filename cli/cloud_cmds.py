@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import httpx
 import typer
 
+from cli import fleet_cmds
 from cli.errors import fail
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ claim_token_app = typer.Typer(
 cloud_app.add_typer(tenant_app, name="tenant")
 cloud_app.add_typer(api_key_app, name="api-key")
 cloud_app.add_typer(claim_token_app, name="claim-token")
+cloud_app.add_typer(fleet_cmds.config_app, name="config")
+cloud_app.add_typer(fleet_cmds.rollout_app, name="rollout")
 
 DatabaseOpt = Annotated[
     str,

@@ -7,6 +7,7 @@ from tests.cloud.conftest import (  # noqa: F401 - fixtures shared with the clou
     backend,
     engine_databases,
     make_cloud,
+    make_live,
     migrated_pg,
     owner_dsn,
     pg_engine,
