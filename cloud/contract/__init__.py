@@ -9,6 +9,9 @@ I/O: bytes in, a `Batch` out, and back. Its parts:
 - `cloud.contract.batch`: batch format 1, series as plain lists (still accepted from gateways in
   the field, and convenient for tests and tools), the `Batch` both decode into, the `Limits`,
   and the alarm record's wire shape (`AlarmRecord`);
+- `cloud.contract.fleet`: remote configuration and fleet health (`DesiredConfig`,
+  `ConfigDocument`, the gateway's `ConfigReport` and `StatusReport` events);
+- `cloud.contract.wire`: the base of the two-way and fleet messages;
 - `cloud.contract.errors`: `ContractError` and its tree, each with an HTTP status and a code.
 
 `decode_batch` takes either format (told apart by Content-Type).
@@ -36,6 +39,7 @@ from cloud.contract.batch import (
     AckAlarmArgs,
     AckAlarmCommand,
     AlarmRecord,
+    AnyEvent,
     AppliedSetpoint,
     Batch,
     ChannelCommand,
@@ -47,7 +51,6 @@ from cloud.contract.batch import (
     DroppedTotals,
     GatewayEvent,
     Limits,
-    Micros,
     NoArgs,
     PingCommand,
     ReloadConfigCommand,
@@ -57,9 +60,6 @@ from cloud.contract.batch import (
     Setpoints,
     SetpointValue,
     ShadowReport,
-    Wire,
-    WireName,
-    WireText,
     WriteArgs,
     WriteCommand,
     WriteRecord,
@@ -86,6 +86,21 @@ from cloud.contract.errors import (
     PayloadTooLarge,
     UnsupportedEncoding,
 )
+from cloud.contract.fleet import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_ISSUES,
+    MAX_STATUS_DRIVERS,
+    ConfigDocument,
+    ConfigOutcome,
+    ConfigProblem,
+    ConfigReport,
+    DesiredConfig,
+    DriverStatus,
+    StatusConfig,
+    StatusReport,
+    config_digest,
+)
+from cloud.contract.wire import Micros, Wire, WireName, WireText
 
 __all__ = [
     "ALARM_KINDS",
@@ -100,9 +115,12 @@ __all__ = [
     "ENCODINGS",
     "EVENT_TYPES",
     "JSON",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_ISSUES",
     "MAX_COUNT",
     "MAX_RESULT_BYTES",
     "MAX_SETPOINTS",
+    "MAX_STATUS_DRIVERS",
     "MSGPACK",
     "MSGPACK_TYPES",
     "QUALITY_CODES",
@@ -110,6 +128,7 @@ __all__ = [
     "AckAlarmArgs",
     "AckAlarmCommand",
     "AlarmRecord",
+    "AnyEvent",
     "AppliedSetpoint",
     "Batch",
     "ChannelCommand",
@@ -117,9 +136,15 @@ __all__ = [
     "ChunkError",
     "CommandResult",
     "CommandSpec",
+    "ConfigDocument",
+    "ConfigOutcome",
+    "ConfigProblem",
+    "ConfigReport",
     "ContractError",
+    "DesiredConfig",
     "DesiredSetpoint",
     "DesiredState",
+    "DriverStatus",
     "DroppedTotals",
     "GatewayEvent",
     "InvalidBatch",
@@ -136,6 +161,8 @@ __all__ = [
     "SetpointValue",
     "Setpoints",
     "ShadowReport",
+    "StatusConfig",
+    "StatusReport",
     "UnsupportedEncoding",
     "Wire",
     "WireName",
@@ -149,6 +176,7 @@ __all__ = [
     "batch_to_dict",
     "check_content_type",
     "check_time_window",
+    "config_digest",
     "decode_batch",
     "decompress",
     "encode_batch",

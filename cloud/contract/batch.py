@@ -73,6 +73,8 @@ from cloud.contract.errors import (
     PayloadTooLarge,
     UnsupportedEncoding,
 )
+from cloud.contract.fleet import ConfigReport, StatusReport
+from cloud.contract.wire import Micros, Wire, WireName, WireText
 from cloud.contract.wire_decode import (
     EVENT_DEPTH,
     Inflating,
@@ -804,9 +806,6 @@ COMMAND_OUTCOMES: Final = ("succeeded", "failed", "expired", "unknown")
 MAX_RESULT_BYTES: Final = 16_384
 MAX_SETPOINTS: Final = 10_000
 
-WireName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
-WireText = Annotated[str, Field(max_length=4_096, pattern=r"^[^\x00]*$")]
-Micros = Annotated[int, Field(ge=0, le=2**62)]
 SetpointValue = (
     bool
     | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -814,12 +813,6 @@ SetpointValue = (
     | Annotated[str, Field(max_length=4_096, pattern=r"^[^\x00]*$")]
 )
 """A value to write: a bool, an integer, a finite float or a string."""
-
-
-class Wire(BaseModel):
-    """Base of the two-way messages: frozen, unknown fields refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class WriteArgs(Wire):
@@ -923,7 +916,7 @@ class DesiredState(Wire):
     """The shadow's desired document as the gateway receives it."""
 
     version: int = Field(ge=0)
-    setpoints: Setpoints = {}
+    setpoints: Setpoints = Field(default_factory=dict)
     server_time: Micros
 
     @model_validator(mode="after")
@@ -939,7 +932,7 @@ class CommandResult(Wire):
     type: Literal["command_result"]
     command_id: int = Field(ge=1)
     state: Literal["succeeded", "failed", "expired", "unknown"]
-    result: dict[str, JsonValue] = {}
+    result: dict[str, JsonValue] = Field(default_factory=dict)
     error: WireText | None = None
     started_at: Micros | None = None
     finished_at: Micros
@@ -995,8 +988,8 @@ class ShadowReport(Wire):
     desired_version: int = Field(ge=0)
     agent_version: WireName
     config_version: WireName | None = None
-    setpoints: dict[WireName, dict[WireName, ReportedSetpoint]] = {}
-    applied: dict[WireName, dict[WireName, AppliedSetpoint]] = {}
+    setpoints: dict[WireName, dict[WireName, ReportedSetpoint]] = Field(default_factory=dict)
+    applied: dict[WireName, dict[WireName, AppliedSetpoint]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _bounded(self) -> Self:
@@ -1004,137 +997,6 @@ class ShadowReport(Wire):
             if sum(len(tags) for tags in section.values()) > MAX_SETPOINTS:
                 raise ValueError(f"more than {MAX_SETPOINTS} setpoints")
         return self
-
-
-# -------------------------------------------------------------------------------------- fleet
-#
-# Remote configuration and fleet health. Cloud to gateway, on the channel: `DesiredConfig`
-# (event ``config``) names the config version the cloud wants the gateway to run; the gateway
-# fetches the document itself (`ConfigDocument`, `GET /v1/gateway/config/{version}`), so the
-# channel stays small however large a config grows. Gateway to cloud, inside batches: a
-# `ConfigReport` for each step of applying a version (or a local edit: ``drift``) and a
-# `StatusReport` of its health, on change and at least every minute.
-
-MAX_CONFIG_BYTES: Final = 1_048_576
-"""The largest config document the cloud stores and a gateway accepts (1 MiB of text)."""
-MAX_CONFIG_ISSUES: Final = 50
-MAX_STATUS_DRIVERS: Final = 5_000
-ConfigOutcome = Literal["applying", "probation", "applied", "rolled_back", "refused", "drift"]
-
-Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the text, hex")]
-Counter = Annotated[int, Field(ge=0, le=2**62)]
-
-
-def config_digest(document: str) -> str:
-    """The SHA-256 (hex) of a config document's UTF-8 text: how both sides name a document."""
-    import hashlib  # noqa: PLC0415 - only the fleet messages need it
-
-    return hashlib.sha256(document.encode("utf-8")).hexdigest()
-
-
-class DesiredConfig(Wire):
-    """The config version the cloud wants the gateway to run (channel event ``config``).
-
-    Sent on connect and on every change. `version` 0 means the cloud assigns nothing: the
-    gateway keeps what it runs.
-    """
-
-    version: int = Field(ge=0)
-    digest: Digest | None = None
-    assigned_at: Micros | None = None
-    assigned_by: WireName | None = None
-    rollout_id: int | None = Field(default=None, ge=1)
-    server_time: Micros
-
-
-class ConfigDocument(Wire):
-    """One config version's document, as the gateway fetches it."""
-
-    version: int = Field(ge=1)
-    digest: Digest
-    document: Annotated[str, Field(max_length=MAX_CONFIG_BYTES)]
-    created_at: Micros
-    created_by: WireName
-
-
-class ConfigProblem(Wire):
-    """One problem the gateway's validator found: line (when known), field path, message."""
-
-    line: int | None = Field(default=None, ge=1)
-    path: Annotated[str, Field(max_length=500, pattern=r"^[^\x00]*$")] = ""
-    message: WireText
-
-
-class ConfigReport(Wire):
-    """A step of applying a config version on the gateway, or a local edit (``drift``).
-
-    `outcome`: ``applying`` (written, being applied), ``probation`` (applied, proving itself),
-    ``applied`` (passed probation: the new last good version), ``rolled_back`` (probation failed
-    or the agent stopped during it; `reason` says which, and the last good version runs again),
-    ``refused`` (invalid: `problems` lists what the validator found; nothing changed) or
-    ``drift`` (the file on the gateway differs from every version the cloud sent: `digest`
-    names the local document). `version` is the cloud's version, None for a local document.
-    `seq` counts up on the gateway, so a late copy never replaces a newer report.
-    """
-
-    type: Literal["config"]
-    seq: int = Field(ge=1, le=2**62)
-    version: int | None = Field(default=None, ge=1)
-    digest: Digest
-    outcome: ConfigOutcome
-    reason: WireText | None = None
-    problems: Annotated[list[ConfigProblem], Field(max_length=MAX_CONFIG_ISSUES)] = []
-    running_version: int | None = Field(default=None, ge=1)
-    running_digest: Digest
-    managed: Literal["cloud", "local"]
-    probation_s: float | None = Field(default=None, ge=0, le=86_400)
-    at: Micros
-
-
-class DriverStatus(Wire):
-    """One driver as the status document reports it."""
-
-    name: WireName
-    protocol: WireName | None = None
-    state: Literal["idle", "connecting", "connected", "backoff", "closed"]
-    last_error: WireText | None = None
-    since: Micros | None = None
-
-
-class StatusConfig(Wire):
-    """The config part of a status document."""
-
-    version: int | None = Field(default=None, ge=1)
-    digest: Digest | None = None
-    managed: Literal["cloud", "local"] = "local"
-    outcome: ConfigOutcome | None = None
-    probation: Literal["running", "passed", "failed"] | None = None
-    reason: WireText | None = None
-
-
-class StatusReport(Wire):
-    """The gateway's health, on change and at least every minute (event ``status``)."""
-
-    type: Literal["status"]
-    seq: int = Field(ge=1, le=2**62)
-    ts: Micros
-    agent_version: WireName
-    uptime_s: float = Field(ge=0, allow_inf_nan=False)
-    config: StatusConfig = StatusConfig()
-    drivers: Annotated[list[DriverStatus], Field(max_length=MAX_STATUS_DRIVERS)] = []
-    backlog_chunks: Counter = 0
-    backlog_readings: Counter = 0
-    backlog_oldest_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    quarantined: Counter = 0
-    refused: Counter = 0
-    dead_letters: Counter = 0
-    disk_free_bytes: Counter | None = None
-    disk_total_bytes: Counter | None = None
-    outbox_bytes: Counter | None = None
-    outbox_quota_bytes: Counter | None = None
-    clock_synchronized: bool | None = None
-    clock_offset_s: float | None = Field(default=None, allow_inf_nan=False)
-    alarms_active: Counter = 0
 
 
 AnyEvent: TypeAlias = CommandResult | WriteRecord | ShadowReport | ConfigReport | StatusReport
