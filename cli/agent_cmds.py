@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         Gateway,
         Health,
         Outbox,
+        RemoteConfig,
         TagValue,
         Uplink,
     )
@@ -39,7 +40,9 @@ ConfigOpt = Annotated[
 ApiOpt = Annotated[str | None, typer.Option("--api", help="The local API URL, if not found.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
-config_app = typer.Typer(help="Check config files.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Check config files; move between cloud and local management.", no_args_is_help=True
+)
 
 EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus stops a crash loop on bad config
 
@@ -98,29 +101,38 @@ def run(
     """Run the agent in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the config file.
 
     Exit codes: 0 after a clean stop, 78 for a config error or a state file from a newer
-    release (systemd does not restart it), 1 for other failures.
+    release (systemd does not restart it), 75 when a config from the cloud needs a restart
+    (systemd starts it again), 1 for other failures.
     Example: tagway run --config /etc/tagway/config.yaml
     """
     from edge.agent import Agent, run_until_signalled  # noqa: PLC0415
     from edge.alarm_store import AlarmStateTooNew  # noqa: PLC0415
     from edge.config import ConfigError, load_config  # noqa: PLC0415
+    from edge.fleet.versions import ConfigVersions  # noqa: PLC0415
     from store_forward import SchemaTooNew  # noqa: PLC0415
 
     setup(log_format, log_level)
     path = config or DEFAULT_CONFIG
+    if path.exists():
+        # A config trial that a kill or a power cut interrupted: the last good file goes back
+        # in place before anything reads it (see edge.fleet.versions).
+        ConfigVersions(path).recover()
     try:
         cfg = load_config(path)
     except ConfigError as exc:
         for issue in exc.issues:
             typer.echo(f"tagway: {issue}", err=True)
         raise typer.Exit(EX_CONFIG) from None
+    agent = Agent(cfg, config_path=path)
     try:
-        asyncio.run(run_until_signalled(Agent(cfg, config_path=path)))
+        asyncio.run(run_until_signalled(agent))
     except (SchemaTooNew, AlarmStateTooNew) as exc:
         # A state file from a newer release needs a person (upgrade, or move the file away);
         # restarting cannot fix it, so the exit code tells systemd not to try.
         typer.echo(f"tagway: error: {exc}", err=True)
         raise typer.Exit(EX_CONFIG) from None
+    if agent.exit_code:
+        raise typer.Exit(agent.exit_code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +220,24 @@ def _print_reload(config: ConfigStatus) -> None:
                + (f": {last.error}" if last.error else ""))  # fmt: skip
     if config.needs_restart:
         typer.echo(f"  ! needs a restart to apply: {', '.join(config.needs_restart)}")
+    remote = config.remote
+    if remote is not None:
+        typer.echo(f"config: {describe_remote(remote)}")
+
+
+def describe_remote(remote: RemoteConfig) -> str:
+    """One line: who manages the config, which version runs, how the last one went."""
+    running = f"version {remote.version}" if remote.version is not None else "a local file"
+    line = f"{remote.managed_by}-managed, running {running}"
+    if remote.phase != "idle":
+        return f"{line}; trying version {remote.candidate}: {remote.phase}"
+    if remote.outcome is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(remote.at or 0))
+        about = f" {remote.outcome_version}" if remote.outcome_version is not None else ""
+        line += f"; last: {remote.outcome.replace('_', ' ')}{about} at {when}"
+        if remote.reason and remote.outcome != "applied":
+            line += f" ({remote.reason})"
+    return line
 
 
 def tags(

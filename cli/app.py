@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
-from cli import agent_cmds, provision_cmds
+from cli import agent_cmds, fleet_cmds, provision_cmds
 from cli.buffer_cmds import buffer_app
 from cli.cloud_cmds import cloud_app
 from cli.errors import report
@@ -27,6 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(agent_cmds.init)
+agent_cmds.config_app.command("pull")(fleet_cmds.config_pull)
+agent_cmds.config_app.command("push")(fleet_cmds.config_push)
 app.add_typer(agent_cmds.config_app, name="config")
 app.command()(agent_cmds.run)
 app.command()(agent_cmds.status)

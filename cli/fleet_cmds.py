@@ -205,3 +205,56 @@ def _when(micros: int) -> str:
     from datetime import UTC, datetime  # noqa: PLC0415
 
     return datetime.fromtimestamp(micros / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ------------------------------------------------------------------- on the gateway itself
+
+ConfigPathOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="The agent's config file (default $TAGWAY_CONFIG or "
+                 "/etc/tagway/config.yaml)."),
+]  # fmt: skip
+ApiOpt = Annotated[str | None, typer.Option("--api", help="The local API URL, if not found.")]
+
+
+def config_pull(
+    config: ConfigPathOpt = None, api: ApiOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Take the cloud's config version for this gateway now, through the running agent.
+
+    The same validation and probation as a version the cloud sends; it works on a locally
+    managed gateway too (the version's own `fleet.managed_by` decides from then on). Waits for
+    the probation. Exit 0 when applied, 1 otherwise.
+    Example: tagway config pull --config /etc/tagway/config.yaml
+    """
+    from cli.local import LocalClient  # noqa: PLC0415 - keep `--help` fast
+    from edge.api_contract import ConfigTrial  # noqa: PLC0415
+
+    trial = LocalClient(config, api, timeout=3_700).post("/v1/config/pull", ConfigTrial)
+    if json_out:
+        typer.echo(trial.model_dump_json())
+    else:
+        about = f"version {trial.version}: " if trial.version is not None else ""
+        typer.echo(f"{about}{trial.outcome.replace('_', ' ')}"
+                   + (f" ({trial.reason})" if trial.reason else ""))  # fmt: skip
+        for problem in trial.problems:
+            typer.echo(f"  {problem}")
+    raise typer.Exit(0 if trial.outcome in ("applied", "restarting") else 1)
+
+
+def config_push(
+    config: ConfigPathOpt = None, api: ApiOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Make this gateway's config file the cloud's version for it (ends drift).
+
+    The cloud stores the running file as a new version assigned to this gateway alone.
+    Example: tagway config push --config /etc/tagway/config.yaml
+    """
+    from cli.local import LocalClient  # noqa: PLC0415 - keep `--help` fast
+    from edge.api_contract import ConfigPushed  # noqa: PLC0415
+
+    pushed = LocalClient(config, api, timeout=60).post("/v1/config/push", ConfigPushed)
+    if json_out:
+        typer.echo(pushed.model_dump_json())
+        return
+    typer.echo(f"the cloud now has this gateway's file as version {pushed.version}")

@@ -9,6 +9,10 @@ the outbox, and everything closes in the reverse order it was opened.
 `reload()` (SIGHUP) reads the config file again and applies it without a restart: only the
 drivers of added and changed devices start, only those of removed and changed devices stop, and
 the pipeline follows the new deadbands, derived tags and alarm rules (see `edge.reload`).
+
+With a config file and a cloud, `edge.fleet` applies the config versions the cloud sends (the
+same reload, then a probation) and reports the gateway's status; a new config that needs a
+restart stops the agent with `exit_code` 75, for systemd to start it again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from edge.config import AgentConfig, ConfigError, load_config
 from edge.credentials import UplinkIdentity, load_uplink_identity
 from edge.dead_letters import DeadLetterStore
 from edge.errors import EdgeError
+from edge.fleet import EX_RESTART, Fleet
+from edge.fleet.versions import ConfigVersions
 from edge.local_api import LocalApi
 from edge.pipeline import settings as stages
 from edge.pipeline.derived import DerivedTags
@@ -84,6 +90,8 @@ class Agent:
         self._notifier = notifier if notifier is not None else SystemdNotifier.from_environ()
         self._runtime: Runtime | None = None
         self._reload_lock = asyncio.Lock()
+        self.fleet: Fleet | None = None  # remote config and status reports, when a cloud is set
+        self.exit_code = 0  # EX_RESTART when a new config asked for a restart
 
     @property
     def runtime(self) -> Runtime:
@@ -138,7 +146,8 @@ class Agent:
                     self._runtime = None
 
     async def _serve(self, rt: Runtime, group: asyncio.TaskGroup, stop: asyncio.Event) -> None:
-        api = LocalApi(rt)
+        self.fleet = fleet = self._fleet(rt, stop)
+        api = LocalApi(rt, fleet=fleet)
         flusher = group.create_task(rt.pipeline.run(), name="pipeline")
         reloader = group.create_task(self._reload_when_requested(rt), name="reload")
         background = [
@@ -154,6 +163,8 @@ class Agent:
         self.ready.set()
         # Drivers start once the local API answers: it shows them connecting from the start.
         rt.supervisor.start(rt.config.current.devices)
+        if fleet is not None:  # after the drivers: its first status document lists them all
+            background.append(group.create_task(fleet.run(), name="fleet"))
         devices = len(rt.supervisor.slots)
         log.info("agent %s running: %d devices", rt.config.current.gateway.name, devices)
         self._notifier.ready(f"running: {devices} devices")
@@ -169,6 +180,20 @@ class Agent:
         for task in background:
             task.cancel()
         await served
+
+    def _fleet(self, rt: Runtime, stop: asyncio.Event) -> Fleet | None:
+        """Remote configuration and status reports: for an agent with a config file and a
+        cloud (`edge.fleet`)."""
+        path = rt.config.path
+        if path is None or rt.uplink is None:
+            return None
+
+        def restart() -> None:
+            self.exit_code = EX_RESTART
+            stop.set()
+
+        return Fleet(runtime=rt, versions=ConfigVersions(path),
+                     reload=lambda: self._reload(rt), restart=restart)  # fmt: skip
 
     async def reload(self) -> ReloadResult:
         """Read the config file again and apply what changed (SIGHUP, `systemctl reload`).
@@ -198,9 +223,12 @@ class Agent:
             await self.reload_requested.wait()
             self.reload_requested.clear()  # signals that arrive meanwhile make one more reload
             try:
-                await self._reload(rt)
+                result = await self._reload(rt)
             except ReloadRejected as exc:
                 log.warning("reload requested, but %s", exc)
+                continue
+            if self.fleet is not None:
+                await self.fleet.remote.after_reload(result)  # a local edit: drift, maybe
 
 
 async def _reload_from(rt: Runtime, path: Path) -> ReloadResult:

@@ -22,6 +22,9 @@ Routes::
     GET  /v1/uplink                   Uplink
     GET  /v1/dead-letters             DeadLetters      (?limit=)
     POST /v1/write                    WriteRequest -> WriteResult
+    GET  /v1/config/remote            RemoteConfig
+    POST /v1/config/pull              ConfigTrial   (take the cloud's version now; 409, 502)
+    POST /v1/config/push              ConfigPushed  (the file becomes the cloud's version)
     GET  /v1/stream                   server-sent events: `reading` (list[TagValue]) and
                                       `alarm` (list[AlarmChange])
     GET  /metrics                     Prometheus text format
@@ -75,6 +78,36 @@ class ReloadOutcome(Answer):
     unchanged: tuple[str, ...] = ()
 
 
+class RemoteConfig(Answer):
+    """The config as the cloud manages it (`GET /v1/config/remote`, and in `GET /v1/gateway`).
+
+    `version` is the cloud's version the gateway runs (None: a document of its own, e.g. edited
+    on the gateway); `phase` is ``idle`` or where a trial stands (``applying``, ``restarting``,
+    ``probation``, with `candidate` the version on trial); `outcome` is the last step reported
+    to the cloud (``applied``, ``rolled_back``, ``refused``, ``drift``, ...), with its reason.
+    """
+
+    managed_by: Literal["cloud", "local"] = "local"
+    version: int | None = None
+    digest: str | None = None
+    last_good_version: int | None = None
+    phase: str = "idle"
+    candidate: int | None = None
+    outcome: str | None = None
+    outcome_version: int | None = None
+    reason: str | None = None
+    at: float | None = None
+    drift: bool = False
+    status_reports: int = 0
+
+    @property
+    def probation(self) -> str | None:
+        """``running``, ``passed`` or ``failed`` for the last version tried, None before any."""
+        if self.phase in ("applying", "restarting", "probation"):
+            return "running"
+        return {"applied": "passed", "rolled_back": "failed"}.get(self.outcome or "")
+
+
 class ConfigStatus(Answer):
     """The config file and its reloads since start."""
 
@@ -83,6 +116,8 @@ class ConfigStatus(Answer):
     reloads_rejected: int = 0
     needs_restart: tuple[str, ...] = ()
     last_reload: ReloadOutcome | None = None
+    remote: RemoteConfig | None = None
+    """None when the agent has no cloud (nothing is managed remotely)."""
 
 
 class Gateway(Answer):
@@ -323,6 +358,22 @@ class WriteRequest(BaseModel):
     device: str
     tag: str
     value: float | int | bool | str
+
+
+class ConfigTrial(Answer):
+    """`POST /v1/config/pull`: how taking the cloud's version ended (``applied``,
+    ``rolled_back``, ``refused`` or ``restarting``), with the validator's problems."""
+
+    outcome: str
+    version: int | None = None
+    reason: str | None = None
+    problems: tuple[str, ...] = ()
+
+
+class ConfigPushed(Answer):
+    """`POST /v1/config/push`: the cloud's version number for the gateway's own file."""
+
+    version: int
 
 
 class WriteResult(Answer):

@@ -11,6 +11,7 @@
     models:    ONNX models over windows of tags, with an optional alarm threshold
     alarms:    local alarm rules
     local_api: where the TUI and `tagway status` reach the agent
+    fleet:     remote configuration (cloud- or locally managed, probation) and status reports
 
 Unknown keys are errors everywhere. After `load_config` only these frozen objects travel.
 """
@@ -116,6 +117,23 @@ class OutboxSection(BaseModel):
     @classmethod
     def _size(cls, value: int | str) -> int:
         return parse_size(value)
+
+
+class FleetSection(BaseModel):
+    """Remote configuration: who manages this gateway's config, and how a new one proves itself.
+
+    `managed_by: cloud` applies the versions the cloud sends (and reports a local edit as
+    drift); `local` refuses them until an installer runs `tagway config pull`. A new config has
+    `probation` seconds to reconnect the devices that were connected and connect the ones it
+    adds, and to reach the cloud; otherwise the previous one comes back. The status document
+    goes to the cloud when something changes and at least every `status_interval` seconds.
+    """
+
+    model_config = _FROZEN
+
+    managed_by: Literal["local", "cloud"] = "local"
+    probation: float = Field(default=60.0, gt=0, le=3600)
+    status_interval: float = Field(default=60.0, ge=5, le=3600)
 
 
 class LocalApiSection(BaseModel):
@@ -245,6 +263,7 @@ class AgentConfig(BaseModel):
     models: tuple[ModelSection, ...] = ()
     alarms: tuple[AlarmSection, ...] = ()
     local_api: LocalApiSection = LocalApiSection()
+    fleet: FleetSection = FleetSection()
 
     @field_validator("devices", "derived", "models", "alarms", mode="before")
     @classmethod

@@ -28,6 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge import api_contract as contract
 from edge.alarms import AlarmEvent, AlarmState, UnknownAlarm
+from edge.fleet import Fleet
+from edge.fleet.remote import RemoteConfigError
 from edge.metrics import AgentMetrics
 from edge.runtime import Runtime
 from edge.supervisor import DeviceNotRunning
@@ -73,11 +75,12 @@ class LocalApi:
 
     Args:
         runtime: the agent's resources.
+        fleet: remote configuration and status reports, when the agent has a cloud.
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, fleet: Fleet | None = None) -> None:
         self.runtime = runtime
-        self.app = build_app(runtime)
+        self.app = build_app(runtime, fleet)
         self.started = asyncio.Event()
         self.port: int | None = None
         self._server: QuietServer | None = None
@@ -127,7 +130,7 @@ class LocalApi:
             self._server.should_exit = True
 
 
-def build_app(rt: Runtime) -> FastAPI:
+def build_app(rt: Runtime, fleet: Fleet | None = None) -> FastAPI:
     """The FastAPI app over a running agent."""
     app = FastAPI(title="tagway local API", version=rt.version,
                   description="The agent's local API; models in `edge.api_contract`.")  # fmt: skip
@@ -142,7 +145,9 @@ def build_app(rt: Runtime) -> FastAPI:
 
     @app.get("/v1/gateway", response_model=contract.Gateway)
     async def gateway() -> contract.Gateway:
-        return _gateway(rt)
+        return _gateway(rt, fleet)
+
+    _config_routes(app, fleet)
 
     @app.get("/v1/drivers", response_model=list[contract.Driver])
     async def drivers() -> list[contract.Driver]:
@@ -213,7 +218,7 @@ def build_app(rt: Runtime) -> FastAPI:
     return app
 
 
-def _gateway(rt: Runtime) -> contract.Gateway:
+def _gateway(rt: Runtime, fleet: Fleet | None) -> contract.Gateway:
     config, reloads = rt.config.current, rt.config.reloads
     last = reloads.last
     return contract.Gateway(
@@ -225,8 +230,63 @@ def _gateway(rt: Runtime) -> contract.Gateway:
             reloads_applied=reloads.applied, reloads_rejected=reloads.rejected,
             needs_restart=reloads.pending_restart,
             last_reload=contract.ReloadOutcome.model_validate(last.as_dict()) if last else None,
+            remote=remote_config(fleet) if fleet is not None else None,
         ),
     )  # fmt: skip
+
+
+def remote_config(fleet: Fleet) -> contract.RemoteConfig:
+    """The config as the cloud manages it, from the version record."""
+    record = fleet.remote.versions.record
+    running, last, candidate = record.running, record.last_outcome, record.candidate
+    return contract.RemoteConfig(
+        managed_by=fleet.remote.managed, version=running.version if running else None,
+        digest=running.digest if running else None,
+        last_good_version=record.last_good.version if record.last_good else None,
+        phase=record.phase.value, candidate=candidate.version if candidate else None,
+        outcome=last.outcome if last else None,
+        outcome_version=last.candidate.version if last else None,
+        reason=last.reason if last else None, at=last.at if last else None,
+        drift=last is not None and last.outcome == "drift" and running is not None
+        and running.version is None,
+        status_reports=fleet.status.sent,
+    )  # fmt: skip
+
+
+def _config_routes(app: FastAPI, fleet: Fleet | None) -> None:
+    """`/v1/config/...`: the cloud-managed config (404 when the agent has no cloud)."""
+
+    def require() -> Fleet:
+        if fleet is None:
+            raise HTTPException(404, "this agent has no cloud section: no remote configuration")
+        return fleet
+
+    @app.get("/v1/config/remote", response_model=contract.RemoteConfig,
+             responses={404: {"description": "no cloud"}})  # fmt: skip
+    async def remote() -> contract.RemoteConfig:
+        return remote_config(require())
+
+    refusals: dict[int | str, dict[str, object]] = {
+        404: {"description": "no cloud"}, 409: {"description": "refused: why"}}  # fmt: skip
+
+    @app.post("/v1/config/pull", response_model=contract.ConfigTrial, responses=refusals)
+    async def pull() -> contract.ConfigTrial:
+        try:
+            outcome = await require().remote.pull()
+        except RemoteConfigError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return contract.ConfigTrial(
+            outcome=outcome.outcome, version=outcome.version.version, reason=outcome.reason,
+            problems=tuple(f"line {p.line or '?'}: {p.path}: {p.message}"
+                           for p in outcome.problems),
+        )  # fmt: skip
+
+    @app.post("/v1/config/push", response_model=contract.ConfigPushed, responses=refusals)
+    async def push() -> contract.ConfigPushed:
+        try:
+            return contract.ConfigPushed(version=await require().remote.push())
+        except RemoteConfigError as exc:
+            raise HTTPException(409, str(exc)) from exc
 
 
 def _problems(rt: Runtime) -> list[str]:

@@ -29,7 +29,7 @@ from cli.tui.model import (
     matches,
 )
 from cli.tui.table import RowTable
-from edge.api_contract import Alarm, Driver, TagValue, Uplink
+from edge.api_contract import Alarm, Driver, RemoteConfig, TagValue, Uplink
 
 QUALITY_STYLE = {"good": "green", "uncertain": "yellow", "bad": "bold red"}
 SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow",
@@ -82,6 +82,8 @@ class OverviewPane(Static):
             (gw.name, "bold"), f"  id {gw.gateway_id or '- (not provisioned)'}  tagway ",
             gw.version, f"  up {format_age(gw.uptime_s)}  health ", health))  # fmt: skip
         grid.add_row("Uplink", uplink_line(snap.uplink, ob.backlog_readings, ob.oldest_age_s, now))
+        if gw.config.remote is not None:
+            grid.add_row("Config", config_line(gw.config.remote, now))
         grid.add_row("Outbox", Text.assemble(
             f"{format_bytes(ob.used_bytes)} of {format_bytes(ob.quota_bytes)} "
             f"({ob.used_fraction:.1%})  ",
@@ -130,6 +132,28 @@ def uplink_line(up: Uplink, backlog: int, oldest: float | None, now: float) -> T
         state = Text(f"connected ({up.state})", "green")
     return Text.assemble(state, f"  last sync {last}  backlog {backlog} readings (oldest "
                          f"{format_age(oldest)})  sending {up.send_rate:.1f}/s")  # fmt: skip
+
+
+def config_line(remote: RemoteConfig, now: float) -> Text:
+    """Cloud- or locally managed, the version running, the last probation and drift."""
+    running = f"version {remote.version}" if remote.version is not None else "local file"
+    parts: list[str | tuple[str, str]] = [
+        (f"{remote.managed_by}-managed", "bold"), f"  running {running}"]  # fmt: skip
+    probation = remote.probation
+    if remote.phase != "idle":
+        parts.append((f"  trying version {remote.candidate}: {remote.phase}", "yellow"))
+    elif probation is not None:
+        style = "green" if probation == "passed" else "bold red"
+        about = f" of version {remote.outcome_version}" if remote.outcome_version else ""
+        ago = f" {format_age(now - remote.at)} ago" if remote.at else ""
+        parts.append((f"  probation{about} {probation}{ago}", style))
+        if probation == "failed" and remote.reason:
+            parts.append(f" ({remote.reason})")
+    elif remote.outcome == "refused":
+        parts.append((f"  version {remote.outcome_version} refused: {remote.reason}", "bold red"))
+    if remote.drift:
+        parts.append(("  edited here (drift from the cloud)", "yellow"))
+    return Text.assemble(*parts)
 
 
 def tag_cells(tag: TagValue, now: float) -> tuple[str | Text, ...]:

@@ -50,14 +50,7 @@ from typing import Any, Final
 import msgpack
 import zstandard
 
-from cloud.contract.batch import (
-    AlarmRecord,
-    CommandResult,
-    ShadowReport,
-    WriteRecord,
-    alarm_to_dict,
-    event_to_dict,
-)
+from cloud.contract.batch import AlarmRecord, AnyEvent, alarm_to_dict, event_to_dict
 from cloud.contract.errors import ChunkError, PayloadTooLarge
 
 FORMAT_VERSION: Final = 2  # telemetry chunks
@@ -353,7 +346,9 @@ def unpack(chunk: bytes, bounds: Bounds = _TRUSTED) -> Unpacked:
     return unpacked
 
 
-def _unpacked_map(chunk: bytes, bounds: Bounds) -> tuple[dict[str, Any], int]:
+def _unpacked_map(
+    chunk: bytes, bounds: Bounds, *, max_map_len: int = 16
+) -> tuple[dict[str, Any], int]:
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(chunk), read_across_frames=True
@@ -372,7 +367,7 @@ def _unpacked_map(chunk: bytes, bounds: Bounds) -> tuple[dict[str, Any], int]:
     longest = max(bounds.max_readings, 2 * bounds.max_series)
     try:
         data = msgpack.unpackb(
-            raw, raw=False, strict_map_key=True, max_array_len=longest, max_map_len=16,
+            raw, raw=False, strict_map_key=True, max_array_len=longest, max_map_len=max_map_len,
             max_str_len=bounds.max_text, max_bin_len=bounds.max_bytes,
             ext_hook=_refuse_ext,
         )  # fmt: skip
@@ -521,10 +516,10 @@ class Records:
 
 def encode_records(
     records: Sequence[AlarmRecord],
-    events: Sequence[CommandResult | WriteRecord | ShadowReport] = (),
+    events: Sequence[AnyEvent] = (),
 ) -> bytes:
     """Encode alarm records (`AlarmRecord`) and gateway events (command results, write records,
-    shadow reports) into a chunk for the alarm or event lane."""
+    shadow, config and status reports) into a chunk for the alarm or event lane."""
     if not records and not events:
         raise ValueError("a chunk needs at least one record")
     payload: dict[str, Any] = {"v": RECORDS_VERSION,
@@ -543,7 +538,9 @@ def decode_records(chunk: bytes) -> list[dict[str, Any]]:
 def unpack_records(chunk: bytes, bounds: Bounds) -> Records:
     """An alarm or event chunk unpacked; `ChunkError` if it is damaged or unknown,
     `PayloadTooLarge` past `bounds` (`max_readings` bounds its records and events together)."""
-    data, size = _unpacked_map(chunk, bounds)
+    # Gateway events hold maps keyed by names (a status document's fields, a shadow report's
+    # devices): as many keys as records may be, not the 16 of a telemetry chunk's header.
+    data, size = _unpacked_map(chunk, bounds, max_map_len=max(16, bounds.max_readings))
     version, alarms, events = data.get("v"), data.get("records"), data.get("events", [])
     if version != RECORDS_VERSION:
         raise ChunkError(f"record chunk format version {version!r} is not supported")

@@ -38,12 +38,10 @@ from cloud.contract.batch import (
     CHUNKS,
     DEFAULT_LIMITS,
     AlarmRecord,
+    AnyEvent,
     Batch,
-    CommandResult,
     Limits,
     SeriesColumns,
-    ShadowReport,
-    WriteRecord,
     alarm_from_data,
     decompress,
     dropped_from_data,
@@ -170,7 +168,7 @@ class _ChunkReader:
         self.alarms: list[AlarmRecord] = []
         self.readings = 0
         self.names: set[tuple[str, str]] = set()
-        self.events: list[CommandResult | WriteRecord | ShadowReport] = []
+        self.events: list[AnyEvent] = []
         self.ignored_events = 0
 
     def read(self, item: Any, path: Path) -> None:

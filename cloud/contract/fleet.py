@@ -21,7 +21,9 @@ MAX_CONFIG_BYTES: Final = 1_048_576
 """The largest config document the cloud stores and a gateway accepts (1 MiB of text)."""
 MAX_CONFIG_ISSUES: Final = 50
 MAX_STATUS_DRIVERS: Final = 5_000
-ConfigOutcome = Literal["applying", "probation", "applied", "rolled_back", "refused", "drift"]
+ConfigOutcome = Literal[
+    "applying", "probation", "applied", "rolled_back", "refused", "declined", "drift"
+]
 
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the text, hex")]
 Counter = Annotated[int, Field(ge=0, le=2**62)]
@@ -71,10 +73,12 @@ class ConfigReport(Wire):
     `outcome`: ``applying`` (written, being applied), ``probation`` (applied, proving itself),
     ``applied`` (passed probation: the new last good version), ``rolled_back`` (probation failed
     or the agent stopped during it; `reason` says which, and the last good version runs again),
-    ``refused`` (invalid: `problems` lists what the validator found; nothing changed) or
-    ``drift`` (the file on the gateway differs from every version the cloud sent: `digest`
-    names the local document). `version` is the cloud's version, None for a local document.
-    `seq` counts up on the gateway, so a late copy never replaces a newer report.
+    ``refused`` (invalid: `problems` lists what the validator found; nothing changed),
+    ``declined`` (the gateway is managed locally: nothing changed, and the version waits for
+    ``tagway config pull`` there) or ``drift`` (the file on the gateway differs from every
+    version the cloud sent: `digest` names the local document). `version` is the cloud's
+    version, None for a local document. `seq` counts up on the gateway, so a late copy never
+    replaces a newer report.
     """
 
     type: Literal["config"]

@@ -109,7 +109,8 @@ class GatewayConfig(Record):
 
 class RolloutGateway(Record):
     """One gateway of a rollout: ``waiting`` (its wave has not started), ``sent``, ``passed``,
-    ``failed``, ``skipped`` (it has its own assignment) or ``cancelled``."""
+    ``failed``, ``skipped`` (it has its own assignment, or it is managed locally and declined)
+    or ``cancelled``."""
 
     gateway_id: int
     name: str

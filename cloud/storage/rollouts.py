@@ -36,6 +36,7 @@ MEMBER_STATES: Final = ("waiting", "sent", "passed", "failed", "skipped", "cance
 ROLLOUT_STATES: Final = ("running", "completed", "stopped", "cancelled", "superseded")
 PASSED: Final = frozenset({"applied"})
 FAILED: Final = frozenset({"rolled_back", "refused"})
+DECLINED: Final = frozenset({"declined"})  # a locally managed gateway: passed by, not failed
 
 
 def wave_count(gateways: int, *, size: int | None, percent: int | None) -> int:
@@ -280,7 +281,7 @@ class RolloutStore:
         news: News,
     ) -> None:  # fmt: skip
         """A gateway's outcome for a version: passes or fails it in the rollouts waiting for it."""
-        if report.version is None or report.outcome not in PASSED | FAILED:
+        if report.version is None or report.outcome not in PASSED | FAILED | DECLINED:
             return
         rows = await tx.fetch(
             "SELECT m.rollout_id FROM rollout_gateways m JOIN rollouts r"
@@ -289,15 +290,15 @@ class RolloutStore:
             " AND r.version_id = %s",
             [tenant_id, gateway_id, report.version],
         )
-        passed = report.outcome in PASSED
-        reason = None if passed else f"{report.outcome}: {report.reason or 'no reason given'}"
+        state = ("passed" if report.outcome in PASSED
+                 else "skipped" if report.outcome in DECLINED else "failed")  # fmt: skip
+        reason = None if state == "passed" else f"{report.outcome}: {report.reason or 'no reason'}"
         for (rollout_id,) in rows:
             await tx.execute(
                 "UPDATE rollout_gateways SET state = %s, finished_at = %s, reason = %s"
                 " WHERE tenant_id = %s AND rollout_id = %s AND gateway_id = %s",
-                ["passed" if passed else "failed", now_us, reason, tenant_id, rollout_id,
-                 gateway_id],
-            )  # fmt: skip
+                [state, now_us, reason, tenant_id, rollout_id, gateway_id],
+            )
             await self.advance(tx, tenant_id, int(rollout_id), now_us=now_us, news=news)
 
     # ----------------------------------------------------------------------------- reading

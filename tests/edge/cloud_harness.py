@@ -88,9 +88,12 @@ class RunningCloud:
 
 
 @contextlib.asynccontextmanager
-async def serve_cloud(db_path: Path, *, port: int = 0) -> AsyncIterator[RunningCloud]:
+async def serve_cloud(
+    db_path: Path, *, port: int = 0, **settings_overrides: Any
+) -> AsyncIterator[RunningCloud]:
     """Serve the cloud app until the block ends (restartable on the same file and port)."""
-    settings = CloudSettings(database_url=f"sqlite:///{db_path}", platform_admin_key=PLATFORM_KEY)
+    settings = CloudSettings(database_url=f"sqlite:///{db_path}", platform_admin_key=PLATFORM_KEY,
+                             **settings_overrides)  # fmt: skip
     faults = Faults()
     app = FaultyIngest(create_app(settings), faults)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

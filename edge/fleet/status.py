@@ -1,0 +1,131 @@
+"""The status document: the gateway's health as the cloud sees it (`cloud.contract.StatusReport`).
+
+It goes through the outbox's event lane like any event, so the cloud also learns what happened
+while the uplink was down. It is sent when something the cloud judges health by changes (a
+driver going down or up, the backlog's age passing a minute boundary, the disk or the clock,
+the config's outcome, the number of active alarms), at most every `MIN_GAP_S`, and at least
+every ``fleet.status_interval`` seconds (60 by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+from cloud.contract import AnyEvent, DriverStatus, StatusConfig, StatusReport
+from edge.alarms import AlarmState
+from edge.fleet.versions import ConfigVersions
+from edge.runtime import Runtime
+
+CHECK_S: Final = 2.0
+MIN_GAP_S: Final = 5.0
+_STATES: Final = {"idle", "connecting", "connected", "backoff", "closed"}
+
+Emit = Callable[[Sequence[AnyEvent]], Awaitable[None]]
+
+
+def _probation(outcome: str | None) -> str | None:
+    return {"probation": "running", "applying": "running", "applied": "passed",
+            "rolled_back": "failed"}.get(outcome or "")  # fmt: skip
+
+
+async def build_status(rt: Runtime, versions: ConfigVersions, *, seq: int) -> StatusReport:
+    """The status document of the running agent now."""
+    config = rt.config.current
+    stats = await rt.outbox.stats()
+    ages = [lane.oldest_age_s for lane in stats.lanes.values() if lane.oldest_age_s is not None]
+    free: int | None = None
+    total: int | None = None
+    try:
+        disk = shutil.disk_usage(config.outbox_path.parent)
+        free, total = disk.free, disk.total
+    except OSError:
+        pass  # the figure is left out; the cloud judges the disk only when it has one
+    record = versions.record
+    running, last = record.running, record.last_outcome
+    uplink = rt.uplink.status if rt.uplink is not None else None
+    return StatusReport(
+        type="status", seq=seq, ts=time.time_ns() // 1_000, agent_version=rt.version[:200],
+        uptime_s=max(0.0, time.time() - rt.started_at),
+        config=StatusConfig(
+            version=running.version if running else None,
+            digest=running.digest if running else None, managed=config.fleet.managed_by,
+            outcome=last.outcome if last else None,  # type: ignore[arg-type]
+            probation=_probation(last.outcome if last else None),  # type: ignore[arg-type]
+            reason=(last.reason or "")[:4_000] or None if last else None,
+        ),
+        drivers=[_driver(rt, name) for name in sorted(rt.supervisor.slots)],
+        backlog_chunks=sum(lane.chunks for lane in stats.lanes.values()),
+        backlog_readings=sum(lane.readings for lane in stats.lanes.values()),
+        backlog_oldest_s=max(ages) if ages else None,
+        quarantined=sum(lane.quarantined_chunks for lane in stats.lanes.values()),
+        refused=uplink.quarantined_chunks if uplink is not None else 0,
+        dead_letters=rt.dead_letters.total,
+        disk_free_bytes=free, disk_total_bytes=total,
+        outbox_bytes=stats.used_bytes, outbox_quota_bytes=stats.quota_bytes,
+        alarms_active=sum(
+            1 for a in rt.pipeline.alarms.alarms.values()
+            if a.state in (AlarmState.ACTIVE, AlarmState.ACKED)
+        ),
+    )  # fmt: skip
+
+
+def _driver(rt: Runtime, name: str) -> DriverStatus:
+    slot = rt.supervisor.slots[name]
+    link = slot.driver.link if slot.driver is not None else None
+    state = slot.state if slot.state in _STATES else "backoff"  # stopped between restarts
+    error = (link.last_error if link is not None else None) or slot.last_crash
+    return DriverStatus(
+        name=name[:200], protocol=slot.config.protocol, state=state,  # type: ignore[arg-type]
+        last_error=error[:4_000] if error else None,
+        since=int(link.since * 1_000_000) if link is not None and link.since else None,
+    )  # fmt: skip
+
+
+def fingerprint(status: StatusReport) -> tuple[object, ...]:
+    """What a change of deserves a document now (figures that only drift do not)."""
+    age = status.backlog_oldest_s
+    free, total = status.disk_free_bytes, status.disk_total_bytes
+    return (
+        status.config.version, status.config.outcome, status.config.managed,
+        tuple((d.name, d.state == "connected") for d in status.drivers),
+        None if age is None else int(age // 60),
+        None if not free or not total else int(20 * free / total),
+        status.clock_synchronized, status.alarms_active, status.quarantined,
+    )  # fmt: skip
+
+
+class StatusReporter:
+    """Sends the status document on change and at least every interval.
+
+    Args:
+        runtime: the running agent.
+        versions: the config record (version, outcome).
+        emit: puts the documents into the outbox's event lane.
+    """
+
+    def __init__(self, *, runtime: Runtime, versions: ConfigVersions, emit: Emit) -> None:
+        self.runtime = runtime
+        self.versions = versions
+        self.emit = emit
+        self.sent = 0
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        last: tuple[object, ...] | None = None
+        last_at = 0.0
+        while True:
+            status = await build_status(self.runtime, self.versions, seq=1)
+            now = time.monotonic()
+            interval = self.runtime.config.current.fleet.status_interval
+            due = now - last_at >= interval
+            changed = fingerprint(status) != last and now - last_at >= MIN_GAP_S
+            if due or changed:
+                seq = self.versions.next_seq()
+                await self.emit([status.model_copy(update={"seq": seq})])
+                self.sent += 1
+                last, last_at = fingerprint(status), now
+            await asyncio.sleep(CHECK_S)
