@@ -39,7 +39,7 @@ async def tagway_run(path: Path, state: Path) -> AsyncIterator[asyncio.subproces
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not (state / "local_api.json").exists():
+        while not await _answers(state):
             assert proc.returncode is None, "the agent exited"
             assert time.monotonic() < deadline, "the agent did not start"
             await asyncio.sleep(0.05)
@@ -48,6 +48,17 @@ async def tagway_run(path: Path, state: Path) -> AsyncIterator[asyncio.subproces
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+async def _answers(state: Path) -> bool:
+    """The agent's local API is up (its discovery file is written just before it listens)."""
+    if not (state / "local_api.json").exists():
+        return False
+    try:
+        async with httpx.AsyncClient(base_url=local_api(state), timeout=2) as api:
+            return (await api.get("/v1/gateway")).status_code == 200
+    except (httpx.HTTPError, ValueError, OSError):
+        return False
 
 
 def local_api(state: Path) -> str:
