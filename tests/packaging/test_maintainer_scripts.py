@@ -42,6 +42,7 @@ echo "cloud_user=$(getent passwd tagway-cloud | cut -d: -f6,7)"
 echo "state=$(stat -c '%U:%G %a' /var/lib/tagway)"
 echo "cloud_state=$(stat -c '%U:%G %a' /var/lib/tagway-cloud)"
 echo "cloud_env=$(stat -c '%U:%G %a' /etc/tagway/cloud.env)"
+echo "config_dir=$(stat -c '%U:%G %a' /etc/tagway)"
 w=/etc/systemd/system/multi-user.target.wants
 echo "enabled=$(test -L $w/tagway.service && echo yes || echo no)"
 echo "cloud_enabled=$(test -L $w/tagway-cloud.service && echo yes || echo no)"
@@ -92,6 +93,7 @@ def test_install_upgrade_remove_and_purge(staged: Path, tmp_path: Path, helpers:
         "state": "tagway:tagway 700",
         "cloud_state": "tagway-cloud:tagway-cloud 700",
         "cloud_env": "root:tagway-cloud 640",
+        "config_dir": "root:tagway 2775",  # the agent writes the cloud's versions beside config
         "enabled": "yes",  # enabled on first install...
         "cloud_enabled": "no",
         "upgrade_rc": "0",

@@ -182,7 +182,7 @@ def test_the_agent_unit_is_notify_hardened_and_stops_looping_on_a_bad_config() -
         "Service.RestartPreventExitStatus": [str(EX_CONFIG)],
         "Service.ExecReload": ["/bin/kill -HUP $MAINPID"],
         "Service.ProtectSystem": ["strict"],
-        "Service.ReadWritePaths": ["/var/lib/tagway"],
+        "Service.ReadWritePaths": ["/var/lib/tagway /etc/tagway"],  # fleet: versions beside config
         "Service.NoNewPrivileges": ["yes"],
         "Service.PrivateTmp": ["yes"],
         "Service.ProtectHome": ["yes"],
