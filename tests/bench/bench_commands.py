@@ -15,9 +15,14 @@ Runs the cloud in real uvicorn processes (port-0 sockets) on PostgreSQL, as prod
    does. The clients run in their own process so their reading does not share the senders'
    event loop. Ratio of the two ingest rates, measured in the same run; target >= 0.9.
 
+4. Fleet (issue 18, `fleet_parts.py`): the time from `config push` to "applied and passed
+   probation" on one running agent with a 10 s probation (target < 15 s), and the cost of 1,000
+   gateways reporting status every 60 s: the replica's CPU share, rows and WAL bytes per day.
+
 Prints readable rows; the last line is one JSON object with `command_rtt_p50_s`,
-`command_rtt_p99_s`, `idle_gateways`, `idle_rss_mb`, `idle_core_share`, `ingest_ratio_with_sse`
-and the machine's load average.
+`command_rtt_p99_s`, `idle_gateways`, `idle_rss_mb`, `idle_core_share`, `ingest_ratio_with_sse`,
+`config_apply_s`, `status_core_share_1000_gateways`, `status_rows_per_day`,
+`status_bytes_per_day` and the machine's load average.
 
     python tests/bench/bench_commands.py [--gateways 1000] [--sse-clients 50] [--dsn ...]
 """
@@ -47,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from cloud.contract import Batch, SeriesColumns, encode_batch  # noqa: E402 - after sys.path
 from cloud.settings import CloudSettings  # noqa: E402
 from cloud.storage.postgres import apply_migrations  # noqa: E402
+from tests.bench import fleet_parts  # noqa: E402
 from tests.cloud.test_replicas import start_replica, wait_ready  # noqa: E402
 
 PLATFORM_KEY = "bench-platform-key"
@@ -305,6 +311,21 @@ def ingest_with_streams(url: str, args: argparse.Namespace) -> dict[str, Any]:
             "received": received}  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------ fleet
+
+
+async def fleet_status(url: str, pid: int, owner: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`args.gateways` gateways reporting status for `args.status_rounds` rounds."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        api = Api(client)
+        admin = await api.tenant("status")
+        gateways = await api.gateways(admin, args.gateways, "status-")
+    return await fleet_parts.status_cost(
+        url, pid, owner, gateways, rounds=args.status_rounds,
+        cpu_of=lambda p: proc_figures(p)[1],
+    )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -317,6 +338,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=96, help="per side, all senders")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--commands", type=int, default=200)
+    parser.add_argument("--status-rounds", type=int, default=5, help="minutes of status, each")
     parser.add_argument(
         "--dsn",
         default=os.environ.get(
@@ -346,6 +368,9 @@ def main() -> None:
             idle = asyncio.run(idle_gateways(url, proc.pid, args.gateways, args.idle_seconds))
         with replica(settings) as (proc, url):
             ingest = ingest_with_streams(url, args)
+        with replica(settings) as (proc, url):
+            status = asyncio.run(fleet_status(url, proc.pid, owner, args))
+            apply = asyncio.run(fleet_parts.config_apply(url, PLATFORM_KEY))
         rtt = None  # see the RTT row below
     finally:
         with psycopg.connect(args.dsn, autocommit=True) as admin:
@@ -360,6 +385,18 @@ def main() -> None:
         f" {ingest['with']:,.0f} with {args.sse_clients} (one device each): ratio"
         f" {ingest['ratio']:.3f}; the clients received {ingest['received']}"
     )
+    print(
+        f"config push: applied and passed a {apply['probation_s']:g} s probation"
+        f" {apply['seconds']:.1f} s after the push (one agent, one added device)"
+    )
+    print(
+        f"status: {status['gateways']} gateways, one document each per round:"
+        f" {status['cpu_s_per_round']:.2f} CPU s per round on the replica"
+        f" ({status['core_share']:.2%} of a core at one round a minute;"
+        f" a round takes {status['wall_s_per_round']:.1f} s here);"
+        f" {status['rows_per_day']:,.0f} rows inserted and {status['updates_per_day']:,.0f}"
+        f" updated per day, {status['bytes_per_day'] / 2**20:,.0f} MiB of WAL per day"
+    )
     print("command round trip: not measured in this run")
     result = {
         "command_rtt_p50_s": rtt,
@@ -370,6 +407,12 @@ def main() -> None:
         "ingest_ratio_with_sse": round(ingest["ratio"], 3),
         "ingest_readings_per_s_without_sse": round(ingest["none"]),
         "ingest_readings_per_s_with_sse": round(ingest["with"]),
+        "config_apply_s": round(apply["seconds"], 2),
+        "status_core_share_1000_gateways": round(
+            status["core_share"] * 1000 / status["gateways"], 4
+        ),
+        "status_rows_per_day": round(status["rows_per_day"] * 1000 / status["gateways"]),
+        "status_bytes_per_day": round(status["bytes_per_day"] * 1000 / status["gateways"]),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result))
