@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from cloud.storage.rls import tenant_policies
+
 VERSION: Final = 7
 NAME: Final = "fleet: labels, config versions, rollouts, gateway status"
 
@@ -114,15 +116,7 @@ REVOKE ALL ON FUNCTION tagway_fleet_health(bigint, bigint) FROM PUBLIC;
 def pg_migration(*, role: str, **_: Any) -> str:
     """PostgreSQL: the tables, RLS like the other metadata tables, the two functions."""
     tables = _TABLES.format(id="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", big="bigint")
-    policies = "\n".join(
-        f"""ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
-ALTER TABLE {t} FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON {t} TO {role}
-  USING (tenant_id = tagway_current_tenant()) WITH CHECK (tenant_id = tagway_current_tenant());
-CREATE POLICY owner_all ON {t} TO CURRENT_USER USING (true) WITH CHECK (true);
-GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {role};"""
-        for t in TABLES
-    )
+    policies = tenant_policies(TABLES, role=role)
     return f"""{tables};
 INSERT INTO gateway_labels (tenant_id, gateway_id, key, value)
   SELECT e.tenant_id, e.gateway_id, j.key, j.value

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from cloud.storage.rls import tenant_policies
+
 TABLES: Final = (
     "tenant_cas",
     "claim_tokens",
@@ -127,15 +129,7 @@ REVOKE ALL ON FUNCTION tagway_gateway_certificate(text) FROM PUBLIC;
 
 def pg_migration(*, role: str, **_: Any) -> str:
     """PostgreSQL migration 2: the tables, RLS like the other metadata tables, the functions."""
-    policies = "\n".join(
-        f"""ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
-ALTER TABLE {t} FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON {t} TO {role}
-  USING (tenant_id = tagway_current_tenant()) WITH CHECK (tenant_id = tagway_current_tenant());
-CREATE POLICY owner_all ON {t} TO CURRENT_USER USING (true) WITH CHECK (true);
-GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {role};"""
-        for t in TABLES
-    )
+    policies = tenant_policies(TABLES, role=role)
     return f"""{_PG_TABLES}
 {policies}
 {_PG_FUNCTIONS}

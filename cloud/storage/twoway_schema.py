@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from cloud.storage.rls import tenant_policies
+
 TABLES: Final = ("alarms", "commands", "shadows", "write_records", "stream_log")
 """The tables migration 4 creates (PostgreSQL; SQLite has no ``stream_log``)."""
 
@@ -166,15 +168,7 @@ REVOKE ALL ON FUNCTION tagway_prune_stream_log(bigint) FROM PUBLIC;
 
 def pg_migration(*, role: str, **_: Any) -> str:
     """PostgreSQL migration 4: the tables, RLS like the other metadata tables, the functions."""
-    policies = "\n".join(
-        f"""ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
-ALTER TABLE {t} FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON {t} TO {role}
-  USING (tenant_id = tagway_current_tenant()) WITH CHECK (tenant_id = tagway_current_tenant());
-CREATE POLICY owner_all ON {t} TO CURRENT_USER USING (true) WITH CHECK (true);
-GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {role};"""
-        for t in TABLES
-    )
+    policies = tenant_policies(TABLES, role=role)
     return f"""{_PG_TABLES}
 {policies}
 {_PG_FUNCTIONS}
