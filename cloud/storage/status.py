@@ -73,7 +73,8 @@ async def apply_status(
         " received_at = excluded.received_at, document = excluded.document,"
         " health = excluded.health, reasons = excluded.reasons, health_since = CASE"
         " WHEN gateway_status.health = excluded.health THEN gateway_status.health_since"
-        " ELSE excluded.health_since END",
+        " ELSE excluded.health_since END"
+        " WHERE gateway_status.seq < excluded.seq",  # two batches at once: the newer one wins
         [gateway_id, tenant_id, status.seq, status.ts, now_us, document, health,
          json.dumps([{"key": r.key, "text": r.text} for r in reasons]), status.ts],
     )  # fmt: skip
