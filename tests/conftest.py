@@ -3,13 +3,17 @@
 - Every test fails if it leaves asyncio tasks running or threads alive: a long-running agent
   cannot afford either, so the tests refuse them too (the pymodbus habit).
 - `postgres_dsn` creates a fresh database for the test session on the server named by
-  `TAGWAY_TEST_PG_DSN` and drops it afterwards. Without a reachable server the tests that need it
-  skip with the reason, except under `CI=true`, where they fail: CI must never go green by skipping.
+  `TAGWAY_TEST_PG_DSN` and drops it afterwards. `engine_databases` does the same on each
+  PostgreSQL engine the cloud runs on (plain, TimescaleDB, Citus; see `tests.pg_engines`),
+  starting TimescaleDB and Citus clusters on first use. Without a reachable server the tests
+  that need it skip with the reason, except under `CI=true`, where they fail: CI must never go
+  green by skipping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import threading
@@ -17,6 +21,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+from tests.pg_engines import EngineServer, EngineUnavailable, running
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -96,3 +102,56 @@ def postgres_dsn() -> Iterator[str]:
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class EngineDatabases:
+    """Per engine, started on first use: its server and one migrated database for the session.
+
+    Every test that talks to PostgreSQL goes through the one instance of the session (the
+    fixture below lives here, at the root, so that tests/cli, tests/cloud and tests/provisioning
+    share it instead of each starting its own clusters).
+    """
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self._stack = stack
+        self._servers: dict[str, EngineServer] = {}
+        self._migrated: dict[str, str] = {}
+        self._unavailable: dict[str, str] = {}
+
+    def server(self, engine: str) -> EngineServer:
+        """The engine's running server; skips (fails under CI) when it cannot run here."""
+        if engine in self._unavailable:
+            skip_or_fail(self._unavailable[engine])
+        if engine not in self._servers:
+            try:
+                self._servers[engine] = self._stack.enter_context(running(engine))
+            except EngineUnavailable as exc:
+                self._unavailable[engine] = f"{engine}: {exc}"
+                skip_or_fail(self._unavailable[engine])
+        return self._servers[engine]
+
+    def database(self, engine: str, prefix: str = "tagway_test") -> str:
+        """A new empty database on the engine (dropped at the end of the session)."""
+        server = self.server(engine)
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        dsn = server.create_database(name)
+        self._stack.callback(server.drop_database, name)
+        return dsn
+
+    def migrated(self, engine: str) -> str:
+        """The engine's session database with the schema applied (the owner's DSN)."""
+        if engine not in self._migrated:
+            from cloud.settings import CloudSettings  # noqa: PLC0415 - PostgreSQL tests only
+            from cloud.storage.pg_migrate import apply_migrations  # noqa: PLC0415
+
+            dsn = self.database(engine)
+            asyncio.run(apply_migrations(dsn, CloudSettings()))
+            self._migrated[engine] = dsn
+        return self._migrated[engine]
+
+
+@pytest.fixture(scope="session")
+def engine_databases() -> Iterator[EngineDatabases]:
+    """The engines' servers and databases; all stopped and dropped at the end of the session."""
+    with contextlib.ExitStack() as stack:
+        yield EngineDatabases(stack)

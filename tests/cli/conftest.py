@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from tests.cloud.conftest import (  # noqa: F401 - fixtures shared with the cloud tests
     backend,
-    engine_databases,
     make_cloud,
     make_live,
     migrated_pg,

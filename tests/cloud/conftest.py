@@ -10,8 +10,6 @@ that cannot run here skips its tests with the reason (fails them under CI=true).
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
@@ -27,8 +25,8 @@ from fastapi import FastAPI
 from cloud.api.app import create_app
 from cloud.contract import MSGPACK, Batch, SeriesColumns, encode_batch
 from cloud.settings import CloudSettings
-from tests.conftest import skip_or_fail
-from tests.pg_engines import ENGINES, EngineServer, EngineUnavailable, running
+from tests.conftest import EngineDatabases
+from tests.pg_engines import ENGINES
 
 PLATFORM_KEY = "platform-secret-for-tests-only"
 APP_ROLE = "tagway_app"
@@ -64,55 +62,6 @@ def engine_param(engine: str) -> Any:
 
 
 ENGINE_PARAMS = [engine_param(e) for e in ENGINES]
-
-
-class EngineDatabases:
-    """Per engine, started on first use: its server and one migrated database for the session."""
-
-    def __init__(self, stack: contextlib.ExitStack) -> None:
-        self._stack = stack
-        self._servers: dict[str, EngineServer] = {}
-        self._migrated: dict[str, str] = {}
-        self._unavailable: dict[str, str] = {}
-
-    def server(self, engine: str) -> EngineServer:
-        """The engine's running server; skips (fails under CI) when it cannot run here."""
-        if engine in self._unavailable:
-            skip_or_fail(self._unavailable[engine])
-        if engine not in self._servers:
-            try:
-                self._servers[engine] = self._stack.enter_context(running(engine))
-            except EngineUnavailable as exc:
-                self._unavailable[engine] = f"{engine}: {exc}"
-                skip_or_fail(self._unavailable[engine])
-        return self._servers[engine]
-
-    def database(self, engine: str, prefix: str = "tagway_test") -> str:
-        """A new empty database on the engine (dropped at the end of the session)."""
-        server = self.server(engine)
-        name = f"{prefix}_{secrets.token_hex(4)}"
-        dsn = server.create_database(name)
-        self._stack.callback(server.drop_database, name)
-        return dsn
-
-    def migrated(self, engine: str) -> str:
-        """The engine's session database with the schema applied (the owner's DSN)."""
-        if engine not in self._migrated:
-            import asyncio  # noqa: PLC0415 - session setup only
-
-            from cloud.storage.postgres import apply_migrations  # noqa: PLC0415 - postgres only
-
-            dsn = self.database(engine)
-            asyncio.run(apply_migrations(dsn, CloudSettings()))
-            self._migrated[engine] = dsn
-        return self._migrated[engine]
-
-
-@pytest.fixture(scope="session")
-def engine_databases() -> Iterator[EngineDatabases]:
-    """The engines' servers and databases; all stopped and dropped at the end of the session."""
-    with contextlib.ExitStack() as stack:
-        yield EngineDatabases(stack)
 
 
 @pytest.fixture(params=ENGINE_PARAMS)

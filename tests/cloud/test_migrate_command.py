@@ -20,7 +20,8 @@ from cloud.storage.pg_layout import (
     choose,
     current,
 )
-from tests.cloud.conftest import EngineDatabases, engine_param
+from tests.cloud.conftest import engine_param
+from tests.conftest import EngineDatabases
 from tests.pg_engines import without_preload
 
 SQLITE_LATEST = max(version for version, _, _ in sqlite.MIGRATIONS)

@@ -27,7 +27,6 @@ def gateway(tenant_ca: TenantCA) -> Gateway:
 # The cloud app on each backend, for the tests against the real API (test_cloud_*.py).
 from tests.cloud.conftest import (  # noqa: E402, F401 - fixtures shared with the cloud tests
     backend,
-    engine_databases,
     make_cloud,
     migrated_pg,
     owner_dsn,
