@@ -158,20 +158,32 @@ def serve(
 
 
 @cloud_app.command("migrate")
-def migrate(database: DatabaseOpt = DEFAULT_DATABASE) -> None:
+def migrate(
+    database: DatabaseOpt = DEFAULT_DATABASE,
+    distribute: Annotated[
+        bool,
+        typer.Option(
+            "--distribute",
+            help="Distribute telemetry by series over a Citus cluster (PostgreSQL with Citus;"
+            " also done when the database has the citus extension).",
+        ),
+    ] = False,
+) -> None:
     """Apply pending schema migrations (PostgreSQL: connect as the schema owner).
 
-    Example: tagway cloud migrate --database postgresql://owner@db/tagway
+    Example: tagway cloud migrate --database postgresql://owner@coordinator/tagway --distribute
     """
     from cloud.errors import CloudError  # noqa: PLC0415
     from cloud.storage import open_database  # noqa: PLC0415
-    from cloud.storage.postgres import apply_migrations  # noqa: PLC0415
+    from cloud.storage.pg_migrate import apply_migrations  # noqa: PLC0415
 
     settings = _settings(database_url=database)
+    if distribute and settings.backend != "postgresql":
+        fail("--distribute needs a PostgreSQL database with Citus")
 
     async def run() -> tuple[int, str]:
         if settings.backend == "postgresql":
-            done = await apply_migrations(database, settings)
+            done = await apply_migrations(database, settings, distribute=distribute)
             return done.version, done.layout.reason
         db = await open_database(settings)
         await db.close()

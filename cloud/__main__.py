@@ -1,6 +1,7 @@
 """``python -m cloud``: apply migrations, or serve the API with uvicorn.
 
     python -m cloud migrate --database-url postgresql://owner@host/db [--app-role tagway_app]
+                            [--distribute]
     python -m cloud migrate --database-url sqlite:///tagway-cloud.db
     TAGWAY_CLOUD_SETTINGS='{"database_url": ...}' python -m cloud serve --port 8080
 
@@ -18,8 +19,8 @@ from cloud.errors import CloudError
 from cloud.settings import CloudSettings
 
 
-async def migrate(database_url: str, app_role: str) -> str:
-    """Apply pending migrations; a line saying what the schema is now."""
+async def migrate(database_url: str, app_role: str, *, distribute: bool = False) -> str:
+    """Apply pending migrations; lines saying what the schema is now."""
     settings = CloudSettings(database_url=database_url, app_role=app_role)
     if settings.backend == "sqlite":
         from cloud.storage import open_database  # noqa: PLC0415 - only this command needs it
@@ -28,9 +29,9 @@ async def migrate(database_url: str, app_role: str) -> str:
         version = db.info.schema_version
         await db.close()
         return f"sqlite schema at version {version}"
-    from cloud.storage.postgres import apply_migrations  # noqa: PLC0415 - postgres only
+    from cloud.storage.pg_migrate import apply_migrations  # noqa: PLC0415 - postgres only
 
-    done = await apply_migrations(database_url, settings)
+    done = await apply_migrations(database_url, settings, distribute=distribute)
     return (
         f"postgresql schema at version {done.version}; the service connects as role {app_role}\n"
         f"storage: {done.layout.reason}"
@@ -44,13 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     m = commands.add_parser("migrate", help="apply pending schema migrations (as the owner)")
     m.add_argument("--database-url", required=True)
     m.add_argument("--app-role", default="tagway_app")
+    m.add_argument("--distribute", action="store_true", help="distribute telemetry over Citus")
     s = commands.add_parser("serve", help="serve the API (settings from TAGWAY_CLOUD_SETTINGS)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     if args.command == "migrate":
         try:
-            sys.stdout.write(asyncio.run(migrate(args.database_url, args.app_role)) + "\n")
+            answer = migrate(args.database_url, args.app_role, distribute=args.distribute)
+            sys.stdout.write(asyncio.run(answer) + "\n")
         except CloudError as exc:
             sys.stderr.write(f"error: {exc.message}\n")
             return 1

@@ -30,9 +30,10 @@ import psycopg
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_PG_DSN: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
-ENGINES: Final = ("postgres", "timescaledb")  # the engines the cloud suite runs on
+ENGINES: Final = ("postgres", "timescaledb", "citus")  # the engines the cloud suite runs on
 _CLUSTERS: Final = ("timescaledb", "citus")  # the engines `running` starts itself
 CITUS_WORKERS: Final = 2
+TEST_SHARDS: Final = 4
 _SYSTEM_PG_CONFIG: Final = "/usr/lib/postgresql/15/bin/pg_config"
 _START_TIMEOUT_S: Final = 180
 
@@ -66,14 +67,20 @@ class EngineServer:
     nodes: tuple[str, ...] = field(default=())
     directory: Path | None = None
 
-    def create_database(self, name: str) -> str:
-        """A new, empty database ready for tagway's migrations; its owner's DSN."""
+    def create_database(self, name: str, *, citus: bool = True) -> str:
+        """A new, empty database ready for tagway's migrations; its owner's DSN. On Citus it
+        is a Citus database (the extension on every node, the nodes registered) unless
+        `citus` is false, when it is a plain database on every node (see `add_citus`)."""
         for node in self.nodes or (self.admin_dsn,):
             with psycopg.connect(node, autocommit=True, connect_timeout=10) as admin:
                 admin.execute(f'CREATE DATABASE "{name}"')
-        if self.engine == "citus":
-            _make_citus_database(self.nodes, name)
+        if self.engine == "citus" and citus:
+            self.add_citus(name)
         return psycopg.conninfo.make_conninfo(self.admin_dsn, dbname=name)
+
+    def add_citus(self, name: str) -> None:
+        """Make database `name` of every node one Citus database, as an operator does."""
+        _make_citus_database(self.nodes, name)
 
     def drop_database(self, name: str) -> None:
         """Drop a database `create_database` made (on every node)."""
@@ -91,6 +98,9 @@ def _make_citus_database(nodes: tuple[str, ...], name: str) -> None:
             conn.execute("CREATE EXTENSION citus")
     coordinator, *workers = (psycopg.conninfo.conninfo_to_dict(d) for d in dsns)
     with psycopg.connect(dsns[0], autocommit=True) as conn:
+        # 4 shards, not 32: every daily partition is one table per shard, and the tests make
+        # dozens of days; how rows spread is the same (bench_citus.py measures with 32)
+        conn.execute(f'ALTER DATABASE "{name}" SET citus.shard_count = {TEST_SHARDS}')
         conn.execute(
             "SELECT citus_set_coordinator_host('127.0.0.1', %s)", [int(coordinator["port"])]
         )

@@ -136,6 +136,11 @@ class Database(Protocol):
         count), or None where the shared SQL over raw rows answers."""
         ...
 
+    async def latest_rows(self, tx: Tx, tenant_id: int, device_id: int) -> list[Row] | None:
+        """The backend's own newest reading per series of a device (series id, tag, unit, ts,
+        number, text, quality; by tag), or None where the shared SQL answers."""
+        ...
+
     async def maintenance_jobs(self) -> list[MaintenanceJob]:
         """The database's background jobs and their health (empty where there are none)."""
         ...

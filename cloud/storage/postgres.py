@@ -21,7 +21,6 @@ import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -31,14 +30,15 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.settings import CloudSettings
-from cloud.storage import timescale
+from cloud.storage import citus, pg_migrate, timescale
 from cloud.storage.base import NewSeriesCheck, Row, TelemetryRows, Tx
-from cloud.storage.pg_layout import ExtensionNotCreatable, Layout, current, server_facts
-from cloud.storage.pg_schema import DAY_US, MIGRATIONS
+from cloud.storage.pg_layout import current, server_facts
+from cloud.storage.pg_schema import DAY_US
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
 from cloud.storage.registry import find_or_create_series
 
 log = logging.getLogger("tagway.cloud.storage")
+apply_migrations = pg_migrate.apply_migrations  # callers written before pg_migrate import it here
 
 _COPY_SQL: Final = (
     "COPY telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
@@ -72,8 +72,12 @@ _INSERT_SKIPPING: Final = (
     "INSERT INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
     " SELECT %s, u.s, u.t, u.v, u.x, u.q"
     " FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::text[], %s::int2[])"
-    " AS u(s, t, v, x, q) ON CONFLICT (series_id, ts) DO NOTHING"
-)
+    " AS u(s, t, v, x, q) ON CONFLICT (series_id, ts) DO NOTHING RETURNING 1"
+)  # the rows RETURNING gives back are the rows added (Citus's rowcount can claim more)
+
+
+async def _insert_skipping(tx: Tx, params: list[Any]) -> int:
+    return len(await tx.fetch(_INSERT_SKIPPING, params))
 
 
 def copy_buffer(tenant_id: int, rows: TelemetryRows) -> bytes:
@@ -298,7 +302,9 @@ class PostgresDatabase:
         """Binary COPY; on a unique violation, the skipping INSERT instead."""
         try:
             return await self._write_telemetry(tx, tenant_id, rows)
-        except pg_errors.CheckViolation as exc:
+        except psycopg.Error as exc:
+            if not citus.is_missing_partition(exc):
+                raise
             # No partition for a day this replica thought existed: another replica's retention
             # pass dropped it. Forget what we knew; the gateway's retry creates it again.
             self._known_days.clear()
@@ -313,9 +319,11 @@ class PostgresDatabase:
                 async with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
                     await copy.write(copy_buffer(tenant_id, rows))
                 inserted = len(rows.ts)
-            except pg_errors.UniqueViolation:
-                inserted = await tx.execute(
-                    _INSERT_SKIPPING,
+            except psycopg.Error as exc:
+                if not citus.is_duplicate(exc):
+                    raise
+                inserted = await _insert_skipping(
+                    tx,
                     [
                         tenant_id,
                         rows.series_id.tolist(),
@@ -327,11 +335,31 @@ class PostgresDatabase:
                 )
         if rows.text_rows:
             sids, tss, texts, qualities = (list(c) for c in zip(*rows.text_rows, strict=True))
-            inserted += await tx.execute(
-                _INSERT_SKIPPING,
-                [tenant_id, sids, tss, [None] * len(sids), texts, qualities],
+            inserted += await _insert_skipping(
+                tx, [tenant_id, sids, tss, [None] * len(sids), texts, qualities]
             )
         return inserted
+
+    async def latest_rows(self, tx: Tx, tenant_id: int, device_id: int) -> list[Row] | None:
+        """Citus: the newest reading of each series of a device from telemetry alone (the
+        shared SQL joins it with series in a way Citus refuses); else None."""
+        if not self.info.distributed:
+            return None
+        series = await tx.fetch(
+            "SELECT id, tag, unit FROM series WHERE tenant_id = %s AND device_id = %s ORDER BY tag",
+            [tenant_id, device_id],
+        )
+        newest: dict[int, Row] = {}
+        for window in citus.LATEST_WINDOWS_S:
+            missing = [int(s[0]) for s in series if int(s[0]) not in newest]
+            if not missing:
+                break
+            if window is None:
+                found = await tx.fetch(citus.LATEST_EVER, [tenant_id, missing])
+            else:
+                found = await tx.fetch(citus.LATEST, [tenant_id, missing, window * 1_000_000])
+            newest.update({int(r[0]): r[1:] for r in found})
+        return [(s[0], s[1], s[2], *newest[int(s[0])]) for s in series if int(s[0]) in newest]
 
     async def relay(self, tx: Tx, tenant_id: int, message: bytes) -> None:
         """``NOTIFY`` the other replicas at commit: inline when small, else by a reference to
@@ -415,59 +443,8 @@ async def _detect(pool: AsyncConnectionPool[Any]) -> BackendInfo:
     return BackendInfo(
         backend="postgresql",
         timescaledb=layout.timescaledb,
-        partitioning=layout.kind,
+        partitioning="timescaledb" if layout.timescaledb else "native",
+        distributed=layout.distributed,
         schema_version=int(row[0] or 0) if row else 0,
         storage=layout.reason,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Migrated:
-    """The outcome of `apply_migrations`: the schema version and the telemetry layout."""
-
-    version: int
-    layout: Layout
-
-
-async def apply_migrations(owner_dsn: str, settings: CloudSettings) -> Migrated:
-    """Apply pending migrations as the schema owner; safe to run from several replicas at once."""
-    try:
-        async with await psycopg.AsyncConnection.connect(owner_dsn, autocommit=True) as conn:
-            await conn.execute("SELECT pg_advisory_lock(7360)")
-            try:
-                return await _migrate(conn, settings)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(7360)")
-    except psycopg.Error as exc:
-        raise StorageError(f"PostgreSQL migration failed: {exc}") from exc
-    except ExtensionNotCreatable as exc:
-        raise StorageError(f"PostgreSQL migration refused: {exc}") from exc
-
-
-async def _migrate(conn: psycopg.AsyncConnection[Any], settings: CloudSettings) -> Migrated:
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
-        " name text NOT NULL, applied_at bigint NOT NULL)"
-    )
-    cur = await conn.execute("SELECT version FROM schema_migrations")
-    done = {row[0] for row in await cur.fetchall()}
-    # Decided from the schema once it exists (a migration never converts telemetry), and from
-    # what the server offers before that.
-    layout = current(await server_facts(conn))
-    if {v for v, _, _ in MIGRATIONS} - done:
-        log.info("migrating: %s", layout.reason)
-    for version, name, build in MIGRATIONS:
-        if version in done:
-            continue
-        script = build(
-            role=settings.app_role,
-            timescaledb=layout.timescaledb,
-            retention_days=settings.retention_days,
-        )
-        async with conn.transaction():
-            await conn.execute(script.encode())
-            await conn.execute(
-                "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
-                [version, name, time.time_ns() // 1000],
-            )
-    return Migrated(max(v for v, _, _ in MIGRATIONS), layout)

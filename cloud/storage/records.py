@@ -297,12 +297,14 @@ class RetentionResult(Record):
 
 
 class BackendInfo(Record):
-    """What `/readyz` reports about storage; `storage` says why telemetry is stored as it is."""
+    """What `/readyz` reports about storage; `storage` says why telemetry is stored as it is.
+    `distributed`: telemetry is distributed over a Citus cluster (its partitions are native)."""
 
     backend: str
     timescaledb: bool
     partitioning: str
     schema_version: int
+    distributed: bool = False
     storage: str = ""
 
 

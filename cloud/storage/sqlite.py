@@ -328,6 +328,10 @@ class SqliteDatabase:
         """None: the shared SQL over raw rows answers."""
         return None
 
+    async def latest_rows(self, tx: Tx, tenant_id: int, device_id: int) -> list[Row] | None:
+        """None: the shared SQL answers."""
+        return None
+
     async def maintenance_jobs(self) -> list[MaintenanceJob]:
         """SQLite runs no background jobs."""
         return []

@@ -349,14 +349,16 @@ class TelemetryStore:
                 "SELECT 1 FROM devices WHERE tenant_id = %s AND id = %s", [tenant_id, device_id]
             ):
                 raise NotFound("device not found")
-            rows = await tx.fetch(
-                "SELECT s.id, s.tag, s.unit, t.ts, t.value_num, t.value_text, t.quality"
-                " FROM series s JOIN telemetry t ON t.series_id = s.id AND t.tenant_id = %s"
-                " WHERE s.tenant_id = %s AND s.device_id = %s AND t.ts ="
-                " (SELECT max(x.ts) FROM telemetry x WHERE x.tenant_id = %s AND x.series_id = s.id)"
-                " ORDER BY s.tag",
-                [tenant_id, tenant_id, device_id, tenant_id],
-            )
+            rows = await self.db.latest_rows(tx, tenant_id, device_id)
+            if rows is None:
+                rows = await tx.fetch(
+                    "SELECT s.id, s.tag, s.unit, t.ts, t.value_num, t.value_text, t.quality"
+                    " FROM series s JOIN telemetry t ON t.series_id = s.id AND t.tenant_id = %s"
+                    " WHERE s.tenant_id = %s AND s.device_id = %s AND t.ts = (SELECT max(x.ts)"
+                    " FROM telemetry x WHERE x.tenant_id = %s AND x.series_id = s.id)"
+                    " ORDER BY s.tag",
+                    [tenant_id, tenant_id, device_id, tenant_id],
+                )
         return [
             LatestValue(
                 series_id=r[0], tag=r[1], unit=r[2], ts=r[3], value=_value(r[4], r[5]), quality=r[6]

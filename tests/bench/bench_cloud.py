@@ -54,7 +54,8 @@ from cloud.contract import (  # noqa: E402 - after sys.path
     encode_chunk_batch,
 )
 from cloud.settings import CloudSettings  # noqa: E402
-from cloud.storage.postgres import apply_migrations, copy_buffer  # noqa: E402
+from cloud.storage.pg_migrate import apply_migrations  # noqa: E402
+from cloud.storage.postgres import copy_buffer  # noqa: E402
 from cloud.storage.sqlite import MIGRATIONS  # noqa: E402
 from cloud.storage.telemetry import BatchRows  # noqa: E402
 from tests.cloud.test_replicas import start_replica, wait_ready  # noqa: E402

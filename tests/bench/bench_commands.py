@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from cloud.contract import Batch, SeriesColumns, encode_batch  # noqa: E402 - after sys.path
 from cloud.settings import CloudSettings  # noqa: E402
-from cloud.storage.postgres import apply_migrations  # noqa: E402
+from cloud.storage.pg_migrate import apply_migrations  # noqa: E402
 from tests.bench import fleet_parts  # noqa: E402
 from tests.cloud.test_replicas import start_replica, wait_ready  # noqa: E402
 

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from cloud.settings import CloudSettings  # noqa: E402 - after sys.path
 from cloud.storage import timescale  # noqa: E402
-from cloud.storage.postgres import apply_migrations, copy_buffer  # noqa: E402
+from cloud.storage.pg_migrate import apply_migrations  # noqa: E402
+from cloud.storage.postgres import copy_buffer  # noqa: E402
 from cloud.storage.telemetry import BatchRows  # noqa: E402
 from firmware_sim.simulation import PlantModel  # noqa: E402
 from tests.pg_engines import EngineServer, running  # noqa: E402

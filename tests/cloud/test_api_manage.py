@@ -308,6 +308,7 @@ _STORAGE = {
     "sqlite": ("sqlite", False, "none", ""),
     "postgres": ("postgresql", False, "native", "TimescaleDB is not installed on this server"),
     "timescaledb": ("postgresql", True, "timescaledb", "telemetry is a TimescaleDB 2."),
+    "citus": ("postgresql", False, "native", "Citus 13."),
 }
 _TIMESCALEDB_JOBS = {
     "compression:telemetry",
@@ -329,6 +330,9 @@ async def test_health_ready_metrics_openapi(cloud: Cloud, backend: str) -> None:
         partitioning,
     )
     assert ready["storage"].startswith(why), ready["storage"]
+    assert ready["distributed"] is (backend == "citus")
+    if backend == "citus":
+        assert "distributed by series over 2 nodes" in ready["storage"], ready["storage"]
     jobs = {j["job"]: j for j in ready["db_jobs"]}
     assert set(jobs) >= _TIMESCALEDB_JOBS if timescaledb else jobs == {}
     failing = any(j["status"] == "failed" for j in jobs.values())

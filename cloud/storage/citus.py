@@ -1,0 +1,54 @@
+"""What the PostgreSQL backend does differently when telemetry is distributed over Citus.
+
+Found by running today's SQL on a coordinator with two workers:
+
+- A unique violation inside a COPY into the shards reaches the coordinator as SQLSTATE XX000
+  ("duplicate key value violates unique constraint telemetry_p..._pkey_102100"), not 23505, so
+  `is_duplicate` recognises it by its message and the skipping INSERT runs as on one node; a
+  row for a day without a partition likewise (`is_missing_partition`).
+- `INSERT ... SELECT ... ON CONFLICT DO NOTHING` is pulled to the coordinator, whose rowcount
+  can claim rows that were never added; the backend counts the rows `RETURNING` gives back
+  instead, on every layout.
+- The latest reading per series joined a local table (series) with the distributed one in a
+  correlated subquery, which Citus refuses. `LATEST` asks telemetry alone with ``DISTINCT ON
+  (series_id)``, which each worker answers for its own shards, within a window of recent time
+  first (on each partition a scan of that window only), widening it for the series not found.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import psycopg
+
+_DUPLICATE: Final = "duplicate key value violates unique constraint"
+
+LATEST_WINDOWS_S: Final = (3_600, 86_400, None)
+"""How far back `LATEST` looks, in turn, for series still without an answer (None: all time)."""
+
+LATEST: Final = (
+    "SELECT DISTINCT ON (series_id) series_id, ts, value_num, value_text, quality FROM telemetry"
+    " WHERE tenant_id = %s AND series_id = ANY(%s::bigint[])"
+    " AND ts >= (extract(epoch FROM now()) * 1000000)::bigint - %s"
+    " ORDER BY series_id, ts DESC"
+)
+LATEST_EVER: Final = (
+    "SELECT DISTINCT ON (series_id) series_id, ts, value_num, value_text, quality FROM telemetry"
+    " WHERE tenant_id = %s AND series_id = ANY(%s::bigint[]) ORDER BY series_id, ts DESC"
+)
+
+
+def is_missing_partition(exc: psycopg.Error) -> bool:
+    """True for a row no daily partition takes (23514 on one node; XX000 from a Citus worker)."""
+    if isinstance(exc, psycopg.errors.CheckViolation):
+        return True
+    message = exc.diag.message_primary or ""
+    return exc.sqlstate == "XX000" and message.startswith("no partition of relation")
+
+
+def is_duplicate(exc: psycopg.Error) -> bool:
+    """True for the (series, ts) unique violation, as one node or a Citus worker reports it."""
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return True
+    message = exc.diag.message_primary or ""
+    return exc.sqlstate == "XX000" and message.startswith(_DUPLICATE)

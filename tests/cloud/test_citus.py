@@ -1,0 +1,127 @@
+"""The distributed mode on a Citus coordinator with two workers: telemetry spread by series over
+the workers, an existing single-node schema distributed in place by `migrate` without losing or
+changing an answer, and `--distribute` refused with a reason where there is no Citus."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from cloud.api.app import create_app
+from cloud.settings import CloudSettings
+from cloud.storage.pg_migrate import apply_migrations
+from tests.cloud.conftest import PLATFORM_KEY, Cloud, app_dsn, engine_param, make_batch, now_us
+from tests.conftest import EngineDatabases
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+DAY = 86_400_000_000
+
+
+def _migrate(url: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cloud", "migrate", "--database-url", url, *flags],
+        capture_output=True, text=True, check=False, cwd=ROOT, timeout=120,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+def _rows_per_node(owner: str) -> dict[int, int]:
+    with psycopg.connect(owner) as conn:
+        rows = conn.execute(
+            "SELECT nodeport, result::bigint FROM run_command_on_shards('telemetry',"
+            " 'SELECT count(*) FROM %s') r JOIN citus_shards s USING (shardid)"
+        ).fetchall()
+    per_node: dict[int, int] = {}
+    for port, count in rows:
+        per_node[int(port)] = per_node.get(int(port), 0) + int(count)
+    return per_node
+
+
+@asynccontextmanager
+async def _cloud(dsn: str) -> AsyncIterator[Cloud]:
+    settings = CloudSettings(database_url=app_dsn(dsn), platform_admin_key=PLATFORM_KEY)
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        yield Cloud(client)
+
+
+async def _populate(dsn: str) -> str:
+    """A tenant, a gateway and 30 readings of each of 40 series; the tenant's admin key."""
+    async with _cloud(dsn) as cloud:
+        tenant = await cloud.tenant("acme")
+        gw = await cloud.gateway(tenant)
+        devices = [f"pump{i}" for i in range(20)]
+        batch = make_batch(gw[0], 1, devices=devices, n=30, start=now_us() - DAY // 2)
+        assert (await cloud.send(gw, batch)).json()["stored"] == 20 * 2 * 30
+        return tenant.admin
+
+
+async def _answers(dsn: str, key: str) -> dict[str, Any]:
+    """Everything the tenant's user reads about its telemetry, through the API."""
+    async with _cloud(dsn) as cloud:
+        out: dict[str, Any] = {"series": (await cloud.get(key, "/v1/series")).json()}
+        for device in (await cloud.get(key, "/v1/devices")).json():
+            latest = await cloud.get(key, f"/v1/devices/{device['id']}/latest")
+            out[f"latest {device['name']}"] = latest.json()
+        window = {"start": now_us() - DAY, "end": now_us() + DAY}
+        for s in out["series"]:
+            path = f"/v1/series/{s['id']}"
+            out[f"raw {s['id']}"] = (await cloud.get(key, f"{path}/raw", **window)).json()
+            agg = await cloud.get(key, f"{path}/aggregate", bucket="1h", **window)
+            out[f"agg {s['id']}"] = agg.json()
+        out["usage"] = (await cloud.get(key, "/v1/usage")).json()
+        for day in out["usage"]["days"]:
+            day.pop("api_calls")  # reading the answers is itself an API call
+        return out
+
+
+@pytest.mark.parametrize("pg_engine", [engine_param("citus")])
+async def test_migrate_distributes_an_existing_schema_and_every_answer_stays(
+    pg_engine: str, engine_databases: EngineDatabases
+) -> None:
+    server = engine_databases.server(pg_engine)
+    name = f"tagway_later_{os.getpid()}"
+    owner = server.create_database(name, citus=False)  # a single-node schema, as before Citus
+    try:
+        assert (await apply_migrations(owner, CloudSettings())).layout.kind == "native"
+        key = await _populate(owner)
+        before = await _answers(owner, key)
+
+        server.add_citus(name)  # the operator installs Citus and adds two workers
+        done = _migrate(owner)
+        assert done.returncode == 0, done.stderr
+        assert "telemetry is distributed by series over 2 nodes" in done.stdout
+
+        assert await _answers(owner, key) == before
+        per_node = _rows_per_node(owner)
+        assert len(per_node) == 2, per_node  # both workers hold readings
+        assert sum(per_node.values()) == 20 * 2 * 30
+        again = _migrate(owner)  # and once is enough
+        assert (again.returncode, "is distributed" in again.stdout) == (0, True), again.stderr
+    finally:
+        server.drop_database(name)
+
+
+@pytest.mark.parametrize("pg_engine", [engine_param("postgres")])
+def test_distribute_without_citus_is_refused_with_the_reason(
+    pg_engine: str, engine_databases: EngineDatabases
+) -> None:
+    owner = engine_databases.database(pg_engine, "tagway_nocitus")
+    result = _migrate(owner, "--distribute")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: PostgreSQL migration refused: --distribute needs Citus")
+    with psycopg.connect(owner) as conn:  # refused before anything was created
+        assert conn.execute("SELECT to_regclass('telemetry')").fetchone() == (None,)
