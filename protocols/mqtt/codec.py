@@ -158,14 +158,19 @@ class Route:
                 return self._json(decoder, device, payload, received_us)
             raise _Refused(f"no decoder for {topic}")  # noqa: TRY301 - unreachable by config
         except _Refused as exc:
-            return DeadLetter(
-                topic=topic,
-                reason=str(exc.args[0]),
-                head=bytes(payload[:HEAD_BYTES]),
-                size=len(payload),
-                received_us=received_us,
-                device=exc.args[1] if len(exc.args) > 1 else device,
-            )
+            reason = str(exc.args[0])
+            device = exc.args[1] if len(exc.args) > 1 else device
+        except Exception as exc:  # noqa: BLE001 - a payload must never crash the driver
+            # A bug of ours that a payload can reach: still one dead letter, with the cause.
+            reason = f"decoder failed on this payload: {type(exc).__name__}: {exc}"[:500]
+        return DeadLetter(
+            topic=topic,
+            reason=reason,
+            head=bytes(payload[:HEAD_BYTES]),
+            size=len(payload),
+            received_us=received_us,
+            device=device,
+        )
 
     def _sparkplug(
         self,
@@ -210,6 +215,12 @@ class Route:
             message = json.loads(payload)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise _Refused(f"not JSON: {exc}") from None
+        except RecursionError:
+            # The parser recurses once per level of [ or {; a few thousand levels fit in a
+            # small payload and would otherwise crash the driver.
+            raise _Refused(
+                "not JSON this gateway accepts: arrays or objects nested too deeply to parse"
+            ) from None
         if not isinstance(message, dict):
             raise _Refused(f"expected a JSON object, got {_json_type(message)}")
         simulated = self.limits.simulated or _flag(message, decoder.simulated_path)
