@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -192,6 +193,11 @@ def _print_status(r: StatusReport) -> None:
         typer.echo(f"  {d.name:<20} {d.protocol:<7} {d.state:<11} readings "
                    f"{d.counter('readings'):>10}  errors {d.counter('errors')}  restarts "
                    f"{d.restarts}")  # fmt: skip
+        at = _clock(d.last_error_at)
+        if d.last_error:
+            typer.echo(f"      error at {at}: {d.last_error}")
+        elif d.recovered_from:
+            typer.echo(f"      recovered (error at {at}: {d.recovered_from})")
     up = r.uplink
     if up.configured:
         age = f"{up.backlog_age_s:.0f} s" if up.backlog_age_s is not None else "-"
@@ -209,6 +215,13 @@ def _print_status(r: StatusReport) -> None:
     typer.echo(f"alarms: {len(r.alarms)} need attention")
     for a in r.alarms:
         typer.echo(f"  {a.severity:<8} {a.state:<9} {a.name}: {a.message}")
+
+
+def _clock(at: float | None) -> str:
+    """A time of today's log as operators read it (local time, to the second)."""
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _print_reload(config: ConfigStatus) -> None:

@@ -144,7 +144,9 @@ class Driver(Answer):
     simulated: bool = False
     since: float | None = None
     reconnects: int = 0
-    last_error: str | None = None
+    last_error: str | None = None  # what is wrong now; None while the link is healthy
+    last_error_at: float | None = None  # when the last error happened, also after recovery
+    recovered_from: str | None = None  # the error the link has since recovered from
     restarts: int = 0
     crashes: int = 0
     counters: Mapping[str, int] = {}

@@ -308,11 +308,12 @@ def _driver(rt: Runtime, name: str) -> contract.Driver:
     slot = rt.supervisor.slots[name]
     driver = slot.driver
     link = driver.link if driver is not None else None
+    error = slot.error()
     return contract.Driver(
         name=name, protocol=slot.config.protocol, state=slot.state,
         simulated=slot.config.simulated,
         since=link.since if link else None, reconnects=link.reconnects if link else 0,
-        last_error=(link.last_error if link else None) or slot.last_crash,
+        last_error=error.current, last_error_at=error.at, recovered_from=error.recovered_from,
         restarts=slot.restarts, crashes=slot.crashes,
         counters=driver.counters.as_dict() if driver is not None else {},
     )  # fmt: skip

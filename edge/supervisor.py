@@ -37,6 +37,7 @@ class DriverSlot:
     restarts: int = 0
     crashes: int = 0
     last_crash: str | None = None
+    last_crash_at: float | None = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -53,6 +54,36 @@ class DriverSlot:
     def healthy(self) -> bool:
         """Connected right now."""
         return self.driver is not None and self.driver.link.state is ConnectionState.CONNECTED
+
+    def error(self) -> SlotError:
+        """What is wrong now, and what the device last recovered from.
+
+        A healthy link has no current error. A crash belongs to the driver instance before the
+        restart, so it is current until the new instance connects, then history.
+        """
+        link = self.driver.link if self.driver is not None else None
+        if link is not None and (link.last_error or link.recovered_from):
+            return SlotError(link.last_error, link.last_error_at, link.recovered_from)
+        if self.last_crash is None:
+            return SlotError(None, None, None)
+        if self.healthy:
+            return SlotError(None, self.last_crash_at, self.last_crash)
+        return SlotError(self.last_crash, self.last_crash_at, None)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotError:
+    """A device's error as operators see it (local API, `tagway status`, status documents).
+
+    Attributes:
+        current: what is wrong now; None while the device is healthy.
+        at: when the last error happened (seconds since the epoch).
+        recovered_from: the error the device has since recovered from, if any.
+    """
+
+    current: str | None
+    at: float | None
+    recovered_from: str | None
 
 
 class DeviceNotRunning(EdgeError, LookupError):
@@ -134,6 +165,7 @@ class Supervisor:
             except Exception as exc:  # the supervisor is where failures stop
                 slot.crashes += 1
                 slot.last_crash = f"{type(exc).__name__}: {exc}"
+                slot.last_crash_at = time.time()
                 log.exception("driver %s failed; restarting", slot.name)
             if time.monotonic() - started > _GOOD_RUN_S:
                 backoff.reset()

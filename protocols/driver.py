@@ -66,6 +66,11 @@ class Link:
         self.since = time.time()
         self.reconnects = 0
         self.last_error: str | None = None
+        """What is wrong now; None while the link is healthy (cleared when it connects)."""
+        self.last_error_at: float | None = None
+        """When the last error happened (seconds since the epoch), also after recovery."""
+        self.recovered_from: str | None = None
+        """The error the link last recovered from (at `last_error_at`), for the record."""
         self._ever_connected = False
 
     def to(self, new: ConnectionState, *, error: str | None = None) -> None:
@@ -79,9 +84,17 @@ class Link:
                 self.reconnects += 1
             self._ever_connected = True
         if error is not None:
-            self.last_error = error
+            self.error(error)
+        if new is ConnectionState.CONNECTED and self.last_error is not None:
+            # Healthy again: the old error is history, not the current state.
+            self.recovered_from, self.last_error = self.last_error, None
         self.state = new
         self.since = time.time()
+
+    def error(self, error: str) -> None:
+        """Record what is wrong now, without a state change (a refusal while connected)."""
+        self.last_error = error
+        self.last_error_at = time.time()
 
 
 @dataclass(slots=True)

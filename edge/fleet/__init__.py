@@ -34,9 +34,7 @@ def observe(rt: Runtime) -> Observed:
     """The devices' links and the uplink's last success, as probation judges them."""
     links = {}
     for name, slot in rt.supervisor.slots.items():
-        link = slot.driver.link if slot.driver is not None else None
-        error = (link.last_error if link is not None else None) or slot.last_crash
-        links[name] = Link(connected=slot.healthy, last_error=error)
+        links[name] = Link(connected=slot.healthy, last_error=slot.error().current)
     uplink = rt.uplink.status if rt.uplink is not None else None
     return Observed(
         links=links,

@@ -77,7 +77,7 @@ def _driver(rt: Runtime, name: str) -> DriverStatus:
     slot = rt.supervisor.slots[name]
     link = slot.driver.link if slot.driver is not None else None
     state = slot.state if slot.state in _STATES else "backoff"  # stopped between restarts
-    error = (link.last_error if link is not None else None) or slot.last_crash
+    error = slot.error().current
     return DriverStatus(
         name=name[:200], protocol=slot.config.protocol, state=state,  # type: ignore[arg-type]
         last_error=error[:4_000] if error else None,

@@ -215,7 +215,7 @@ class ModbusDriver(DriverState):
         self._mark_lost(f"{self.name}: connection closed")
 
     def _mark_lost(self, reason: str) -> None:
-        self._link.last_error = reason
+        self._link.error(reason)
         self._lost.set()
 
     # --- polling ----------------------------------------------------------------------------

@@ -140,8 +140,10 @@ class MqttDriver(DriverState):
         """One connection: subscribe, then receive until the link drops."""
         inbox = _Inbox(self.config.max_queued_messages, self._counters)
         async with self._client(inbox) as client:
-            await self._subscribe(client)
+            refused = await self._subscribe(client)
             self._link.to(ConnectionState.CONNECTED)
+            if refused is not None:
+                self._link.error(refused)
             self._backoff.reset()
             try:
                 async for message in client.messages:
@@ -171,7 +173,8 @@ class MqttDriver(DriverState):
             queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize: inbox),
         )
 
-    async def _subscribe(self, client: aiomqtt.Client) -> None:
+    async def _subscribe(self, client: aiomqtt.Client) -> str | None:
+        """Subscribe to every filter; the refusal message when some (not all) were refused."""
         filters = [route.subscription.topic_filter for route in self._routes]
         unique = list(dict.fromkeys(filters))
         qos: int = self.config.qos
@@ -179,13 +182,13 @@ class MqttDriver(DriverState):
         refused = tuple(f for f, code in zip(unique, codes, strict=True) if _refused(code))
         self.refused_subscriptions = refused
         if not refused:
-            return
+            return None
         self._counters.errors += len(refused)
         message = f"broker refused subscription to {', '.join(refused)} (SUBACK 0x80)"
         if len(refused) == len(unique):
             raise ConnectError(message)
-        self._link.last_error = message
         _log.error("%s: %s", self.name, message)
+        return message
 
     def _drain(self, inbox: _Inbox, *, everything: bool = False) -> list[aiomqtt.Message]:
         """Take what is already queued, up to `max_batch` messages (everything when the link
