@@ -16,10 +16,13 @@ def test_link_counts_reconnects_not_the_first_connect() -> None:
     link.to(ConnectionState.CONNECTED)
     assert link.reconnects == 0
     link.to(ConnectionState.BACKOFF, error="connection reset")
+    assert link.last_error == "connection reset"
+    failed_at = link.last_error_at
     link.to(ConnectionState.CONNECTING)
     link.to(ConnectionState.CONNECTED)
     assert link.reconnects == 1
-    assert link.last_error == "connection reset"
+    assert link.last_error is None  # healthy: the error is history
+    assert (link.recovered_from, link.last_error_at) == ("connection reset", failed_at)
 
 
 def test_link_refuses_transitions_the_table_forbids() -> None:
