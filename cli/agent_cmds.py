@@ -294,11 +294,22 @@ def alarms(
     config: ConfigOpt = None,
     api: ApiOpt = None,
     ack: Annotated[str | None, typer.Option("--ack", help="Acknowledge this alarm.")] = None,
+    shelve: Annotated[
+        str | None, typer.Option("--shelve", help="Shelve (silence) this alarm for --for.")
+    ] = None,
+    unshelve: Annotated[
+        str | None, typer.Option("--unshelve", help="Put a shelved alarm back now.")
+    ] = None,
+    duration: Annotated[
+        str, typer.Option("--for", help="How long to shelve: 30m, 2h (at most 24h).")
+    ] = "1h",
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit).")] = "",
+    audit: Annotated[bool, typer.Option("--audit", help="Show the shelving audit.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """List alarms, or acknowledge one.
+    """List alarms, acknowledge one, or shelve one for a stated time.
 
-    Example: tagway alarms --ack pump1_vibration_high
+    Example: tagway alarms --shelve pump1_vibration_high --for 2h --reason "sensor replaced"
     """
     from edge.api_contract import ALARMS, AckResult  # noqa: PLC0415 - keep `--help` fast
 
@@ -307,12 +318,62 @@ def alarms(
         result = client.post(f"/v1/alarms/{ack}/ack", AckResult)
         typer.echo(f"{ack}: {'acknowledged' if result.acknowledged else 'nothing to acknowledge'}")
         return
+    if shelve is not None or unshelve is not None or audit:
+        _shelving(client, shelve, unshelve, duration, reason)
+        return
     rows = client.get_as("/v1/alarms", ALARMS)
     if json_out:
         typer.echo(json.dumps([a.model_dump(mode="json") for a in rows]))
         return
     for a in sorted(rows, key=lambda a: (a.state == "normal", a.name)):
-        typer.echo(f"{a.state:<9} {a.severity:<8} {a.name:<32} {a.message}")
+        shelved = f"  (shelved until {_clock(a.shelved_until)})" if a.shelved_until else ""
+        typer.echo(f"{a.state:<9} {a.severity:<8} {a.name:<32} {a.message}{shelved}")
+
+
+def _shelving(
+    client: LocalClient, shelve: str | None, unshelve: str | None, duration: str, reason: str
+) -> None:
+    from cli.cloud_cmds import parse_duration  # noqa: PLC0415 - keep `--help` fast
+    from edge.api_contract import (  # noqa: PLC0415 - keep `--help` fast
+        SHELVING,
+        Shelved,
+        ShelveRequest,
+        Unshelved,
+    )
+
+    by = _operator()
+    if shelve is not None:
+        if not reason.strip():
+            fail("--shelve needs --reason: say why, it is kept in the audit")
+        request = ShelveRequest(duration_s=parse_duration(duration, "--for"), reason=reason, by=by)
+        done = client.post(f"/v1/alarms/{shelve}/shelve", Shelved, request)
+        typer.echo(f"{shelve}: shelved until {_clock(done.until)} by {done.by}")
+    elif unshelve is not None:
+        back = client.delete(f"/v1/alarms/{unshelve}/shelve", Unshelved, by=by)
+        typer.echo(f"{unshelve}: {'back' if back.unshelved else 'was not shelved'}")
+    else:
+        typer.echo(f"{'when':<19} {'alarm':<32} {'action':<10} {'by':<12} reason")
+        for a in client.get_as("/v1/alarms-shelving", SHELVING):
+            until = f" (until {_clock(a.until)})" if a.until else ""
+            typer.echo(f"{_clock(a.at):<19} {a.alarm:<32} {a.action:<10} {a.by:<12} "
+                       f"{a.reason}{until}")  # fmt: skip
+
+
+def _operator() -> str:
+    """Who is at the keyboard, for the audit."""
+    import getpass  # noqa: PLC0415 - only when shelving
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "local"
+
+
+def _clock(ts_us: int | None) -> str:
+    """Local date and time of a µs timestamp."""
+    if ts_us is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts_us / 1e6))
 
 
 def write(

@@ -331,12 +331,18 @@ def claim_token_create(
     typer.echo(f"on the gateway: tagway provision --cloud {cloud} --claim-token {answer['token']}")
 
 
-def parse_duration(text: str) -> int:
-    """Seconds from ``90``, ``30m``, ``24h`` or ``7d``."""
+def duration_seconds(text: str) -> int | None:
+    """Seconds from ``90``, ``30m``, ``24h`` or ``7d``; None when it is none of these."""
     match = _DURATION.match(text)
-    if match is None:
-        fail(f"--expires {text!r}: write e.g. 30m, 24h, 7d or a number of seconds")
-    return int(match.group(1)) * _SECONDS[match.group(2)]
+    return None if match is None else int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def parse_duration(text: str, option: str = "--expires") -> int:
+    """Seconds from ``90``, ``30m``, ``24h`` or ``7d``; a clear error otherwise."""
+    seconds = duration_seconds(text)
+    if seconds is None:
+        fail(f"{option} {text!r}: write e.g. 30m, 24h, 7d or a number of seconds")
+    return seconds
 
 
 def _label(text: str) -> tuple[str, str]:

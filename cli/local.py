@@ -14,8 +14,6 @@ from cli.errors import fail
 if TYPE_CHECKING:  # pydantic is imported when an answer is parsed: `--help` stays fast
     from pydantic import BaseModel, TypeAdapter
 
-    from edge.api_contract import WriteRequest
-
 M = TypeVar("M", bound="BaseModel")
 T = TypeVar("T")
 
@@ -68,7 +66,19 @@ class LocalClient:
             fail(f"{path}: HTTP {response.status_code}: {_detail(response)}")
         return _parse(path, response, answer)
 
-    def post(self, path: str, answer: type[M], body: WriteRequest | None = None) -> M:
+    def delete(self, path: str, answer: type[M], **params: str) -> M:
+        """DELETE and parse the answer."""
+        try:
+            response = self._client.delete(path, params=params)
+        except httpx.ConnectError:
+            fail(f"the agent is not answering at {self.base}; is `tagway run` running?")
+        if response.status_code >= 400:
+            fail(_detail(response))
+        from pydantic import TypeAdapter  # noqa: PLC0415 - see the top
+
+        return _parse(path, response, TypeAdapter(answer))
+
+    def post(self, path: str, answer: type[M], body: BaseModel | None = None) -> M:
         """POST (a request model, or nothing) and parse the answer."""
         try:
             response = self._client.post(

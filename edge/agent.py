@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.alarm_store import AlarmStore
-from edge.alarms import Alarm, AlarmEngine, AlarmEvent
+from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.credentials import UplinkIdentity, load_uplink_identity
 from edge.dead_letters import DeadLetterStore
@@ -35,6 +35,7 @@ from edge.errors import EdgeError
 from edge.fleet import EX_RESTART, Fleet
 from edge.fleet.versions import ConfigVersions
 from edge.local_api import LocalApi
+from edge.notify import NotificationQueue, Notifier
 from edge.pipeline import settings as stages
 from edge.pipeline.derived import DerivedTags
 from edge.pipeline.rbe import ReportByException
@@ -43,6 +44,7 @@ from edge.reload import ReloadPlan, ReloadRejected, ReloadResult, plan_reload
 from edge.runtime import LiveConfig, Runtime
 from edge.sd_notify import SystemdNotifier
 from edge.seq_state import SeqState
+from edge.shelving import AlarmShelf
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink, UplinkSettings
 from protocols.backoff import BackoffPolicy
@@ -129,7 +131,14 @@ class Agent:
             inference = _inference_stage(config) if config.models else None
             if inference is not None:
                 stack.callback(inference.close)
-            pipeline = _pipeline(config, outbox, alarm_store, inference, uplink)
+            queue = NotificationQueue(config.gateway.state_dir / "notifications.db")
+            stack.callback(queue.close)
+            shelf = AlarmShelf(alarm_store, lambda: pipeline.alarms.rules)
+            live = self.config
+            notifier = Notifier(queue, lambda: live.current.notifications,
+                                gateway=lambda: live.current.gateway.name,
+                                shelved=shelf.is_shelved)  # fmt: skip
+            pipeline = _pipeline(config, outbox, alarm_store, inference, uplink, notifier=notifier)
             async with asyncio.TaskGroup() as group:
                 supervisor = Supervisor(group=group, sink=pipeline.accept,
                                         dead_letters=dead_letters,
@@ -138,6 +147,7 @@ class Agent:
                     config=self.config, identity=identity, outbox=outbox,
                     alarm_store=alarm_store, dead_letters=dead_letters, broker=broker,
                     inference=inference, pipeline=pipeline, uplink=uplink, supervisor=supervisor,
+                    shelf=shelf, notifier=notifier,
                 )  # fmt: skip
                 self._runtime = runtime
                 try:
@@ -151,7 +161,8 @@ class Agent:
         flusher = group.create_task(rt.pipeline.run(), name="pipeline")
         reloader = group.create_task(self._reload_when_requested(rt), name="reload")
         background = [
-            group.create_task(_tick_alarms(rt.pipeline), name="alarms"),
+            group.create_task(_tick_alarms(rt), name="alarms"),
+            group.create_task(rt.notifier.run(), name="notifications"),
             group.create_task(self._notifier.feed_watchdog(), name="watchdog"),
         ]
         if rt.uplink is not None:
@@ -298,11 +309,14 @@ def _pipeline(
     alarm_store: AlarmStore,
     inference: InferenceStage | None,
     uplink: Uplink | None,
+    *,
+    notifier: Notifier,
 ) -> Pipeline:
     wake = uplink.wake.set if uplink is not None else None
 
     async def persist(events: list[AlarmEvent], states: Mapping[str, Alarm]) -> None:
         alarm_store.save(states[e.rule] for e in events if e.rule in states)
+        notifier.announce(events)
 
     return Pipeline(
         outbox=outbox,
@@ -318,10 +332,20 @@ def _pipeline(
     )  # fmt: skip
 
 
-async def _tick_alarms(pipeline: Pipeline) -> None:
+async def _tick_alarms(rt: Runtime) -> None:
     while True:
         await asyncio.sleep(1.0)
-        await pipeline.tick_alarms(now_us())
+        await rt.pipeline.tick_alarms(now_us())
+        # A shelf that ran out on an alarm still active and unacknowledged announces it now:
+        # shelving silences an alarm for a stated time, never for good.
+        engine = rt.pipeline.alarms
+        back = [
+            event for name in rt.shelf.expire()
+            if name in engine.alarms and engine.alarms[name].state is AlarmState.ACTIVE
+            and (event := engine.raised_event(name)) is not None
+        ]  # fmt: skip
+        if back:
+            rt.notifier.announce(back, note="shelving ended; the alarm is still active")
 
 
 def _inference_stage(config: AgentConfig) -> InferenceStage:

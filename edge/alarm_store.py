@@ -14,10 +14,10 @@ from typing import Final
 
 import apsw
 
-from edge.alarms import Alarm, AlarmState
+from edge.alarms import Alarm, AlarmState, Shelf, ShelfAction
 from edge.errors import EdgeError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _MIGRATIONS: Final[dict[int, str]] = {
     1: """
@@ -29,6 +29,24 @@ _MIGRATIONS: Final[dict[int, str]] = {
             cleared_at INTEGER,
             value      TEXT          -- JSON: number, string or null
         ) WITHOUT ROWID;
+    """,
+    2: """
+        CREATE TABLE alarm_shelf (
+            rule       TEXT PRIMARY KEY,
+            until      INTEGER NOT NULL,  -- µs, UTC
+            by_whom    TEXT NOT NULL,
+            reason     TEXT NOT NULL,
+            at         INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE alarm_shelf_audit (
+            id         INTEGER PRIMARY KEY,
+            at         INTEGER NOT NULL,
+            rule       TEXT NOT NULL,
+            action     TEXT NOT NULL,     -- shelved | unshelved | expired
+            by_whom    TEXT NOT NULL,
+            reason     TEXT NOT NULL,
+            until      INTEGER
+        );
     """,
 }
 
@@ -95,6 +113,43 @@ class AlarmStore:
             self._db.executemany(
                 "INSERT OR REPLACE INTO alarm_state VALUES (?, ?, ?, ?, ?, ?)", rows
             )
+
+    def load_shelves(self) -> dict[str, Shelf]:
+        """The alarms shelved now (and those whose time ran out while the agent was down)."""
+        rows = self._db.execute("SELECT rule, until, by_whom, reason, at FROM alarm_shelf")
+        return {
+            str(rule): Shelf(until=int(str(until)), by=str(by), reason=str(reason),
+                             at=int(str(at)))
+            for rule, until, by, reason, at in rows.fetchall()
+        }  # fmt: skip
+
+    def record_shelf(self, action: ShelfAction) -> None:
+        """Store a shelving action and the shelf it leaves, in one transaction (the audit)."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO alarm_shelf_audit (at, rule, action, by_whom, reason, until) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (action.at, action.rule, action.action, action.by, action.reason, action.until),
+            )
+            if action.action == "shelved" and action.until is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO alarm_shelf VALUES (?, ?, ?, ?, ?)",
+                    (action.rule, action.until, action.by, action.reason, action.at),
+                )
+            else:
+                self._db.execute("DELETE FROM alarm_shelf WHERE rule = ?", (action.rule,))
+
+    def shelf_audit(self, limit: int = 100) -> list[ShelfAction]:
+        """The newest shelving actions, newest first."""
+        rows = self._db.execute(
+            "SELECT at, rule, action, by_whom, reason, until FROM alarm_shelf_audit "
+            "ORDER BY id DESC LIMIT ?", (limit,),
+        ).fetchall()  # fmt: skip
+        return [
+            ShelfAction(at=int(str(at)), rule=str(rule), action=str(action), by=str(by),
+                        reason=str(reason), until=_int(until))
+            for at, rule, action, by, reason, until in rows
+        ]  # fmt: skip
 
     def close(self) -> None:
         """Close the file."""

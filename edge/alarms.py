@@ -134,6 +134,32 @@ class AlarmEvent:
     message: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shelf:
+    """An alarm shelved by an operator: silenced (no notification, shown apart) until `until`.
+
+    The alarm is still evaluated and its transitions still recorded and sent to the cloud, as
+    ISA-18.2 asks of a shelved alarm; only the annunciation stops, and only for a stated time.
+    """
+
+    until: int  # µs, UTC
+    by: str
+    reason: str
+    at: int  # when it was shelved, µs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShelfAction:
+    """One line of the shelving audit: who shelved or unshelved which alarm, when and why."""
+
+    at: int
+    rule: str
+    action: str  # shelved | unshelved | expired
+    by: str
+    reason: str
+    until: int | None = None
+
+
 class UnknownAlarm(EdgeError, KeyError):
     """An acknowledgement named an alarm that does not exist."""
 
@@ -220,6 +246,13 @@ class AlarmEngine:
             return None
         self.alarms[name] = new
         return _event(rule, new, Transition.ACKED, now_us)
+
+    def raised_event(self, name: str) -> AlarmEvent | None:
+        """The `raised` transition of an alarm that is active now (to announce it again)."""
+        rule, alarm = self.rules.get(name), self.alarms.get(name)
+        if rule is None or alarm is None or alarm.state is not AlarmState.ACTIVE:
+            return None
+        return _event(rule, alarm, Transition.RAISED, alarm.raised_at or 0)
 
     def active(self) -> list[Alarm]:
         """Alarms that need attention (active, acked-but-active, or cleared-unacked)."""

@@ -18,6 +18,9 @@ Routes::
     GET  /v1/drivers                  list[Driver]
     GET  /v1/tags                     list[TagValue]   (?device=&tag=)
     GET  /v1/alarms                   list[Alarm];  POST /v1/alarms/{name}/ack -> AckResult
+    POST /v1/alarms/{name}/shelve     ShelveRequest -> Shelved;  DELETE it -> Unshelved
+    GET  /v1/alarms-shelving          list[ShelvingAction]  (the audit, newest first; ?limit=)
+    GET  /v1/notifications            list[NotificationHook]
     GET  /v1/outbox                   Outbox;  POST /v1/outbox/requeue-quarantine -> Requeued
     GET  /v1/uplink                   Uplink
     GET  /v1/dead-letters             DeadLetters      (?limit=)
@@ -192,6 +195,10 @@ class Alarm(Answer):
     acked_at: int | None = None
     cleared_at: int | None = None
     value: Value = None
+    shelved_until: int | None = None
+    """µs, UTC: shelved (not announced) until then; None when not shelved."""
+    shelved_by: str | None = None
+    shelve_reason: str | None = None
 
     @property
     def needs_ack(self) -> bool:
@@ -219,6 +226,55 @@ class AckResult(Answer):
 
     acknowledged: bool
     alarm: str
+
+
+class ShelveRequest(BaseModel):
+    """`POST /v1/alarms/{name}/shelve`: silence an alarm for a stated time (at most 24 h)."""
+
+    model_config = _REQUEST
+
+    duration_s: float
+    reason: str
+    by: str = "local"
+
+
+class Shelved(Answer):
+    """The alarm is shelved until `until` (µs, UTC)."""
+
+    alarm: str
+    until: int
+    by: str
+    reason: str
+
+
+class Unshelved(Answer):
+    """`DELETE /v1/alarms/{name}/shelve`: False when the alarm was not shelved."""
+
+    alarm: str
+    unshelved: bool
+
+
+class ShelvingAction(Answer):
+    """One line of the shelving audit."""
+
+    at: int
+    alarm: str
+    action: str  # shelved | unshelved | expired
+    by: str
+    reason: str
+    until: int | None = None
+
+
+class NotificationHook(Answer):
+    """One alarm notification hook: what waits for it and how delivery goes."""
+
+    name: str
+    target: str
+    pending: int = 0
+    delivered: int = 0
+    failed_attempts: int = 0
+    last_error: str | None = None
+    last_delivered_at: float | None = None
 
 
 # ------------------------------------------------------------------------------------- outbox
@@ -393,3 +449,5 @@ DRIVERS: Final = TypeAdapter(tuple[Driver, ...])
 TAGS: Final = TypeAdapter(tuple[TagValue, ...])
 ALARMS: Final = TypeAdapter(tuple[Alarm, ...])
 ALARM_CHANGES: Final = TypeAdapter(tuple[AlarmChange, ...])
+SHELVING: Final = TypeAdapter(tuple[ShelvingAction, ...])
+NOTIFICATION_HOOKS: Final = TypeAdapter(tuple[NotificationHook, ...])

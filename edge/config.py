@@ -10,6 +10,7 @@
     derived:   tags computed from expressions
     models:    ONNX models over windows of tags, with an optional alarm threshold
     alarms:    local alarm rules
+    notifications: alarm notification hooks (a webhook or a command on raise/clear/ack)
     local_api: where the TUI and `tagway status` reach the agent
     fleet:     remote configuration (cloud- or locally managed, probation) and status reports
 
@@ -248,6 +249,28 @@ class AlarmSection(BaseModel):
         return self
 
 
+class NotifyHook(BaseModel):
+    """Where an alarm transition is announced: a webhook (`url`) or a command run with the
+    alarm as JSON on stdin and in `TAGWAY_ALARM_*` variables. Delivered at least once, in order,
+    from a queue in the state directory, retried until it succeeds."""
+
+    model_config = _FROZEN
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    command: tuple[str, ...] | None = Field(default=None, min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    on: tuple[Literal["raised", "cleared", "acked"], ...] = ("raised", "cleared")
+    min_severity: Severity = Severity.LOW
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.url is None) == (self.command is None):
+            raise ValueError(f"notification {self.name!r}: give either 'url' or 'command'")
+        return self
+
+
 class AgentConfig(BaseModel):
     """The whole agent configuration."""
 
@@ -262,10 +285,11 @@ class AgentConfig(BaseModel):
     derived: tuple[DerivedSection, ...] = ()
     models: tuple[ModelSection, ...] = ()
     alarms: tuple[AlarmSection, ...] = ()
+    notifications: tuple[NotifyHook, ...] = ()
     local_api: LocalApiSection = LocalApiSection()
     fleet: FleetSection = FleetSection()
 
-    @field_validator("devices", "derived", "models", "alarms", mode="before")
+    @field_validator("devices", "derived", "models", "alarms", "notifications", mode="before")
     @classmethod
     def _empty_section(cls, value: object) -> object:
         return () if value is None else value  # a section left with only comments in it
@@ -282,6 +306,10 @@ class AgentConfig(BaseModel):
         repeated = sorted({n for n in alarm_names if alarm_names.count(n) > 1})
         if repeated:
             raise ValueError(f"alarm names must be unique; repeated: {repeated}")
+        hooks = [h.name for h in self.notifications]
+        twice = sorted({n for n in hooks if hooks.count(n) > 1})
+        if twice:
+            raise ValueError(f"notification names must be unique; repeated: {twice}")
         return self
 
     @model_validator(mode="after")

@@ -32,6 +32,7 @@ from edge.fleet import Fleet
 from edge.fleet.remote import RemoteConfigError
 from edge.metrics import AgentMetrics
 from edge.runtime import Runtime
+from edge.shelving import ShelveRefused
 from edge.supervisor import DeviceNotRunning
 from protocols.errors import ProtocolError
 from protocols.reading import Quality, Reading
@@ -173,6 +174,8 @@ def build_app(rt: Runtime, fleet: Fleet | None = None) -> FastAPI:
         except UnknownAlarm:
             raise HTTPException(404, f"no alarm named {name!r}") from None
         return contract.AckResult(acknowledged=event is not None, alarm=name)
+
+    _alarm_routes(app, rt)
 
     @app.get("/v1/outbox", response_model=contract.Outbox)
     async def outbox() -> contract.Outbox:
@@ -319,17 +322,71 @@ def _driver(rt: Runtime, name: str) -> contract.Driver:
     )  # fmt: skip
 
 
+def _alarm_routes(app: FastAPI, rt: Runtime) -> None:
+    """Shelving and the notification hooks."""
+    unknown: dict[int | str, dict[str, object]] = {404: {"description": "no alarm of that name"}}
+
+    @app.post("/v1/alarms/{name}/shelve", response_model=contract.Shelved,
+              responses=unknown | {422: {"description": "duration or reason refused"}})  # fmt: skip
+    async def shelve(name: str, request: contract.ShelveRequest) -> contract.Shelved:
+        try:
+            shelf = rt.shelf.shelve(name, duration_s=request.duration_s, by=request.by,
+                                    reason=request.reason)  # fmt: skip
+        except UnknownAlarm:
+            raise HTTPException(404, f"no alarm named {name!r}") from None
+        except ShelveRefused as exc:
+            raise HTTPException(422, str(exc)) from None
+        until = time.strftime("%H:%M:%S", time.localtime(shelf.until / 1e6))
+        log.info("alarm %s shelved by %s until %s: %s", name, shelf.by, until, shelf.reason)
+        return contract.Shelved(alarm=name, until=shelf.until, by=shelf.by, reason=shelf.reason)
+
+    @app.delete("/v1/alarms/{name}/shelve", response_model=contract.Unshelved, responses=unknown)
+    async def unshelve(name: str, by: str = "local") -> contract.Unshelved:
+        try:
+            done = rt.shelf.unshelve(name, by=by)
+        except UnknownAlarm:
+            raise HTTPException(404, f"no alarm named {name!r}") from None
+        if done:
+            log.info("alarm %s unshelved by %s", name, by)
+        return contract.Unshelved(alarm=name, unshelved=done)
+
+    @app.get("/v1/alarms-shelving", response_model=list[contract.ShelvingAction])
+    async def shelving(limit: int = 100) -> list[contract.ShelvingAction]:
+        return [
+            contract.ShelvingAction(at=a.at, alarm=a.rule, action=a.action, by=a.by,
+                                    reason=a.reason, until=a.until)
+            for a in rt.shelf.audit(max(1, min(limit, 1000)))
+        ]  # fmt: skip
+
+    @app.get("/v1/notifications", response_model=list[contract.NotificationHook])
+    async def notifications() -> list[contract.NotificationHook]:
+        hooks = {h.name: h for h in rt.config.current.notifications}
+        return [
+            contract.NotificationHook(
+                name=s.name, target=_target(hooks[s.name].url, hooks[s.name].command),
+                pending=s.pending, delivered=s.delivered, failed_attempts=s.failed_attempts,
+                last_error=s.last_error, last_delivered_at=s.last_delivered_at)
+            for s in rt.notifier.status() if s.name in hooks
+        ]  # fmt: skip
+
+
+def _target(url: str | None, command: tuple[str, ...] | None) -> str:
+    return url if url is not None else " ".join(command or ())
+
+
 def _alarms(rt: Runtime) -> list[contract.Alarm]:
     engine = rt.pipeline.alarms
     out = []
     for name, alarm in engine.alarms.items():
         rule = engine.rules[name]
+        shelf = rt.shelf.get(name)
         out.append(contract.Alarm(
             name=name, device=rule.device, tag=rule.tag, kind=rule.kind.value,
             severity=rule.severity.value, message=rule.describe(), state=alarm.state.value,
             active=alarm.state in (AlarmState.ACTIVE, AlarmState.ACKED),
             raised_at=alarm.raised_at, acked_at=alarm.acked_at, cleared_at=alarm.cleared_at,
-            value=alarm.value,
+            value=alarm.value, shelved_until=shelf.until if shelf else None,
+            shelved_by=shelf.by if shelf else None, shelve_reason=shelf.reason if shelf else None,
         ))  # fmt: skip
     return out
 

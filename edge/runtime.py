@@ -22,8 +22,10 @@ from edge.alarm_store import AlarmStore
 from edge.config import AgentConfig
 from edge.credentials import UplinkIdentity
 from edge.dead_letters import DeadLetterStore
+from edge.notify import Notifier
 from edge.pipeline.runner import Pipeline
 from edge.reload import ReloadHistory
+from edge.shelving import AlarmShelf
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink
 from store_forward import AsyncOutbox
@@ -81,6 +83,8 @@ class Runtime:
         pipeline: drivers' readings in, committed chunks out.
         uplink: the outbox to the cloud; None for an offline gateway.
         supervisor: the devices' drivers.
+        shelf: the alarms an operator shelved.
+        notifier: the alarm notification hooks and their queue.
     """
 
     config: LiveConfig
@@ -95,6 +99,8 @@ class Runtime:
     pipeline: Pipeline
     uplink: Uplink | None
     supervisor: Supervisor
+    shelf: AlarmShelf
+    notifier: Notifier
 
     @property
     def gateway_id(self) -> str | None:

@@ -24,7 +24,7 @@ from textual.worker import WorkerCancelled
 from cli.tui.client import AgentClient, AgentClientError, AgentUnavailable
 from cli.tui.model import AgentView, StreamEvent
 from cli.tui.panes import AlarmsPane, DevicesPane, OverviewPane, TagsPane
-from cli.tui.screens import DeviceScreen, HelpScreen, NoticeScreen, StatusBar
+from cli.tui.screens import DeviceScreen, HelpScreen, NoticeScreen, ShelveScreen, StatusBar
 from cli.tui.table import RowTable
 
 TABS = ("overview", "tags", "alarms", "devices")
@@ -166,6 +166,34 @@ class TagwayApp(App[None]):
                     f"{message.alarm}: nothing to acknowledge")  # fmt: skip
         self._poke.set()
 
+    @on(AlarmsPane.Shelve)
+    async def _shelve(self, message: AlarmsPane.Shelve) -> None:
+        alarm = message.alarm
+        if message.back:
+            try:
+                done = await self.client.unshelve(alarm, by=_operator())
+            except AgentClientError as exc:
+                self.notify(f"could not unshelve {alarm}: {exc}", severity="error")
+                return
+            self.notify(f"{alarm} is back" if done else f"{alarm} was not shelved")
+            self._poke.set()
+            return
+
+        async def chosen(answer: tuple[int, str] | None) -> None:
+            if answer is None:
+                return
+            seconds, reason = answer
+            try:
+                await self.client.shelve(alarm, duration_s=seconds, reason=reason,
+                                         by=_operator())  # fmt: skip
+            except AgentClientError as exc:
+                self.notify(f"could not shelve {alarm}: {exc}", severity="error")
+                return
+            self.notify(f"{alarm} shelved for {seconds // 60} min")
+            self._poke.set()
+
+        await self.push_screen(ShelveScreen(alarm), chosen)
+
     async def _poll(self) -> None:
         while True:
             self._poke.clear()
@@ -201,3 +229,13 @@ class TagwayApp(App[None]):
         for screen in self.screen_stack:
             if isinstance(screen, MainScreen | DeviceScreen) and screen.is_mounted:
                 screen.show(self.view, now)
+
+
+def _operator() -> str:
+    """Who is at the keyboard, for the shelving audit."""
+    import getpass  # noqa: PLC0415 - only when shelving
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "tui"

@@ -34,6 +34,9 @@ from edge.api_contract import (
     Gateway,
     Health,
     Outbox,
+    Shelved,
+    ShelveRequest,
+    Unshelved,
     Uplink,
 )
 
@@ -199,6 +202,33 @@ class AgentClient:
         body = _decode(response, f"/v1/alarms/{alarm}/ack")
         try:
             return AckResult.model_validate_json(body).acknowledged
+        except ValidationError as exc:
+            raise AgentRefused(f"unexpected answer from the agent: {exc}") from exc
+
+    async def shelve(self, alarm: str, *, duration_s: float, reason: str, by: str) -> Shelved:
+        """Shelve an alarm for `duration_s`; AgentRefused says why when the agent refuses."""
+        request = ShelveRequest(duration_s=duration_s, reason=reason, by=by)
+        path = f"/v1/alarms/{alarm}/shelve"
+        http = await self._connection()
+        try:
+            response = await http.post(path, json=request.model_dump(mode="json"))
+        except httpx.HTTPError as exc:
+            raise await self._unavailable(exc) from exc
+        try:
+            return Shelved.model_validate_json(_decode(response, path))
+        except ValidationError as exc:
+            raise AgentRefused(f"unexpected answer from the agent: {exc}") from exc
+
+    async def unshelve(self, alarm: str, *, by: str) -> bool:
+        """Put a shelved alarm back; False when it was not shelved."""
+        path = f"/v1/alarms/{alarm}/shelve"
+        http = await self._connection()
+        try:
+            response = await http.delete(path, params={"by": by})
+        except httpx.HTTPError as exc:
+            raise await self._unavailable(exc) from exc
+        try:
+            return Unshelved.model_validate_json(_decode(response, path)).unshelved
         except ValidationError as exc:
             raise AgentRefused(f"unexpected answer from the agent: {exc}") from exc
 

@@ -276,9 +276,14 @@ class TagsPane(Vertical):
 
 
 class AlarmsPane(Vertical):
-    """Alarms by state and severity, and recent transitions; `a` acknowledges."""
+    """Alarms by state and severity, and recent transitions; `a` acknowledges, `s` shelves,
+    `u` unshelves."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("a", "acknowledge", "Acknowledge")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("a", "acknowledge", "Acknowledge"),
+        Binding("s", "shelve", "Shelve"),
+        Binding("u", "unshelve", "Unshelve"),
+    ]
 
     class Acknowledge(Message):
         """The user asked to acknowledge an alarm."""
@@ -287,9 +292,18 @@ class AlarmsPane(Vertical):
             super().__init__()
             self.alarm = alarm
 
+    class Shelve(Message):
+        """The user asked to shelve (`back` False) or unshelve (`back` True) an alarm."""
+
+        def __init__(self, alarm: str, *, back: bool) -> None:
+            super().__init__()
+            self.alarm = alarm
+            self.back = back
+
     def compose(self) -> ComposeResult:
         yield Static(
-            "Alarms  (! = not acknowledged; a: acknowledge the selected one)", id="alarms-title"
+            "Alarms  (! = not acknowledged)  a: acknowledge  s: shelve  u: unshelve",
+            id="alarms-title",
         )
         yield RowTable(id="alarms-table")
         yield Static(id="alarms-recent")
@@ -303,6 +317,18 @@ class AlarmsPane(Vertical):
         name = self.query_one("#alarms-table", RowTable).current_key()
         if name is not None:
             self.post_message(self.Acknowledge(name))
+
+    def action_shelve(self) -> None:
+        """Ask the app to shelve the highlighted alarm (it asks for how long and why)."""
+        name = self.query_one("#alarms-table", RowTable).current_key()
+        if name is not None:
+            self.post_message(self.Shelve(name, back=False))
+
+    def action_unshelve(self) -> None:
+        """Ask the app to put the highlighted alarm back."""
+        name = self.query_one("#alarms-table", RowTable).current_key()
+        if name is not None:
+            self.post_message(self.Shelve(name, back=True))
 
     def show(self, view: AgentView, now: float) -> None:
         """Render the latest state."""
@@ -324,6 +350,8 @@ def alarm_cells(a: Alarm, now: float) -> tuple[str | Text, ...]:
     """One row of the alarm table."""
     state = a.state + ("" if not a.needs_ack else " !")
     style = "bold red" if a.needs_ack else ("yellow" if a.active else "dim")
+    if a.shelved_until is not None:
+        state, style = state + " shelved", "dim"
     raised = format_age(now - a.raised_at / 1e6) + " ago" if a.raised_at else "-"
     return (styled(a.severity, SEVERITY_STYLE), Text(state, style), a.name,
             format_value(a.value), raised, a.message)  # fmt: skip

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Footer, Input, Static
 
 from cli.tui.model import AgentView, format_age, format_rate
 from cli.tui.panes import STATE_STYLE, not_running, styled, tag_cells
@@ -29,6 +29,7 @@ HELP = """\
   Up / Down   select a tag; its recent history is drawn below the table
 [b]Alarms[/b]
   a           acknowledge the selected alarm
+  s / u       shelve it for a time you give (with a reason) / put it back
 [b]Devices[/b]
   Enter       details: connection, counters, last error, its tags
   Escape      back
@@ -144,6 +145,51 @@ class NoticeScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         yield Static(Text(self.text.strip() + "\n\nEscape or Enter: on to the live view"),
                      id="notice-text")  # fmt: skip
+
+
+class ShelveScreen(ModalScreen[tuple[int, str] | None]):
+    """Ask how long to shelve an alarm and why; dismissed with (seconds, reason) or None."""
+
+    DEFAULT_CSS = """
+    ShelveScreen { align: center middle; }
+    ShelveScreen > Vertical { width: 70; height: auto; border: round $accent; padding: 0 1;
+                              background: $surface; }
+    ShelveScreen Input { margin: 0; }
+    ShelveScreen #shelve-problem { color: $error; height: auto; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, alarm: str) -> None:
+        super().__init__()
+        self.alarm = alarm
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(f"Shelve [b]{self.alarm}[/b]: it is not announced until the time is up.")
+            yield Input("1h", placeholder="for how long: 30m, 2h (at most 24h)", id="shelve-for")
+            yield Input(placeholder="why (kept in the audit), then Enter", id="shelve-reason")
+            yield Static(id="shelve-problem")
+
+    def on_mount(self) -> None:
+        self.query_one("#shelve-reason", Input).focus()
+
+    def action_cancel(self) -> None:
+        """Close without shelving."""
+        self.dismiss(None)
+
+    def on_input_submitted(self, _: Input.Submitted) -> None:
+        """Enter in either box: check both, then shelve."""
+        from cli.cloud_cmds import duration_seconds  # noqa: PLC0415 - only when shelving
+
+        seconds = duration_seconds(self.query_one("#shelve-for", Input).value)
+        reason = self.query_one("#shelve-reason", Input).value.strip()
+        problem = self.query_one("#shelve-problem", Static)
+        if seconds is None or seconds <= 0:
+            problem.update("for how long? write e.g. 30m or 2h")
+        elif not reason:
+            problem.update("say why: the reason is kept in the audit")
+        else:
+            self.dismiss((seconds, reason))
 
 
 class HelpScreen(ModalScreen[None]):

@@ -115,6 +115,28 @@ async def test_alarms_are_acknowledged_with_a_key_press(plant: Plant, tmp_path: 
 
 
 @pytest.mark.integration
+async def test_an_alarm_is_shelved_with_a_reason_and_put_back(plant: Plant, tmp_path: Path) -> None:
+    config = agent_config(tmp_path, modbus_devices(plant), alarms=[FLOW_HIGH])
+    async with running_agent(config) as agent, tui(tmp_path).run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await wait_for_screen(pilot, lambda t: line_with(t, "pump1_flow_high", "!"))
+        await pilot.press("s")
+        await wait_for_screen(pilot, lambda t: "Shelve" in t and "audit" in t)
+        await pilot.press("enter")  # no reason yet: asked for one, nothing shelved
+        await wait_for_screen(pilot, lambda t: "say why" in t)
+        await pilot.press(*"pump under repair", "enter")
+        await wait_for_screen(pilot, lambda t: line_with(t, "pump1_flow_high", "shelved"))
+        (alarm,) = await agent.get("/v1/alarms")
+        assert alarm["shelve_reason"] == "pump under repair"
+        assert alarm["shelved_until"] is not None
+        await pilot.press("u")
+        await wait_for_screen(pilot, lambda t: line_with(t, "pump1_flow_high", "!") and
+                              not line_with(t, "pump1_flow_high", "shelved"))  # fmt: skip
+        audit = await agent.get("/v1/alarms-shelving")
+        assert [a["action"] for a in audit] == ["unshelved", "shelved"]
+
+
+@pytest.mark.integration
 async def test_device_detail_help_and_quit(plant: Plant, tmp_path: Path) -> None:
     config = agent_config(tmp_path, modbus_devices(plant))
     async with running_agent(config), tui(tmp_path).run_test(size=SIZE) as pilot:
