@@ -326,7 +326,7 @@ def alarms(
         typer.echo(json.dumps([a.model_dump(mode="json") for a in rows]))
         return
     for a in sorted(rows, key=lambda a: (a.state == "normal", a.name)):
-        shelved = f"  (shelved until {_clock(a.shelved_until)})" if a.shelved_until else ""
+        shelved = f"  (shelved until {_clock_us(a.shelved_until)})" if a.shelved_until else ""
         typer.echo(f"{a.state:<9} {a.severity:<8} {a.name:<32} {a.message}{shelved}")
 
 
@@ -347,15 +347,15 @@ def _shelving(
             fail("--shelve needs --reason: say why, it is kept in the audit")
         request = ShelveRequest(duration_s=parse_duration(duration, "--for"), reason=reason, by=by)
         done = client.post(f"/v1/alarms/{shelve}/shelve", Shelved, request)
-        typer.echo(f"{shelve}: shelved until {_clock(done.until)} by {done.by}")
+        typer.echo(f"{shelve}: shelved until {_clock_us(done.until)} by {done.by}")
     elif unshelve is not None:
         back = client.delete(f"/v1/alarms/{unshelve}/shelve", Unshelved, by=by)
         typer.echo(f"{unshelve}: {'back' if back.unshelved else 'was not shelved'}")
     else:
         typer.echo(f"{'when':<19} {'alarm':<32} {'action':<10} {'by':<12} reason")
         for a in client.get_as("/v1/alarms-shelving", SHELVING):
-            until = f" (until {_clock(a.until)})" if a.until else ""
-            typer.echo(f"{_clock(a.at):<19} {a.alarm:<32} {a.action:<10} {a.by:<12} "
+            until = f" (until {_clock_us(a.until)})" if a.until else ""
+            typer.echo(f"{_clock_us(a.at):<19} {a.alarm:<32} {a.action:<10} {a.by:<12} "
                        f"{a.reason}{until}")  # fmt: skip
 
 
@@ -369,7 +369,7 @@ def _operator() -> str:
         return "local"
 
 
-def _clock(ts_us: int | None) -> str:
+def _clock_us(ts_us: int | None) -> str:
     """Local date and time of a µs timestamp."""
     if ts_us is None:
         return "-"
