@@ -20,6 +20,10 @@ from typing import Final, NamedTuple
 Value = float | int | bool | str
 """What a tag can hold. `bool` is listed apart from `int` because coils and bits are booleans."""
 
+MAX_NAME_CHARS: Final = 200
+"""The longest device or tag name the cloud stores (`cloud.contract.wire.WireName`; a test keeps
+the two equal, since protocols may not import the cloud). A longer name is refused at the edge."""
+
 _US_PER_S: Final = 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -107,6 +111,22 @@ class Reading(NamedTuple):
     def with_quality(self, quality: Quality, reason: str | None = None) -> Reading:
         """A copy with another quality and reason."""
         return self._replace(quality=quality, reason=reason)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a device or tag in the cloud, or None if it can."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"has {len(name)} characters, more than the cloud's limit of {MAX_NAME_CHARS}"
+    if "\x00" in name:
+        return "contains NUL"
+    if not name.isascii():
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            return "is not valid Unicode (a lone surrogate)"
+    return None
 
 
 def now_us() -> int:

@@ -19,6 +19,10 @@ What this adds to amqtt 0.12:
   filter lies *inside* an allowed filter (``plant/#`` is not inside ``plant/pump1/#``).
 - A packet size guard in front of amqtt's reader: a packet larger than `max_message_bytes`
   closes the sender's connection before amqtt buffers it (MQTT 3.1.1 cannot refuse one message).
+- A PUBLISH whose topic name MQTT 3.1.1 forbids (not UTF-8, U+0000, a wildcard, empty) closes
+  the sender's connection before amqtt parses it (sections 1.5.3 and 4.7), counted in
+  `counters.malformed_topics`; amqtt alone forwarded NUL topics, and after a wildcard topic read
+  the payload as packets.
 - Disconnected sessions expire after `session_expiry_s` (amqtt's session monitor), so devices
   that come and go with fresh client ids do not grow memory.
 
@@ -141,14 +145,52 @@ class DeviceAclPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no 
         return False
 
 
+_PUBLISH: Final = 3  # MQTT 3.1.1 control packet type of PUBLISH (the fixed header's high nibble)
+_NOT_IN_TOPIC_NAMES: Final = ("\x00", "+", "#")
+
+
+def publish_topic_problem(body: bytes) -> str | None:
+    """Why the topic name at the start of a PUBLISH packet's body breaks MQTT 3.1.1, or None.
+
+    Section 1.5.3: a UTF-8 string, no U+0000 and no surrogates (Python's strict decoder refuses
+    encoded surrogates and overlong forms). Section 4.7: a topic name is at least one character
+    and has no wildcards.
+    """
+    if len(body) < 2:  # the two length bytes
+        return "PUBLISH without a topic length"
+    length = int.from_bytes(body[:2], "big")
+    if len(body) < 2 + length:
+        return f"PUBLISH topic length {length} runs past the packet"
+    try:
+        topic = body[2 : 2 + length].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"PUBLISH topic is not valid UTF-8 ({exc.reason}) [MQTT-1.5.3-1]"
+    if not topic:
+        return "PUBLISH topic is empty [MQTT-4.7.3-1]"
+    for char in _NOT_IN_TOPIC_NAMES:
+        if char in topic:
+            rule = "[MQTT-1.5.3-2]" if char == "\x00" else "[MQTT-3.3.2-2]"
+            return f"PUBLISH topic {topic[:80]!r} contains {char!r} {rule}"
+    return None
+
+
 class _PacketSizeGuard(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no type information
     """Reads each MQTT fixed header before amqtt does and ends the stream (EOF) when the packet
-    would exceed the limit, so an oversize packet is never buffered."""
+    would exceed the limit, so an oversize packet is never buffered. A PUBLISH is read whole and
+    its topic name checked first: one MQTT 3.1.1 forbids also ends the stream (the standard says
+    the server closes the connection), so amqtt never parses it, nor what follows it."""
 
-    def __init__(self, reader: asyncio.StreamReader, max_bytes: int, on_refused: Any) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        max_bytes: int,
+        on_refused: Any,
+        on_malformed: Any = None,
+    ) -> None:
         self._reader = reader
         self._max = max_bytes
         self._on_refused = on_refused
+        self._on_malformed = on_malformed
         self._header = bytearray()
         self._left = 0
 
@@ -184,6 +226,18 @@ class _PacketSizeGuard(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no t
         if length + len(header) > self._max:
             self._on_refused(length + len(header))
             return False
+        if header[0] >> 4 == _PUBLISH:
+            try:
+                body = await self._reader.readexactly(length)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return False
+            problem = publish_topic_problem(body)
+            if problem is not None:
+                if self._on_malformed is not None:
+                    self._on_malformed(problem)
+                return False
+            self._header, self._left = header + body, 0
+            return True
         self._header, self._left = header, length
         return True
 
@@ -206,6 +260,7 @@ class BrokerCounters:
     connections: int = 0  # TCP connections accepted
     refused_connections: int = 0  # over max_connections
     oversize_packets: int = 0  # packets over max_message_bytes (their connection was closed)
+    malformed_topics: int = 0  # PUBLISH topics MQTT forbids (their connection was closed)
 
 
 class EmbeddedBroker:
@@ -300,7 +355,9 @@ class EmbeddedBroker:
             return
         self._connections.add(task)
         self.counters.connections += 1
-        guard = _PacketSizeGuard(reader, self.config.max_message_bytes, self._refuse_oversize)
+        guard = _PacketSizeGuard(
+            reader, self.config.max_message_bytes, self._refuse_oversize, self._refuse_topic
+        )
         try:
             await self._broker.external_connected(guard, StreamWriterAdapter(writer), _LISTENER)
         except (OSError, AMQTTError) as exc:
@@ -322,6 +379,10 @@ class EmbeddedBroker:
             size,
             self.config.max_message_bytes,
         )
+
+    def _refuse_topic(self, problem: str) -> None:
+        self.counters.malformed_topics += 1
+        _log.warning("MQTT client sent a malformed packet: %s; closing the connection", problem)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.config.tls is None:

@@ -26,7 +26,7 @@ from protocols.mqtt.config import (
     TimestampFormat,
     ValueType,
 )
-from protocols.reading import Quality, Reading, Value, datetime_to_us
+from protocols.reading import Quality, Reading, Value, datetime_to_us, name_problem
 
 if TYPE_CHECKING:
     from protocols.sparkplug.host import HostSession
@@ -148,15 +148,18 @@ class Route:
                     f"{self.limits.max_payload_bytes}"
                 )
             if isinstance(decoder, SparkplugDecoder) and self._host is not None:
-                return self._sparkplug(self._host, decoder, topic, payload, received_us)
-            if device is None:
+                readings = self._sparkplug(self._host, decoder, topic, payload, received_us)
+            elif device is None:
                 raise _Refused("topic has no device level")  # noqa: TRY301 - one exit, below
-            if isinstance(decoder, RawDecoder):
+            elif isinstance(decoder, RawDecoder):
                 tag = decoder.tag or self._level(levels, self._tag_level) or ""
-                return [self._raw(decoder, device, tag, payload, received_us)]
-            if isinstance(decoder, JsonDecoder):
-                return self._json(decoder, device, payload, received_us)
-            raise _Refused(f"no decoder for {topic}")  # noqa: TRY301 - unreachable by config
+                readings = [self._raw(decoder, device, tag, payload, received_us)]
+            elif isinstance(decoder, JsonDecoder):
+                readings = self._json(decoder, device, payload, received_us)
+            else:
+                raise _Refused(f"no decoder for {topic}")  # noqa: TRY301 - unreachable by config
+            _check_names(readings)
+            return readings  # noqa: TRY300 - the handlers below end in one dead letter
         except _Refused as exc:
             reason = str(exc.args[0])
             device = exc.args[1] if len(exc.args) > 1 else device
@@ -301,6 +304,20 @@ class Route:
                 f"(max_future_skew_s {self.limits.max_future_skew_us / 1e6:g})"
             )
         return ts
+
+
+def _check_names(readings: list[Reading]) -> None:
+    """Refuse the message if a device or tag name could never be stored (empty, too long, NUL):
+    the cloud would refuse the whole batch holding it."""
+    seen: set[str] = set()
+    for reading in readings:
+        for kind, name in (("device", reading.device), ("tag", reading.tag)):
+            if name in seen:
+                continue
+            problem = name_problem(name)
+            if problem is not None:
+                raise _Refused(f"{kind} name {name[:40]!r} {problem}")
+            seen.add(name)
 
 
 def topic_matches(filter_levels: Sequence[str], topic_levels: Sequence[str]) -> bool:
