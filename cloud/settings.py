@@ -69,7 +69,9 @@ class CloudSettings(BaseModel):
     default_rate_limit: int = Field(default=600, ge=1, description="ingest requests per window")
     default_max_devices: int = Field(default=10_000, ge=1)
     default_max_series: int = Field(default=100_000, ge=1)
-    max_new_series_per_batch: int = Field(default=1_000, ge=1)
+    # At least the series one chunk of a gateway holds (chunk_readings, 5,000 by default): a
+    # single chunk cannot be split, so a lower limit holds it back until an operator acts.
+    max_new_series_per_batch: int = Field(default=5_000, ge=1)
     rate_window_s: int = Field(default=60, ge=1)
     max_future_skew_s: int = Field(default=600, ge=0)
     max_age_days: int = Field(default=400, ge=1)

@@ -11,6 +11,9 @@ What the cloud says decides what happens to the chunks:
     2xx                 ack: the chunks are deleted for good
     422, 413 (1 chunk)  quarantine: kept, counted, visible; the queue moves on
     413 (many chunks)   release, and lease half as many chunks next time
+    413 too_many_new_series (1 chunk)
+                        the chunk is sound, the tenant's limit is too low for it: kept and
+                        retried like a 429 (an operator raises `max_new_series_per_batch`)
     401                 renew the token and retry at once, one time; then as below
     429, 503            wait for Retry-After, then retry the same batch
     other / no answer   capped, jittered exponential backoff, retry the same batch
@@ -56,6 +59,8 @@ from store_forward import Lane, Lease, OutboxStats
 
 _LATENCY_SAMPLES = 500  # readings sampled per batch for the latency percentiles
 _RATE_WINDOW_S = 60.0  # the send rate is readings acknowledged over the last minute
+NEW_SERIES_LIMIT = "too_many_new_series"  # the cloud's code for a batch creating too many series
+NEW_SERIES_RETRY_S = 30.0  # how long one chunk over that limit waits between tries
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +357,10 @@ class Uplink:
         reason = f"HTTP {code}: {_error_message(response)}"
         if code == 413 and chunks > 1:
             raise _TooLarge(reason)
+        if code == 413 and _error_code(response) == NEW_SERIES_LIMIT:
+            # One chunk cannot be split: it holds what one flush read. Quarantining it would lose
+            # a sound chunk to a setting; retrying keeps it until the limit is raised.
+            raise RetryLater(reason, retry_after=_retry_after(response) or NEW_SERIES_RETRY_S)
         if code in (413, 422):
             raise Refused(reason)
         raise RetryLater(reason, retry_after=_retry_after(response))
@@ -385,6 +394,12 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    error = _json(response).get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _error_message(response: httpx.Response) -> str:

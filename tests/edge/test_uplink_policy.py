@@ -129,6 +129,23 @@ async def test_413_or_422_for_one_chunk_quarantines_it_and_the_queue_moves_on(
     assert len(box.acked) == 1
 
 
+async def test_one_chunk_over_the_new_series_limit_is_kept_and_retried_not_quarantined(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 1)
+    error = {"code": "too_many_new_series", "message": "at most 1000 per batch"}
+    cloud = Cloud(httpx.Response(413, json={"error": error}),
+                  httpx.Response(413, json={"error": error}))  # fmt: skip
+    link, client = uplink(tmp_path, box, cloud, sleeps, max_chunks=1)
+    async with client:
+        assert await link.send_once(client)
+    assert box.quarantined == []
+    assert len(box.acked) == 1  # the third try, after the operator raised the limit
+    assert sleeps == [30.0, 30.0]
+    assert len({r.content for r in cloud.requests}) == 1
+
+
 async def test_401_renews_the_token_and_retries_at_once(
     tmp_path: Path, sleeps: list[float]
 ) -> None:
