@@ -133,8 +133,19 @@ def encode(readings: Sequence[Row]) -> bytes:
         "num": _shuffle(_pack("f", narrow), 4), "num8": _shuffle(_pack("d", wide), 8),
         "txt": texts, "q": bytes(codes) if codes is not None else None,
     }  # fmt: skip
-    raw: bytes = msgpack.packb(payload, use_bin_type=True)
+    try:
+        raw: bytes = msgpack.packb(payload, use_bin_type=True)
+    except UnicodeEncodeError:  # a name with a lone surrogate (a JSON key can hold one)
+        series.update(device=_runs(map(_storable, map(_DEVICE, firsts))),
+                      tag=_front_code(tuple(map(_storable, map(_TAG, firsts)))),
+                      unit=_runs(map(_storable, map(_UNIT, firsts))))  # fmt: skip
+        raw = msgpack.packb(payload, use_bin_type=True)
     return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
+
+
+def _storable(name: str | None) -> str | None:
+    """A name that UTF-8 can carry: a lone surrogate shows as its escape (``\\ud800``)."""
+    return None if name is None else name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _value_columns(
@@ -145,19 +156,26 @@ def _value_columns(
 
     NaN and ±inf are not values: a device that sends them is not measuring. They become bad
     readings (value 0, reason lost in the chunk) so the cloud, which refuses non-finite values,
-    never refuses a whole batch for one sensor.
+    never refuses a whole batch for one sensor. So does any value the chunk cannot carry (an
+    integer past float64's range, a string with a lone surrogate): whatever a flush holds, it
+    encodes. The pipeline marks such values bad with the reason before they get here
+    (`edge.pipeline.encodable`); this is the codec keeping its own promise.
     """
     positions: list[int] | None = None  # position of each number among all readings
     numeric_sids: Sequence[int] = sids
     if text_series:
         is_text = [sid in text_series for sid in sids]
-        texts = [str(v) for v in compress(values, is_text)]
+        texts, unstorable = _texts(compress(values, is_text))
+        if unstorable:
+            codes = codes if codes is not None else bytearray(len(values))
+            for at in compress(compress(range(len(values)), is_text), unstorable):
+                codes[at] = _BAD
         is_number = [not flag for flag in is_text]
-        numbers = list(map(float, compress(values, is_number)))
+        numbers = _floats(compress(values, is_number))
         numeric_sids = list(compress(sids, is_number))
         positions = list(compress(range(len(values)), is_number))
     else:
-        texts, numbers = [], list(map(float, values))
+        texts, numbers = [], _floats(values)
     if not all(map(math.isfinite, numbers)):
         if codes is None:
             codes = bytearray(len(values))
@@ -166,6 +184,42 @@ def _value_columns(
                 numbers[at] = 0.0
                 codes[positions[at] if positions is not None else at] = _BAD
     return numbers, texts, numeric_sids, codes
+
+
+def _floats(values: Iterable[Any]) -> list[float]:
+    """The numbers as floats; what has no float (an integer past float64's range, a value of
+    an unknown type) becomes NaN, which the caller turns into a bad reading."""
+    values = list(values)
+    try:
+        return list(map(float, values))
+    except (OverflowError, TypeError, ValueError):  # rare: one value per reading, in Python
+        return [_float(v) for v in values]
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (OverflowError, TypeError, ValueError):
+        return math.nan
+
+
+def _texts(values: Iterable[Any]) -> tuple[list[str], list[bool]]:
+    """The text column, and which of its values cannot travel (a lone surrogate has no UTF-8,
+    an integer of thousands of digits no `str`): those become empty and bad."""
+    texts: list[str] = []
+    unstorable: list[bool] = []
+    for value in values:
+        try:
+            text = value if type(value) is str else str(value)
+            if not text.isascii():
+                text.encode("utf-8")
+        except (UnicodeEncodeError, ValueError):
+            text = ""
+            unstorable.append(True)
+        else:
+            unstorable.append(False)
+        texts.append(text)
+    return texts, unstorable if any(unstorable) else []
 
 
 def _split_widths(

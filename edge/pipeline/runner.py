@@ -27,6 +27,7 @@ from cloud.contract import AlarmRecord
 from edge import chunk
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
 from edge.pipeline.derived import DerivedTags
+from edge.pipeline.encodable import encodable
 from edge.pipeline.rbe import ReportByException
 from protocols.reading import Reading
 from store_forward import Lane, OutboxError
@@ -136,6 +137,7 @@ class Pipeline:
             return
         counters = self.counters
         counters.received += len(readings)
+        readings = encodable(readings)
         latest = self.latest
         latest.update(zip(map(_series_key, readings), readings, strict=True))
         passed = self._rbe(readings)
@@ -143,7 +145,10 @@ class Pipeline:
         extended = self._derived(readings)
         if self._inference is not None:
             extended = await self._inference(extended)
-        extra = extended[len(readings) :]
+        computed = extended[len(readings) :]
+        extra = encodable(computed)
+        if extra is not computed:  # an expression can make a value no chunk carries
+            extended = readings + extra
         latest.update(zip(map(_series_key, extra), extra, strict=True))
         counters.derived += len(extra)
         events = self._alarms.evaluate(extended)
