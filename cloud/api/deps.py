@@ -8,7 +8,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.auth import Access, Authenticator, Principal, PrincipalKind, Role, token_digest
@@ -25,6 +25,15 @@ from cloud.storage.rollouts import RolloutStore
 from cloud.storage.shadow import ShadowStore
 from cloud.storage.status import GatewayFacts, StatusStore
 from cloud.storage.writes import WriteStore
+
+DATA_SOURCE: Final = "X-Data-Source"
+"""The response header that says an answer carries simulated data (value ``simulation``)."""
+
+
+def say_data_source(response: Response, *, simulated: bool) -> None:
+    """Mark a response that carries simulated data, so a program sees it without the body."""
+    if simulated:
+        response.headers[DATA_SOURCE] = "simulation"
 
 
 def now_us() -> int:

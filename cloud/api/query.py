@@ -8,9 +8,9 @@ import re
 from datetime import date
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from cloud.api.deps import BIGINT_MAX, Id, Rt, ViewerTenant, now_us
+from cloud.api.deps import BIGINT_MAX, Id, Rt, ViewerTenant, now_us, say_data_source
 from cloud.api.ingest import ingest_defaults
 from cloud.api.schemas import RawPage
 from cloud.errors import InvalidRequest
@@ -65,6 +65,7 @@ def _window(start: int | None, end: int | None) -> tuple[int, int]:
 async def raw(
     series_id: Id,
     *,
+    response: Response,
     tenant_id: ViewerTenant,
     rt: Rt,
     start: Micros | None = None,
@@ -75,6 +76,8 @@ async def raw(
     """Readings in [start, end) (default: the last day) in time order, one page at a time."""
     first, stop = _window(start, end)
     after = _decode_cursor(cursor) if cursor else None
+    simulated = await rt.repo.series_simulated(tenant_id, series_id)
+    say_data_source(response, simulated=simulated)
     points, last = await rt.repo.raw(
         tenant_id, series_id, start=first, end=stop, after=after, limit=limit
     )
@@ -82,6 +85,7 @@ async def raw(
         series_id=series_id,
         points=points,
         next_cursor=None if last is None else _encode_cursor(last),
+        simulated=simulated,
     )
 
 
@@ -89,6 +93,7 @@ async def raw(
 async def aggregate(
     series_id: Id,
     *,
+    response: Response,
     tenant_id: ViewerTenant,
     rt: Rt,
     bucket: Annotated[str, Query(max_length=8, description="1s .. 1d, e.g. 1m")] = "1m",
@@ -103,6 +108,7 @@ async def aggregate(
             f"more than {MAX_BUCKETS} buckets; widen the bucket or narrow the range",
             path=["query", "bucket"],
         )
+    say_data_source(response, simulated=await rt.repo.series_simulated(tenant_id, series_id))
     return await rt.repo.aggregate(tenant_id, series_id, start=first, end=stop, bucket_us=width)
 
 

@@ -1,10 +1,22 @@
-"""Devices (created on first ingest; renamed, tagged with metadata, deleted) and series."""
+"""Devices (created on first ingest; renamed, tagged with metadata, deleted) and series.
+
+Devices, series and latest values say whether they are simulated, and an answer that carries
+any simulated one has the header ``X-Data-Source: simulation``.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from cloud.api.deps import AdminTenant, Id, IdFilter, OperatorTenant, Rt, ViewerTenant
+from cloud.api.deps import (
+    AdminTenant,
+    Id,
+    IdFilter,
+    OperatorTenant,
+    Rt,
+    ViewerTenant,
+    say_data_source,
+)
 from cloud.api.schemas import DeviceUpdate
 from cloud.storage.records import Device, LatestValue, Series
 
@@ -13,26 +25,32 @@ router = APIRouter(tags=["devices"])
 
 @router.get("/v1/devices")
 async def list_devices(
-    tenant_id: ViewerTenant, rt: Rt, gateway_id: IdFilter = None
+    response: Response, tenant_id: ViewerTenant, rt: Rt, gateway_id: IdFilter = None
 ) -> list[Device]:
     """The tenant's devices, optionally of one gateway."""
-    return await rt.repo.list_devices(tenant_id, gateway_id=gateway_id)
+    devices = await rt.repo.list_devices(tenant_id, gateway_id=gateway_id)
+    say_data_source(response, simulated=any(d.simulated for d in devices))
+    return devices
 
 
 @router.get("/v1/devices/{device_id}")
-async def get_device(device_id: Id, tenant_id: ViewerTenant, rt: Rt) -> Device:
+async def get_device(device_id: Id, response: Response, tenant_id: ViewerTenant, rt: Rt) -> Device:
     """One device."""
-    return await rt.repo.get_device(tenant_id, device_id)
+    device = await rt.repo.get_device(tenant_id, device_id)
+    say_data_source(response, simulated=device.simulated)
+    return device
 
 
 @router.patch("/v1/devices/{device_id}")
 async def update_device(
-    device_id: Id, body: DeviceUpdate, tenant_id: OperatorTenant, rt: Rt
+    device_id: Id, body: DeviceUpdate, response: Response, tenant_id: OperatorTenant, rt: Rt
 ) -> Device:
     """Set the display name or replace the metadata (the gateway's own name never changes)."""
-    return await rt.repo.update_device(
+    device = await rt.repo.update_device(
         tenant_id, device_id, display_name=body.display_name, metadata=body.metadata
     )
+    say_data_source(response, simulated=device.simulated)
+    return device
 
 
 @router.delete("/v1/devices/{device_id}", status_code=204)
@@ -43,14 +61,24 @@ async def delete_device(device_id: Id, tenant_id: AdminTenant, rt: Rt) -> Respon
 
 
 @router.get("/v1/devices/{device_id}/latest", tags=["telemetry"])
-async def latest(device_id: Id, tenant_id: ViewerTenant, rt: Rt) -> list[LatestValue]:
+async def latest(
+    device_id: Id, response: Response, tenant_id: ViewerTenant, rt: Rt
+) -> list[LatestValue]:
     """The newest reading of every series of the device."""
-    return await rt.repo.latest(tenant_id, device_id)
+    values = await rt.repo.latest(tenant_id, device_id)
+    say_data_source(response, simulated=any(v.simulated for v in values))
+    return values
 
 
 @router.get("/v1/series", tags=["telemetry"])
 async def list_series(
-    tenant_id: ViewerTenant, rt: Rt, device_id: IdFilter = None, gateway_id: IdFilter = None
+    response: Response,
+    tenant_id: ViewerTenant,
+    rt: Rt,
+    device_id: IdFilter = None,
+    gateway_id: IdFilter = None,
 ) -> list[Series]:
     """The tenant's series, optionally of one device or gateway."""
-    return await rt.repo.list_series(tenant_id, device_id=device_id, gateway_id=gateway_id)
+    series = await rt.repo.list_series(tenant_id, device_id=device_id, gateway_id=gateway_id)
+    say_data_source(response, simulated=any(s.simulated for s in series))
+    return series

@@ -104,6 +104,8 @@ class RawPage(Body):
     series_id: int
     points: list[Point]
     next_cursor: str | None
+    simulated: bool = False
+    """True when the series comes from a simulated device."""
 
 
 class ErrorDetail(Body):

@@ -19,6 +19,8 @@ from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, 
 Row = tuple[Any, ...]
 NewSeriesCheck: TypeAlias = Callable[[int], Awaitable[None]]
 """Awaited with the number of series about to be created; raises to refuse them."""
+SeriesKey: TypeAlias = tuple[str, str, str | None, bool]
+"""(device, tag, unit, simulated) of a series in a batch."""
 
 
 class Tx(Protocol):
@@ -73,12 +75,13 @@ class Database(Protocol):
         tx: Tx,
         tenant_id: int,
         gateway_id: int,
-        keys: Sequence[tuple[str, str, str | None]],
+        keys: Sequence[SeriesKey],
         *,
         before_create: NewSeriesCheck | None = None,
     ) -> list[int]:
-        """Ids of the (device, tag, unit) series of a gateway, creating missing devices/series
-        (after awaiting `before_create` with how many are missing, which may refuse)."""
+        """Ids of the (device, tag, unit, simulated) series of a gateway, creating missing
+        devices/series (after awaiting `before_create` with how many are missing, which may
+        refuse) and storing a simulated flag that changed."""
         ...
 
     async def ensure_partitions(self, days: Sequence[int]) -> None:

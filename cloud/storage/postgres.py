@@ -31,11 +31,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.settings import CloudSettings
 from cloud.storage import citus, pg_migrate, timescale
-from cloud.storage.base import NewSeriesCheck, Row, TelemetryRows, Tx
+from cloud.storage.base import NewSeriesCheck, Row, SeriesKey, TelemetryRows, Tx
 from cloud.storage.pg_layout import current, server_facts
 from cloud.storage.pg_schema import DAY_US
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
-from cloud.storage.registry import find_or_create_series
+from cloud.storage.registry import find_or_create_series, mark_simulated
 
 log = logging.getLogger("tagway.cloud.storage")
 apply_migrations = pg_migrate.apply_migrations  # callers written before pg_migrate import it here
@@ -198,27 +198,32 @@ class PostgresDatabase:
         tx: Tx,
         tenant_id: int,
         gateway_id: int,
-        keys: Sequence[tuple[str, str, str | None]],
+        keys: Sequence[SeriesKey],
         *,
         before_create: NewSeriesCheck | None = None,
     ) -> list[int]:
         """All known series in one query; the new ones created one by one (first sight only)."""
         rows = await tx.fetch(
-            "SELECT k.ord, s.id FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
+            "SELECT k.ord, s.id, s.simulated FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
             " AS k(device, tag, ord)"
             " JOIN devices d ON d.tenant_id = %s AND d.gateway_id = %s AND d.name = k.device"
             " JOIN series s ON s.tenant_id = %s AND s.device_id = d.id AND s.tag = k.tag",
             [[k[0] for k in keys], [k[1] for k in keys], tenant_id, gateway_id, tenant_id],
         )
-        ids: dict[int, int] = {int(ord_) - 1: int(sid) for ord_, sid in rows}
+        ids: dict[int, int] = {int(ord_) - 1: int(sid) for ord_, sid, _ in rows}
+        changed: dict[int, bool] = {}
+        for ord_, sid, stored in rows:
+            if bool(stored) != keys[int(ord_) - 1][3]:
+                changed[int(sid)] = keys[int(ord_) - 1][3]
+        await mark_simulated(tx, tenant_id, changed)
         missing = set(range(len(keys))) - set(ids)
         if missing and before_create is not None:
             await before_create(len(missing))
         # Sorted, so two transactions creating the same new series take locks in one order.
         for i in sorted(missing, key=lambda j: keys[j][:2]):
-            device, tag, unit = keys[i]
+            device, tag, unit, simulated = keys[i]
             ids[i] = await find_or_create_series(
-                tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit
+                tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit, simulated=simulated
             )
         return [ids[i] for i in range(len(keys))]
 

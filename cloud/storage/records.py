@@ -78,6 +78,8 @@ class Device(Record):
     display_name: str | None = None
     metadata: dict[str, Any] = {}
     created_at: int
+    simulated: bool = False
+    """True when any of its series is simulated."""
 
 
 class Series(Record):
@@ -89,6 +91,8 @@ class Series(Record):
     device: str
     tag: str
     unit: str | None = None
+    simulated: bool = False
+    """True when the newest batch that carried it came from a simulated device."""
 
 
 class Point(Record):
@@ -108,6 +112,7 @@ class LatestValue(Record):
     ts: int
     value: float | str
     quality: int
+    simulated: bool = False
 
 
 class Bucket(Record):

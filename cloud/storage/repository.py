@@ -30,7 +30,10 @@ DAY_US: Final = 86_400_000_000
 _TENANT = "id, name, created_at, ingest_quota_per_day, rate_limit, max_devices, max_series"
 _KEY = "id, name, role, prefix, created_at, last_used_at, revoked_at"
 _GATEWAY = "id, name, token_prefix, created_at, last_seen_at, last_seq, revoked_at"
-_DEVICE = "id, gateway_id, name, display_name, metadata, created_at"
+_DEVICE = (
+    "id, gateway_id, name, display_name, metadata, created_at, EXISTS (SELECT 1 FROM series s"
+    " WHERE s.tenant_id = devices.tenant_id AND s.device_id = devices.id AND s.simulated)"
+)
 
 
 def _tenant(row: Row) -> Tenant:
@@ -78,6 +81,7 @@ def _device(row: Row) -> Device:
         display_name=row[3],
         metadata=json.loads(row[4]),
         created_at=row[5],
+        simulated=bool(row[6]),
     )
 
 
@@ -383,7 +387,8 @@ class Repository(TelemetryStore):
     ) -> list[Series]:
         """The tenant's series, optionally of one device or gateway."""
         sql = (
-            "SELECT s.id, s.gateway_id, s.device_id, d.name, s.tag, s.unit FROM series s"
+            "SELECT s.id, s.gateway_id, s.device_id, d.name, s.tag, s.unit, s.simulated"
+            " FROM series s"
             " JOIN devices d ON d.id = s.device_id AND d.tenant_id = s.tenant_id"
             " WHERE s.tenant_id = %s"
         )
@@ -397,7 +402,15 @@ class Repository(TelemetryStore):
         async with self.db.transaction(tenant_id) as tx:
             rows = await tx.fetch(sql + " ORDER BY s.id", params)
         return [
-            Series(id=r[0], gateway_id=r[1], device_id=r[2], device=r[3], tag=r[4], unit=r[5])
+            Series(
+                id=r[0],
+                gateway_id=r[1],
+                device_id=r[2],
+                device=r[3],
+                tag=r[4],
+                unit=r[5],
+                simulated=bool(r[6]),
+            )
             for r in rows
         ]
 

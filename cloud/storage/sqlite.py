@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
-from cloud.storage import fleet_schema
-from cloud.storage.base import NewSeriesCheck, Row, TelemetryRows, Tx
+from cloud.storage import fleet_schema, simulated_schema
+from cloud.storage.base import NewSeriesCheck, Row, SeriesKey, TelemetryRows, Tx
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
-from cloud.storage.registry import find_or_create_series, find_series
+from cloud.storage.registry import find_or_create_series, find_series, mark_simulated
 from cloud.storage.telemetry import DAY_US
 from cloud.storage.twoway_schema import SQLITE_MIGRATION as TWO_WAY_MIGRATION
 
@@ -90,6 +90,7 @@ ALTER TABLE tenants ADD COLUMN max_series INTEGER;
 """,
     ),
     (fleet_schema.VERSION, fleet_schema.NAME, fleet_schema.SQLITE_MIGRATION),
+    (simulated_schema.VERSION, simulated_schema.NAME, simulated_schema.SQLITE_MIGRATION),
 ]
 
 # Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest
@@ -212,20 +213,22 @@ class SqliteDatabase:
         tx: Tx,
         tenant_id: int,
         gateway_id: int,
-        keys: Sequence[tuple[str, str, str | None]],
+        keys: Sequence[SeriesKey],
         *,
         before_create: NewSeriesCheck | None = None,
     ) -> list[int]:
         """Series ids, one lookup per series (in-process, so cheap)."""
-        found = [await find_series(tx, tenant_id, gateway_id, device=d, tag=t) for d, t, _ in keys]
-        missing = [i for i, sid in enumerate(found) if sid is None]
+        found = [await find_series(tx, tenant_id, gateway_id, device=k[0], tag=k[1]) for k in keys]
+        changed = {f[0]: k[3] for f, k in zip(found, keys, strict=True) if f and f[1] != k[3]}
+        await mark_simulated(tx, tenant_id, changed)
+        missing = [i for i, f in enumerate(found) if f is None]
         if missing and before_create is not None:
             await before_create(len(missing))
-        ids = [sid or 0 for sid in found]
+        ids = [f[0] if f else 0 for f in found]
         for i in missing:
-            device, tag, unit = keys[i]
+            device, tag, unit, simulated = keys[i]
             ids[i] = await find_or_create_series(
-                tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit
+                tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit, simulated=simulated
             )
         return ids
 

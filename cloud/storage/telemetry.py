@@ -299,7 +299,10 @@ class TelemetryStore:
         """The id of each series entry, creating new series within the tenant's limits. A series
         split over several entries (one per chunk of a format-2 batch) is looked up once."""
         keys = [(s.device, s.tag, s.unit) for s in batch.series]
-        unique = list(dict.fromkeys(keys))
+        simulated: dict[tuple[str, str, str | None], bool] = {}
+        for key, s in zip(keys, batch.series, strict=True):
+            simulated[key] = simulated.get(key, False) or s.simulated
+        unique = list(simulated)
         if not unique:
             return []
         created = 0
@@ -309,7 +312,9 @@ class TelemetryStore:
             check_new_series(policy, count)
             created = count
 
-        found = await self.db.resolve_series(tx, tenant_id, gateway_id, unique, before_create=admit)
+        found = await self.db.resolve_series(
+            tx, tenant_id, gateway_id, [(*k, simulated[k]) for k in unique], before_create=admit
+        )
         if created:
             await check_holdings(tx, tenant_id, policy)
         ids = dict(zip(unique, found, strict=True))
@@ -336,11 +341,18 @@ class TelemetryStore:
 
     # ----------------------------------------------------------------------------- queries
 
-    async def _series_exists(self, tx: Tx, tenant_id: int, series_id: int) -> None:
-        if not await tx.fetchone(
-            "SELECT 1 FROM series WHERE tenant_id = %s AND id = %s", [tenant_id, series_id]
-        ):
+    async def _series_simulated(self, tx: Tx, tenant_id: int, series_id: int) -> bool:
+        row = await tx.fetchone(
+            "SELECT simulated FROM series WHERE tenant_id = %s AND id = %s", [tenant_id, series_id]
+        )
+        if row is None:
             raise NotFound("series not found")
+        return bool(row[0])
+
+    async def series_simulated(self, tenant_id: int, series_id: int) -> bool:
+        """Whether the series is simulated (`NotFound` if the tenant has no such series)."""
+        async with self.db.transaction(tenant_id) as tx:
+            return await self._series_simulated(tx, tenant_id, series_id)
 
     async def latest(self, tenant_id: int, device_id: int) -> list[LatestValue]:
         """The newest reading of each series of a device."""
@@ -359,9 +371,20 @@ class TelemetryStore:
                     " ORDER BY s.tag",
                     [tenant_id, tenant_id, device_id, tenant_id],
                 )
+            flags = await tx.fetch(
+                "SELECT id FROM series WHERE tenant_id = %s AND device_id = %s AND simulated",
+                [tenant_id, device_id],
+            )
+        simulated = {int(f[0]) for f in flags}
         return [
             LatestValue(
-                series_id=r[0], tag=r[1], unit=r[2], ts=r[3], value=_value(r[4], r[5]), quality=r[6]
+                series_id=r[0],
+                tag=r[1],
+                unit=r[2],
+                ts=r[3],
+                value=_value(r[4], r[5]),
+                quality=r[6],
+                simulated=int(r[0]) in simulated,
             )
             for r in rows
         ]
@@ -372,7 +395,7 @@ class TelemetryStore:
         """Readings in [start, end) in time order, after the cursor; (page, next cursor)."""
         lower = start if after is None else max(start, after + 1)
         async with self.db.transaction(tenant_id) as tx:
-            await self._series_exists(tx, tenant_id, series_id)
+            await self._series_simulated(tx, tenant_id, series_id)
             rows = await tx.fetch(
                 "SELECT ts, value_num, value_text, quality FROM telemetry"
                 " WHERE tenant_id = %s AND series_id = %s AND ts >= %s AND ts < %s"
@@ -387,7 +410,7 @@ class TelemetryStore:
     ) -> list[Bucket]:
         """min/max/avg/last/count per time bucket in [start, end)."""
         async with self.db.transaction(tenant_id) as tx:
-            await self._series_exists(tx, tenant_id, series_id)
+            await self._series_simulated(tx, tenant_id, series_id)
             rows = await self.db.aggregate_rows(
                 tx, tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
             )

@@ -39,6 +39,9 @@ async def test_demo_delivers_all_three_protocols_and_raises_the_anomaly_alarm(
         headers = {"Authorization": f"Bearer {info['api_key']}"}
         async with httpx.AsyncClient(base_url=info["cloud"], headers=headers) as cloud:
             latest = await _latest_by_device(cloud, {"pump1", "boiler1", "tank1"})
+            devices = await cloud.get("/v1/devices")  # the cloud says the data is simulated
+            assert devices.headers["X-Data-Source"] == "simulation"
+            assert all(d["simulated"] for d in devices.json()), devices.json()
             alarms = await _wait_for_alarm(cloud, "pump_anomaly.pump1")
     finally:
         if demo.returncode is None:
