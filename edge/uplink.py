@@ -55,7 +55,7 @@ from cloud.contract import CHUNKS, LeasedChunk, chunk, encode_chunk_batch
 from edge.credentials import UplinkIdentity
 from edge.errors import EdgeError
 from edge.seq_state import SeqState
-from store_forward import Lane, Lease, OutboxStats
+from store_forward import DEFAULT_CONSUMER, Lane, Lease, OutboxStats
 
 _LATENCY_SAMPLES = 500  # readings sampled per batch for the latency percentiles
 _RATE_WINDOW_S = 60.0  # the send rate is readings acknowledged over the last minute
@@ -308,9 +308,13 @@ class Uplink:
 
     async def _dropped_delta(self) -> dict[str, int]:
         stats = await self._outbox.stats()
+        # The cloud hears of the readings the quota took before the uplink sent them; with a
+        # second consumer (Sparkplug) a drop may have been sent here already.
+        mine = stats.consumers.get(DEFAULT_CONSUMER)
         delta: dict[str, int] = {}
         for lane, figures in stats.lanes.items():
-            new = figures.dropped_readings - self._seq.reported_dropped.get(lane.value, 0)
+            dropped = figures.dropped_readings if mine is None else mine.dropped_readings[lane]
+            new = dropped - self._seq.reported_dropped.get(lane.value, 0)
             if new > 0:
                 delta[lane.value] = new
         return delta

@@ -13,6 +13,10 @@ damaged files. It knows nothing of readings or protocols and imports nothing els
         ...  # upload
         outbox.ack(lease)
 
+Several consumers (the cloud uplink, the Sparkplug publisher) may read one outbox, each at its
+own durable position: name them in ``OutboxSettings(consumers=...)`` and pass
+``lease(consumer=...)``; see `store_forward.consumers`.
+
 The agent uses `AsyncOutbox` (same calls, awaited, on a worker thread); the CLI uses
 `read_stats()` from its own process. Errors: see `store_forward.errors`.
 """
@@ -32,8 +36,10 @@ from .errors import (
 )
 from .export import iter_chunks
 from .model import (
+    DEFAULT_CONSUMER,
     Chunk,
     ChunkId,
+    ConsumerStats,
     Lane,
     LaneStats,
     Lease,
@@ -50,10 +56,12 @@ from .schema import SCHEMA_VERSION
 from .stats import read_schema_version, read_stats
 
 __all__ = [
+    "DEFAULT_CONSUMER",
     "SCHEMA_VERSION",
     "AsyncOutbox",
     "Chunk",
     "ChunkId",
+    "ConsumerStats",
     "DiskFull",
     "InvalidChunk",
     "Lane",

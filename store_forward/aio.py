@@ -73,6 +73,11 @@ class AsyncOutbox:
         return self._outbox.recovery if self._outbox is not None else None
 
     @property
+    def consumers(self) -> tuple[str, ...]:
+        """The consumers named in the settings, the default one first."""
+        return self._settings.consumers
+
+    @property
     def path(self) -> Path:
         """The database file."""
         return self._path
@@ -133,12 +138,13 @@ class AsyncOutbox:
         max_bytes: int = DEFAULT_LEASE_BYTES,
         max_chunks: int = DEFAULT_LEASE_CHUNKS,
         newest_first: bool = False,
+        consumer: str | None = None,
     ) -> Lease:
         """`Outbox.lease` on the worker."""
         outbox = self._require_open()
         return await self._run(
             partial(outbox.lease, max_bytes=max_bytes, max_chunks=max_chunks,
-                    newest_first=newest_first)
+                    newest_first=newest_first, consumer=consumer)
         )  # fmt: skip
 
     async def forget_leases(self) -> int:

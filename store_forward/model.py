@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import NewType
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_CONSUMER = "uplink"
+"""The consumer of an outbox opened without naming any: the cloud uplink."""
 
 ChunkId = NewType("ChunkId", int)
 """Identifies a stored chunk for its whole life; never reused by the same outbox file."""
@@ -74,6 +77,10 @@ class OutboxSettings(BaseModel):
             again (the uplink crashed mid-upload).
         startup_check: how an existing file is checked on open; a failure moves it aside.
         busy_timeout_s: how long to wait for another process's lock before `OutboxBusy`.
+        consumers: who reads the outbox, each at its own durable position (the cloud uplink,
+            the Sparkplug publisher); the first is the one calls without a consumer use. A
+            consumer new to the file starts with the chunks appended from then on; one no
+            longer named is forgotten with its position (chunks only it still needed go).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -84,6 +91,16 @@ class OutboxSettings(BaseModel):
     lease_timeout_s: float = Field(default=120.0, gt=0)
     startup_check: StartupCheck = StartupCheck.QUICK
     busy_timeout_s: float = Field(default=5.0, ge=0)
+    consumers: tuple[str, ...] = (DEFAULT_CONSUMER,)
+
+    @field_validator("consumers")
+    @classmethod
+    def _named_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("an outbox needs at least one consumer")
+        if len(set(value)) != len(value) or not all(name.strip() for name in value):
+            raise ValueError(f"consumer names must be non-empty and distinct, got {value!r}")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +125,8 @@ class Lease:
     lease_id: int
     chunks: tuple[Chunk, ...]
     deadline: float
+    consumer: str = DEFAULT_CONSUMER
+    """Whose lease it is: its ack moves only this consumer's position."""
 
     @property
     def chunk_ids(self) -> tuple[ChunkId, ...]:
@@ -171,6 +190,22 @@ class LaneStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsumerStats:
+    """Figures of one consumer: what it has still to send and what the quota took from it."""
+
+    pending_chunks: int
+    pending_readings: int
+    leased_chunks: int
+    dropped_readings: Mapping[Lane, int]
+    """Readings dropped by the quota policy before this consumer had sent them, per lane."""
+
+    @property
+    def dropped_total(self) -> int:
+        """Readings this consumer lost to the quota, all lanes."""
+        return sum(self.dropped_readings.values())
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     """A consistent snapshot of the outbox, cheap enough to poll."""
 
@@ -183,6 +218,8 @@ class OutboxStats:
     """The database file plus its write-ahead log, as on disk."""
     schema_version: int
     recoveries: tuple[RecoveryEvent, ...]
+    consumers: Mapping[str, ConsumerStats] = field(default_factory=dict)
+    """Per consumer, by name (empty from a fake outbox)."""
 
     @property
     def dropped_readings(self) -> int:

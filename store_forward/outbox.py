@@ -33,6 +33,7 @@ from typing import cast
 import apsw
 
 from ._sqlite import as_float, as_int, rollback_quietly, scalar_int, translate
+from .consumers import json_ids, register, settle
 from .errors import InvalidChunk, OutboxClosed, OutboxFull
 from .model import (
     Chunk,
@@ -52,28 +53,29 @@ from .schema import LANE_SHIFT, SCHEMA_VERSION, SEQ_MASK
 from .stats import LANES, LaneTotals, collect, load_totals
 
 _INSERT = "INSERT INTO chunk(id, count, size, created, payload) VALUES (?, ?, ?, ?, ?)"
-# One row per lease, its chunk ids a JSON array: leasing writes one small row, not one per
-# chunk (measured: a row per chunk cost ~8 us per chunk to write and delete, this ~1 us).
+# A consumer's queue is its range of the pending index (see `consumers`). One row per lease,
+# its chunk ids a JSON array: leasing writes one small row, not one per chunk (measured: a row
+# per chunk cost ~8 us per chunk to write and delete, this ~1 us).
+_MINE_LEASED = (
+    "SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j "
+    "WHERE lease.deadline > ?2 AND lease.consumer = ?1"
+)
 _FREE = (
-    "SELECT id, count, created, payload FROM chunk WHERE id NOT IN ("
-    "SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?"
-    ") ORDER BY id LIMIT ?"
+    "SELECT c.id, c.count, c.created, c.payload FROM pending p JOIN chunk c ON c.id = p.chunk_id "  # noqa: S608 - literals only
+    f"WHERE p.consumer = ?1 AND p.chunk_id NOT IN ({_MINE_LEASED}) ORDER BY p.chunk_id LIMIT ?3"
 )
 # Newest first, for live telemetry while a backlog drains: alarms and events (ids below the
-# telemetry lane) still go oldest first; then telemetry from the newest, using the primary key
+# telemetry lane) still go oldest first; then telemetry from the newest, using the index
 # backwards rather than sorting the backlog.
 _FREE_PRIORITY = (
-    "SELECT id, count, created, payload FROM chunk WHERE id < ? AND id NOT IN ("
-    "SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?"
-    ") ORDER BY id LIMIT ?"
+    "SELECT c.id, c.count, c.created, c.payload FROM pending p JOIN chunk c ON c.id = p.chunk_id "  # noqa: S608 - literals only
+    f"WHERE p.consumer = ?1 AND p.chunk_id < ?4 AND p.chunk_id NOT IN ({_MINE_LEASED}) "
+    "ORDER BY p.chunk_id LIMIT ?3"
 )
 _FREE_NEWEST_TELEMETRY = (
-    "SELECT id, count, created, payload FROM chunk WHERE id >= ? AND id NOT IN ("
-    "SELECT j.value FROM lease, json_each(lease.chunk_ids) AS j WHERE lease.deadline > ?"
-    ") ORDER BY id DESC LIMIT ?"
-)
-_DELETE_CHUNKS = (
-    "DELETE FROM chunk WHERE id IN (SELECT value FROM json_each(?)) RETURNING id, count, size"
+    "SELECT c.id, c.count, c.created, c.payload FROM pending p JOIN chunk c ON c.id = p.chunk_id "  # noqa: S608 - literals only
+    f"WHERE p.consumer = ?1 AND p.chunk_id >= ?4 AND p.chunk_id NOT IN ({_MINE_LEASED}) "
+    "ORDER BY p.chunk_id DESC LIMIT ?3"
 )
 
 _ChunkRow = tuple[int, int, float, bytes]
@@ -126,6 +128,9 @@ class Outbox:
                     "UPDATE meta SET value = ? WHERE key = 'quota_bytes'",
                     (self._settings.quota_bytes,),
                 )
+                self._consumers, retired = register(tx, self._settings.consumers, clock())
+                if retired:
+                    self._totals = load_totals(tx)
         except BaseException:
             self.close()
             raise
@@ -144,6 +149,11 @@ class Outbox:
     def recovery(self) -> RecoveryEvent | None:
         """Set when opening found a damaged file and moved it aside."""
         return self._recovery
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """The consumers reading this outbox, the default one first."""
+        return tuple(self._consumers.ids)
 
     def append(self, payload: bytes, *, count: int, lane: Lane) -> ChunkId:
         """Store one chunk of `count` readings; returns after the commit.
@@ -172,6 +182,7 @@ class Outbox:
             seq = self._next_seq
             chunk_id = (rank << LANE_SHIFT) | seq
             conn.execute(_INSERT, (chunk_id, count, size, self._clock(), payload))
+            conn.execute(self._consumers.insert_pending, (chunk_id,))
             conn.execute("COMMIT")
             self._data_version = conn.data_version()
         except apsw.Error as exc:
@@ -206,6 +217,7 @@ class Outbox:
                 tx.execute(_INSERT, rows[0])
             else:
                 tx.executemany(_INSERT, rows)
+            tx.executemany(self._consumers.insert_pending, [(row[0],) for row in rows])
         self._next_seq = seq + len(rows)
         self._forget(dropped)
         for chunk_id, count, size, _, _ in rows:
@@ -218,8 +230,10 @@ class Outbox:
         max_bytes: int = DEFAULT_LEASE_BYTES,
         max_chunks: int = DEFAULT_LEASE_CHUNKS,
         newest_first: bool = False,
+        consumer: str | None = None,
     ) -> Lease:
-        """Hand out the oldest chunks nobody holds: alarms first, then events, then telemetry,
+        """Hand out the oldest chunks `consumer` (default: the first) has neither acked nor
+        holds in a live lease: alarms first, then events, then telemetry,
         first-in first-out inside a lane, up to `max_chunks` and `max_bytes` of payload (the
         first chunk is always included, so an oversized chunk cannot block its lane).
 
@@ -228,15 +242,18 @@ class Outbox:
         starving live data.
 
         The lease is empty (falsy) when there is nothing to send. Chunks not acked or released
-        within the lease timeout are handed out again.
+        within the lease timeout are handed out again. Other consumers' leases do not matter:
+        each consumer moves at its own pace.
         """
+        consumer_id = self._consumers.id_of(consumer)
+        name = self._consumers.default if consumer is None else consumer
         if max_bytes < 1 or max_chunks < 1:
             raise InvalidChunk(f"lease limits must be >= 1 (got {max_bytes=}, {max_chunks=})")
         chunks: list[Chunk] = []
         with self._transaction("lease", soft=True) as tx:
             now = self._clock()
             total = 0
-            for query, params in _lease_queries(now, max_chunks, newest_first):
+            for query, params in _lease_queries(consumer_id, now, max_chunks, newest_first):
                 cursor = tx.execute(query, params)
                 # The schema's NOT NULL INTEGER/REAL/BLOB columns fix the types: no checks.
                 for chunk_id, count, created, payload in cast(Iterator[_ChunkRow], cursor):
@@ -249,14 +266,14 @@ class Outbox:
             # Expired leases are forgotten here: their chunks were free again anyway.
             tx.execute("DELETE FROM lease WHERE deadline <= ?", (now,))
             if not chunks:
-                return Lease(0, (), now)
+                return Lease(0, (), now, name)
             lease_id = secrets.randbits(62) + 1
             deadline = now + self._settings.lease_timeout_s
             tx.execute(
-                "INSERT INTO lease(lease_id, deadline, chunk_ids) VALUES (?, ?, ?)",
-                (lease_id, deadline, _json_ids(chunk.id for chunk in chunks)),
+                "INSERT INTO lease(lease_id, deadline, chunk_ids, consumer) VALUES (?, ?, ?, ?)",
+                (lease_id, deadline, json_ids(chunk.id for chunk in chunks), consumer_id),
             )
-        return Lease(lease_id, tuple(chunks), deadline)
+        return Lease(lease_id, tuple(chunks), deadline, name)
 
     def forget_leases(self) -> int:
         """Forget every lease at once; returns how many there were.
@@ -270,12 +287,12 @@ class Outbox:
         return count
 
     def ack(self, lease: Lease) -> int:
-        """Delete the lease's chunks for good: the cloud has them. Returns how many were still
-        there.
+        """The lease's consumer has delivered its chunks: they leave its queue, and the store
+        once no other consumer needs them. Returns how many chunks the store deleted.
 
         An ack counts even after the lease expired, and even if its chunks were handed to
         another lease since (the cloud has them either way: deleting them spares a duplicate
-        upload). Acking the same lease twice deletes nothing the second time.
+        upload). Acking the same lease twice changes nothing the second time.
         """
         if not lease:
             return 0
@@ -297,44 +314,47 @@ class Outbox:
             return scalar_int(
                 tx,
                 "SELECT count(*) FROM chunk WHERE id IN (SELECT value FROM json_each(?))",
-                (_json_ids(lease.chunk_ids),),
+                (json_ids(lease.chunk_ids),),
             )
 
     def quarantine(self, lease: Lease, reason: str) -> int:
-        """Move the lease's chunks to the quarantine with `reason` (the cloud refused them as
-        invalid or too large); returns how many. They stay counted against the quota until
-        `requeue_quarantine()` puts them back in their lanes."""
+        """Set the lease's chunks aside for its consumer with `reason` (the cloud refused them
+        as invalid or too large); returns how many. They leave that consumer's queue (other
+        consumers still get them) and stay counted against the quota until
+        `requeue_quarantine()` puts them back."""
         if not lease:
             return 0
+        consumer_id = self._consumers.id_of(lease.consumer)
+        ids = json_ids(lease.chunk_ids)
         with self._transaction("quarantine") as tx:
             tx.execute(
-                "INSERT INTO quarantine(id, count, size, created, quarantined_at, reason, "
-                "payload) SELECT id, count, size, created, ?, ?, payload FROM chunk "
-                "WHERE id IN (SELECT value FROM json_each(?))",
-                (self._clock(), reason, _json_ids(lease.chunk_ids)),
+                "INSERT OR IGNORE INTO quarantine(id, count, size, created, quarantined_at, "
+                "reason, payload, consumer) SELECT id, count, size, created, ?1, ?2, payload, ?4 "
+                "FROM chunk WHERE id IN (SELECT value FROM json_each(?3)) AND id IN ("
+                "SELECT chunk_id FROM pending WHERE consumer = ?4)",
+                (self._clock(), reason, ids, consumer_id),
             )
-            moved = self._delete_leased(tx, lease)
-        for chunk_id, count, size in moved:
-            self._totals.add(chunk_id >> LANE_SHIFT, -1, -count, -size)
-            self._totals.add_quarantine(chunk_id >> LANE_SHIFT, 1, count, size)
-        return len(moved)
+            moved = tx.changes()
+            self._delete_leased(tx, lease)
+            self._totals = load_totals(tx)
+        return moved
 
     def requeue_quarantine(self) -> int:
-        """Put every quarantined chunk back in its lane, at its original place in the queue;
+        """Put every quarantined chunk back in its consumer's queue, at its original place;
         returns how many."""
         with self._transaction("requeue of the quarantine") as tx:
             tx.execute(
-                "INSERT INTO chunk(id, count, size, created, payload) "
+                "INSERT OR IGNORE INTO chunk(id, count, size, created, payload) "
                 "SELECT id, count, size, created, payload FROM quarantine"
             )
-            moved = [
-                (as_int(i), as_int(c), as_int(s))
-                for i, c, s in tx.execute("DELETE FROM quarantine RETURNING id, count, size")
-            ]
-        for chunk_id, count, size in moved:
-            self._totals.add(chunk_id >> LANE_SHIFT, 1, count, size)
-            self._totals.add_quarantine(chunk_id >> LANE_SHIFT, -1, -count, -size)
-        return len(moved)
+            tx.execute(
+                "INSERT OR IGNORE INTO pending(consumer, chunk_id) SELECT consumer, id "
+                "FROM quarantine"
+            )
+            moved = scalar_int(tx, "SELECT count(*) FROM quarantine")
+            tx.execute("DELETE FROM quarantine")
+            self._totals = load_totals(tx)
+        return moved
 
     def quarantined(self) -> list[QuarantinedChunk]:
         """The quarantined chunks, oldest first by lane, with their reasons."""
@@ -467,7 +487,7 @@ class Outbox:
                 used=used,
                 quota=quota,
             )
-        dropped = drop_oldest(conn, used + needed - quota, self._clock())
+        dropped = drop_oldest(conn, used + needed - quota, self._clock(), self._consumers)
         if dropped is None:
             raise OutboxFull(
                 f"outbox full ({used} of {quota} bytes used) and nothing left to drop: "
@@ -481,17 +501,14 @@ class Outbox:
         return dropped
 
     def _delete_leased(self, conn: apsw.Connection, lease: Lease) -> list[tuple[int, int, int]]:
-        """Delete the lease's chunks that are still there, and the lease itself."""
-        rows = conn.execute(_DELETE_CHUNKS, (_json_ids(lease.chunk_ids),)).fetchall()
-        gone = cast(list[tuple[int, int, int]], rows)
+        """Settle the lease's chunks for its consumer, and delete the lease itself; returns
+        the chunks the store deleted."""
+        consumer_id = self._consumers.id_of(lease.consumer)
+        gone = settle(conn, self._consumers, consumer_id, json_ids(lease.chunk_ids))
         conn.execute("DELETE FROM lease WHERE lease_id = ?", (lease.lease_id,))
         if gone:
             record_deleted(conn, (chunk_id for chunk_id, _, _ in gone))
         return gone
-
-
-def _json_ids(chunk_ids: Iterable[int]) -> str:
-    return "[" + ",".join(map(str, chunk_ids)) + "]"
 
 
 def _restore_full_sync(conn: apsw.Connection) -> None:
@@ -512,12 +529,12 @@ def _validated(payload: bytes, count: int, lane: Lane) -> tuple[bytes, int, int]
 
 
 def _lease_queries(
-    now: float, max_chunks: int, newest_first: bool
+    consumer_id: int, now: float, max_chunks: int, newest_first: bool
 ) -> list[tuple[str, tuple[float | int, ...]]]:
     if not newest_first:
-        return [(_FREE, (now, max_chunks))]
+        return [(_FREE, (consumer_id, now, max_chunks))]
     telemetry = Lane.TELEMETRY.rank << LANE_SHIFT
     return [
-        (_FREE_PRIORITY, (telemetry, now, max_chunks)),
-        (_FREE_NEWEST_TELEMETRY, (telemetry, now, max_chunks)),
+        (_FREE_PRIORITY, (consumer_id, now, max_chunks, telemetry)),
+        (_FREE_NEWEST_TELEMETRY, (consumer_id, now, max_chunks, telemetry)),
     ]

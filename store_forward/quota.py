@@ -2,8 +2,9 @@
 
 Victims are the oldest telemetry chunks, then the oldest events; alarms are never dropped,
 and neither are chunks under a live lease (they are being uploaded right now: dropping them
-would count as lost readings that are about to arrive). Every victim is added to the
-persistent per-lane drop counters in the same transaction as its deletion.
+would count as lost readings that are about to arrive), whichever consumer holds the lease.
+Every victim is added to the persistent per-lane drop counters, and to the counters of each
+consumer that had not sent it yet, in the same transaction as its deletion.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import apsw
 
+from .consumers import Consumers, count_drops, json_ids
 from .model import Lane
 from .schema import LANE_SHIFT, SEQ_MASK
 
@@ -35,7 +37,9 @@ class Dropped:
     nbytes: int
 
 
-def drop_oldest(conn: apsw.Connection, excess: int, now: float) -> list[Dropped] | None:
+def drop_oldest(
+    conn: apsw.Connection, excess: int, now: float, consumers: Consumers
+) -> list[Dropped] | None:
     """Delete the oldest droppable chunks until `excess` payload bytes are freed, inside the
     caller's write transaction. Returns what was dropped per lane, or None (and deletes
     nothing) when even every droppable chunk would not free enough."""
@@ -54,6 +58,7 @@ def drop_oldest(conn: apsw.Connection, excess: int, now: float) -> list[Dropped]
     if freed < excess:
         return None
     ids = [(chunk_id,) for chunk_id, _, _ in victims]
+    count_drops(conn, consumers, json_ids(chunk_id for chunk_id, _, _ in victims))
     conn.executemany("DELETE FROM chunk WHERE id = ?", ids)
     dropped = _per_lane(victims)
     for lane in dropped:

@@ -6,6 +6,11 @@ A chunk's id is ``lane rank << 60 | sequence``: ordering the `chunk` table by it
 gives alarms first, then events, then telemetry, each first-in first-out, with no secondary
 index to maintain on append. A lease is one row in `lease` holding its chunk ids as a JSON
 array, so leasing never rewrites a payload and writes one small row per batch.
+
+Schema 2 lets several consumers (the cloud uplink, the Sparkplug publisher) read one outbox,
+each at its own durable position: a `pending` row per consumer and chunk it has not acked yet
+(see `consumers`). A chunk stays until no consumer needs it. Upgrading a schema 1 file makes
+its chunks pending for the one consumer it had, ``uplink``.
 """
 
 from __future__ import annotations
@@ -77,6 +82,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             name TEXT NOT NULL,
             applied_at REAL NOT NULL
         );
+        """,
+    ),
+    Migration(
+        2,
+        "several consumers, each with its own pending chunks, leases and drop counters",
+        """
+        CREATE TABLE consumer (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            registered REAL NOT NULL
+        );
+        INSERT INTO consumer(id, name, registered) VALUES (0, 'uplink', 0);
+        CREATE TABLE pending (
+            consumer INTEGER NOT NULL,
+            chunk_id INTEGER NOT NULL,
+            PRIMARY KEY (consumer, chunk_id)
+        ) WITHOUT ROWID;
+        INSERT INTO pending(consumer, chunk_id) SELECT 0, id FROM chunk;
+        ALTER TABLE lease ADD COLUMN consumer INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE quarantine ADD COLUMN consumer INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE consumer_counter (
+            consumer INTEGER NOT NULL,
+            lane INTEGER NOT NULL,
+            dropped_chunks INTEGER NOT NULL DEFAULT 0,
+            dropped_readings INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (consumer, lane)
+        ) WITHOUT ROWID;
+        INSERT INTO consumer_counter(consumer, lane, dropped_chunks, dropped_readings)
+            SELECT 0, lane, dropped_chunks, dropped_readings FROM lane_counter;
         """,
     ),
 )

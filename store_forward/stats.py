@@ -23,7 +23,7 @@ from ._sqlite import (
     translate,
 )
 from .errors import OutboxMissing, StorageError
-from .model import Lane, LaneStats, OutboxStats, RecoveryEvent
+from .model import ConsumerStats, Lane, LaneStats, OutboxStats, RecoveryEvent
 from .schema import LANE_SHIFT, SCHEMA_VERSION, NotAnOutbox, check_version
 
 LANES = tuple(Lane)
@@ -122,7 +122,44 @@ def collect(
         file_bytes=file_bytes(path),
         schema_version=version,
         recoveries=recoveries,
+        consumers=_consumers(conn, now),
     )
+
+
+def _consumers(conn: apsw.Connection, now: float) -> dict[str, ConsumerStats]:
+    """Per consumer: pending chunks and readings (a walk of the pending index joined to the
+    chunk headers, O(pending rows)), live leases, and the drops counted against it."""
+    names = {as_int(i): str(name) for i, name in conn.execute("SELECT id, name FROM consumer")}
+    pending = {
+        as_int(i): (as_int(n), as_int(readings))
+        for i, n, readings in conn.execute(
+            "SELECT p.consumer, count(*), sum(c.count) FROM pending p "
+            "JOIN chunk c ON c.id = p.chunk_id GROUP BY p.consumer"
+        )
+    }
+    leased = {
+        as_int(i): as_int(n)
+        for i, n in conn.execute(
+            "SELECT lease.consumer, count(*) FROM lease, json_each(lease.chunk_ids) "
+            "WHERE lease.deadline > ? GROUP BY lease.consumer",
+            (now,),
+        )
+    }
+    dropped: dict[int, dict[Lane, int]] = {i: dict.fromkeys(LANES, 0) for i in names}
+    for i, rank, readings in conn.execute(
+        "SELECT consumer, lane, dropped_readings FROM consumer_counter"
+    ):
+        if as_int(i) in dropped:
+            dropped[as_int(i)][LANES[as_int(rank)]] = as_int(readings)
+    return {
+        name: ConsumerStats(
+            pending_chunks=pending.get(i, (0, 0))[0],
+            pending_readings=pending.get(i, (0, 0))[1],
+            leased_chunks=leased.get(i, 0),
+            dropped_readings=dropped[i],
+        )
+        for i, name in sorted(names.items())
+    }
 
 
 def _oldest_age(conn: apsw.Connection, rank: int, now: float) -> float | None:

@@ -9,12 +9,17 @@ single unbuffered ``os.write``), so everything reported has really happened:
              ``a <lease id>``                           before ack is called (may or may not land)
              ``K <lease id> <n>``                       after ack returned
              ``R <lease id>``                           after release returned
+    consumers: the writer's ``A`` lines, and per consumer (``uplink``, ``sparkplug``)
+             ``D <consumer> <lease id> <chunk id>...``  after lease returned (delivered)
+             ``a <consumer> <lease id>``               before ack is called
+             ``K <consumer> <lease id>``               after ack returned
 
-Usage: ``python -m tests.store_forward.outbox_child writer|reader PATH QUOTA_BYTES SEED``
+Usage: ``python -m tests.store_forward.outbox_child writer|reader|consumers PATH QUOTA SEED``
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import sys
@@ -66,12 +71,42 @@ def reader(outbox: Outbox, rng: random.Random) -> None:
             _say(f"R {lease.lease_id}")
 
 
+CONSUMERS = ("uplink", "sparkplug")
+
+
+def consumers(outbox: Outbox, rng: random.Random) -> None:
+    """The agent's shape: appends, and two consumers sending at their own pace; the Sparkplug
+    publisher's broker goes away now and then (it sends nothing for a while)."""
+    outbox.forget_leases()  # as the agent does at start: the dead run's leases are void
+    down_until = 0
+    for step in itertools.count():
+        payload = rng.randbytes(rng.randint(100, 2000))
+        count, lane = rng.randint(1, 50), rng.choices(LANES, weights=(1, 10, 89))[0]
+        chunk_id = outbox.append(payload, count=count, lane=lane)
+        _say(f"A {lane.value} {chunk_id} {len(payload)} {count}")
+        if step >= down_until and rng.random() < 0.02:
+            down_until = step + rng.randint(10, 60)
+        for name in CONSUMERS:
+            if name == "sparkplug" and step < down_until:
+                continue
+            lease = outbox.lease(max_chunks=rng.randint(1, 6), consumer=name,
+                                 newest_first=rng.random() < 0.5)  # fmt: skip
+            if not lease:
+                continue
+            _say(f"D {name} {lease.lease_id} " + " ".join(str(i) for i in lease.chunk_ids))
+            _say(f"a {name} {lease.lease_id}")
+            outbox.ack(lease)
+            _say(f"K {name} {lease.lease_id}")
+
+
 def main(argv: list[str]) -> None:
     """Run the role named in argv until killed."""
     role, path, quota, seed = argv
-    settings = OutboxSettings(quota_bytes=int(quota), lease_timeout_s=60)
+    names = CONSUMERS if role == "consumers" else ("uplink",)
+    settings = OutboxSettings(quota_bytes=int(quota), lease_timeout_s=60, consumers=names)
+    roles = {"writer": writer, "reader": reader, "consumers": consumers}
     with Outbox(path, settings) as outbox:
-        (writer if role == "writer" else reader)(outbox, random.Random(int(seed)))
+        roles[role](outbox, random.Random(int(seed)))
 
 
 if __name__ == "__main__":

@@ -269,3 +269,84 @@ def test_stats_from_another_process_while_the_writer_appends(tmp_path: Path) -> 
     assert seen == sorted(seen)  # a snapshot never goes backwards
     assert seen[-1] > seen[0], "the writer made no progress while stats were read"
     assert read_stats(db).chunks >= len(_lines(log))
+
+
+@dataclass
+class Deliveries:
+    """What each consumer was handed, from the log: per chunk id, the leases that held it."""
+
+    leases: dict[str, dict[int, list[int]]] = field(default_factory=lambda: defaultdict(dict))
+    acked: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+
+
+def _consumer_lines(log: Path) -> tuple[Appended, Deliveries]:
+    appended, seen = Appended(), Deliveries()
+    for kind, *rest in _lines(log):
+        if kind == "A":
+            lane, chunk_id, size, count = rest
+            appended.by_lane[Lane(lane)].append(int(chunk_id))
+            appended.size[int(chunk_id)] = (int(size), int(count))
+        elif kind == "D":
+            seen.leases[rest[0]][int(rest[1])] = [int(i) for i in rest[2:]]
+        elif kind == "K":
+            seen.acked[rest[0]].add(int(rest[1]))
+    return appended, seen
+
+
+def _check_consumers(log: Path, drained: dict[str, list[int]], stats: object) -> None:
+    from store_forward import OutboxStats  # noqa: PLC0415
+
+    assert isinstance(stats, OutboxStats)
+    appended, seen = _consumer_lines(log)
+    lane_of = {i: lane for lane, ids in appended.by_lane.items() for i in ids}
+    for name in outbox_child.CONSUMERS:
+        times: dict[int, int] = defaultdict(int)
+        unacked: dict[int, int] = defaultdict(int)  # deliveries whose ack never returned
+        for lease_id, ids in seen.leases[name].items():
+            for chunk_id in ids:
+                times[chunk_id] += 1
+                unacked[chunk_id] += lease_id not in seen.acked[name]
+        for chunk_id in drained[name]:
+            times[chunk_id] += 1
+        # Duplicated only where a kill came between handing a lease out and its ack.
+        for chunk_id, n in times.items():
+            assert n - 1 <= unacked[chunk_id], f"{name} got chunk {chunk_id} {n} times"
+        missing = [i for i in appended.size if i not in times]
+        assert not [i for i in missing if lane_of[i] is Lane.ALARM], f"{name} lost an alarm"
+        lost = sum(appended.size[i][1] for i in missing)
+        assert lost <= stats.consumers[name].dropped_total, f"{name} lost uncounted readings"
+        assert stats.consumers[name].pending_chunks == 0
+
+
+def _run_consumer_kills(tmp_path: Path, kills: int) -> None:
+    rng = random.Random(kills + 2)
+    db, log = tmp_path / "outbox.db", tmp_path / "consumers.log"
+    log.touch()
+    for _ in range(kills):
+        seed = rng.randrange(1 << 30)
+        _kill_forked_at_random(_fork("consumers", db, log, QUOTA, seed), log, rng)
+        assert _integrity(db) == ["ok"]
+    settings = OutboxSettings(quota_bytes=QUOTA, consumers=outbox_child.CONSUMERS)
+    drained: dict[str, list[int]] = {}
+    with Outbox(db, settings) as outbox:
+        assert outbox.recovery is None
+        outbox.forget_leases()
+        for name in outbox_child.CONSUMERS:
+            lease = outbox.lease(max_chunks=1_000_000, max_bytes=1 << 40, consumer=name)
+            drained[name] = list(lease.chunk_ids)
+            outbox.ack(lease)
+        stats = outbox.stats()
+    assert stats.chunks == 0
+    _check_consumers(log, drained, stats)
+    appended, seen = _consumer_lines(log)
+    assert len(appended.size) > kills
+    assert seen.leases["sparkplug"], "the Sparkplug consumer never got a lease"
+
+
+def test_both_consumers_killed_at_random_moments_lose_and_repeat_nothing(tmp_path: Path) -> None:
+    _run_consumer_kills(tmp_path, CI_KILLS)
+
+
+@pytest.mark.slow
+def test_both_consumers_killed_fifty_times_lose_and_repeat_nothing(tmp_path: Path) -> None:
+    _run_consumer_kills(tmp_path, SLOW_KILLS)
