@@ -192,12 +192,17 @@ def _print_status(r: StatusReport) -> None:
     for d in r.drivers:
         typer.echo(f"  {d.name:<20} {d.protocol:<7} {d.state:<11} readings "
                    f"{d.counter('readings'):>10}  errors {d.counter('errors')}  restarts "
-                   f"{d.restarts}")  # fmt: skip
+                   f"{d.restarts}  overruns {d.overruns}  dropped {d.lost_readings}")  # fmt: skip
         at = _clock(d.last_error_at)
         if d.last_error:
             typer.echo(f"      error at {at}: {d.last_error}")
         elif d.recovered_from:
             typer.echo(f"      recovered (error at {at}: {d.recovered_from})")
+    overloaded = [d for d in r.drivers if d.overloaded]
+    if overloaded:
+        typer.echo("overload (the agent cannot keep up with these devices):")
+        for d in overloaded:
+            typer.echo(f"  ! {d.overload_text()}")
     up = r.uplink
     if up.configured:
         age = f"{up.backlog_age_s:.0f} s" if up.backlog_age_s is not None else "-"

@@ -153,10 +153,33 @@ class Driver(Answer):
     restarts: int = 0
     crashes: int = 0
     counters: Mapping[str, int] = {}
+    queue_dropped: int = 0
+    """This device's readings the pipeline refused (outbox not accepting, buffer full)."""
 
     def counter(self, name: str) -> int:
         """A counter by name, 0 when this driver does not keep it."""
         return int(self.counters.get(name, 0))
+
+    @property
+    def overruns(self) -> int:
+        """Poll cycles that started late because the previous one ran long (overload)."""
+        return self.counter("overruns")
+
+    @property
+    def lost_readings(self) -> int:
+        """Readings of this device dropped and counted: in the driver (queue overflow, dead
+        letters) or in the pipeline (`queue_dropped`)."""
+        return self.counter("dropped") + self.queue_dropped
+
+    @property
+    def overloaded(self) -> bool:
+        """The device could not be served in full: overruns or dropped readings."""
+        return bool(self.overruns or self.lost_readings)
+
+    def overload_text(self) -> str:
+        """`pump1: 12 poll overruns, 0 readings dropped`, the line status and the TUI show."""
+        return (f"{self.name}: {self.overruns} poll overruns, {self.lost_readings} readings "
+                "dropped")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ tags, alarms

@@ -319,6 +319,7 @@ def _driver(rt: Runtime, name: str) -> contract.Driver:
         last_error=error.current, last_error_at=error.at, recovered_from=error.recovered_from,
         restarts=slot.restarts, crashes=slot.crashes,
         counters=driver.counters.as_dict() if driver is not None else {},
+        queue_dropped=rt.pipeline.counters.dropped_by_device.get(name, 0),
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from edge.runtime import Runtime
+from protocols.driver import DriverCounters
 from store_forward import OutboxStats
 
 Metric = CounterMetricFamily | GaugeMetricFamily
@@ -63,11 +64,29 @@ class AgentMetrics(Collector):
         restarts = CounterMetricFamily(
             "tagway_driver_restarts", "driver restarts", labels=["device"]
         )
+        readings = CounterMetricFamily(
+            "tagway_driver_readings", "readings the driver handed to the pipeline",
+            labels=["device"],
+        )  # fmt: skip
+        overruns = CounterMetricFamily(
+            "tagway_driver_poll_overruns", "poll cycles started late (the device is overloaded)",
+            labels=["device"],
+        )  # fmt: skip
+        dropped = CounterMetricFamily(
+            "tagway_driver_dropped_readings",
+            "readings of the device dropped and counted (driver queue, dead letters, full "
+            "pipeline buffer)",
+            labels=["device"],
+        )  # fmt: skip
+        queue_dropped = self._runtime.pipeline.counters.dropped_by_device
         for name, slot in self._runtime.supervisor.slots.items():
             connected.add_metric([name], 1 if slot.healthy else 0)
             restarts.add_metric([name], slot.restarts)
-        yield connected
-        yield restarts
+            counters = slot.driver.counters if slot.driver is not None else DriverCounters()
+            readings.add_metric([name], counters.readings)
+            overruns.add_metric([name], counters.overruns)
+            dropped.add_metric([name], counters.dropped + queue_dropped.get(name, 0))
+        yield from (connected, restarts, readings, overruns, dropped)
 
     def _reloads(self) -> Iterator[Metric]:
         reloads = self._runtime.config.reloads

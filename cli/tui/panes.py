@@ -101,6 +101,9 @@ class OverviewPane(Static):
         grid.add_row("Errors", f"device errors {errors}  timeouts {timeouts}  dead letters "
                      f"{snap.dead_letters.total}  outbox write errors "
                      f"{ob.pipeline.flush_errors}")  # fmt: skip
+        for d in snap.drivers:
+            if d.overloaded:  # the agent cannot keep up with this device: say which, how much
+                grid.add_row("Overload", Text(d.overload_text(), "bold red"))
         for problem in snap.health.problems:
             grid.add_row("Problem", Text(problem, "bold red"))
         return grid

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import operator
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from cloud.contract import AlarmRecord
@@ -69,6 +71,7 @@ class PipelineCounters:
     chunks: int = 0
     alarm_events: int = 0
     dropped: int = 0  # refused because the outbox could not take them and the buffer was full
+    dropped_by_device: dict[str, int] = field(default_factory=dict)  # `dropped`, by device
     flush_errors: int = 0
     last_flush_error: str | None = None
 
@@ -161,13 +164,22 @@ class Pipeline:
     def _buffer_readings(self, passed: list[Reading], extra: list[Reading]) -> None:
         count = len(passed) + len(extra)
         if len(self._buffer) + count > self.max_buffered:
-            self.counters.dropped += count
-            log.error("outbox not accepting and buffer full: %d readings dropped", count)
+            self._count_dropped(passed, extra)
             return
         self._buffer.extend(passed)
         self._buffer.extend(extra)
         if len(self._buffer) >= self.chunk_readings:
             self._full.set()
+
+    def _count_dropped(self, passed: list[Reading], extra: list[Reading]) -> None:
+        """Count refused readings in total and by device, so an overload names who lost what."""
+        counters = self.counters
+        by_device = counters.dropped_by_device
+        for device, n in Counter(r.device for r in itertools.chain(passed, extra)).items():
+            by_device[device] = by_device.get(device, 0) + n
+        count = len(passed) + len(extra)
+        counters.dropped += count
+        log.error("outbox not accepting and buffer full: %d readings dropped", count)
 
     def _notify(self, readings: list[Reading], events: list[AlarmEvent]) -> None:
         for listener in self.listeners:

@@ -221,8 +221,8 @@ class MqttDriver(DriverState):
         step = self.config.max_batch
         for start in range(0, len(readings), step):
             batch = readings[start : start + step]
+            self._counters.readings += len(batch)  # counted when handed over, as in Modbus
             await sink(batch)
-            self._counters.readings += len(batch)
 
     async def _publish_outgoing(self, client: aiomqtt.Client) -> None:
         """Publish what the decoders asked for (Sparkplug rebirth requests), at QoS 0: a lost

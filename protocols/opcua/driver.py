@@ -150,8 +150,8 @@ class OpcUaDriver(DriverState):
     async def _deliver(self, sink: Sink) -> None:
         while True:
             batch = await self._buffer.get()
+            self._counters.readings += len(batch)  # counted when handed over, as in Modbus
             await sink(batch)
-            self._counters.readings += len(batch)
 
     async def _link_loop(self) -> None:
         if self._state_dir is None:

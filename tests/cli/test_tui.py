@@ -65,6 +65,20 @@ async def test_overview_shows_drivers_connected_rates_and_the_simulated_badge(
         assert float(_rate(text, "pump1").removesuffix("/s")) > 0
 
 
+@pytest.mark.integration
+async def test_overview_names_an_overloaded_device_with_its_overruns(
+    plant: Plant, tmp_path: Path
+) -> None:
+    devices = modbus_devices(plant)
+    devices[0]["poll_groups"] = [{"name": "default", "interval": 0.0001}]  # no device is that fast
+    config = agent_config(tmp_path, devices)
+    async with running_agent(config), tui(tmp_path).run_test(size=SIZE) as pilot:
+        text = await wait_for_screen(pilot, lambda t: bool(line_with(t, "Overload", "pump1:")))
+    row = line_with(text, "Overload", "pump1:")
+    assert int(row.split("pump1:")[1].split("poll overruns")[0]) > 0
+    assert not line_with(text, "Overload", "pump2:")
+
+
 def _rate(text: str, device: str) -> str:
     """The readings/s column of a device in the overview's driver table."""
     row = line_with(text, device, "modbus")

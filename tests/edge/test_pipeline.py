@@ -54,6 +54,7 @@ async def test_a_full_buffer_drops_new_readings_and_counts_them() -> None:
     await stage.flush()
     await stage.accept(readings(5, start=8))  # 8 + 5 > 10: the whole batch is refused
     assert (stage.buffered, stage.counters.dropped) == (8, 5)
+    assert stage.counters.dropped_by_device == {"pump1": 5}
     box.refuse = None
     await stage.flush()
     counters = stage.counters
