@@ -215,7 +215,10 @@ class Pipeline:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.flush_interval)
-                await self.flush()
+                # Shielded: a stop (cancel) during a flush must not abandon the readings on their
+                # way to disk. The flush keeps the lock until it is done, so the last flush below
+                # waits for it and then commits the rest.
+                await asyncio.shield(self.flush())
         finally:
             await asyncio.shield(self.flush())
 

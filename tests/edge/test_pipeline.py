@@ -3,7 +3,9 @@ and counted when the outbox refuses, and that alarms never wait behind telemetry
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmKind, AlarmRule
@@ -12,7 +14,7 @@ from edge.pipeline.derived import DerivedTags
 from edge.pipeline.rbe import ReportByException
 from edge.pipeline.runner import Pipeline
 from protocols.reading import Reading
-from store_forward import Lane
+from store_forward import ChunkId, Lane
 from tests.edge.memory_outbox import MemoryOutbox
 
 T0 = 1_795_000_000_000_000
@@ -92,3 +94,32 @@ async def test_an_alarm_is_committed_at_once_in_its_lane_and_persisted() -> None
     assert commits == [1]  # the uplink is woken for the alarm
     await stage.flush()
     assert commits == [1, 1]
+
+
+class SlowDisk(MemoryOutbox):
+    """An outbox whose commits take a while, as a busy SD card's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committing = asyncio.Event()
+
+    async def append_many(self, items: Iterable[tuple[bytes, int, Lane]]) -> list[ChunkId]:
+        self.committing.set()
+        await asyncio.sleep(0.2)
+        return await super().append_many(items)
+
+
+async def test_stopping_during_a_flush_loses_nothing_and_counts_everything() -> None:
+    """The agent stops the flusher by cancelling it; a flush in flight at that instant used to
+    be abandoned with its readings (silent loss, issue 23)."""
+    box = SlowDisk()
+    stage = pipeline(box, flush_interval=0.01)
+    flusher = asyncio.create_task(stage.run())
+    await stage.accept(readings(3))
+    await box.committing.wait()  # the first flush is on its way to disk
+    await stage.accept(readings(2, start=3))
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+    assert [r.value for r in committed(box)] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert stage.counters.committed == stage.counters.received == 5
