@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--host", default="127.0.0.1")
     add("--modbus-port", type=int, default=0, help="first device's port (others follow); 0: any")
     add("--modbus-framing", choices=["socket", "rtu"], default="socket")
+    add(
+        "--modbus-frames",
+        action="store_true",
+        help="serve registers frozen at start from prepared responses (cheap, for benchmarks; "
+        "no faults, no writes)",
+    )
     add("--no-modbus", action="store_true")
     add("--opcua-port", type=int, default=0)
     add("--opcua-security", choices=["none", "basic256sha256"], default="none")
@@ -66,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> PlantConfig:
         modbus=not args.no_modbus,
         modbus_port=args.modbus_port,
         modbus_framing=args.modbus_framing,
+        modbus_frames=args.modbus_frames,
         opcua=not args.no_opcua,
         opcua_port=args.opcua_port,
         opcua_security=args.opcua_security,

@@ -25,6 +25,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from firmware_sim.errors import ServeError
 from firmware_sim.faults import LinkState
+from firmware_sim.modbus_frames import FrameModbusDevice
 from firmware_sim.register_image import BIT_TABLES, TABLE_OF_FUNCTION, RegisterImage
 from firmware_sim.register_map import Table
 from firmware_sim.simulation import PlantModel
@@ -178,19 +179,24 @@ class ModbusPlantServer:
         host: str = "127.0.0.1",
         base_port: int = 0,
         framing: Framing = "socket",
+        frames: bool = False,
     ) -> None:
-        """One `ModbusDevice` per model device; ports `base_port + i`, or free ones if 0."""
+        """One `ModbusDevice` per model device; ports `base_port + i`, or free ones if 0.
+
+        With `frames`, each device is a `FrameModbusDevice` instead: its registers frozen at
+        start and served from prepared responses (cheap, for benchmarks; no faults, no writes).
+        """
+        if frames and framing != "socket":
+            raise ServeError("prepared Modbus frames are served over Modbus TCP only, not RTU")
         self.model = model
-        self.devices = {
-            name: ModbusDevice(
-                model=model,
-                device=name,
-                host=host,
-                port=base_port + i if base_port else 0,
-                framing=framing,
+        self.devices: dict[str, ModbusDevice | FrameModbusDevice] = {}
+        for i, name in enumerate(model.devices):
+            port = base_port + i if base_port else 0
+            self.devices[name] = (
+                FrameModbusDevice(model=model, device=name, host=host, port=port)
+                if frames
+                else ModbusDevice(model=model, device=name, host=host, port=port, framing=framing)
             )
-            for i, name in enumerate(model.devices)
-        }
 
     async def start(self) -> None:
         """Bind every device's port."""

@@ -42,6 +42,7 @@ class PlantConfig(BaseModel):
     modbus: bool = True
     modbus_port: int = Field(default=0, ge=0, le=65535)
     modbus_framing: Framing = "socket"
+    modbus_frames: bool = False  # frozen registers from prepared responses (benchmarks)
     opcua: bool = True
     opcua_port: int = Field(default=0, ge=0, le=65535)
     opcua_security: Literal["none", "basic256sha256"] = "none"
@@ -102,6 +103,7 @@ class Plant:
                 host=cfg.host,
                 base_port=cfg.modbus_port,
                 framing=cfg.modbus_framing,
+                frames=cfg.modbus_frames,
             )
             await self.modbus.start()
             self._spawn(self.modbus.watch_links(), "sim-modbus-links")
