@@ -389,19 +389,48 @@ def write(
     api: ApiOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Write a setpoint through the running agent (read back and verified by the driver).
+    """Write a setpoint through the running agent: checked against the tag's limits, audited,
+    read back and verified by the driver. Needs the local API token (root or the agent's user).
 
-    Example: tagway write pump1 speed_setpoint 1450
+    Example: tagway write pump1 speed_setpoint 1450   (negative values need no `--`)
     """
     from edge.api_contract import WriteRequest, WriteResult  # noqa: PLC0415 - keep `--help` fast
 
     parsed = _parse_value(value)
+    client = LocalClient(config, api, timeout=15)
     if not yes:
         typer.confirm(f"write {parsed!r} to {device}.{tag}?", abort=True)
-    client = LocalClient(config, api, timeout=15)
     request = WriteRequest(device=device, tag=tag, value=parsed)
-    client.post("/v1/write", WriteResult, request)
-    typer.echo(f"{device}.{tag} = {parsed!r} (written and read back)")
+    result = client.post("/v1/write", WriteResult, request)
+    back = f", read back {result.read_back!r}" if result.read_back is not None else ""
+    typer.echo(f"{device}.{tag} = {parsed!r} (written and read back{back})")
+
+
+def writes(
+    config: ConfigOpt = None,
+    api: ApiOpt = None,
+    device: Annotated[str | None, typer.Option(help="Only this device's writes.")] = None,
+    limit: Annotated[int, typer.Option(help="How many of the newest.")] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """The setpoint write audit: every write, wherever it came from (cloud, shadow, local),
+    with who, old value, new value, read-back and outcome.
+
+    Example: tagway writes --device pump1
+    """
+    from edge.api_contract import WRITES  # noqa: PLC0415 - keep `--help` fast
+
+    rows = LocalClient(config, api).get_as("/v1/writes", WRITES, device=device,
+                                            limit=str(limit))  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps([w.model_dump(mode="json") for w in rows]))
+        return
+    for w in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(w.ts / 1e6))
+        back = "" if w.read_back is None else f" read back {w.read_back!r}"
+        why = f" ({w.reason})" if w.reason else ""
+        typer.echo(f"{when} {w.outcome:<8} {w.device}.{w.tag} {w.old!r} -> {w.value!r}{back}"
+                   f"  by {w.who} via {w.source}{why}")  # fmt: skip
 
 
 def _parse_value(text: str) -> float | int | bool | str:

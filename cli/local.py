@@ -24,6 +24,36 @@ def api_base(config: Path | None, api: str | None) -> tuple[str, httpx.BaseTrans
     """The local API's base URL and transport: `--api` wins, else the agent's discovery file."""
     if api:
         return api.rstrip("/"), None
+    where = _discovery(config)
+    if "socket" in where:
+        return "http://agent", httpx.HTTPTransport(uds=where["socket"])
+    return str(where["url"]), None
+
+
+def api_token(config: Path | None, api: str | None) -> str | None:
+    """The local API token that lets this user write and acknowledge: `TAGWAY_API_TOKEN_FILE`,
+    else the file the agent's discovery names (None when neither can be read: reading works
+    without it, acting is refused with the agent's reason)."""
+    named = os.environ.get("TAGWAY_API_TOKEN_FILE")
+    if named:
+        path = Path(named)
+    elif api and config is None:
+        return None
+    else:
+        token_file = _discovery(config).get("token_file")
+        if not token_file:
+            return None
+        path = Path(token_file)
+    try:
+        return path.read_text().strip() or None
+    except PermissionError:
+        fail(f"cannot read the local API token {path}: writing and acknowledging need it; "
+             "run as root or as the agent's user")  # fmt: skip
+    except OSError:
+        return None
+
+
+def _discovery(config: Path | None) -> dict[str, str]:
     from edge.config import load_config  # noqa: PLC0415 - only when no URL was given
 
     path = config or DEFAULT_CONFIG
@@ -35,9 +65,9 @@ def api_base(config: Path | None, api: str | None) -> tuple[str, httpx.BaseTrans
         fail(f"the agent for {path} is not running (no {discovery}); start it with `tagway run`")
     except (OSError, ValueError) as exc:
         fail(f"cannot read {discovery}: {exc}")
-    if "socket" in where:
-        return "http://agent", httpx.HTTPTransport(uds=where["socket"])
-    return str(where["url"]), None
+    if not isinstance(where, dict):
+        fail(f"{discovery} is not the agent's discovery file")
+    return {str(k): str(v) for k, v in where.items()}
 
 
 class LocalClient:
@@ -47,7 +77,12 @@ class LocalClient:
     def __init__(self, config: Path | None = None, api: str | None = None, timeout: float = 5.0):
         base, transport = api_base(config, api)
         self.base = base
-        self._client = httpx.Client(base_url=base, transport=transport, timeout=timeout)
+        headers = {"X-Tagway-User": _user()}
+        token = api_token(config, api)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client = httpx.Client(base_url=base, transport=transport, timeout=timeout,
+                                    headers=headers)  # fmt: skip
 
     def get(self, path: str, answer: type[M], **params: str | None) -> M:
         """GET one answer; a refused connection says the agent is not running."""
@@ -95,6 +130,17 @@ class LocalClient:
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
+
+
+def _user() -> str:
+    """Who runs this command, for the agent's audit (``uid 1000 alice``)."""
+    import pwd  # noqa: PLC0415 - POSIX only, and only here
+
+    uid = os.getuid()
+    try:
+        return f"uid {uid} {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _parse(path: str, response: httpx.Response, answer: TypeAdapter[T]) -> T:

@@ -41,12 +41,13 @@ from edge.pipeline.derived import DerivedTags
 from edge.pipeline.rbe import ReportByException
 from edge.pipeline.runner import Pipeline, now_us
 from edge.reload import ReloadPlan, ReloadRejected, ReloadResult, plan_reload
-from edge.runtime import LiveConfig, Runtime
+from edge.runtime import LiveConfig, Runtime, event_emitter
 from edge.sd_notify import SystemdNotifier
 from edge.seq_state import SeqState
 from edge.shelving import AlarmShelf
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink, UplinkSettings
+from edge.writes import WriteAudit, WriteDoor
 from protocols.backoff import BackoffPolicy
 from store_forward import AsyncOutbox, OutboxSettings, QuotaPolicy, Synchronous
 
@@ -139,15 +140,21 @@ class Agent:
                                 gateway=lambda: live.current.gateway.name,
                                 shelved=shelf.is_shelved)  # fmt: skip
             pipeline = _pipeline(config, outbox, alarm_store, inference, uplink, notifier=notifier)
+            write_audit = WriteAudit(config.gateway.state_dir / "writes.db")
+            stack.callback(write_audit.close)
             async with asyncio.TaskGroup() as group:
                 supervisor = Supervisor(group=group, sink=pipeline.accept,
                                         dead_letters=dead_letters,
                                         backoff=self._driver_backoff)  # fmt: skip
+                writes = WriteDoor(audit=write_audit, config=lambda: self.config.current,
+                                   supervisor=supervisor, pipeline=pipeline,
+                                   emit=event_emitter(outbox, uplink))  # fmt: skip
                 runtime = Runtime(
                     config=self.config, identity=identity, outbox=outbox,
                     alarm_store=alarm_store, dead_letters=dead_letters, broker=broker,
                     inference=inference, pipeline=pipeline, uplink=uplink, supervisor=supervisor,
                     shelf=shelf, notifier=notifier,
+                    writes=writes,
                 )  # fmt: skip
                 self._runtime = runtime
                 try:
@@ -157,6 +164,7 @@ class Agent:
 
     async def _serve(self, rt: Runtime, group: asyncio.TaskGroup, stop: asyncio.Event) -> None:
         self.fleet = fleet = self._fleet(rt, stop)
+        await rt.writes.start()  # writes a kill cut short are reported as unknown
         api = LocalApi(rt, fleet=fleet)
         flusher = group.create_task(rt.pipeline.run(), name="pipeline")
         reloader = group.create_task(self._reload_when_requested(rt), name="reload")

@@ -132,6 +132,8 @@ class AlarmEvent:
     ts: int
     value: float | str | None
     message: str
+    acknowledged_by: str | None = None  # with an ``acked`` transition: who, from where
+    comment: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,8 +234,11 @@ class AlarmEngine:
                 self._apply(rule, True, now_us, last.value, events)
         return events
 
-    def acknowledge(self, name: str, now_us: int) -> AlarmEvent | None:
-        """Acknowledge an alarm; returns the event, or None if there was nothing to acknowledge."""
+    def acknowledge(
+        self, name: str, now_us: int, *, by: str | None = None, comment: str | None = None
+    ) -> AlarmEvent | None:
+        """Acknowledge an alarm (`by` whom, from where); returns the event, or None if there was
+        nothing to acknowledge."""
         rule = self.rules.get(name)
         if rule is None:
             raise UnknownAlarm(name)
@@ -245,7 +250,8 @@ class AlarmEngine:
         else:
             return None
         self.alarms[name] = new
-        return _event(rule, new, Transition.ACKED, now_us)
+        return replace(_event(rule, new, Transition.ACKED, now_us), acknowledged_by=by,
+                       comment=comment)  # fmt: skip
 
     def raised_event(self, name: str) -> AlarmEvent | None:
         """The `raised` transition of an alarm that is active now (to announce it again)."""

@@ -18,13 +18,15 @@ Routes::
     GET  /v1/drivers                  list[Driver]
     GET  /v1/tags                     list[TagValue]   (?device=&tag=)
     GET  /v1/alarms                   list[Alarm];  POST /v1/alarms/{name}/ack -> AckResult
+                                      (token)
     POST /v1/alarms/{name}/shelve     ShelveRequest -> Shelved;  DELETE it -> Unshelved
     GET  /v1/alarms-shelving          list[ShelvingAction]  (the audit, newest first; ?limit=)
     GET  /v1/notifications            list[NotificationHook]
     GET  /v1/outbox                   Outbox;  POST /v1/outbox/requeue-quarantine -> Requeued
     GET  /v1/uplink                   Uplink
     GET  /v1/dead-letters             DeadLetters      (?limit=)
-    POST /v1/write                    WriteRequest -> WriteResult
+    POST /v1/write                    WriteRequest -> WriteResult  (token; 409 refused, 502)
+    GET  /v1/writes                   list[WriteAudit]  (?device=&limit=)
     GET  /v1/config/remote            RemoteConfig
     POST /v1/config/pull              ConfigTrial   (take the cloud's version now; 409, 502)
     POST /v1/config/push              ConfigPushed  (the file becomes the cloud's version)
@@ -464,12 +466,34 @@ class WriteResult(Answer):
     device: str
     tag: str
     value: float | int | bool | str
+    read_back: Value = None
+    audit_id: int | None = None
+
+
+class WriteAudit(Answer):
+    """`GET /v1/writes`: one audited setpoint write, wherever it came from. `outcome` is
+    ``written``, ``refused`` (by the tag's limits, nothing sent to the device), ``failed`` or
+    ``unknown`` (the agent stopped during the write; never retried)."""
+
+    id: int
+    ts: int
+    device: str
+    tag: str
+    value: Value
+    old: Value = None
+    read_back: Value = None
+    outcome: str
+    reason: str | None = None
+    source: str
+    who: str
+    command_id: int | None = None
 
 
 # --------------------------------------------------------------------------- list adapters
 
 DRIVERS: Final = TypeAdapter(tuple[Driver, ...])
 TAGS: Final = TypeAdapter(tuple[TagValue, ...])
+WRITES: Final = TypeAdapter(tuple[WriteAudit, ...])
 ALARMS: Final = TypeAdapter(tuple[Alarm, ...])
 ALARM_CHANGES: Final = TypeAdapter(tuple[AlarmChange, ...])
 SHELVING: Final = TypeAdapter(tuple[ShelvingAction, ...])

@@ -6,7 +6,8 @@
     report:    the default report-by-exception (deadband, heartbeat)
     mqtt_broker: the embedded broker local devices publish into (optional)
     devices:   Modbus, OPC UA and MQTT sources; tags carry the driver's fields plus
-               `deadband`, `deadband_percent` and `heartbeat`
+               `deadband`, `deadband_percent` and `heartbeat`, and for writable tags the
+               limits `min`/`max` or `allowed`, and `max_rate`
     derived:   tags computed from expressions
     models:    ONNX models over windows of tags, with an optional alarm threshold
     alarms:    local alarm rules
@@ -147,12 +148,42 @@ class LocalApiSection(BaseModel):
     socket: Path | None = None
 
 
-class EdgeModbusTag(ModbusTag, _TagReporting):
-    """A Modbus tag with its report-by-exception settings."""
+SetpointLimit = bool | int | float | str
 
 
-class EdgeOpcUaTag(OpcUaTag, _TagReporting):
-    """An OPC UA tag with its report-by-exception settings."""
+class WriteLimits(BaseModel):
+    """The limits a write to a tag must respect (see `edge.writes`).
+
+    A tag is writable only with `writable: true` and limits: `min` and `max` for numbers,
+    `allowed` for anything else (or discrete numbers). `max_rate` caps the writes per minute
+    to the tag, wherever they come from.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[SetpointLimit, ...] | None = Field(default=None, min_length=1)
+    max_rate: float | None = Field(default=None, gt=0, description="writes per minute")
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> Self:
+        if (self.min is None) != (self.max is None):
+            raise ValueError("fields 'min' and 'max' go together (a write needs both limits)")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"field 'min' ({self.min}) is above 'max' ({self.max})")
+        return self
+
+    @property
+    def limited(self) -> bool:
+        """True when the tag has limits a write can be checked against."""
+        return self.min is not None or self.allowed is not None
+
+
+class EdgeModbusTag(ModbusTag, _TagReporting, WriteLimits):
+    """A Modbus tag with its report-by-exception settings and write limits."""
+
+
+class EdgeOpcUaTag(OpcUaTag, _TagReporting, WriteLimits):
+    """An OPC UA tag with its report-by-exception settings and write limits."""
 
 
 class ModbusDevice(ModbusDeviceConfig):

@@ -1,10 +1,12 @@
 """The local API: what the TUI, `tagway status` and health checks read from a running agent.
 
 Served on 127.0.0.1 (or a unix socket) only. Read-only except acknowledging alarms, requeueing
-quarantined chunks and writing setpoints. When the port is 0 the actual port is written to
-`<state_dir>/local_api.json`, so the CLI and the TUI on the same box find the agent without
-configuration. Every answer is a model of `edge.api_contract` (the routes are listed there);
-the OpenAPI document is served at `/docs` and `/openapi.json`.
+quarantined chunks and writing setpoints; writing and acknowledging need the token of
+`edge.local_auth` (reading stays open on loopback), and writes go through `edge.writes`. When
+the port is 0 the actual port is written to `<state_dir>/local_api.json`, so the CLI and the
+TUI on the same box find the agent without configuration. Every answer is a model of
+`edge.api_contract` (the routes are listed there); the OpenAPI document is served at `/docs`
+and `/openapi.json`.
 
 It serves a `Runtime`, never the agent: it cannot reach anything start-up has not built.
 """
@@ -22,7 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -30,11 +32,11 @@ from edge import api_contract as contract
 from edge.alarms import AlarmEvent, AlarmState, UnknownAlarm
 from edge.fleet import Fleet
 from edge.fleet.remote import RemoteConfigError
+from edge.local_auth import authorized, claimed_user, ensure_token, token_path
 from edge.metrics import AgentMetrics
 from edge.runtime import Runtime
 from edge.shelving import ShelveRefused
-from edge.supervisor import DeviceNotRunning
-from protocols.errors import ProtocolError
+from edge.writes import WriteOrigin, WriteOutcome
 from protocols.reading import Quality, Reading
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,8 @@ class LocalApi:
 
     def __init__(self, runtime: Runtime, *, fleet: Fleet | None = None) -> None:
         self.runtime = runtime
-        self.app = build_app(runtime, fleet)
+        self.token = ensure_token(runtime.config.current.gateway.state_dir)
+        self.app = build_app(runtime, fleet, token=self.token)
         self.started = asyncio.Event()
         self.port: int | None = None
         self._server: QuietServer | None = None
@@ -121,8 +124,9 @@ class LocalApi:
     def _write_discovery(self) -> None:
         config = self.runtime.config.current
         section = config.local_api
-        where = {"socket": str(section.socket)} if section.socket else {
+        where: dict[str, str] = {"socket": str(section.socket)} if section.socket else {
             "url": f"http://{section.host}:{self.port}"}  # fmt: skip
+        where["token_file"] = str(token_path(config.gateway.state_dir))
         (config.gateway.state_dir / "local_api.json").write_text(json.dumps(where))
 
     def stop(self) -> None:
@@ -131,11 +135,25 @@ class LocalApi:
             self._server.should_exit = True
 
 
-def build_app(rt: Runtime, fleet: Fleet | None = None) -> FastAPI:
-    """The FastAPI app over a running agent."""
+def build_app(rt: Runtime, fleet: Fleet | None = None, *, token: str | None = None) -> FastAPI:
+    """The FastAPI app over a running agent; acting needs `token` (the state dir's, by
+    default)."""
     app = FastAPI(title="tagway local API", version=rt.version,
                   description="The agent's local API; models in `edge.api_contract`.")  # fmt: skip
     metrics = AgentMetrics(rt)
+    secret = token if token is not None else ensure_token(rt.config.current.gateway.state_dir)
+    where = token_path(rt.config.current.gateway.state_dir)
+
+    def actor(authorization: str | None = Header(default=None),
+              x_tagway_user: str | None = Header(default=None)) -> str:  # fmt: skip
+        if not authorized(authorization, secret):
+            raise HTTPException(401, f"this action needs the local API token: send "
+                                     f"'Authorization: Bearer' with the contents of {where} "
+                                     "(readable by root and the agent's user)")  # fmt: skip
+        return claimed_user(x_tagway_user)
+
+    unauthorized: dict[int | str, dict[str, object]] = {
+        401: {"description": "no or a wrong local API token"}}  # fmt: skip
 
     @app.get("/health", response_model=contract.Health,
              responses={503: {"model": contract.Health, "description": "degraded"}})  # fmt: skip
@@ -166,11 +184,13 @@ def build_app(rt: Runtime, fleet: Fleet | None = None) -> FastAPI:
     async def alarms() -> list[contract.Alarm]:
         return _alarms(rt)
 
-    @app.post("/v1/alarms/{name}/ack", response_model=contract.AckResult,
-              responses={404: {"description": "no alarm of that name"}})  # fmt: skip
-    async def ack(name: str) -> contract.AckResult:
+    missing: dict[int | str, dict[str, object]] = {
+        404: {"description": "no alarm of that name"}, **unauthorized}  # fmt: skip
+
+    @app.post("/v1/alarms/{name}/ack", response_model=contract.AckResult, responses=missing)
+    async def ack(name: str, who: str = Depends(actor)) -> contract.AckResult:
         try:
-            event = await rt.pipeline.acknowledge(name, time.time_ns() // 1_000)
+            event = await rt.pipeline.acknowledge(name, time.time_ns() // 1_000, by=who)
         except UnknownAlarm:
             raise HTTPException(404, f"no alarm named {name!r}") from None
         return contract.AckResult(acknowledged=event is not None, alarm=name)
@@ -196,19 +216,27 @@ def build_app(rt: Runtime, fleet: Fleet | None = None) -> FastAPI:
         return contract.DeadLetters.model_validate({"total": store.total, "recent": recent})
 
     refusals: dict[int | str, dict[str, object]] = {
-        404: {"description": "the device is not running"},
-        502: {"description": "the device refused or did not confirm"},
+        409: {"description": "refused by the tag's limits: the reason"},
+        502: {"description": "the device refused, did not confirm, or is not running"},
+        **unauthorized,
     }
 
     @app.post("/v1/write", response_model=contract.WriteResult, responses=refusals)
-    async def write(request: contract.WriteRequest) -> contract.WriteResult:
-        try:
-            await rt.supervisor.write(request.device, request.tag, request.value)
-        except DeviceNotRunning as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except ProtocolError as exc:
-            raise HTTPException(502, f"write failed: {exc}") from exc
-        return contract.WriteResult(written=True, **request.model_dump())
+    async def write(request: contract.WriteRequest,
+                    who: str = Depends(actor)) -> contract.WriteResult:  # fmt: skip
+        outcome = await rt.writes.write(request.device, request.tag, request.value,
+                                        origin=WriteOrigin(source="local", who=who))  # fmt: skip
+        if outcome.outcome == "refused":
+            raise HTTPException(409, f"refused: {outcome.reason}")
+        if not outcome.written:
+            raise HTTPException(502, f"write failed: {outcome.reason}")
+        return contract.WriteResult(written=True, read_back=outcome.read_back,
+                                    audit_id=outcome.id, **request.model_dump())  # fmt: skip
+
+    @app.get("/v1/writes", response_model=list[contract.WriteAudit])
+    async def writes(limit: int = 50, device: str | None = None) -> list[contract.WriteAudit]:
+        rows = rt.writes.audit.recent(max(0, min(limit, 1000)), device=device)
+        return [write_audit(w) for w in rows]
 
     @app.get("/v1/stream", response_class=StreamingResponse)
     async def stream(request: Request) -> StreamingResponse:
@@ -219,6 +247,15 @@ def build_app(rt: Runtime, fleet: Fleet | None = None) -> FastAPI:
         return Response(await metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def write_audit(w: WriteOutcome) -> contract.WriteAudit:
+    """An audited write as the local API shows it."""
+    return contract.WriteAudit(
+        id=w.id, ts=w.ts, device=w.device, tag=w.tag, value=w.value, old=w.old,
+        read_back=w.read_back, outcome=w.outcome, reason=w.reason, source=w.source, who=w.who,
+        command_id=w.command_id,
+    )  # fmt: skip
 
 
 def _gateway(rt: Runtime, fleet: Fleet | None) -> contract.Gateway:

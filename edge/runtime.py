@@ -13,11 +13,14 @@ The config is the one thing that changes while the agent runs (a reload replaces
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloud.contract import AnyEvent
+from cloud.contract.chunk import encode_records
 from edge.alarm_store import AlarmStore
 from edge.config import AgentConfig
 from edge.credentials import UplinkIdentity
@@ -28,7 +31,8 @@ from edge.reload import ReloadHistory
 from edge.shelving import AlarmShelf
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink
-from store_forward import AsyncOutbox
+from edge.writes import WriteDoor
+from store_forward import AsyncOutbox, Lane
 
 if TYPE_CHECKING:  # both are imported only when the config uses them
     from edge.inference.model import InferenceStage
@@ -85,6 +89,7 @@ class Runtime:
         supervisor: the devices' drivers.
         shelf: the alarms an operator shelved.
         notifier: the alarm notification hooks and their queue.
+        writes: the write door: every setpoint write passes through it (limits, audit).
     """
 
     config: LiveConfig
@@ -101,8 +106,25 @@ class Runtime:
     supervisor: Supervisor
     shelf: AlarmShelf
     notifier: Notifier
+    writes: WriteDoor
 
     @property
     def gateway_id(self) -> str | None:
         """The cloud's id of this gateway, None when offline."""
         return self.identity.gateway_id if self.identity is not None else None
+
+
+def event_emitter(
+    outbox: AsyncOutbox, uplink: Uplink | None
+) -> Callable[[Sequence[AnyEvent]], Awaitable[None]]:
+    """A function that puts gateway events (command results, write records, reports) into the
+    outbox's event lane, committed when it returns, and wakes the uplink."""
+
+    async def emit(events: Sequence[AnyEvent]) -> None:
+        if not events:
+            return
+        await outbox.append(encode_records([], events), count=len(events), lane=Lane.EVENT)
+        if uplink is not None:
+            uplink.wake.set()
+
+    return emit

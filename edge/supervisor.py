@@ -138,8 +138,10 @@ class Supervisor:
         """Stop every driver (shutdown: drivers stop before the pipeline's last flush)."""
         await self.stop(tuple(self._tasks))
 
-    async def write(self, device: str, tag: str, value: Value) -> None:
-        """Write a setpoint through the device's running driver.
+    async def write(self, device: str, tag: str, value: Value) -> Value:
+        """Write a setpoint through the device's running driver; the value read back.
+
+        Only `edge.writes.WriteDoor` calls this: the door checks the tag's limits and audits.
 
         Raises:
             DeviceNotRunning: no such device, or its driver is between restarts.
@@ -148,7 +150,7 @@ class Supervisor:
         slot = self.slots.get(device)
         if slot is None or slot.driver is None:
             raise DeviceNotRunning(f"device {device!r} is not running")
-        await slot.driver.write(tag, value)
+        return await slot.driver.write(tag, value)
 
     async def _supervise(self, slot: DriverSlot) -> None:
         """Run one driver forever; restart it with backoff when it fails."""

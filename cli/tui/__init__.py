@@ -31,12 +31,16 @@ def tui(config: ConfigOpt = None, api: ApiOpt = None) -> None:
     it says so and keeps retrying. Example: tagway tui --config /etc/tagway/config.yaml
     """
     # Imported here: `tagway --help` must not pay for Textual.
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
     from cli.tui.app import TagwayApp  # noqa: PLC0415
     from cli.tui.client import AgentClient, DiscoveryFile, FixedUrl, Locator  # noqa: PLC0415
 
     locator: Locator
     if api:
-        locator = FixedUrl(api)
+        named = os.environ.get("TAGWAY_API_TOKEN_FILE")
+        locator = FixedUrl(api, token_file=Path(named) if named else None)
     else:
         from cli.local import DEFAULT_CONFIG  # noqa: PLC0415
         from edge.config import load_config  # noqa: PLC0415

@@ -67,6 +67,7 @@ class Endpoint:
 
     url: str
     socket: str | None = None
+    token: str | None = None  # the local API token: acknowledging and writing need it
 
 
 class Locator(Protocol):
@@ -87,6 +88,7 @@ class FixedUrl:
     """A local API URL given on the command line (`--api`)."""
 
     url: str
+    token_file: Path | None = None
 
     @property
     def where(self) -> str:
@@ -95,7 +97,8 @@ class FixedUrl:
 
     async def locate(self) -> Endpoint:
         """The URL as given."""
-        return Endpoint(self.url.rstrip("/"))
+        token = await _read_token(self.token_file) if self.token_file is not None else None
+        return Endpoint(self.url.rstrip("/"), token=token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +122,23 @@ class DiscoveryFile:
             raise AgentUnavailable(f"cannot read {self.path}: {exc}", where=str(self.path)) from exc
         try:
             where = json.loads(text)
+            named = where.get("token_file")
+            token = await _read_token(Path(named)) if named else None
             if "socket" in where:
-                return Endpoint("http://agent", socket=str(where["socket"]))
-            return Endpoint(str(where["url"]).rstrip("/"))
-        except (ValueError, KeyError, TypeError) as exc:
+                return Endpoint("http://agent", socket=str(where["socket"]), token=token)
+            return Endpoint(str(where["url"]).rstrip("/"), token=token)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # The agent may be writing it right now; the next attempt reads it whole.
             raise AgentUnavailable(f"{self.path} is unreadable", where=str(self.path)) from exc
+
+
+async def _read_token(path: Path) -> str | None:
+    """The local API token, or None when this user may not read it (then the TUI shows, and
+    the agent refuses, what needs it)."""
+    try:
+        return (await asyncio.to_thread(path.read_text)).strip() or None
+    except OSError:
+        return None
 
 
 class AgentClient:
@@ -260,9 +274,13 @@ class AgentClient:
                 transport = (
                     httpx.AsyncHTTPTransport(uds=endpoint.socket) if endpoint.socket else None
                 )
+                headers = {"X-Tagway-User": "tui"}
+                if endpoint.token is not None:
+                    headers["Authorization"] = f"Bearer {endpoint.token}"
                 self._http = httpx.AsyncClient(
-                    base_url=endpoint.url, transport=transport, timeout=self.timeout
-                )
+                    base_url=endpoint.url, transport=transport, timeout=self.timeout,
+                    headers=headers,
+                )  # fmt: skip
                 self._endpoint = endpoint
             return self._http
 

@@ -17,15 +17,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from cloud.contract import AnyEvent
-from cloud.contract.chunk import encode_records
 from edge.fleet.cloud_client import CloudConfigClient
 from edge.fleet.probation import Link, Observed
 from edge.fleet.remote import EX_RESTART, AgentHooks, RemoteConfig
 from edge.fleet.status import StatusReporter
 from edge.fleet.versions import ConfigVersions
 from edge.reload import ReloadResult
-from edge.runtime import Runtime
-from store_forward import Lane
+from edge.runtime import Runtime, event_emitter
 
 __all__ = ["EX_RESTART", "Fleet", "observe"]
 
@@ -76,10 +74,7 @@ class Fleet:
 
     async def emit(self, events: Sequence[AnyEvent]) -> None:
         """Put events into the outbox's event lane (committed when this returns)."""
-        rt = self.runtime
-        await rt.outbox.append(encode_records([], events), count=len(events), lane=Lane.EVENT)
-        if rt.uplink is not None:
-            rt.uplink.wake.set()
+        await event_emitter(self.runtime.outbox, self.runtime.uplink)(events)
 
     async def run(self) -> None:
         """Remote configuration and status reports, until cancelled."""

@@ -83,6 +83,7 @@ def alarm_record(event: AlarmEvent) -> AlarmRecord:
         device=event.device, tag=event.tag, name=event.rule, kind="alarm",
         state=_STATE_WORD[event.state], ts=event.ts, severity=event.severity.value,
         message=event.message, value=value, transition=event.transition.value,
+        acknowledged_by=event.acknowledged_by, comment=event.comment,
     )  # fmt: skip
 
 
@@ -192,9 +193,11 @@ class Pipeline:
             await self._commit_alarms(events)
             self._notify([], events)
 
-    async def acknowledge(self, name: str, now_us: int) -> AlarmEvent | None:
-        """Acknowledge an alarm and commit the transition."""
-        event = self._alarms.acknowledge(name, now_us)
+    async def acknowledge(
+        self, name: str, now_us: int, *, by: str | None = None, comment: str | None = None
+    ) -> AlarmEvent | None:
+        """Acknowledge an alarm (`by` whom, from where) and commit the transition."""
+        event = self._alarms.acknowledge(name, now_us, by=by, comment=comment)
         if event is not None:
             await self._commit_alarms([event])
             self._notify([], [event])

@@ -22,7 +22,8 @@ from firmware_sim.register_map import load_map
 
 
 def modbus_devices(plant: Plant, *, interval: float = 0.2) -> list[dict[str, Any]]:
-    """Agent device sections for every Modbus device the plant serves, from its register maps."""
+    """Agent device sections for every Modbus device the plant serves, from its register maps;
+    writable tags get limits (0 to 100 for numbers, true/false for booleans)."""
     ports = plant.ports["modbus"]
     out = []
     for name, kind in layout(plant.config.devices):
@@ -31,6 +32,7 @@ def modbus_devices(plant: Plant, *, interval: float = 0.2) -> list[dict[str, Any
         tags = [
             t.model_dump(exclude_none=True, exclude_defaults=True)
             | t.model_dump(include=set(required))
+            | write_limits(t.writable, t.type)
             for t in regmap.tags
         ]
         out.append({
@@ -40,6 +42,13 @@ def modbus_devices(plant: Plant, *, interval: float = 0.2) -> list[dict[str, Any
             "poll_groups": [{"name": "default", "interval": interval}], "tags": tags,
         })  # fmt: skip
     return out
+
+
+def write_limits(writable: bool, kind: str) -> dict[str, Any]:
+    """The limits tests give a writable tag."""
+    if not writable:
+        return {}
+    return {"allowed": [True, False]} if kind in ("bool", "bit") else {"min": 0, "max": 100}
 
 
 def agent_config(state_dir: Path, devices: list[dict[str, Any]], **sections: Any) -> AgentConfig:
@@ -96,7 +105,9 @@ async def running_agent(
             task.result()  # raises what killed it
         assert ready in done, "agent did not become ready"
         where = json.loads((config.gateway.state_dir / "local_api.json").read_text())
-        async with httpx.AsyncClient(base_url=where["url"], timeout=10) as api:
+        token = Path(where["token_file"]).read_text().strip()  # noqa: ASYNC240 - tiny, once
+        headers = {"Authorization": f"Bearer {token}", "X-Tagway-User": "test"}
+        async with httpx.AsyncClient(base_url=where["url"], timeout=10, headers=headers) as api:
             yield RunningAgent(agent, api)
     finally:
         stop.set()
