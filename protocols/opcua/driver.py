@@ -78,6 +78,9 @@ class OpcUaDriver(DriverState):
         self._backoff = Backoff(policy)
         self._session: ServerSession | None = None
         self._previous_token: ua.NodeId | None = None
+        self.session_resumed = False
+        """Whether the last connect resumed the previous session (Part 4, 6.7) instead of
+        creating a new one (which loses what the server queued while the link was down)."""
         self._state_dir: Path | None = config.session_state_dir
         self._own_state_dir = False
 
@@ -170,6 +173,7 @@ class OpcUaDriver(DriverState):
                 await self._outage(str(exc))
                 continue
             self._previous_token = session.token
+            self.session_resumed = session.resumed
             started = time.monotonic()
             try:
                 reason = await self._serve(session)

@@ -154,6 +154,8 @@ class ServerSession:
         client.connection_lost_callback = session._on_connection_lost
         if config.secure:
             await session._secure()
+        elif await asyncio.to_thread(state_file.exists):  # a resume will be tried
+            await session._learn_token_policies()
         try:
             await client.connect()
         except (OSError, TimeoutError, ua.UaError) as exc:
@@ -184,6 +186,7 @@ class ServerSession:
         except (OSError, TimeoutError, ua.UaError) as exc:
             raise _connect_error(exc, cfg.endpoint) from exc
         endpoint = _matching_endpoint(endpoints, cfg)
+        _use_token_policies(self.client, endpoint)
         server_cert = await asyncio.to_thread(
             security.check_server_certificate,
             endpoint.ServerCertificate,
@@ -202,6 +205,23 @@ class ServerSession:
             raise SecurityError(
                 f"{cfg.endpoint}: cannot use the application certificate: {exc}"
             ) from exc
+
+    async def _learn_token_policies(self) -> None:
+        """Read the endpoint's user token policies before a session resume.
+
+        asyncua learns them from CreateSession only; a resume skips CreateSession, so it would
+        send the identity token without the server's policy id, which servers other than
+        asyncua's refuse (node-opcua: BadIdentityChangeNotSupported), and the session with
+        what the server queued during the outage is lost to a new one.
+        """
+        try:
+            endpoints = await self.client.connect_and_get_server_endpoints()
+        except (OSError, TimeoutError, ua.UaError) as exc:
+            raise _connect_error(exc, self.config.endpoint) from exc
+        for endpoint in endpoints:
+            if endpoint.SecurityMode == ua.MessageSecurityMode.None_:
+                _use_token_policies(self.client, endpoint)
+                return
 
     async def _learn_server(self) -> None:
         ids = [ua.NodeId(ua.ObjectIds.Server_NamespaceArray), *(ua.NodeId(i) for i in _LIMIT_NODES)]
@@ -349,6 +369,12 @@ def _unit_text(dv: ua.DataValue) -> str | None:
         return text or None
     unit = plain_value(info)
     return unit if isinstance(unit, str) and unit else None
+
+
+def _use_token_policies(client: Client, endpoint: ua.EndpointDescription) -> None:
+    # asyncua keeps them in a private list that only CreateSession fills; `server_policy()`,
+    # which builds every identity token, reads it.
+    client._policy_ids = list(endpoint.UserIdentityTokens or [])
 
 
 def _matching_endpoint(
