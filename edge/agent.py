@@ -26,6 +26,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloud.contract import AlarmRecord
+from edge import chunk
 from edge.alarm_store import AlarmStore
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
 from edge.config import AgentConfig, ConfigError, load_config
@@ -49,7 +51,7 @@ from edge.supervisor import Supervisor
 from edge.uplink import Uplink, UplinkSettings
 from edge.writes import WriteAudit, WriteDoor
 from protocols.backoff import BackoffPolicy
-from store_forward import AsyncOutbox, OutboxSettings, QuotaPolicy, Synchronous
+from store_forward import AsyncOutbox, Lane, OutboxSettings, QuotaPolicy, Synchronous
 
 if TYPE_CHECKING:
     from edge.inference.model import InferenceStage
@@ -308,7 +310,18 @@ def _uplink(
         retry_max_delay=cloud.retry_max_delay,
     )
     seq = SeqState.load(config.gateway.state_dir / "uplink_seq.json")
-    return Uplink(settings=settings, outbox=outbox, identity=identity, seq_state=seq)
+    gateway = config.gateway.name
+
+    async def conflict_alarm(reason: str) -> None:
+        """A critical alarm record in the alarm lane: the cloud lists it with the plant's."""
+        record = AlarmRecord(
+            device=gateway, name="uplink.seq_conflict", ts=now_us(),
+            kind="event", state="event", severity="critical", message=reason[:1_000],
+        )  # fmt: skip
+        await outbox.append_many([(chunk.encode_records([record]), 1, Lane.ALARM)])
+
+    return Uplink(settings=settings, outbox=outbox, identity=identity, seq_state=seq,
+                  on_conflict=conflict_alarm)  # fmt: skip
 
 
 def _pipeline(

@@ -398,6 +398,8 @@ class Uplink(Answer):
     readings_sent: int = 0
     duplicates: int = 0
     quarantined_chunks: int = 0
+    seq_conflicts: int = 0
+    """Batches the cloud refused with 409 seq_conflict (quarantined, and a critical alarm)."""
     retries: int = 0
     token_renewals: int = 0
     send_rate: float = 0.0

@@ -10,6 +10,8 @@ What the cloud says decides what happens to the chunks:
 
     2xx                 ack: the chunks are deleted for good
     422, 413 (1 chunk)  quarantine: kept, counted, visible; the queue moves on
+    409 seq_conflict    quarantine, and a critical alarm record: a bug signal (the seq state
+                        went back in time), never seen from a correct gateway
     413 (many chunks)   release, and lease half as many chunks next time
     413 too_many_new_series (1 chunk)
                         the chunk is sound, the tenant's limit is too low for it: kept and
@@ -17,7 +19,12 @@ What the cloud says decides what happens to the chunks:
     401                 renew the token and retry at once, one time; then as below
     429, 503            wait for Retry-After, then retry the same batch
     other / no answer   capped, jittered exponential backoff, retry the same batch
-                        (403 too: the data is not at fault, a person must act)
+                        (403 too: the data is not at fault, a person must act); while the
+                        outbox drops readings under its quota, at most 2 s between tries
+
+Drops are reported as the outbox's running totals per lane and outbox life
+(`dropped_totals`): the cloud keeps the largest it has seen, so a report replayed under a new
+seq after a lost answer or a kill -9 counts once.
 
 The retry policy is tenacity's (`AsyncRetrying`, full-jitter exponential wait capped at the
 config's `retry_max_delay`, Retry-After taking precedence): the same bytes are posted until the
@@ -51,7 +58,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from cloud.contract import CHUNKS, LeasedChunk, chunk, encode_chunk_batch
+from cloud.contract import CHUNKS, DroppedTotals, LeasedChunk, chunk, encode_chunk_batch
 from edge.credentials import UplinkIdentity
 from edge.errors import EdgeError
 from edge.seq_state import SeqState
@@ -61,6 +68,8 @@ _LATENCY_SAMPLES = 500  # readings sampled per batch for the latency percentiles
 _RATE_WINDOW_S = 60.0  # the send rate is readings acknowledged over the last minute
 NEW_SERIES_LIMIT = "too_many_new_series"  # the cloud's code for a batch creating too many series
 NEW_SERIES_RETRY_S = 30.0  # how long one chunk over that limit waits between tries
+SEQ_CONFLICT = "seq_conflict"  # the cloud holds this seq with other content: a gateway bug
+PRESSED_RETRY_S = 2.0  # the longest wait between retries while the outbox drops readings
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +135,7 @@ class UplinkStatus:
     readings_sent: int = 0
     duplicates: int = 0  # batches the cloud already had (a retry after a lost answer)
     quarantined_chunks: int = 0
+    seq_conflicts: int = 0  # batches the cloud held under their seq with other content
     retries: int = 0
     token_renewals: int = 0  # tokens renewed after the cloud answered 401
     latency_p50_s: float | None = None  # reading time -> the cloud's commit, recent readings
@@ -137,7 +147,12 @@ class UplinkError(EdgeError):
 
 
 class Refused(UplinkError):
-    """The cloud refused a batch in a way that a retry will not fix (422, 413)."""
+    """The cloud refused a batch in a way that a retry will not fix (422, 413, 409
+    seq_conflict); `code` is the cloud's error code, if it gave one."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class RetryLater(UplinkError):
@@ -154,25 +169,44 @@ class RetryLater(UplinkError):
 
 
 class _RetryAfterOr(wait_base):
-    """Wait what the cloud's Retry-After said, or else what `otherwise` says."""
+    """Wait what the cloud's Retry-After said, or else what `otherwise` says: at most
+    `PRESSED_RETRY_S` while `pressed()` (the outbox is dropping readings)."""
 
-    def __init__(self, otherwise: wait_base) -> None:
+    def __init__(self, otherwise: wait_base, *, pressed: Callable[[], bool]) -> None:
         self._otherwise = otherwise
+        self._pressed = pressed
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         failure = outcome.exception() if outcome is not None else None
         if isinstance(failure, RetryLater) and failure.retry_after is not None:
             return failure.retry_after
-        return float(self._otherwise(retry_state))
+        wait = float(self._otherwise(retry_state))
+        return min(wait, PRESSED_RETRY_S) if self._pressed() else wait
 
 
-def chunk_batch(lease: Lease, *, gateway_id: str, seq: int, dropped: dict[str, int]) -> bytes:
+def chunk_batch(
+    lease: Lease, *, gateway_id: str, seq: int, dropped_totals: DroppedTotals | None
+) -> bytes:
     """The leased chunks as one batch (`cloud.contract.chunked`), their payloads as they are."""
     return encode_chunk_batch(
-        gateway_id=gateway_id, seq=seq, created_at=time.time_ns() // 1_000, dropped=dropped,
+        gateway_id=gateway_id, seq=seq, created_at=time.time_ns() // 1_000, dropped={},
         chunks=[LeasedChunk(c.lane.value, c.count, c.payload) for c in lease.chunks],
+        dropped_totals=dropped_totals,
     )  # fmt: skip
+
+
+def drop_totals(stats: OutboxStats) -> DroppedTotals | None:
+    """The outbox's drop counters as they are (running totals of its life), or None if nothing
+    was ever dropped. The cloud keeps the largest total per (gateway, life, lane): a report sent
+    again after a lost answer, under a new seq, counts once."""
+    # The readings the quota took before this uplink sent them; with a second consumer
+    # (Sparkplug) the other one's drops may have reached the cloud here already.
+    mine = stats.consumers.get(DEFAULT_CONSUMER)
+    counts = ({lane: n.dropped_readings for lane, n in stats.lanes.items()} if mine is None
+              else mine.dropped_readings)  # fmt: skip
+    lanes = {lane.value: n for lane, n in counts.items() if n}
+    return DroppedTotals(stats.life, lanes) if lanes else None
 
 
 class Uplink:
@@ -185,6 +219,8 @@ class Uplink:
         seq_state: the durable seq counter.
         client: an httpx client; one is created when not given.
         sleep: how to wait between retries and paced batches (tests pass a recorder).
+        on_conflict: called with the reason when the cloud answers 409 seq_conflict (the batch
+            is quarantined; the agent raises a critical alarm record with it).
     """
 
     def __init__(
@@ -196,6 +232,7 @@ class Uplink:
         seq_state: SeqState,
         client: httpx.AsyncClient | None = None,
         sleep: Sleep = asyncio.sleep,
+        on_conflict: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.status = UplinkStatus()
@@ -209,6 +246,9 @@ class Uplink:
         self._acked: deque[tuple[float, int]] = deque()  # (monotonic time, readings) per 2xx
         self._started = time.monotonic()
         self._sleep = sleep
+        self._on_conflict = on_conflict
+        self._dropped_seen = 0  # the outbox's drop total when the current batch was leased
+        self._pressed = False  # the outbox dropped readings since: retry sooner
         self.wake = asyncio.Event()  # set by the pipeline after each flush
 
     async def run(self) -> None:
@@ -244,9 +284,11 @@ class Uplink:
         if not lease:
             return False
         self.status.state = UplinkState.SENDING
-        dropped = await self._dropped_delta()
+        stats = await self._outbox.stats()
+        self._dropped_seen = stats.dropped_readings
         seq = self._seq.next_seq()
-        body = chunk_batch(lease, gateway_id=self.settings.gateway_id, seq=seq, dropped=dropped)
+        body = chunk_batch(lease, gateway_id=self.settings.gateway_id, seq=seq,
+                           dropped_totals=drop_totals(stats))  # fmt: skip
         try:
             duplicate = await self._post_until_settled(client, body, len(lease))
         except Refused as exc:
@@ -255,6 +297,12 @@ class Uplink:
             self.status.last_error = str(exc)
             log.error("cloud refused batch seq=%s: %s; %d chunks quarantined",  # noqa: TRY400
                       seq, exc, len(lease))  # fmt: skip
+            if exc.code == SEQ_CONFLICT:
+                # Never happens with a correct gateway: the seq state went back in time (a
+                # restored backup, two gateways under one id). Raise it where people look.
+                self.status.seq_conflicts += 1
+                if self._on_conflict is not None:
+                    await self._on_conflict(f"batch seq={seq} refused: {exc}")
             return True
         except _TooLarge:
             await self._outbox.release(lease)
@@ -265,9 +313,18 @@ class Uplink:
             raise
         acked_us = time.time_ns() // 1_000
         await self._outbox.ack(lease)
-        self._settled(lease, dropped, duplicate)
+        self._settled(lease, duplicate)
         self._measure_latency(lease, acked_us)
         return True
+
+    async def _outbox_dropping(self) -> bool:
+        """Whether the outbox dropped readings since the batch was leased (it is at its quota:
+        every second the cloud stays unretried costs readings)."""
+        try:
+            stats = await self._outbox.stats()
+        except Exception:  # noqa: BLE001 - a figure for pacing retries; never stop the uplink
+            return False
+        return stats.dropped_readings > self._dropped_seen
 
     def _measure_latency(self, lease: Lease, acked_us: int) -> None:
         """Device-to-database latency of the batch's readings: the 2xx came after the commit.
@@ -284,11 +341,7 @@ class Uplink:
         self.status.latency_p50_s = _percentile(recent, 0.50)
         self.status.latency_p99_s = _percentile(recent, 0.99)
 
-    def _settled(self, lease: Lease, dropped: dict[str, int], duplicate: bool) -> None:
-        for lane, count in dropped.items():
-            self._seq.reported_dropped[lane] = self._seq.reported_dropped.get(lane, 0) + count
-        if dropped:
-            self._seq.save()
+    def _settled(self, lease: Lease, duplicate: bool) -> None:
         status = self.status
         status.batches_sent += 1
         status.readings_sent += lease.count
@@ -306,25 +359,13 @@ class Uplink:
         span = min(_RATE_WINDOW_S, now - self._started)
         return sum(count for _, count in self._acked) / span if span > 0 else 0.0
 
-    async def _dropped_delta(self) -> dict[str, int]:
-        stats = await self._outbox.stats()
-        # The cloud hears of the readings the quota took before the uplink sent them; with a
-        # second consumer (Sparkplug) a drop may have been sent here already.
-        mine = stats.consumers.get(DEFAULT_CONSUMER)
-        delta: dict[str, int] = {}
-        for lane, figures in stats.lanes.items():
-            dropped = figures.dropped_readings if mine is None else mine.dropped_readings[lane]
-            new = dropped - self._seq.reported_dropped.get(lane.value, 0)
-            if new > 0:
-                delta[lane.value] = new
-        return delta
-
     def _retrying(self) -> AsyncRetrying:
         """The retry policy: forever, full-jitter exponential waits, Retry-After first."""
         return AsyncRetrying(
             retry=retry_if_exception_type(RetryLater),
             wait=_RetryAfterOr(
-                wait_random_exponential(multiplier=0.5, max=self.settings.retry_max_delay)
+                wait_random_exponential(multiplier=0.5, max=self.settings.retry_max_delay),
+                pressed=lambda: self._pressed,
             ),
             stop=stop_never,
             sleep=self._sleep,
@@ -348,6 +389,7 @@ class Uplink:
         return settled
 
     async def _post(self, client: httpx.AsyncClient, body: bytes, chunks: int) -> bool:
+        self._pressed = await self._outbox_dropping()
         response = await self._send(client, body)
         if response.status_code == 401:
             # The token expired in flight, or the cloud's clock moved: a fresh token is worth
@@ -365,8 +407,8 @@ class Uplink:
             # One chunk cannot be split: it holds what one flush read. Quarantining it would lose
             # a sound chunk to a setting; retrying keeps it until the limit is raised.
             raise RetryLater(reason, retry_after=_retry_after(response) or NEW_SERIES_RETRY_S)
-        if code in (413, 422):
-            raise Refused(reason)
+        if code in (413, 422) or (code == 409 and _error_code(response) == SEQ_CONFLICT):
+            raise Refused(reason, code=_error_code(response))
         raise RetryLater(reason, retry_after=_retry_after(response))
 
     async def _send(self, client: httpx.AsyncClient, body: bytes) -> httpx.Response:

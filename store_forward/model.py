@@ -220,6 +220,9 @@ class OutboxStats:
     recoveries: tuple[RecoveryEvent, ...]
     consumers: Mapping[str, ConsumerStats] = field(default_factory=dict)
     """Per consumer, by name (empty from a fake outbox)."""
+    life: str = ""
+    """This outbox file's identity (when it was created): the drop counters count from zero in
+    each life, so a report of them names it."""
 
     @property
     def dropped_readings(self) -> int:

@@ -123,6 +123,7 @@ def collect(
         schema_version=version,
         recoveries=recoveries,
         consumers=_consumers(conn, now),
+        life=_life(conn),
     )
 
 
@@ -160,6 +161,13 @@ def _consumers(conn: apsw.Connection, now: float) -> dict[str, ConsumerStats]:
         )
         for i, name in sorted(names.items())
     }
+
+
+def _life(conn: apsw.Connection) -> str:
+    """When the file's schema was first created: a new file (a damaged one moved aside) is a new
+    life, and its drop counters start again from zero."""
+    rows = conn.execute("SELECT applied_at FROM schema_migration WHERE version = 1").fetchall()
+    return f"{as_float(rows[0][0]):.6f}" if rows else ""
 
 
 def _oldest_age(conn: apsw.Connection, rank: int, now: float) -> float | None:

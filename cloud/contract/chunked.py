@@ -40,6 +40,7 @@ from cloud.contract.batch import (
     AlarmRecord,
     AnyEvent,
     Batch,
+    DroppedTotals,
     Limits,
     SeriesColumns,
     alarm_from_data,
@@ -83,16 +84,18 @@ def encode_chunk_batch(
     created_at: int,
     dropped: dict[str, int],
     chunks: Sequence[LeasedChunk],
+    dropped_totals: DroppedTotals | None = None,
 ) -> bytes:
     """The body of a chunk batch (post it with Content-Type `CHUNKS`, no Content-Encoding)."""
-    body: bytes = msgpack.packb(
-        {
-            "version": CHUNKS_VERSION, "gateway_id": gateway_id, "seq": seq,
-            "created_at": created_at, "dropped": dropped,
-            "chunks": [{"lane": c.lane, "readings": c.readings, "data": c.data} for c in chunks],
-        },
-        use_bin_type=True,
-    )  # fmt: skip
+    header: dict[str, Any] = {
+        "version": CHUNKS_VERSION, "gateway_id": gateway_id, "seq": seq,
+        "created_at": created_at, "dropped": dropped,
+        "chunks": [{"lane": c.lane, "readings": c.readings, "data": c.data} for c in chunks],
+    }  # fmt: skip
+    if dropped_totals is not None:
+        header["dropped_totals"] = {"life": dropped_totals.life,
+                                    "lanes": dict(dropped_totals.lanes)}  # fmt: skip
+    body: bytes = msgpack.packb(header, use_bin_type=True)
     return body
 
 

@@ -32,6 +32,7 @@ class MemoryOutbox:
     acked: list[Chunk] = field(default_factory=list)
     dropped: dict[Lane, int] = field(default_factory=lambda: dict.fromkeys(Lane, 0))
     refuse: str | None = None
+    life: str = "memory-1"
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def append_many(self, items: Iterable[tuple[bytes, int, Lane]]) -> list[ChunkId]:
@@ -98,4 +99,4 @@ class MemoryOutbox:
         }  # fmt: skip
         return OutboxStats(lanes=lanes, leased_chunks=len(self.leased), used_bytes=0,
                            quota_bytes=1 << 30, file_bytes=0, schema_version=0,
-                           recoveries=())  # fmt: skip
+                           recoveries=(), life=self.life)  # fmt: skip

@@ -18,7 +18,7 @@ import yaml
 
 from edge.chunk import decode_readings
 from firmware_sim.plant import Plant
-from store_forward import Lane, Outbox
+from store_forward import Lane, Outbox, read_stats
 from tests.edge.cloud_harness import RunningCloud, bootstrap, serve_cloud
 from tests.edge.harness import modbus_devices, running_agent
 from tests.edge.test_uplink import drain, with_cloud
@@ -122,8 +122,12 @@ async def test_a_long_outage_fills_the_quota_drops_oldest_telemetry_and_counts_i
         await drain(tmp_path, back)
         usage = await _usage(back)
         assert ("pump1", "pump1.flow_seen", "active") in back.alarms()
-    # The cloud knows how many readings the gateway had to drop (at least those counted above).
-    assert sum(day["dropped"] for day in usage) >= dropped
+    # The cloud counts exactly the readings the gateway dropped (its outbox's own counters, which
+    # went on growing after the figure above), and exactly the rows it stored.
+    local = read_stats(tmp_path / "state" / "outbox.db").dropped_readings
+    assert local >= dropped
+    assert sum(day["dropped"] for day in usage) == local
+    assert sum(day["readings"] for day in usage) == sum(back.counts().values())
 
 
 async def _usage(cloud: RunningCloud) -> list[dict[str, Any]]:

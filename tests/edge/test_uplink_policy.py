@@ -4,18 +4,19 @@ cloud. What each answer does to the leased chunks, the token, the waits and the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from cloud.contract import decode_batch
+from cloud.contract import Batch, decode_batch
 from edge.chunk import encode
 from edge.credentials import UplinkIdentity
 from edge.seq_state import SeqState
 from edge.uplink import Uplink, UplinkSettings
 from protocols.reading import Reading
+from store_forward import Lane
 from tests.edge.memory_outbox import MemoryOutbox
 
 T0 = 1_795_000_000_000_000
@@ -29,18 +30,25 @@ class Cloud:
         self.answers = list(answers)
         self.requests: list[httpx.Request] = []
 
+    before: Handler | None = None
+
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if self.before is not None:
+            self.before(request)
         if self.answers:
             return self.answers.pop(0)
         return httpx.Response(200, json={"duplicate": False, "stored": 1})
 
+    def batch(self, i: int) -> Batch:
+        """Request `i`, decoded."""
+        request = self.requests[i]
+        return decode_batch(request.content, content_type=request.headers["content-type"],
+                            content_encoding=request.headers.get("content-encoding"))  # fmt: skip
+
     def batch_readings(self, i: int) -> list[float]:
         """The values of request `i`, in the order the batch carries them."""
-        request = self.requests[i]
-        batch = decode_batch(request.content, content_type=request.headers["content-type"],
-                             content_encoding=request.headers.get("content-encoding"))  # fmt: skip
-        return [float(v) for s in batch.series for v in s.values]
+        return [float(v) for s in self.batch(i).series for v in s.values]
 
     def tokens(self) -> list[str]:
         return [r.headers["authorization"].removeprefix("Bearer ") for r in self.requests]
@@ -73,7 +81,14 @@ def sleeps() -> list[float]:
 
 
 def uplink(
-    tmp_path: Path, box: MemoryOutbox, cloud: Cloud, sleeps: list[float], *, max_chunks: int = 64
+    tmp_path: Path,
+    box: MemoryOutbox,
+    cloud: Cloud,
+    sleeps: list[float],
+    *,
+    max_chunks: int = 64,
+    retry_max_delay: float = 4.0,
+    on_conflict: Callable[[str], Awaitable[None]] | None = None,
 ) -> tuple[Uplink, httpx.AsyncClient]:
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
@@ -81,14 +96,15 @@ def uplink(
     source = Tokens()
     settings = UplinkSettings(
         ingest_url="http://cloud.test/v1/ingest", gateway_id="17", max_batch_bytes=1 << 20,
-        max_batches_per_s=0, connect_timeout=1.0, read_timeout=1.0, retry_max_delay=4.0,
+        max_batches_per_s=0, connect_timeout=1.0, read_timeout=1.0,
+        retry_max_delay=retry_max_delay,
         max_chunks=max_chunks,
     )  # fmt: skip
     identity = UplinkIdentity(gateway_id="17", token=source.token, renew=source.renew)
     client = httpx.AsyncClient(transport=httpx.MockTransport(cloud))
     link = Uplink(settings=settings, outbox=box, identity=identity,
                   seq_state=SeqState.load(tmp_path / "seq.json"), client=client,
-                  sleep=sleep)  # fmt: skip
+                  sleep=sleep, on_conflict=on_conflict)  # fmt: skip
     return link, client
 
 
@@ -144,6 +160,82 @@ async def test_one_chunk_over_the_new_series_limit_is_kept_and_retried_not_quara
     assert len(box.acked) == 1  # the third try, after the operator raised the limit
     assert sleeps == [30.0, 30.0]
     assert len({r.content for r in cloud.requests}) == 1
+
+
+async def test_409_seq_conflict_quarantines_the_batch_with_its_reason_and_raises_an_alarm(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 2)
+    error = {"code": "seq_conflict", "message": "seq 5 was stored with other content"}
+    cloud = Cloud(httpx.Response(409, json={"error": error}))
+    alarms: list[str] = []
+
+    async def alarm(reason: str) -> None:
+        alarms.append(reason)
+
+    link, client = uplink(tmp_path, box, cloud, sleeps, max_chunks=1, on_conflict=alarm)
+    async with client:
+        await link.send_once(client)
+        await link.send_once(client)
+    ((_, reason),) = box.quarantined
+    assert reason == "HTTP 409: seq_conflict: seq 5 was stored with other content"
+    assert link.status.seq_conflicts == 1
+    assert len(alarms) == 1
+    assert reason in alarms[0]
+    assert sleeps == []  # not retried: the same seq would conflict forever
+    assert len(box.acked) == 1
+
+
+async def test_drops_are_reported_as_totals_a_replay_cannot_double(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    box.dropped[Lane.TELEMETRY] = 120
+    fill(box, 2)
+    cloud = Cloud()
+    link, client = uplink(tmp_path, box, cloud, sleeps, max_chunks=1)
+    async with client:
+        await link.send_once(client)
+        # Killed before anything else was saved: the next life reports the same totals.
+        box.dropped[Lane.TELEMETRY] += 5
+        again, _ = uplink(tmp_path / "next-life", box, cloud, sleeps, max_chunks=1)
+        await again.send_once(client)
+    totals = [cloud.batch(i).dropped_totals for i in range(2)]
+    assert [t.life if t else None for t in totals] == ["memory-1", "memory-1"]
+    assert [dict(t.lanes) if t else None for t in totals] == [
+        {"telemetry": 120},
+        {"telemetry": 125},
+    ]
+    assert [cloud.batch(i).dropped for i in range(2)] == [{}, {}]
+
+
+async def test_while_the_outbox_drops_readings_the_cloud_is_retried_sooner(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    box = MemoryOutbox()
+    fill(box, 1)
+    calm = Cloud(*[httpx.Response(503)] * 12)
+    link, client = uplink(tmp_path, box, calm, sleeps, retry_max_delay=30.0)
+    async with client:
+        await link.send_once(client)
+    assert max(sleeps) > 2.0  # backing off towards the 30 s cap
+
+    sleeps.clear()
+    box = MemoryOutbox()
+    fill(box, 1)
+
+    def dropping(request: httpx.Request) -> httpx.Response:
+        box.dropped[Lane.TELEMETRY] += 10  # the quota policy drops while the cloud is away
+        return httpx.Response(503)
+
+    pressed = Cloud(*[httpx.Response(503)] * 12)
+    pressed.before = dropping
+    link, client = uplink(tmp_path / "b", box, pressed, sleeps, retry_max_delay=30.0)
+    async with client:
+        await link.send_once(client)
+    assert len(sleeps) == 12
+    assert max(sleeps) <= 2.0
 
 
 async def test_401_renews_the_token_and_retries_at_once(
