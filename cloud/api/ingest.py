@@ -13,10 +13,11 @@ from cloud.contract import (
     MSGPACK,
     Batch,
     PayloadTooLarge,
+    Refusals,
     batch_digest,
     check_content_type,
-    check_time_window,
     decode_batch,
+    refuse_out_of_window,
 )
 from cloud.errors import Forbidden
 from cloud.settings import CloudSettings
@@ -84,7 +85,7 @@ async def ingest(request: Request, caller: GatewayCaller, rt: Rt) -> IngestResul
     # Decompression, decoding, validation and the digest take milliseconds of CPU per batch
     # (more for a hostile one, though the limits stop that early): on the runtime's decode
     # threads, never on the event loop, so /healthz and other tenants' queries keep their pace.
-    batch, digest = await asyncio.get_running_loop().run_in_executor(
+    batch, digest, refusals = await asyncio.get_running_loop().run_in_executor(
         rt.decoder,
         functools.partial(_decoded, body, content_type, content_encoding, settings, now),
     )
@@ -98,6 +99,10 @@ async def ingest(request: Request, caller: GatewayCaller, rt: Rt) -> IngestResul
     )
     rt.metrics.batches.labels("duplicate" if result.duplicate else "stored").inc()
     rt.metrics.readings.inc(result.stored)
+    if refusals.series or refusals.alarms:
+        answer = refusals.answer()
+        answer["readings"] = result.readings + refusals.readings
+        result = result.model_validate(result.model_dump() | answer)
     return result
 
 
@@ -118,15 +123,18 @@ def _decoded(
     content_encoding: str | None,
     settings: CloudSettings,
     now: int,
-) -> tuple[Batch, bytes]:
-    """The checked batch and its digest (run on a decode thread)."""
+) -> tuple[Batch, bytes, Refusals]:
+    """The batch without what the time window refuses, the digest of the batch as posted (a
+    replay under the same seq later, with the window moved on, is still the same batch) and what
+    was refused (run on a decode thread)."""
     batch = decode_batch(
         body, content_type=content_type, content_encoding=content_encoding, limits=settings.limits
     )
-    check_time_window(
+    digest = batch_digest(batch)
+    inside, refusals = refuse_out_of_window(
         batch,
         now_us=now,
         max_future_us=settings.max_future_skew_s * 1_000_000,
         max_age_us=settings.max_age_days * 86_400_000_000,
     )
-    return batch, batch_digest(batch)
+    return inside, digest, refusals

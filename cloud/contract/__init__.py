@@ -68,7 +68,6 @@ from cloud.contract.batch import (
     batch_from_data,
     batch_to_dict,
     check_content_type,
-    check_time_window,
     decompress,
     encode_batch,
     encode_data,
@@ -100,6 +99,7 @@ from cloud.contract.fleet import (
     StatusReport,
     config_digest,
 )
+from cloud.contract.window import Refusals, RefusedSeries, refuse_out_of_window
 from cloud.contract.wire import Micros, Wire, WireName, WireText
 
 __all__ = [
@@ -154,6 +154,8 @@ __all__ = [
     "NoArgs",
     "PayloadTooLarge",
     "PingCommand",
+    "Refusals",
+    "RefusedSeries",
     "ReloadConfigCommand",
     "ReportedSetpoint",
     "RequeueQuarantineCommand",
@@ -175,7 +177,6 @@ __all__ = [
     "batch_from_data",
     "batch_to_dict",
     "check_content_type",
-    "check_time_window",
     "config_digest",
     "decode_batch",
     "decompress",
@@ -186,5 +187,6 @@ __all__ = [
     "media_type",
     "parse_event",
     "parse_payload",
+    "refuse_out_of_window",
     "storable",
 ]

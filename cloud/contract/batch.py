@@ -767,29 +767,6 @@ def _name(data: Any, path: Path, limits: Limits) -> str:
     return data
 
 
-def check_time_window(batch: Batch, *, now_us: int, max_future_us: int, max_age_us: int) -> None:
-    """Refuse readings from the far future or the distant past (clock faults), naming the first.
-
-    Late and out-of-order data inside the window is accepted.
-    """
-    import numpy as np  # noqa: PLC0415 - see the top
-
-    newest, oldest = now_us + max_future_us, now_us - max_age_us
-    for i, s in enumerate(batch.series):
-        ts = np.asarray(s.ts, dtype=np.int64)
-        bad = np.flatnonzero((ts > newest) | (ts < oldest))
-        if bad.size:
-            j = int(bad[0])
-            where = "future" if ts[j] > newest else "past"
-            raise InvalidBatch(
-                f"timestamp {int(ts[j])} of {s.device}/{s.tag} is too far in the {where}",
-                path=("series", i, "ts", j),
-            )
-    for i, a in enumerate(batch.alarms):
-        if not oldest <= a.ts <= newest:
-            raise InvalidBatch(f"alarm timestamp {a.ts} is out of range", path=("alarms", i, "ts"))
-
-
 # ------------------------------------------------------------------------------------ two-way
 #
 # What travels between the cloud and a gateway besides telemetry. Cloud to gateway, on the

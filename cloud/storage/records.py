@@ -266,14 +266,33 @@ class Usage(Record):
     limits: TenantUsageLimits
 
 
+class RefusedReadings(Record):
+    """Readings of one series refused for one reason (see `cloud.contract.window`)."""
+
+    device: str
+    tag: str
+    reason: str
+    count: int
+    first_ts: int
+
+
 class IngestResult(Record):
-    """What `/v1/ingest` answers."""
+    """What `/v1/ingest` answers.
+
+    The `refused` fields came in 0.3 and are additive: readings and alarm records outside the
+    time window are refused one by one while the rest of the batch is stored.
+    """
 
     duplicate: bool
     seq: int
     readings: int
     stored: int
     received_at: int
+    refused: int = 0
+    """Readings refused one by one (a clock far off); the rest of the batch is stored."""
+    refused_alarms: int = 0
+    refused_series: list[RefusedReadings] = []
+    """One entry per (series, reason), at most 100 (`refused` counts them all)."""
 
 
 class StoredPrincipal(Record):

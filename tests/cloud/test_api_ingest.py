@@ -170,8 +170,6 @@ def _bomb() -> bytes:
         ("malformed_json", 422, "invalid_batch"),
         ("wrong_types", 422, "invalid_batch"),
         ("nan", 422, "invalid_batch"),
-        ("far_future", 422, "invalid_batch"),
-        ("distant_past", 422, "invalid_batch"),
         ("huge_body", 413, "payload_too_large"),
         ("zip_bomb", 413, "payload_too_large"),
         ("too_many_readings", 413, "payload_too_large"),
@@ -203,10 +201,6 @@ async def test_bad_input_is_refused_and_nothing_is_written(
         body = json.dumps(good).encode()
     elif case == "nan":
         body, kwargs = _nan_body(gw[0]), {"content_type": MSGPACK, "content_encoding": "identity"}
-    elif case in {"far_future", "distant_past"}:
-        shift = 86_400_000_000 if case == "far_future" else -(10**18)
-        good["series"][1]["ts"][-1] += shift
-        body = json.dumps(good).encode()
     elif case == "huge_body":
         body = b" " * 2_000_000
     elif case == "zip_bomb":
