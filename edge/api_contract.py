@@ -220,6 +220,8 @@ class Alarm(Answer):
     acked_at: int | None = None
     cleared_at: int | None = None
     value: Value = None
+    limit: float | None = None
+    """The limit of a `high` or `low` alarm (the TUI draws it on the tag's plot)."""
     shelved_until: int | None = None
     """µs, UTC: shelved (not announced) until then; None when not shelved."""
     shelved_by: str | None = None

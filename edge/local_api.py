@@ -424,6 +424,7 @@ def _alarms(rt: Runtime) -> list[contract.Alarm]:
             active=alarm.state in (AlarmState.ACTIVE, AlarmState.ACKED),
             raised_at=alarm.raised_at, acked_at=alarm.acked_at, cleared_at=alarm.cleared_at,
             value=alarm.value, shelved_until=shelf.until if shelf else None,
+            limit=rule.limit if rule.kind.value in {"high", "low"} else None,
             shelved_by=shelf.by if shelf else None, shelve_reason=shelf.reason if shelf else None,
         ))  # fmt: skip
     return out

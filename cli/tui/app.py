@@ -38,7 +38,9 @@ TabPane { padding: 0; }
 #tags-table, #devices-table, #device-tags { height: 1fr; }
 #alarms-table { height: 1fr; min-height: 4; }
 #alarms-recent { height: auto; max-height: 5; }
-#tag-sparkline { height: 2; }
+#tag-plot { height: 4; }
+#alarm-detail { height: auto; max-height: 2; }
+RowTable { scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
 #device-info { height: auto; }
 """
 

@@ -132,6 +132,10 @@ class TagHistory:
         """The recent values of `device.tag`, oldest first."""
         return [v for _, v in self._series.get(key, ())]
 
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """The recent (µs, value) points of `device.tag`, oldest first."""
+        return list(self._series.get(key, ()))
+
 
 Connection = Literal["connecting", "connected", "not running", "error"]
 

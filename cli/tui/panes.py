@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import DataTable, Input, Sparkline, Static
+from textual.widgets import DataTable, Input, Static
 
 from cli.tui.model import (
     AgentView,
@@ -28,9 +28,11 @@ from cli.tui.model import (
     format_value,
     matches,
 )
+from cli.tui.plot import Limit, TagPlot
 from cli.tui.table import RowTable
 from edge.api_contract import Alarm, Driver, RemoteConfig, TagValue, Uplink
 
+_MESSAGE_CELL = 20  # the alarm table's message column; the line below it shows the whole text
 QUALITY_STYLE = {"good": "green", "uncertain": "yellow", "bad": "bold red"}
 SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow",
                   "low": "cyan"}  # fmt: skip
@@ -67,7 +69,7 @@ class OverviewPane(Static):
                 parts.append(Text(f"The agent answered with an error: {view.problem}", "red"))
             else:
                 parts.append(not_running(view))
-        if snap is not None:
+        if snap is not None and view.connection == "connected":
             parts.append(self._summary(view, snap, now))
             parts.append(self._drivers(view, snap.drivers))
         self.update(Group(*parts))
@@ -81,7 +83,8 @@ class OverviewPane(Static):
         grid.add_row("Gateway", Text.assemble(
             (gw.name, "bold"), f"  id {gw.gateway_id or '- (not provisioned)'}  tagway ",
             gw.version, f"  up {format_age(gw.uptime_s)}  health ", health))  # fmt: skip
-        grid.add_row("Uplink", uplink_line(snap.uplink, ob.backlog_readings, ob.oldest_age_s, now))
+        grid.add_row("Uplink", uplink_line(snap.uplink, now))
+        grid.add_row("Backlog", backlog_line(snap.uplink, ob.backlog_readings, ob.oldest_age_s))
         if gw.config.remote is not None:
             grid.add_row("Config", config_line(gw.config.remote, now))
         grid.add_row("Outbox", Text.assemble(
@@ -121,20 +124,26 @@ class OverviewPane(Static):
         return table
 
 
-def uplink_line(up: Uplink, backlog: int, oldest: float | None, now: float) -> Text:
-    """Uplink state, last sync, backlog depth and age, send rate."""
+def uplink_line(up: Uplink, now: float) -> Text:
+    """Uplink state, last sync and the rate the cloud acknowledges readings at."""
     if not up.configured:
-        return Text.assemble(("not configured", "yellow"),
-                             f" (offline gateway)  backlog {backlog} readings")  # fmt: skip
+        return Text.assemble(("not configured", "yellow"), " (offline gateway)")
     last = format_age(now - up.last_success) + " ago" if up.last_success else "never"
     if up.state == "backoff":
-        state = Text(f"FAILING, retrying ({up.last_error or 'no detail'})", "bold red")
-    elif up.last_success is None:
+        return Text(f"FAILING, retrying ({up.last_error or 'no detail'})", "bold red")
+    if up.last_success is None:
         state = Text(f"{up.state}, nothing sent yet", "yellow")
     else:
-        state = Text(f"connected ({up.state})", "green")
-    return Text.assemble(state, f"  last sync {last}  backlog {backlog} readings (oldest "
-                         f"{format_age(oldest)})  sending {up.send_rate:.1f}/s")  # fmt: skip
+        state = Text("connected", "green")
+    return Text.assemble(state, f"  last sync {last}  {up.send_rate:.1f} readings/s acked")
+
+
+def backlog_line(up: Uplink, backlog: int, oldest: float | None) -> Text:
+    """Readings waiting in the outbox and the age of the oldest."""
+    if backlog == 0:
+        return Text("nothing waiting", "green")
+    where = "" if up.configured else " (no cloud: kept until the quota)"
+    return Text(f"{backlog} readings waiting, oldest {format_age(oldest)}{where}")
 
 
 def config_line(remote: RemoteConfig, now: float) -> Text:
@@ -189,7 +198,7 @@ class TagsPane(Vertical):
         yield Static(id="tags-status")
         yield RowTable(id="tags-table")
         yield Static(id="tag-detail")
-        yield Sparkline([], id="tag-sparkline")
+        yield TagPlot(id="tag-plot")
 
     def on_mount(self) -> None:
         table = self.query_one("#tags-table", RowTable)
@@ -262,13 +271,14 @@ class TagsPane(Vertical):
 
     def _render_detail(self) -> None:
         detail = self.query_one("#tag-detail", Static)
-        spark = self.query_one("#tag-sparkline", Sparkline)
+        chart = self.query_one("#tag-plot", TagPlot)
         if self._view is None or self.selected is None:
             detail.update("select a tag to see its recent history")
-            spark.data = []
+            chart.set_data((), (), 0)
             return
-        values = self._view.history.values(self.selected)
-        spark.data = values
+        points = self._view.history.series(self.selected)
+        values = [v for _, v in points]
+        chart.set_data(points, tag_limits(self._view, self.selected), int(self._now * 1e6))
         if values:
             detail.update(
                 f"{self.selected}: {len(values)} recent values, min "
@@ -276,6 +286,15 @@ class TagsPane(Vertical):
             )
         else:
             detail.update(f"{self.selected}: no numeric history")
+
+
+def tag_limits(view: AgentView, key: str) -> list[Limit]:
+    """The limits of the high and low alarms on the tag `device.tag`."""
+    alarms = view.snapshot.alarms if view.snapshot else ()
+    return [
+        Limit(a.limit, f"{'hi' if a.kind == 'high' else 'lo'} {format_value(a.limit)}")
+        for a in alarms if a.limit is not None and f"{a.device}.{a.tag}" == key
+    ]  # fmt: skip
 
 
 class AlarmsPane(Vertical):
@@ -309,11 +328,34 @@ class AlarmsPane(Vertical):
             id="alarms-title",
         )
         yield RowTable(id="alarms-table")
+        yield Static(id="alarm-detail")
         yield Static(id="alarms-recent")
 
     def on_mount(self) -> None:
         table = self.query_one("#alarms-table", RowTable)
         table.add_columns("severity", "state", "alarm", "value", "raised", "message")
+        self._alarms: dict[str, Alarm] = {}
+        self._now = 0.0
+
+    @on(DataTable.RowHighlighted, "#alarms-table")
+    def _highlighted(self) -> None:
+        self._render_detail()
+
+    def _render_detail(self) -> None:
+        """The highlighted alarm in full: the message the table cuts, its value, its shelf."""
+        name = self.query_one("#alarms-table", RowTable).current_key()
+        alarm = self._alarms.get(name) if name is not None else None
+        detail = Text()
+        if alarm is not None:
+            detail.append(f"{alarm.name}: ", style="bold")
+            detail.append(alarm.message)
+            if alarm.value is not None:
+                detail.append(f"  (value {format_value(alarm.value)})")
+            if alarm.shelved_until is not None:
+                left = format_age(alarm.shelved_until / 1e6 - self._now)
+                detail.append(f"  shelved by {alarm.shelved_by} for {left} more: "
+                              f"{alarm.shelve_reason}", style="dim")  # fmt: skip
+        self.query_one("#alarm-detail", Static).update(detail)
 
     def action_acknowledge(self) -> None:
         """Ask the app to acknowledge the highlighted alarm."""
@@ -338,6 +380,8 @@ class AlarmsPane(Vertical):
         alarms = sorted(view.snapshot.alarms, key=alarm_order) if view.snapshot else []
         table = self.query_one("#alarms-table", RowTable)
         table.set_rows([(a.name, alarm_cells(a, now)) for a in alarms])
+        self._alarms, self._now = {a.name: a for a in alarms}, now
+        self._render_detail()
         recent = Text("Recent: ", style="bold")
         if not view.recent:
             recent.append("no alarm changes since the TUI started", style="dim")
@@ -356,8 +400,9 @@ def alarm_cells(a: Alarm, now: float) -> tuple[str | Text, ...]:
     if a.shelved_until is not None:
         state, style = state + " shelved", "dim"
     raised = format_age(now - a.raised_at / 1e6) + " ago" if a.raised_at else "-"
+    message = a.message if len(a.message) <= _MESSAGE_CELL else a.message[: _MESSAGE_CELL - 1] + "…"
     return (styled(a.severity, SEVERITY_STYLE), Text(state, style), a.name,
-            format_value(a.value), raised, a.message)  # fmt: skip
+            format_value(a.value), raised, message)  # fmt: skip
 
 
 class DevicesPane(Vertical):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 from rich.table import Table
@@ -108,14 +109,15 @@ class DeviceScreen(Screen[None]):
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column()
-        since = format_age(now - driver.since) + " ago" if driver.since else "-"
+        held = f" for {format_age(now - driver.since)}" if driver.since else ""
         grid.add_row("Device", Text.assemble((driver.name, "bold"), f"  {driver.protocol}  ",
                                              "simulated" if driver.simulated else ""))  # fmt: skip
         grid.add_row("State", Text.assemble(styled(driver.state, STATE_STYLE),
-                     f" since {since}  reconnects {driver.reconnects}  restarts "
+                     f"{held}  reconnects {driver.reconnects}  restarts "
                      f"{driver.restarts}  crashes {driver.crashes}"))  # fmt: skip
-        grid.add_row("Rate", f"{format_rate(view.rates.rate(driver.name))} readings/s")
-        grid.add_row("Counters", "  ".join(f"{k} {v}" for k, v in driver.counters.items()))
+        rate = format_rate(view.rates.rate(driver.name)).removesuffix("/s")
+        grid.add_row("Rate", f"{rate} readings/s")
+        grid.add_row("Counters", "\n".join(counter_lines(driver.counters, width=64)))
         grid.add_row("Last error", Text(driver.last_error or "none",
                                         "red" if driver.last_error else "green"))  # fmt: skip
         info.update(grid)
@@ -123,6 +125,20 @@ class DeviceScreen(Screen[None]):
         self.query_one("#device-tags", RowTable).set_rows(
             [(t.key, tag_cells(t, now)) for t in tags]
         )
+
+
+def counter_lines(counters: Mapping[str, int], *, width: int) -> list[str]:
+    """`name value` pairs two spaces apart, broken into lines between pairs, never inside one."""
+    lines: list[str] = []
+    line = ""
+    for name, value in counters.items():
+        pair = f"{name} {value}"
+        if line and len(line) + 2 + len(pair) > width:
+            lines.append(line)
+            line = pair
+        else:
+            line = f"{line}  {pair}" if line else pair
+    return [*lines, line] if line else ["-"]
 
 
 class NoticeScreen(ModalScreen[None]):

@@ -129,6 +129,34 @@ async def test_alarms_are_acknowledged_with_a_key_press(plant: Plant, tmp_path: 
 
 
 @pytest.mark.integration
+async def test_acknowledge_acts_on_the_alarm_the_user_sees_selected_after_the_list_reorders(
+    plant: Plant, tmp_path: Path
+) -> None:
+    devices = modbus_devices(plant)
+    for device in devices:
+        if device["name"] == "tank1":
+            device["port"] = 1  # tank1 never answers: its level is bad, alarmed after 4 s
+    stale = {"name": "tank1_silent", "device": "tank1", "tag": "level", "kind": "bad_quality",
+             "on_delay": 4, "severity": "critical"}  # fmt: skip
+    config = agent_config(tmp_path, devices, alarms=[FLOW_HIGH, stale])
+    async with running_agent(config) as agent, tui(tmp_path).run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await wait_for_screen(pilot, lambda t: line_with(t, "pump1_flow_high", "!") and
+                              line_with(t, "tank1_silent", "normal"))  # fmt: skip
+        await pilot.press("down")  # the user selects tank1_silent, the second row
+        await wait_for_screen(pilot, lambda t: "tank1_silent: tank1.level bad quality" in t)
+        # It becomes active (critical): it moves to the top, and the selection goes with it.
+        text = await wait_for_screen(pilot, lambda t: line_with(t, "tank1_silent", "!"))
+        rows = [line for line in text.splitlines() if "pump1_flow_high" in line.split()
+                or "tank1_silent" in line.split()]  # fmt: skip
+        assert "tank1_silent" in rows[0]
+        await pilot.press("a")
+        await wait_for_screen(pilot, lambda t: line_with(t, "tank1_silent", "acked"))
+        states = {a["name"]: a["state"] for a in await agent.get("/v1/alarms")}
+        assert states == {"tank1_silent": "acked", "pump1_flow_high": "active"}
+
+
+@pytest.mark.integration
 async def test_an_alarm_is_shelved_with_a_reason_and_put_back(plant: Plant, tmp_path: Path) -> None:
     config = agent_config(tmp_path, modbus_devices(plant), alarms=[FLOW_HIGH])
     async with running_agent(config) as agent, tui(tmp_path).run_test(size=SIZE) as pilot:
@@ -190,6 +218,9 @@ async def test_no_agent_says_so_and_recovers_when_it_starts(plant: Plant, tmp_pa
         # the agent stopped (its discovery file stays behind, pointing at a closed port)
         text = await wait_for_screen(pilot, lambda t: "NOT RUNNING" in t.splitlines()[0])
         assert "last answer" in text.splitlines()[0]
+        # Nothing stale stays on screen claiming all is well (80x24 used to keep "health ok").
+        assert "health ok" not in text
+        assert "connected" not in " ".join(text.splitlines()[1:])
         async with running_agent(config):  # a new port: found through the discovery file again
             await wait_for_screen(pilot, lambda t: "agent connected" in t.splitlines()[0])
             # Quit before this agent stops: see the report on agent shutdown with a stream open.
@@ -256,7 +287,25 @@ async def test_snapshot_of_the_main_screens_from_a_recorded_state(
             await pilot.press(*SCREENS[name])
             await _settled(pilot)
             saved = Path(app.save_screenshot(f"{name}.svg", str(tmp_path)))
+            text = screen(app)
     compare_snapshot(name, saved)
+    for problem in READS_WRONG:  # what a newcomer saw at 80x24 (issue 19)
+        assert problem not in text, f"{name} shows {problem!r}:\n{text}"
+    for expected in SHOWS.get(name, ()):
+        assert any(expected in line for line in text.splitlines()), f"{name}: no {expected!r}"
+
+
+READS_WRONG = ("since ", "/s readings/s", "(oldest\n")
+SHOWS = {
+    # the uplink on one line, the backlog on its own
+    "overview": ("readings/s acked", "Backlog 2361 readings waiting, oldest 19s"),
+    # the whole message of the selected alarm, which the table cuts
+    "alarms": ("pump1_flow_high: pump1.flow above 30  (value 37.39)",),
+    # the plot's time axis and the alarm limit drawn on it
+    "tags": ("hi 30 ┄", "-20s", "now"),
+    # a counter never split from its value
+    "device": ("connected for 20s", "overruns 0"),
+}
 
 
 @pytest.mark.integration
