@@ -159,7 +159,16 @@ class ServerSession:
         try:
             await client.connect()
         except (OSError, TimeoutError, ua.UaError) as exc:
+            if config.secure and _refuses_our_certificate(exc):
+                raise refused_certificate(config) from exc
             raise _connect_error(exc, config.endpoint) from exc
+        except AssertionError as exc:
+            # asyncua asserts that OpenSecureChannel was answered with its response; a server
+            # that refuses our certificate answers with a ServiceFault instead.
+            if config.secure:
+                raise refused_certificate(config) from exc
+            refused = f"connect {config.endpoint}: the server refused the channel"
+            raise ConnectError(refused) from exc
         except BaseException:
             client.disconnect_socket()  # cancelled mid-handshake: asyncua cleans up on Exception
             raise
@@ -394,6 +403,29 @@ def _matching_endpoint(
     raise SecurityError(
         f"{config.endpoint} offers no Basic256Sha256/{config.security_mode} endpoint "
         f"(it offers {', '.join(offered)})"
+    )
+
+
+_REFUSED_CERTIFICATE: Final = frozenset({
+    "BadCertificateUntrusted", "BadCertificateInvalid", "BadCertificateIssuerUntrusted",
+    "BadCertificateUriInvalid", "BadCertificateUseNotAllowed", "BadCertificateRevoked",
+    "BadCertificateIssuerRevoked", "BadSecurityChecksFailed",
+})  # fmt: skip
+
+
+def _refuses_our_certificate(exc: BaseException) -> bool:
+    """The server's answer to our OpenSecureChannel says it does not accept our certificate."""
+    if not isinstance(exc, ua.UaStatusCodeError):
+        return False
+    return ua.StatusCode(exc.code).name in _REFUSED_CERTIFICATE
+
+
+def refused_certificate(config: OpcUaDeviceConfig) -> SecurityError:
+    """The installer's error when the server does not trust the gateway: what to do, and with
+    which file (the gateway already checked the server's certificate against its trust list)."""
+    return SecurityError(
+        f"the server at {config.endpoint} did not accept this gateway's certificate "
+        f"{config.certificate}; add it to the server's trusted certificates"
     )
 
 

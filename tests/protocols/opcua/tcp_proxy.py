@@ -19,6 +19,7 @@ class TcpProxy:
         self.target_port = target_port
         self.port = 0
         self.blocked = False
+        self.accepted = 0  # connections accepted (and forwarded or refused)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
@@ -57,6 +58,7 @@ class TcpProxy:
         self._flowing = set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         if self.blocked:
             writer.transport.abort()
             return
