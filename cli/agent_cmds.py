@@ -124,7 +124,7 @@ def run(
         for issue in exc.issues:
             typer.echo(f"tagway: {issue}", err=True)
         raise typer.Exit(EX_CONFIG) from None
-    agent = Agent(cfg, config_path=path)
+    agent = Agent(cfg, config_path=path, tune_gc=True)
     try:
         asyncio.run(run_until_signalled(agent))
     except (SchemaTooNew, AlarmStateTooNew) as exc:

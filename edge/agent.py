@@ -30,6 +30,7 @@ from cloud.contract import AlarmRecord
 from edge import chunk
 from edge.alarm_store import AlarmStore
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
+from edge.collector import settle_after_start
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.credentials import UplinkIdentity, load_uplink_identity
 from edge.dead_letters import DeadLetterStore
@@ -76,6 +77,9 @@ class Agent:
         driver_backoff: restart policy for failed drivers.
         notifier: systemd's notify socket (readiness, watchdog, stopping); by default the one
             the environment names, a no-op outside systemd.
+        tune_gc: once the drivers have started, freeze what start-up built and raise the
+            collector's young threshold (`edge.collector`). For a process that runs one agent
+            (`tagway run`); off by default, as a test process runs many.
     """
 
     def __init__(
@@ -86,8 +90,10 @@ class Agent:
         identity: UplinkIdentity | None = None,
         driver_backoff: BackoffPolicy = _DRIVER_BACKOFF,
         notifier: SystemdNotifier | None = None,
+        tune_gc: bool = False,
     ) -> None:
         self.config = LiveConfig(config, path=config_path)
+        self._tune_gc = tune_gc
         self.reload_requested = asyncio.Event()  # set by SIGHUP; a reload runs, then it clears
         self.ready = asyncio.Event()  # set once the runtime is built and the local API serves
         self._identity = identity
@@ -184,6 +190,8 @@ class Agent:
         self.ready.set()
         # Drivers start once the local API answers: it shows them connecting from the start.
         rt.supervisor.start(rt.config.current.devices)
+        if self._tune_gc:
+            settle_after_start()
         if fleet is not None:  # after the drivers: its first status document lists them all
             background.append(group.create_task(fleet.run(), name="fleet"))
         devices = len(rt.supervisor.slots)

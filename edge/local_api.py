@@ -174,7 +174,7 @@ def build_app(rt: Runtime, fleet: Fleet | None = None, *, token: str | None = No
 
     @app.get("/v1/tags", response_model=list[contract.TagValue])
     async def tags(device: str | None = None, tag: str | None = None) -> list[contract.TagValue]:
-        latest = rt.pipeline.latest.values()
+        latest = rt.pipeline.latest.readings()
         return [
             tag_value(r) for r in sorted(latest, key=lambda r: (r.device, r.tag))
             if (device is None or r.device == device) and (tag is None or r.tag == tag)

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import operator
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +29,7 @@ from edge import chunk
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
 from edge.pipeline.derived import DerivedTags
 from edge.pipeline.encodable import encodable
+from edge.pipeline.latest import LatestValues
 from edge.pipeline.rbe import ReportByException
 from protocols.reading import Reading
 from store_forward import Lane, OutboxError
@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # onnxruntime is imported only when a model is configured
 
 log = logging.getLogger(__name__)
 
-_series_key = operator.itemgetter(0, 1)  # (device, tag) of a Reading, at C speed
 
 Listener = Callable[[list[Reading], list[AlarmEvent]], None]
 AlarmsCommitted = Callable[[list[AlarmEvent], Mapping[str, Alarm]], Awaitable[None]]
@@ -128,7 +127,7 @@ class Pipeline:
         self.flush_interval = flush_interval
         self.chunk_readings = chunk_readings
         self.max_buffered = max_buffered
-        self.latest: dict[tuple[str, str], Reading] = {}
+        self.latest = LatestValues()
         self.counters = PipelineCounters()
         self.listeners: list[Listener] = []
         self._buffer: list[Reading] = []
@@ -143,7 +142,7 @@ class Pipeline:
         counters.received += len(readings)
         readings = encodable(readings)
         latest = self.latest
-        latest.update(zip(map(_series_key, readings), readings, strict=True))
+        latest.update_from(readings)
         passed = self._rbe(readings)
         counters.suppressed += len(readings) - len(passed)
         extended = self._derived(readings)
@@ -153,7 +152,7 @@ class Pipeline:
         extra = encodable(computed)
         if extra is not computed:  # an expression can make a value no chunk carries
             extended = readings + extra
-        latest.update(zip(map(_series_key, extra), extra, strict=True))
+        latest.update_from(extra)
         counters.derived += len(extra)
         events = self._alarms.evaluate(extended)
         self._buffer_readings(passed, extra)
