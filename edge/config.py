@@ -21,13 +21,16 @@ Unknown keys are errors everywhere. After `load_config` only these frozen object
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from edge.alarms import AlarmKind, Severity
-from edge.config_loader import ConfigError, ConfigIssue, load_model, parse_model
+from edge.config_checks import config_problems
+from edge.config_loader import DUPLICATE_NAMES, ConfigError, ConfigIssue, load_model, parse_model
 from edge.pipeline.expressions import Expression, ExpressionError
 from protocols.modbus.config import ModbusDeviceConfig, ModbusTag
 from protocols.mqtt.config import EmbeddedBrokerConfig, MqttSourceConfig
@@ -255,6 +258,9 @@ class ModelSection(BaseModel):
     alarm: ModelAlarm | None = None
 
 
+_LIMITED = frozenset({AlarmKind.HIGH, AlarmKind.LOW, AlarmKind.RATE})
+
+
 class AlarmSection(BaseModel):
     """A local alarm rule."""
 
@@ -264,7 +270,7 @@ class AlarmSection(BaseModel):
     device: str
     tag: str
     kind: AlarmKind
-    limit: float = 0.0
+    limit: float | None = Field(default=None, description="high, low and rate: required")
     hysteresis: float = Field(default=0.0, ge=0)
     on_delay: float = Field(default=0.0, ge=0)
     stale: float = Field(default=0.0, ge=0)
@@ -273,6 +279,8 @@ class AlarmSection(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
+        if self.kind in _LIMITED and self.limit is None:
+            raise ValueError(f"alarm {self.name!r}: kind '{self.kind}' needs 'limit'")
         if self.kind is AlarmKind.STALE and self.stale <= 0:
             raise ValueError(f"alarm {self.name!r}: kind 'stale' needs 'stale' (seconds) > 0")
         if self.kind is AlarmKind.BAD_QUALITY and self.on_delay <= 0:
@@ -300,6 +308,11 @@ class NotifyHook(BaseModel):
         if (self.url is None) == (self.command is None):
             raise ValueError(f"notification {self.name!r}: give either 'url' or 'command'")
         return self
+
+
+def _duplicates(message: str) -> PydanticCustomError:
+    # A type of its own: the loader's checks report each repeat at its own line instead.
+    return PydanticCustomError(DUPLICATE_NAMES, message)
 
 
 class AgentConfig(BaseModel):
@@ -330,17 +343,17 @@ class AgentConfig(BaseModel):
         names = [d.name for d in self.devices]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"device names must be unique; repeated: {duplicates}")
+            raise _duplicates(f"device names must be unique; repeated: {duplicates}")
         alarm_names = [a.name for a in self.alarms] + [
             f"{m.name}.{d}" for m in self.models if m.alarm for d in m.devices
         ]
         repeated = sorted({n for n in alarm_names if alarm_names.count(n) > 1})
         if repeated:
-            raise ValueError(f"alarm names must be unique; repeated: {repeated}")
+            raise _duplicates(f"alarm names must be unique; repeated: {repeated}")
         hooks = [h.name for h in self.notifications]
         twice = sorted({n for n in hooks if hooks.count(n) > 1})
         if twice:
-            raise ValueError(f"notification names must be unique; repeated: {twice}")
+            raise _duplicates(f"notification names must be unique; repeated: {twice}")
         return self
 
     @model_validator(mode="after")
@@ -362,14 +375,17 @@ class AgentConfig(BaseModel):
 
 
 def load_config(path: Path) -> AgentConfig:
-    """Load and validate the config file; model paths are resolved against its folder."""
-    config = load_model(path, AgentConfig)
+    """Load and validate the config file; model paths are resolved against its folder (and
+    the model files must be there)."""
+    config = load_model(path, AgentConfig, checks=partial(config_problems, base=path.parent))
     return _resolve_paths(config, path.parent)
 
 
 def parse_config(text: str, *, source: str = "<config>", base: Path | None = None) -> AgentConfig:
-    """Validate config text (for tests and `tagway config validate -`)."""
-    config = parse_model(text, AgentConfig, source=source)
+    """Validate config text (for tests and `tagway config validate -`); model files are looked
+    for only when `base` is given."""
+    checks = partial(config_problems, base=base)
+    config = parse_model(text, AgentConfig, source=source, checks=checks)
     return _resolve_paths(config, base or Path.cwd())
 
 

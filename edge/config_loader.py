@@ -10,9 +10,11 @@ After this boundary only frozen, typed config objects travel through the agent.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
 import pydantic
 import yaml
@@ -26,6 +28,21 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _DISCRIMINATORS = ("protocol", "kind")  # keys whose value pydantic repeats in an error's path
+
+Checks = Callable[[dict[str, Any]], list[tuple[tuple[int | str, ...], str]]]
+"""Checks across sections, run on the YAML data in the same pass as the field checks."""
+
+DUPLICATE_NAMES: Final = "duplicate_names"
+"""The error type of a model validator's name check that `Checks` also makes, at each entry."""
+
+# The YAML contexts whose mark, not the problem's, is where the mistake is: the key without
+# its ':' (the parser notices on the next line), the bracket or quote that is never closed.
+_OPENED_AT: Final = {
+    "while scanning a simple key": "expected 'key: value' (is a ':' missing?)",
+    "while parsing a flow sequence": "the '[' opened here is not closed",
+    "while parsing a flow mapping": "the '{' opened here is not closed",
+    "while scanning a quoted scalar": "the quote opened here is not closed",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,50 +67,100 @@ class ConfigError(EdgeError):
         super().__init__("\n".join(str(issue) for issue in issues))
 
 
-def load_model(path: Path, model: type[M]) -> M:
+def load_model(path: Path, model: type[M], *, checks: Checks | None = None) -> M:
     """Read `path` as YAML and validate it as `model`; raise `ConfigError` with every issue."""
     name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigIssue(name, None, "", f"cannot read: {exc.strerror}")]) from exc
-    return parse_model(text, model, source=name)
+    return parse_model(text, model, source=name, checks=checks)
 
 
-def parse_model(text: str, model: type[M], *, source: str = "<config>") -> M:
-    """Validate YAML `text` as `model`; `source` names it in errors."""
+def _yaml_issue(exc: yaml.YAMLError, source: str) -> ConfigIssue:
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    context, opened = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context in _OPENED_AT and opened is not None:
+        return ConfigIssue(source, opened.line + 1, "", f"not valid YAML: {_OPENED_AT[context]}")
+    line = mark.line + 1 if mark is not None else None
+    return ConfigIssue(source, line, "", f"not valid YAML: {problem}")
+
+
+def parse_model(
+    text: str, model: type[M], *, source: str = "<config>", checks: Checks | None = None
+) -> M:
+    """Validate YAML `text` as `model` (and by `checks`); `source` names it in errors."""
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigIssue(source, line, "", f"not valid YAML: {problem}")]) from exc
+        raise ConfigError([_yaml_issue(exc, source)]) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "", "expected a mapping of sections at the top")])
+    found = checks(data) if checks is not None else []
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data)
     except pydantic.ValidationError as exc:
-        # The node tree (with line numbers) is built only when there is something to point at:
-        # for a 10,000-tag file it costs tens of MB that a running gateway should not keep.
-        root = yaml.compose(text, Loader=_Loader)
-        issues = []
-        for err in exc.errors(include_url=False):
-            line, loc = _locate(root, err["loc"])
-            issues.append(ConfigIssue(source, line, _dotted(loc), _message(err)))
-        raise ConfigError(issues) from exc
+        errors = exc.errors(include_url=False)
+        if found:  # the checks name each repeated entry; the model's check names none
+            errors = [e for e in errors if e["type"] != DUPLICATE_NAMES]
+        raise ConfigError(_located(text, source, errors, found)) from exc
+    if found:
+        raise ConfigError(_located(text, source, [], found))
+    return validated
+
+
+def _located(
+    text: str,
+    source: str,
+    errors: list[Any],
+    found: list[tuple[tuple[int | str, ...], str]],
+) -> list[ConfigIssue]:
+    """Every problem with its line, in the order of the file."""
+    # The node tree (with line numbers) is built only when there is something to point at:
+    # for a 10,000-tag file it costs tens of MB that a running gateway should not keep.
+    root = yaml.compose(text, Loader=_Loader)
+    issues = []
+    for err in errors:
+        where = tuple(err["loc"])
+        if err["type"] in {"union_tag_invalid", "union_tag_not_found"}:
+            where = (*where, str((err.get("ctx") or {}).get("discriminator", "")).strip("'"))
+        line, loc = _locate(root, where)
+        issues.append(ConfigIssue(source, line, _dotted(loc), _message(err)))
+    for where, message in found:
+        line, loc = _locate(root, where)
+        issues.append(ConfigIssue(source, line, _dotted(loc), message))
+    return sorted(issues, key=lambda issue: issue.line or 0)
+
+
+_FIXED: Final = {
+    "extra_forbidden": "unknown key (check the spelling; unknown keys are errors)",
+    "missing": "required field is missing",
+    "union_tag_not_found": "required field is missing",
+}
+_EXPECTED_TAGS = re.compile(r"does not match any of the expected tags: (.*)$")
 
 
 def _message(error: object) -> str:
+    """pydantic's message in the product's words."""
     err = dict(error)  # type: ignore[call-overload]
-    message = str(err["msg"])
-    if err["type"] == "extra_forbidden":
-        return "unknown key (check the spelling; unknown keys are errors)"
-    if err["type"] == "missing":
-        return "required field is missing"
-    if "input" in err and err["type"] not in {"missing"} and not isinstance(err["input"], dict):
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    message = str(err["msg"]).removeprefix("Value error, ")
+    fixed = _FIXED.get(kind)
+    if fixed is not None:
+        return fixed
+    if kind == "too_short" and "min_length" in ctx:
+        least = ctx["min_length"]
+        return f"needs at least {least} {'entry' if least == 1 else 'entries'}; the list is empty"
+    if kind == "union_tag_invalid":
+        expected = _EXPECTED_TAGS.search(message)
+        choices = expected[1] if expected else ""
+        return f"{ctx.get('tag')!r} is not one tagway knows; expected one of {choices}"
+    message = message.replace("Input should be", "must be").replace("Input ", "the value ")
+    if "input" in err and not isinstance(err["input"], (dict, list)):
         return f"{message} (got {err['input']!r})"
     return message
 

@@ -77,7 +77,7 @@ def deadbands(config: AgentConfig) -> dict[tuple[str, str], Deadband]:
 
 def alarm_rules(config: AgentConfig) -> list[AlarmRule]:
     """The alarm rules, and a high-limit rule per device of each model with an alarm."""
-    rules = [AlarmRule(**a.model_dump()) for a in config.alarms]
+    rules = [AlarmRule(**(a.model_dump() | {"limit": a.limit or 0.0})) for a in config.alarms]
     rules.extend(
         AlarmRule(
             name=f"{model.name}.{device}", device=device, tag=model.outputs[0],

@@ -54,7 +54,7 @@ async def test_a_bad_config_is_one_line_per_problem_and_no_traceback(tmp_path: P
             "are errors)"
         ),
         (
-            f"tagway: {config}:5: outbox.quota: Value error, 'lots' is not a size; write bytes or "
+            f"tagway: {config}:5: outbox.quota: 'lots' is not a size; write bytes or "
             "e.g. '512MiB', '2GB' (got 'lots')"
         ),
     ]
@@ -67,6 +67,32 @@ async def test_run_with_a_bad_config_exits_78_so_systemd_stops_retrying(tmp_path
     code, _, err = await tagway("run", "--config", str(config))
     assert code == 78
     assert "gateway.name: required field is missing" in err
+
+
+async def test_run_with_a_missing_model_file_exits_78_naming_the_file(tmp_path: Path) -> None:
+    """`config validate` used to say ok and `tagway run` then failed with exit 1."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "gateway: {name: gw, state_dir: state}\n"
+        "devices:\n"
+        "  - {protocol: modbus, name: pump1, host: 127.0.0.1, port: 1,\n"
+        "     tags: [{name: vibration, table: input_register, address: 0, type: float32}]}\n"
+        "models:\n"
+        "  - name: pump_anomaly\n"
+        "    path: models/missing.onnx\n"
+        "    devices: [pump1]\n"
+        "    inputs: [vibration]\n"
+    )
+    missing = tmp_path / "models" / "missing.onnx"
+    code, _, err = await tagway("config", "validate", str(config))
+    assert code == 1
+    assert err.strip() == (
+        f"tagway: {config}:7: models[0].path: model file '{missing}' does not exist"
+    )
+    code, _, err = await tagway("run", "--config", str(config))
+    assert code == 78, err
+    assert f"model file '{missing}' does not exist" in err
+    assert "Traceback" not in err
 
 
 async def test_status_without_an_agent_says_so(tmp_path: Path) -> None:

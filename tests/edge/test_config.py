@@ -110,9 +110,105 @@ def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
-def test_duplicate_device_names_are_refused(tmp_path: Path) -> None:
+def test_duplicate_device_names_are_refused_at_the_repeat(tmp_path: Path) -> None:
     found = issues(tmp_path, GOOD.replace("name: boiler1", "name: pump1"))
-    assert any("device names must be unique; repeated: ['pump1']" in f for f in found)
+    path = tmp_path / "config.yaml"
+    assert found == [
+        f"{path}:21: devices[1].name: device name 'pump1' is already used by devices[0]"
+    ]
+
+
+BROKEN = """\
+gateway:
+  name: plant-a-gw1
+outbox:
+  flush_interval: -1
+devices:
+  - protocol: modbus
+    name: pump1
+    host: 10.0.0.5
+    tags:
+      - {name: flow, table: input_register, address: 0, type: float32}
+  - protocol: modbus
+    name: pump1
+    host: 10.0.0.6
+    tags:
+      - {name: flow, table: input_register, address: 0, type: float32}
+models:
+  - name: pump_anomaly
+    path: models/gone.onnx
+    devices: [pump1, pump9]
+    inputs: [flow]
+alarms:
+  - {name: hot, device: pump1, tag: flow, kind: high}
+  - {name: hot, device: pump1, tag: flow, kind: low, limit: 1}
+  - {name: lost, device: tank7, tag: level, kind: high, limit: 1}
+  - {name: typo, device: pump1, tag: flwo, kind: high, limit: 1}
+"""
+
+
+def test_every_problem_is_found_in_one_pass_each_at_its_own_line(tmp_path: Path) -> None:
+    """Before: the missing model file, the alarms on unknown devices and tags and the high
+    alarm without a limit all validated; the repeated names were reported one at a time at
+    line 1, and only once the field errors were fixed."""
+    found = issues(tmp_path, BROKEN)
+    at = f"{tmp_path / 'config.yaml'}:"
+    model = tmp_path / "models" / "gone.onnx"
+    assert found == [
+        f"{at}4: outbox.flush_interval: must be greater than 0 (got -1)",
+        f"{at}12: devices[1].name: device name 'pump1' is already used by devices[0]",
+        f"{at}18: models[0].path: model file '{model}' does not exist",
+        f"{at}19: models[0].devices[1]: no device named 'pump9' in devices (defined: pump1)",
+        f"{at}22: alarms[0]: alarm 'hot': kind 'high' needs 'limit'",
+        f"{at}23: alarms[1].name: alarm name 'hot' is already used by alarms[0]",
+        f"{at}24: alarms[2].device: no device named 'tank7' in devices (defined: pump1)",
+        f"{at}25: alarms[3].tag: device 'pump1' has no tag 'flwo' (its tags: flow, score)",
+    ]
+
+
+def test_alarms_may_watch_derived_tags_model_outputs_and_mqtt_devices(tmp_path: Path) -> None:
+    extra = """\
+  - {name: lps_high, device: pump1, tag: flow_lps, kind: high, limit: 9}
+  - {name: any_mqtt, device: tank1, tag: level, kind: stale, stale: 5}
+"""
+    load_config(write(tmp_path, GOOD + extra))  # tank1 may come from plant/{device}/telemetry
+
+
+def test_messages_are_in_the_products_words(tmp_path: Path) -> None:
+    """Before: "Tuple should have at least 1 item after validation", "Input tag 'profinet'
+    found using 'protocol' does not match any of the expected tags", "Value error, ..."."""
+    bad = """\
+gateway: {name: gw}
+outbox: {quota: lots}
+devices:
+  - {protocol: modbus, name: pump1, host: 10.0.0.5, tags: []}
+  - {protocol: profinet, name: press1}
+"""
+    at = f"{tmp_path / 'config.yaml'}:"
+    assert issues(tmp_path, bad) == [
+        (
+            f"{at}2: outbox.quota: 'lots' is not a size; write bytes or e.g. '512MiB', '2GB'"
+            " (got 'lots')"
+        ),
+        f"{at}4: devices[0].tags: needs at least 1 entry; the list is empty",
+        (
+            f"{at}5: devices[1].protocol: 'profinet' is not one tagway knows; expected one of"
+            " 'modbus', 'opcua', 'mqtt'"
+        ),
+    ]
+
+
+def test_a_yaml_mistake_is_reported_at_its_own_line(tmp_path: Path) -> None:
+    lines = GOOD.splitlines(keepends=True)
+    assert lines[12] == "    host: 10.0.0.5\n"
+    lines[12] = "    host 10.0.0.5\n"  # line 13: the ':' is missing
+    found = issues(tmp_path, "".join(lines))
+    assert found == [
+        f"{tmp_path / 'config.yaml'}:13: not valid YAML: expected 'key: value' (is a ':' missing?)"
+    ]
+    unclosed = GOOD.replace("[{name: fast, interval: 0.5}]", "[{name: fast")
+    found = issues(tmp_path, unclosed)
+    assert found[0].startswith(f"{tmp_path / 'config.yaml'}:15: not valid YAML:")
 
 
 @pytest.mark.parametrize(

@@ -58,11 +58,18 @@ def test_devices_are_compared_by_name_and_every_field(tmp_path: Path) -> None:
     assert plan.devices.summary() == "added 1 (d), removed 1 (b), changed 1 (c), unchanged 1"
 
 
+# A device `p` with a tag `t`, for the alarms and models below (the config must define them).
+DEVICE_P: dict[str, Any] = {
+    "protocol": "modbus", "name": "p", "host": "127.0.0.1", "port": 1,
+    "tags": [{"name": "t", "table": "holding_register", "address": 0, "type": "uint16"}],
+}  # fmt: skip
+
+
 def test_sections_that_need_a_restart_keep_their_running_values(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    write_config(path, config_data(tmp_path, []))
+    write_config(path, config_data(tmp_path, [DEVICE_P]))
     old = load_config(path)
-    data = config_data(tmp_path, [], alarms=[
+    data = config_data(tmp_path, [DEVICE_P], alarms=[
         {"name": "hot", "device": "p", "tag": "t", "kind": "high", "limit": 1}])  # fmt: skip
     data["gateway"]["name"] = "renamed"
     data["local_api"] = {"port": 9999}
@@ -78,11 +85,12 @@ def test_a_new_alarm_named_like_a_kept_model_alarm_is_rejected(tmp_path: Path) -
     path = tmp_path / "c.yaml"
     model = {"name": "m", "path": "m.onnx", "devices": ["p"], "inputs": ["t"],
              "alarm": {"threshold": 1}}  # fmt: skip
-    write_config(path, config_data(tmp_path, [], models=[model]))
+    (tmp_path / "m.onnx").touch()  # only looked for at load; the model is not run here
+    write_config(path, config_data(tmp_path, [DEVICE_P], models=[model]))
     old = load_config(path)
     # The file drops the model (a restart would) and reuses its alarm's name for a rule of its
     # own; the running model and its alarm stay until the restart, so the names would clash.
-    write_config(path, config_data(tmp_path, [], alarms=[
+    write_config(path, config_data(tmp_path, [DEVICE_P], alarms=[
         {"name": "m.p", "device": "p", "tag": "t", "kind": "high", "limit": 1}]))  # fmt: skip
     with pytest.raises(ReloadRejected, match="alarm names must be unique"):
         plan_reload(old, load_config(path))
