@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 from asyncua import ua
@@ -86,9 +86,19 @@ def quality_of(status: ua.StatusCode | None) -> Quality:
 def timestamp_us(dv: ua.DataValue, received_us: int) -> int:
     """SourceTimestamp if present, else ServerTimestamp, else the receive time (µs since epoch)."""
     moment = dv.SourceTimestamp or dv.ServerTimestamp
-    if moment is None:
+    if not isinstance(moment, datetime):
         return received_us
-    return datetime_to_us(moment)
+    return utc_us(moment)
+
+
+def utc_us(moment: datetime) -> int:
+    """µs since the epoch of an OPC UA DateTime; naive ones are UTC (as the wire is). Never
+    raises: a moment that cannot be expressed at all counts as 0 (the epoch), which the
+    plausibility check of the pipeline then treats as the implausible clock it is."""
+    try:
+        return datetime_to_us(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    except (ValueError, OverflowError):
+        return 0
 
 
 def plain_value(raw: object) -> Value | None:  # noqa: PLR0911 - one exit per wire type reads best
@@ -101,7 +111,7 @@ def plain_value(raw: object) -> Value | None:  # noqa: PLR0911 - one exit per wi
     if isinstance(raw, ua.LocalizedText):
         return raw.Text or ""
     if isinstance(raw, datetime):
-        return datetime_to_us(raw)
+        return utc_us(raw)
     if isinstance(raw, ua.QualifiedName):
         return raw.Name or ""
     if isinstance(raw, uuid.UUID):
