@@ -50,6 +50,7 @@ def stats(config: ConfigOpt = None, outbox: OutboxOpt = None, json_out: JsonOpt 
         "lanes": {lane.value: asdict(lane_stats) for lane, lane_stats in figures.lanes.items()},
         "recoveries": [{"at": r.at, "moved_to": str(r.moved_to), "reason": r.reason}
                        for r in figures.recoveries],
+        "refused_readings": dict(figures.refused),
     }  # fmt: skip
     if json_out:
         typer.echo(json.dumps(data, indent=2))
@@ -68,6 +69,9 @@ def stats(config: ConfigOpt = None, outbox: OutboxOpt = None, json_out: JsonOpt 
         typer.echo(
             f"recovered from a damaged file at {r.at:.0f}: {r.reason} (moved to {r.moved_to})"
         )
+    for reason, count in figures.refused.items():
+        typer.echo(f"refused by the cloud ({reason}): {count} readings; the rest of their "
+                   "batches was stored (tagway buffer export --refused)")  # fmt: skip
 
 
 @buffer_app.command("requeue-quarantine")
@@ -103,10 +107,15 @@ def export(
     fmt: Annotated[
         str | None, typer.Option("--format", help="csv or sqlite (default: from the file name).")
     ] = None,
+    refused: Annotated[
+        bool, typer.Option("--refused", help="Export the readings the cloud refused instead.")
+    ] = False,
 ) -> None:
     """Write the readings still waiting in the outbox to a CSV or SQLite file, for a spreadsheet.
 
     Reads a snapshot without leasing anything: safe while the agent runs, and nothing is removed.
+    With --refused, the readings the cloud refused one by one (a device clock far off) instead:
+    one row per series, reason and batch, the most recent 1,000.
     Example: tagway buffer export backlog.csv
     """
     from store_forward import Lane, iter_chunks  # noqa: PLC0415
@@ -115,6 +124,9 @@ def export(
     if kind not in {"csv", "sqlite"}:
         fail(f"--format {kind!r}: expected csv or sqlite")
     path = _outbox_path(config, outbox)
+    if refused:
+        _export_refused(path, out, kind)
+        return
     rows = (
         {"device": r.device, "tag": r.tag, "time": _iso(r.ts), "ts_us": r.ts, "value": r.value,
          "quality": r.quality.value, "unit": r.unit or "", "simulated": r.simulated}
@@ -123,6 +135,20 @@ def export(
     )  # fmt: skip
     count = _write_csv(out, rows) if kind == "csv" else _write_sqlite(out, rows)
     typer.echo(f"wrote {count} readings from {path} to {out}")
+
+
+def _export_refused(path: Path, out: Path, kind: str) -> None:
+    from store_forward import read_refused  # noqa: PLC0415
+
+    rows = [
+        {"device": r.device, "tag": r.tag, "reason": r.reason, "count": r.count,
+         "first_time": _iso(r.first_ts), "first_ts_us": r.first_ts, "recorded_at": r.at}
+        for r in read_refused(path)
+    ]  # fmt: skip
+    fields = ["device", "tag", "reason", "count", "first_time", "first_ts_us", "recorded_at"]
+    count = (_write_csv(out, rows, fields) if kind == "csv"
+             else _write_sqlite(out, rows, "refused"))  # fmt: skip
+    typer.echo(f"wrote {count} refused-reading entries from {path} to {out}")
 
 
 def _readings(path: Path, chunk_id: int, payload: bytes) -> list[Reading]:
@@ -142,13 +168,17 @@ def _iso(ts: int) -> str:
     return us_to_datetime(ts).isoformat()
 
 
-def _write_csv(out: Path, rows: Iterable[Mapping[str, object]]) -> int:
+_READING_FIELDS = ["device", "tag", "time", "ts_us", "value", "quality", "unit", "simulated"]
+
+
+def _write_csv(
+    out: Path, rows: Iterable[Mapping[str, object]], fields: list[str] = _READING_FIELDS
+) -> int:
     import csv  # noqa: PLC0415
 
     count = 0
     with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["device", "tag", "time", "ts_us", "value",
-                                                    "quality", "unit", "simulated"])  # fmt: skip
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
@@ -156,10 +186,10 @@ def _write_csv(out: Path, rows: Iterable[Mapping[str, object]]) -> int:
     return count
 
 
-def _write_sqlite(out: Path, rows: Iterable[Mapping[str, object]]) -> int:
+def _write_sqlite(out: Path, rows: Iterable[Mapping[str, object]], name: str = "readings") -> int:
     import sqlite_utils  # noqa: PLC0415 - the library for "a table someone can open"
 
-    table = sqlite_utils.Database(out).table("readings")
+    table = sqlite_utils.Database(out).table(name)
     materialized = [dict(row) for row in rows]
     table.insert_all(materialized, batch_size=5000)
     return len(materialized)

@@ -357,6 +357,9 @@ class Outbox(Answer):
     lanes: Mapping[str, Lane] = {}
     recoveries: tuple[Recovery, ...] = ()
     pipeline: PipelineCounters = PipelineCounters()
+    refused: Mapping[str, int] = {}
+    """Readings the cloud refused one by one (a device clock far off), per reason, since the
+    outbox file was created; the rest of their batches was stored."""
 
     @property
     def backlog_readings(self) -> int:
@@ -399,6 +402,8 @@ class Uplink(Answer):
     batches_sent: int = 0
     readings_sent: int = 0
     duplicates: int = 0
+    refused_readings: int = 0
+    """Readings the cloud refused one by one since the agent started (see `Outbox.refused`)."""
     quarantined_chunks: int = 0
     seq_conflicts: int = 0
     """Batches the cloud refused with 409 seq_conflict (quarantined, and a critical alarm)."""

@@ -441,6 +441,7 @@ async def _outbox(rt: Runtime) -> contract.Outbox:
         recoveries=tuple(contract.Recovery(at=r.at, moved_to=str(r.moved_to), reason=r.reason)
                          for r in stats.recoveries),
         pipeline=contract.PipelineCounters(**asdict(rt.pipeline.counters)),
+        refused=dict(stats.refused),
     )  # fmt: skip
 
 
@@ -454,6 +455,7 @@ async def _uplink(rt: Runtime) -> contract.Uplink:
         configured=True, state=status.state.value, last_success=status.last_success,
         last_error=status.last_error, batches_sent=status.batches_sent,
         readings_sent=status.readings_sent, duplicates=status.duplicates,
+        refused_readings=status.refused_readings,
         quarantined_chunks=status.quarantined_chunks,
         seq_conflicts=status.seq_conflicts, retries=status.retries,
         token_renewals=status.token_renewals, send_rate=rt.uplink.send_rate(),

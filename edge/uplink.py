@@ -43,7 +43,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -59,10 +59,11 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from cloud.contract import CHUNKS, DroppedTotals, LeasedChunk, chunk, encode_chunk_batch
+from cloud.contract.window import refusals_from_answer
 from edge.credentials import UplinkIdentity
 from edge.errors import EdgeError
 from edge.seq_state import SeqState
-from store_forward import DEFAULT_CONSUMER, Lane, Lease, OutboxStats
+from store_forward import DEFAULT_CONSUMER, Lane, Lease, OutboxStats, RefusedReadings
 
 _LATENCY_SAMPLES = 500  # readings sampled per batch for the latency percentiles
 _RATE_WINDOW_S = 60.0  # the send rate is readings acknowledged over the last minute
@@ -83,6 +84,7 @@ class LeaseSource(Protocol):
     async def ack(self, lease: Lease) -> int: ...
     async def release(self, lease: Lease) -> int: ...
     async def quarantine(self, lease: Lease, reason: str) -> int: ...
+    async def record_refused(self, refused: Sequence[RefusedReadings]) -> None: ...
     async def stats(self) -> OutboxStats: ...
 
 
@@ -134,6 +136,7 @@ class UplinkStatus:
     batches_sent: int = 0
     readings_sent: int = 0
     duplicates: int = 0  # batches the cloud already had (a retry after a lost answer)
+    refused_readings: int = 0  # refused one by one by the cloud (clock far off); rest stored
     quarantined_chunks: int = 0
     seq_conflicts: int = 0  # batches the cloud held under their seq with other content
     retries: int = 0
@@ -290,7 +293,7 @@ class Uplink:
         body = chunk_batch(lease, gateway_id=self.settings.gateway_id, seq=seq,
                            dropped_totals=drop_totals(stats))  # fmt: skip
         try:
-            duplicate = await self._post_until_settled(client, body, len(lease))
+            answer = await self._post_until_settled(client, body, len(lease))
         except Refused as exc:
             await self._outbox.quarantine(lease, str(exc))
             self.status.quarantined_chunks += len(lease)
@@ -313,9 +316,25 @@ class Uplink:
             raise
         acked_us = time.time_ns() // 1_000
         await self._outbox.ack(lease)
-        self._settled(lease, duplicate)
+        self._settled(lease, bool(answer.get("duplicate", False)))
+        await self._keep_refused(answer, seq)
         self._measure_latency(lease, acked_us)
         return True
+
+    async def _keep_refused(self, answer: dict[str, Any], seq: int) -> None:
+        """Record the readings the cloud refused one by one (a device clock far off) while it
+        stored the rest of the batch: counted, kept in the outbox, never resent."""
+        refused = refusals_from_answer(answer)
+        if not refused:
+            return
+        await self._outbox.record_refused([
+            RefusedReadings(r.device, r.tag, r.reason, r.count, r.first_ts) for r in refused
+        ])  # fmt: skip
+        count = sum(r.count for r in refused)
+        self.status.refused_readings += count
+        log.warning("the cloud refused %d readings of batch seq=%s one by one (first: %s/%s %s); "
+                    "the rest are stored", count, seq, refused[0].device, refused[0].tag,
+                    refused[0].reason)  # fmt: skip
 
     async def _outbox_dropping(self) -> bool:
         """Whether the outbox dropped readings since the batch was leased (it is at its quota:
@@ -383,12 +402,12 @@ class Uplink:
 
     async def _post_until_settled(
         self, client: httpx.AsyncClient, body: bytes, chunks: int
-    ) -> bool:
-        """POST the same body until the cloud settles it; True if it was a duplicate."""
-        settled: bool = await self._retrying()(self._post, client, body, chunks)
+    ) -> dict[str, Any]:
+        """POST the same body until the cloud settles it; the cloud's answer."""
+        settled: dict[str, Any] = await self._retrying()(self._post, client, body, chunks)
         return settled
 
-    async def _post(self, client: httpx.AsyncClient, body: bytes, chunks: int) -> bool:
+    async def _post(self, client: httpx.AsyncClient, body: bytes, chunks: int) -> dict[str, Any]:
         self._pressed = await self._outbox_dropping()
         response = await self._send(client, body)
         if response.status_code == 401:
@@ -399,7 +418,7 @@ class Uplink:
             response = await self._send(client, body)
         code = response.status_code
         if 200 <= code < 300:
-            return bool(_json(response).get("duplicate", False))
+            return _json(response)
         reason = f"HTTP {code}: {_error_message(response)}"
         if code == 413 and chunks > 1:
             raise _TooLarge(reason)

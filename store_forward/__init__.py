@@ -34,7 +34,7 @@ from .errors import (
     SchemaTooNew,
     StorageError,
 )
-from .export import iter_chunks
+from .export import iter_chunks, read_refused
 from .model import (
     DEFAULT_CONSUMER,
     Chunk,
@@ -48,6 +48,7 @@ from .model import (
     QuarantinedChunk,
     QuotaPolicy,
     RecoveryEvent,
+    RefusedReadings,
     StartupCheck,
     Synchronous,
 )
@@ -79,11 +80,13 @@ __all__ = [
     "QuarantinedChunk",
     "QuotaPolicy",
     "RecoveryEvent",
+    "RefusedReadings",
     "SchemaTooNew",
     "StartupCheck",
     "StorageError",
     "Synchronous",
     "iter_chunks",
+    "read_refused",
     "read_schema_version",
     "read_stats",
 ]

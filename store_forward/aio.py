@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -33,6 +33,7 @@ from .model import (
     OutboxStats,
     QuarantinedChunk,
     RecoveryEvent,
+    RefusedReadings,
 )
 from .outbox import DEFAULT_LEASE_BYTES, DEFAULT_LEASE_CHUNKS, Outbox
 
@@ -166,6 +167,14 @@ class AsyncOutbox:
     async def requeue_quarantine(self) -> int:
         """`Outbox.requeue_quarantine` on the worker."""
         return await self._run(self._require_open().requeue_quarantine)
+
+    async def record_refused(self, refused: Sequence[RefusedReadings]) -> None:
+        """`Outbox.record_refused` on the worker."""
+        await self._run(partial(self._require_open().record_refused, refused))
+
+    async def refused(self) -> list[RefusedReadings]:
+        """`Outbox.refused` on the worker."""
+        return await self._run(self._require_open().refused)
 
     async def quarantined(self) -> list[QuarantinedChunk]:
         """`Outbox.quarantined` on the worker."""

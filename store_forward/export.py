@@ -12,7 +12,8 @@ from pathlib import Path
 import apsw
 
 from ._sqlite import open_reader, translate
-from .model import Chunk, ChunkId, Lane
+from .model import Chunk, ChunkId, Lane, RefusedReadings
+from .refused import read
 from .schema import LANE_SHIFT
 from .stats import LANES
 
@@ -40,6 +41,24 @@ def iter_chunks(
                     ChunkId(int(chunk_id)), lane, int(count), bytes(payload), float(created)
                 )
         conn.execute("COMMIT")
+    except apsw.Error as exc:
+        raise translate(exc, f"export of {path}") from exc
+    finally:
+        conn.close()
+
+
+def read_refused(path: str | Path, *, busy_timeout_s: float = 5.0) -> list[RefusedReadings]:
+    """The readings the receiver refused one by one, as the outbox at `path` keeps them (the
+    most recent entries, oldest first); read from any process, changing nothing.
+
+    Raises:
+        OutboxMissing: no outbox file at `path`.
+        OutboxError: any other failure, translated from SQLite.
+    """
+    path = Path(path)
+    conn = open_reader(path, busy_timeout_s=busy_timeout_s, purpose="export")
+    try:
+        return read(conn)
     except apsw.Error as exc:
         raise translate(exc, f"export of {path}") from exc
     finally:

@@ -164,6 +164,21 @@ class QuarantinedChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedReadings:
+    """Readings of one series the receiver refused one by one for one reason (a clock far off),
+    while it stored the rest of their chunk: kept for the record, never resent."""
+
+    device: str
+    tag: str
+    reason: str
+    count: int
+    first_ts: int
+    """The first refused reading's timestamp, µs since the Unix epoch."""
+    at: float = 0.0
+    """When the outbox recorded it, seconds since the Unix epoch (set by the outbox)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecoveryEvent:
     """A damaged outbox file was moved aside and a fresh one started."""
 
@@ -223,6 +238,8 @@ class OutboxStats:
     life: str = ""
     """This outbox file's identity (when it was created): the drop counters count from zero in
     each life, so a report of them names it."""
+    refused: Mapping[str, int] = field(default_factory=dict)
+    """Readings the receiver refused one by one, per reason, since the file was created."""
 
     @property
     def dropped_readings(self) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -45,10 +45,13 @@ from .model import (
     QuarantinedChunk,
     QuotaPolicy,
     RecoveryEvent,
+    RefusedReadings,
     Synchronous,
 )
 from .quota import Dropped, drop_oldest, record_deleted
 from .recovery import open_connection
+from .refused import read as read_refused
+from .refused import record as record_refused
 from .schema import LANE_SHIFT, SCHEMA_VERSION, SEQ_MASK
 from .stats import LANES, LaneTotals, collect, load_totals
 
@@ -376,6 +379,22 @@ class Outbox:
             )
             for i, count, size, reason, at in rows
         ]
+
+    def record_refused(self, refused: Sequence[RefusedReadings]) -> None:
+        """Keep what the receiver refused one by one out of chunks it otherwise stored (see
+        `store_forward.refused`); the chunks themselves are acknowledged as usual."""
+        if not refused:
+            return
+        with self._transaction("record of refused readings") as tx:
+            record_refused(tx, refused, self._clock())
+
+    def refused(self) -> list[RefusedReadings]:
+        """The most recent refused readings (at most `refused.KEPT` entries), oldest first."""
+        conn = self._require_open()
+        try:
+            return read_refused(conn)
+        except apsw.Error as exc:
+            raise translate(exc, "listing of refused readings") from exc
 
     def stats(self) -> OutboxStats:
         """A consistent snapshot of the figures (see `read_stats()` for other processes)."""

@@ -113,6 +113,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             SELECT 0, lane, dropped_chunks, dropped_readings FROM lane_counter;
         """,
     ),
+    Migration(
+        3,
+        "readings the cloud refused one by one: the last ones, and totals per reason",
+        """
+        CREATE TABLE refused (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            device TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            first_ts INTEGER NOT NULL
+        );
+        CREATE TABLE refused_counter (
+            reason TEXT PRIMARY KEY,
+            readings INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

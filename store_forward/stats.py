@@ -124,6 +124,12 @@ def collect(
         recoveries=recoveries,
         consumers=_consumers(conn, now),
         life=_life(conn),
+        refused={
+            str(reason): as_int(readings)
+            for reason, readings in conn.execute(
+                "SELECT reason, readings FROM refused_counter ORDER BY reason"
+            )
+        },
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from store_forward import (
@@ -17,6 +17,7 @@ from store_forward import (
     Lease,
     OutboxError,
     OutboxStats,
+    RefusedReadings,
 )
 
 _LANE_ORDER = (Lane.ALARM, Lane.EVENT, Lane.TELEMETRY)
@@ -32,6 +33,7 @@ class MemoryOutbox:
     acked: list[Chunk] = field(default_factory=list)
     dropped: dict[Lane, int] = field(default_factory=lambda: dict.fromkeys(Lane, 0))
     refuse: str | None = None
+    refused: list[RefusedReadings] = field(default_factory=list)
     life: str = "memory-1"
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -86,6 +88,9 @@ class MemoryOutbox:
             self.chunks[chunk.lane].remove(chunk)
             self.quarantined.append((chunk, reason))
         return len(lease)
+
+    async def record_refused(self, refused: Sequence[RefusedReadings]) -> None:
+        self.refused.extend(refused)
 
     async def stats(self) -> OutboxStats:
         lanes = {
