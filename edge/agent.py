@@ -38,6 +38,8 @@ from edge.errors import EdgeError
 from edge.fleet import EX_RESTART, Fleet
 from edge.fleet.versions import ConfigVersions
 from edge.local_api import LocalApi
+from edge.north.sparkplug_metrics import configured_datatypes
+from edge.north.sparkplug_node import NodeInputs, SparkplugNode
 from edge.notify import NotificationQueue, Notifier
 from edge.pipeline import settings as stages
 from edge.pipeline.derived import DerivedTags
@@ -52,7 +54,14 @@ from edge.supervisor import Supervisor
 from edge.uplink import Uplink, UplinkSettings
 from edge.writes import WriteAudit, WriteDoor
 from protocols.backoff import BackoffPolicy
-from store_forward import AsyncOutbox, Lane, OutboxSettings, QuotaPolicy, Synchronous
+from store_forward import (
+    DEFAULT_CONSUMER,
+    AsyncOutbox,
+    Lane,
+    OutboxSettings,
+    QuotaPolicy,
+    Synchronous,
+)
 
 if TYPE_CHECKING:
     from edge.inference.model import InferenceStage
@@ -163,6 +172,7 @@ class Agent:
                     inference=inference, pipeline=pipeline, uplink=uplink, supervisor=supervisor,
                     shelf=shelf, notifier=notifier,
                     writes=writes,
+                    sparkplug=_sparkplug_node(config, outbox, supervisor, pipeline),
                 )  # fmt: skip
                 self._runtime = runtime
                 try:
@@ -183,6 +193,8 @@ class Agent:
         ]
         if rt.uplink is not None:
             background.append(group.create_task(rt.uplink.run(), name="uplink"))
+        if rt.sparkplug is not None:
+            background.append(group.create_task(rt.sparkplug.run(), name="sparkplug"))
         if rt.identity is not None and rt.identity.maintenance is not None:
             background.append(group.create_task(rt.identity.maintenance(), name="identity"))
         served = group.create_task(api.serve(), name="local-api")
@@ -388,6 +400,22 @@ def _inference_stage(config: AgentConfig) -> InferenceStage:
     ])  # fmt: skip
 
 
+def _sparkplug_node(
+    config: AgentConfig, outbox: AsyncOutbox, supervisor: Supervisor, pipeline: Pipeline
+) -> SparkplugNode | None:
+    settings = config.north.sparkplug
+    if settings is None:
+        return None
+    inputs = NodeInputs(
+        outbox=outbox,
+        devices=lambda: {name: slot.healthy for name, slot in supervisor.slots.items()},
+        latest=lambda: pipeline.latest,
+        datatypes=configured_datatypes(config.devices),
+        state_dir=config.gateway.state_dir,
+    )
+    return SparkplugNode(settings=settings, inputs=inputs)
+
+
 def outbox_settings(config: AgentConfig) -> OutboxSettings:
     """The outbox's settings from the config (every field: the config holds the defaults)."""
     section = config.outbox
@@ -396,6 +424,7 @@ def outbox_settings(config: AgentConfig) -> OutboxSettings:
         synchronous=Synchronous(section.synchronous),
         policy=QuotaPolicy(section.when_full),
         lease_timeout_s=section.lease_timeout,
+        consumers=(DEFAULT_CONSUMER, *config.north.consumers),
     )
 
 

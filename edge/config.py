@@ -14,6 +14,7 @@
     notifications: alarm notification hooks (a webhook or a command on raise/clear/ack)
     local_api: where the TUI and `tagway status` reach the agent
     fleet:     remote configuration (cloud- or locally managed, probation) and status reports
+    north:     publishers besides the cloud uplink (the Sparkplug B edge node)
 
 Unknown keys are errors everywhere. After `load_config` only these frozen objects travel.
 """
@@ -31,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from edge.alarms import AlarmKind, Severity
 from edge.config_checks import config_problems
 from edge.config_loader import DUPLICATE_NAMES, ConfigError, ConfigIssue, load_model, parse_model
+from edge.north.config import NorthSection
 from edge.pipeline.expressions import Expression, ExpressionError
 from protocols.modbus.config import ModbusDeviceConfig, ModbusTag
 from protocols.mqtt.config import EmbeddedBrokerConfig, MqttSourceConfig
@@ -332,6 +334,7 @@ class AgentConfig(BaseModel):
     notifications: tuple[NotifyHook, ...] = ()
     local_api: LocalApiSection = LocalApiSection()
     fleet: FleetSection = FleetSection()
+    north: NorthSection = NorthSection()
 
     @field_validator("devices", "derived", "models", "alarms", "notifications", mode="before")
     @classmethod

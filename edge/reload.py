@@ -8,10 +8,10 @@ compared with the running config:
 - devices: each is added, removed, changed (any field, tags included) or unchanged, by name.
   Only added and changed devices get a new driver; an unchanged device keeps its connection.
 - report, derived, alarms: the pipeline follows them from the next batch on.
-- gateway, cloud, outbox, local_api, mqtt_broker, models: these are open for the life of the
-  process (the state directory, the outbox file, the uplink's identity, the API socket, the
-  embedded broker, the ONNX sessions). A change to them is logged as needing a restart and the
-  running values are kept until then.
+- gateway, cloud, outbox, local_api, mqtt_broker, models, north: these are open for the life of
+  the process (the state directory, the outbox file and its consumers, the uplink's identity, the
+  API socket, the embedded broker, the ONNX sessions, the Sparkplug session). A change to them is
+  logged as needing a restart and the running values are kept until then.
 
 This module holds no I/O: the agent applies what `plan_reload` decides.
 """
@@ -27,7 +27,7 @@ import pydantic
 from edge.config import AgentConfig, Device
 from edge.errors import EdgeError
 
-RESTART_SECTIONS = ("gateway", "cloud", "outbox", "local_api", "mqtt_broker", "models")
+RESTART_SECTIONS = ("gateway", "cloud", "outbox", "local_api", "mqtt_broker", "models", "north")
 """Sections the running agent cannot swap; a change to them waits for a restart."""
 
 

@@ -25,6 +25,7 @@ from edge.alarm_store import AlarmStore
 from edge.config import AgentConfig
 from edge.credentials import UplinkIdentity
 from edge.dead_letters import DeadLetterStore
+from edge.north.sparkplug_node import SparkplugNode
 from edge.notify import Notifier
 from edge.pipeline.runner import Pipeline
 from edge.reload import ReloadHistory
@@ -90,6 +91,7 @@ class Runtime:
         shelf: the alarms an operator shelved.
         notifier: the alarm notification hooks and their queue.
         writes: the write door: every setpoint write passes through it (limits, audit).
+        sparkplug: the Sparkplug B edge node (`north.sparkplug`), when configured.
     """
 
     config: LiveConfig
@@ -107,6 +109,7 @@ class Runtime:
     shelf: AlarmShelf
     notifier: Notifier
     writes: WriteDoor
+    sparkplug: SparkplugNode | None = None
 
     @property
     def gateway_id(self) -> str | None:
