@@ -163,3 +163,19 @@ def test_tag_names_sharing_prefixes_come_back_exactly() -> None:
     names = ["aux_0009", "aux_0010", "aux_001", "a", "aux_0010x", "température", "temp", "ümlaut"]
     readings = [Reading("d", name, T0, float(i)) for i, name in enumerate(names)]
     assert chunk.decode_readings(chunk.encode(readings)) == readings
+
+
+def test_tag_names_are_front_coded_per_device_and_round_trip_across_flushes() -> None:
+    """Each device's run of tag names is coded on its own (issue 23: a run repeats every flush
+    and is coded once), so names shared across devices and a device split between two chunks
+    still decode to exactly what was encoded."""
+    polls = [
+        [Reading(device, f"aux_{t:04d}", T0 + c, float(t)) for t in range(300)]
+        for c in range(2) for device in ("pump1", "pump2", "tank1")
+    ]  # fmt: skip
+    flat = [r for poll in polls for r in poll]
+    for part in (flat[:450], flat[450:1000], flat[1000:]):
+        assert chunk.decode_readings(chunk.encode(part)) == part
+    odd = [Reading("pump\ud8001", "a\ud800b", T0, 1.0), Reading("pump2", "a\ud800c", T0, 2.0)]
+    names = [(r.device, r.tag) for r in chunk.decode_readings(chunk.encode(odd))]
+    assert names == [("pump\\ud8001", "a\\ud800b"), ("pump2", "a\\ud800c")]
