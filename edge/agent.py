@@ -30,7 +30,9 @@ from cloud.contract import AlarmRecord
 from edge import chunk
 from edge.alarm_store import AlarmStore
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
+from edge.channel import ChannelHandlers, CommandChannel
 from edge.collector import settle_after_start
+from edge.commands import CommandJournal, CommandRunner
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.credentials import UplinkIdentity, load_uplink_identity
 from edge.dead_letters import DeadLetterStore
@@ -49,6 +51,7 @@ from edge.reload import ReloadPlan, ReloadRejected, ReloadResult, plan_reload
 from edge.runtime import LiveConfig, Runtime, event_emitter
 from edge.sd_notify import SystemdNotifier
 from edge.seq_state import SeqState
+from edge.shadow import DesiredSetpoints, ShadowRecord
 from edge.shelving import AlarmShelf
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink, UplinkSettings
@@ -111,6 +114,11 @@ class Agent:
         self._runtime: Runtime | None = None
         self._reload_lock = asyncio.Lock()
         self.fleet: Fleet | None = None  # remote config and status reports, when a cloud is set
+        self.commands: CommandRunner | None = None  # the cloud's commands, when a cloud is set
+        self.channel: CommandChannel | None = None  # the outbound channel they arrive on
+        self.shadow: DesiredSetpoints | None = None  # the shadow's desired setpoints
+        self._journal: CommandJournal | None = None
+        self._shadow_record: ShadowRecord | None = None
         self.exit_code = 0  # EX_RESTART when a new config asked for a restart
 
     @property
@@ -159,6 +167,11 @@ class Agent:
             pipeline = _pipeline(config, outbox, alarm_store, inference, uplink, notifier=notifier)
             write_audit = WriteAudit(config.gateway.state_dir / "writes.db")
             stack.callback(write_audit.close)
+            if uplink is not None:
+                self._journal = CommandJournal(config.gateway.state_dir / "commands.db")
+                stack.callback(self._journal.close)
+                self._shadow_record = ShadowRecord(config.gateway.state_dir / "shadow.db")
+                stack.callback(self._shadow_record.close)
             async with asyncio.TaskGroup() as group:
                 supervisor = Supervisor(group=group, sink=pipeline.accept,
                                         dead_letters=dead_letters,
@@ -204,6 +217,7 @@ class Agent:
         rt.supervisor.start(rt.config.current.devices)
         if self._tune_gc:
             settle_after_start()
+        self._open_channel(rt, group, background)
         if fleet is not None:  # after the drivers: its first status document lists them all
             background.append(group.create_task(fleet.run(), name="fleet"))
         devices = len(rt.supervisor.slots)
@@ -221,6 +235,39 @@ class Agent:
         for task in background:
             task.cancel()
         await served
+
+    def _open_channel(
+        self, rt: Runtime, group: asyncio.TaskGroup, background: list[asyncio.Task[None]]
+    ) -> None:
+        """The command channel and the runner behind it (`edge.channel`, `edge.commands`), for
+        an agent with a cloud."""
+        cloud = rt.config.current.cloud
+        record = self._shadow_record
+        if self._journal is None or record is None or rt.identity is None or cloud is None:
+            return
+        reload = (lambda: self._reload(rt)) if rt.config.path is not None else None
+        emit = event_emitter(rt.outbox, rt.uplink)
+        self.commands = runner = CommandRunner(
+            journal=self._journal, runtime=rt, emit=emit, reload=reload)  # fmt: skip
+        fleet = self.fleet
+
+        def config_version() -> int | None:
+            running = fleet.remote.versions.record.running if fleet is not None else None
+            return running.version if running is not None else None
+
+        self.shadow = shadow = DesiredSetpoints(record=record, runtime=rt, emit=emit,
+                                                config_version=config_version)  # fmt: skip
+        handlers = ChannelHandlers(
+            command=runner.submit, desired=shadow.offer,
+            config=fleet.remote.offer if fleet is not None else None,
+        )  # fmt: skip
+        self.channel = channel = CommandChannel(
+            base_url=cloud.url, identity=rt.identity, handlers=handlers,
+            connect_timeout=cloud.connect_timeout, retry_max_delay=cloud.retry_max_delay,
+        )  # fmt: skip
+        background.append(group.create_task(runner.run(), name="commands"))
+        background.append(group.create_task(shadow.run(), name="shadow"))
+        background.append(group.create_task(channel.run(), name="channel"))
 
     def _fleet(self, rt: Runtime, stop: asyncio.Event) -> Fleet | None:
         """Remote configuration and status reports: for an agent with a config file and a

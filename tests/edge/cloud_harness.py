@@ -91,7 +91,12 @@ class RunningCloud:
 async def serve_cloud(
     db_path: Path, *, port: int = 0, **settings_overrides: Any
 ) -> AsyncIterator[RunningCloud]:
-    """Serve the cloud app until the block ends (restartable on the same file and port)."""
+    """Serve the cloud app until the block ends (restartable on the same file and port).
+
+    Gateway channels are short here (1 s): a stopping cloud waits for open channels to end, and
+    every agent with a cloud holds one."""
+    settings_overrides.setdefault("channel_max_s", 1.0)
+    settings_overrides.setdefault("channel_keepalive_s", 0.5)
     settings = CloudSettings(database_url=f"sqlite:///{db_path}", platform_admin_key=PLATFORM_KEY,
                              **settings_overrides)  # fmt: skip
     faults = Faults()
