@@ -325,3 +325,34 @@ def test_compose_runs_the_cloud_against_timescaledb_with_a_volume_and_healthchec
     assert "@db:5432/" in cloud["environment"]["TAGWAY_CLOUD_DATABASE"]
     assert all(port.startswith("127.0.0.1:") for port in cloud["ports"])
     assert cloud["cap_drop"] == ["ALL"]
+
+
+def test_compose_citus_runs_the_cloud_on_a_coordinator_and_two_workers() -> None:
+    import yaml  # noqa: PLC0415
+
+    compose = yaml.safe_load((PACKAGING / "compose.citus.yaml").read_text())
+    services = compose["services"]
+    nodes = ("coordinator", "worker1", "worker2")
+    for name in nodes:
+        node = services[name]
+        assert node["image"].startswith("citusdata/citus:"), name
+        volume, mount = node["volumes"][0].split(":", 1)
+        assert (mount, volume in compose["volumes"]) == ("/var/lib/postgresql/data", True)
+        assert "pg_isready" in " ".join(node["healthcheck"]["test"])
+        # the nodes log in to each other with the password the cluster was made with
+        assert node["environment"]["PGPASSWORD"] == node["environment"]["POSTGRES_PASSWORD"]
+    setup = services["cluster"]
+    assert setup["environment"]["PGHOST"] == "coordinator"
+    calls = " ".join(setup["command"])
+    assert "citus_set_coordinator_host('coordinator', 5432)" in calls
+    assert all(f"citus_add_node('{w}', 5432)" in calls for w in nodes[1:])
+    assert {setup["depends_on"][n]["condition"] for n in nodes} == {"service_healthy"}
+    cloud = services["cloud"]
+    assert cloud["depends_on"]["cluster"]["condition"] == "service_completed_successfully"
+    assert "@coordinator:5432/" in cloud["environment"]["TAGWAY_CLOUD_DATABASE"]
+    assert cloud["command"][0] == "--migrate-database"
+    assert "@coordinator:5432/" in cloud["command"][1]
+    assert (PACKAGING / cloud["build"]["context"] / cloud["build"]["dockerfile"]).is_file()
+    assert all(port.startswith("127.0.0.1:") for port in cloud["ports"])
+    assert cloud["cap_drop"] == ["ALL"]
+    assert not any("ports" in services[n] for n in nodes)  # the database is not published
