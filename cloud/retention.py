@@ -46,8 +46,11 @@ def _day(day: int) -> str:
     return dt.datetime.fromtimestamp(day * 86_400, tz=dt.UTC).date().isoformat()
 
 
-async def retention_pass(db: Database, metrics: CloudMetrics, *, keep_days: int) -> None:
-    """One pass: remove what is too old, log it (INFO when something went), count it."""
+async def retention_pass(
+    db: Database, metrics: CloudMetrics, *, keep_days: int, compress_after_days: int = 0
+) -> None:
+    """One pass: remove what is too old, log it (INFO when something went), count it; then,
+    on Citus, convert the days older than `compress_after_days` to columnar storage."""
     result = await db.drop_telemetry(keep_days=keep_days, now_us=now_us())
     metrics.retention_runs.labels("ok").inc()
     metrics.retention_last_run.set(time.time())
@@ -56,16 +59,27 @@ async def retention_pass(db: Database, metrics: CloudMetrics, *, keep_days: int)
     metrics.retention_rows.inc(result.rows_deleted)
     level = logging.INFO if result.partitions or result.rows_deleted else logging.DEBUG
     log.log(level, "retention: %s", describe(result))
+    if compress_after_days:
+        converted = await db.compress_telemetry(after_days=compress_after_days)
+        if converted:
+            log.info("columnar: converted %s", ", ".join(converted))
 
 
 async def run_retention(
-    db: Database, metrics: CloudMetrics, *, keep_days: int, interval_s: float
+    db: Database,
+    metrics: CloudMetrics,
+    *,
+    keep_days: int,
+    interval_s: float,
+    compress_after_days: int = 0,
 ) -> None:
     """Run a pass now and then every `interval_s` until cancelled; a failed pass waits for the
     next one (it is logged and counted, never fatal: the data is only kept a little longer)."""
     while True:
         try:
-            await retention_pass(db, metrics, keep_days=keep_days)
+            await retention_pass(
+                db, metrics, keep_days=keep_days, compress_after_days=compress_after_days
+            )
         except Exception:  # the supervisor of this loop: log and count, then try next time
             metrics.retention_runs.labels("error").inc()
             log.exception("retention pass failed; retrying in %.0f s", interval_s)

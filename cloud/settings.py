@@ -31,7 +31,9 @@ class CloudSettings(BaseModel):
 
     Retention (`cloud.retention`): telemetry older than `retention_days` is removed by a pass
     each replica runs at start-up and then every `retention_interval_s` (0: never in the
-    background; run ``tagway cloud retention`` from cron instead).
+    background; run ``tagway cloud retention`` from cron instead). On a Citus cluster the same
+    pass converts the days that ended `compress_after_days` ago (at least 2; 0: never) to
+    columnar storage (`cloud.storage.columnar`).
 
     Two-way (`cloud.hub`, `cloud.api.commands`): commands live `command_ttl_default_s` unless
     the caller says otherwise, at most `command_ttl_max_s`; a gateway holds at most
@@ -78,6 +80,7 @@ class CloudSettings(BaseModel):
     partitions_ahead_days: int = Field(default=7, ge=1)
     retention_days: int = Field(default=365, ge=1)
     retention_interval_s: int = Field(default=3600, ge=0)
+    compress_after_days: int = Field(default=7, ge=0)
     app_role: str = Field(default="tagway_app", pattern=r"^[a-z_][a-z0-9_]*$")
     public_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://")
     master_key_file: Path | None = None

@@ -115,6 +115,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
                     metrics,
                     keep_days=settings.retention_days,
                     interval_s=settings.retention_interval_s,
+                    compress_after_days=settings.compress_after_days,
                 ),
                 name="cloud-retention",
             )

@@ -101,6 +101,16 @@ class Database(Protocol):
         """
         ...
 
+    async def row_stored_from(self) -> int:
+        """The first timestamp after every columnar day (Citus), or the smallest bigint."""
+        ...
+
+    async def compress_telemetry(self, *, after_days: int) -> list[str]:
+        """Citus: convert whole days that ended `after_days` ago (at least 2) to columnar
+        storage; the partitions converted. Elsewhere nothing (TimescaleDB compresses its own
+        chunks). Safe to run from several replicas at once."""
+        ...
+
     async def relay(self, tx: Tx, tenant_id: int, message: bytes) -> None:
         """Hand a live message to the other replicas when `tx` commits (`cloud.live`).
 

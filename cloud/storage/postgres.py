@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.settings import CloudSettings
-from cloud.storage import citus, pg_migrate, timescale
+from cloud.storage import citus, columnar, pg_migrate, timescale
 from cloud.storage.base import NewSeriesCheck, Row, SeriesKey, TelemetryRows, Tx
 from cloud.storage.pg_layout import current, server_facts
 from cloud.storage.pg_schema import DAY_US
@@ -74,10 +74,13 @@ _INSERT_SKIPPING: Final = (
     " FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::text[], %s::int2[])"
     " AS u(s, t, v, x, q) ON CONFLICT (series_id, ts) DO NOTHING RETURNING 1"
 )  # the rows RETURNING gives back are the rows added (Citus's rowcount can claim more)
+# Distributed: the parent has no unique key (each row-stored partition has its own, see
+# cloud.storage.columnar), so the conflict has no target; it is the same one key.
+_INSERT_SKIPPING_ANY: Final = _INSERT_SKIPPING.replace("ON CONFLICT (series_id, ts)", "ON CONFLICT")
 
 
-async def _insert_skipping(tx: Tx, params: list[Any]) -> int:
-    return len(await tx.fetch(_INSERT_SKIPPING, params))
+async def _insert_skipping(tx: Tx, params: list[Any], *, distributed: bool = False) -> int:
+    return len(await tx.fetch(_INSERT_SKIPPING_ANY if distributed else _INSERT_SKIPPING, params))
 
 
 def copy_buffer(tenant_id: int, rows: TelemetryRows) -> bytes:
@@ -272,6 +275,30 @@ class PostgresDatabase:
             days=days,
         )
 
+    async def row_stored_from(self) -> int:
+        """Citus: the end of the newest columnar day; else the smallest bigint."""
+        if not self.info.distributed:
+            return columnar.MIN_TS
+        async with self.transaction(None) as tx:
+            row = await tx.fetchone(columnar.ROW_STORED_FROM)
+        return columnar.MIN_TS if row is None or row[0] is None else int(row[0])
+
+    async def compress_telemetry(self, *, after_days: int) -> list[str]:
+        """Citus: each old row-stored day rewritten as columnar in a transaction of its own
+        (`tagway_compress_day`, owner's rights); the partitions converted."""
+        if not self.info.distributed or after_days <= 0:
+            return []
+        self._require_schema(columnar.VERSION, "columnar compression")
+        async with self.transaction(None) as tx:
+            rows = await tx.fetch("SELECT tagway_columnar_candidates(%s)", [after_days])
+        done: list[str] = []
+        for (day,) in rows:
+            async with self.transaction(None) as tx:
+                row = await tx.fetchone("SELECT tagway_compress_day(%s)", [int(day)])
+            if row is not None and row[0] is not None:
+                done.append(str(row[0]))
+        return done
+
     async def set_retention_policy(self, *, keep_days: int) -> int | None:
         """TimescaleDB: its retention policies (telemetry and the aggregate) keep `keep_days`."""
         if not self.info.timescaledb:
@@ -318,16 +345,26 @@ class PostgresDatabase:
     async def _write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
         assert isinstance(tx, PgTx)  # noqa: S101 - the backend only ever hands out PgTx
         conn = tx.conn
+        distributed = self.info.distributed
         inserted = 0
+        split = columnar.split_late(rows, time.time_ns() // 1000) if distributed else None
+        if split is not None:  # days that may be columnar, without a unique index
+            late, rows = split
+
+            async def copy_late(selected: TelemetryRows) -> None:
+                async with conn.cursor() as cur, cur.copy(_COPY_SQL) as out:
+                    await out.write(copy_buffer(tenant_id, selected))
+
+            inserted = await columnar.write_late(conn, tenant_id, late, copy_late)
         if len(rows.ts):
             try:
                 async with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
                     await copy.write(copy_buffer(tenant_id, rows))
-                inserted = len(rows.ts)
+                inserted += len(rows.ts)
             except psycopg.Error as exc:
                 if not citus.is_duplicate(exc):
                     raise
-                inserted = await _insert_skipping(
+                inserted += await _insert_skipping(
                     tx,
                     [
                         tenant_id,
@@ -337,12 +374,14 @@ class PostgresDatabase:
                         [None] * len(rows.ts),
                         rows.quality.tolist(),
                     ],
+                    distributed=distributed,
                 )
         if rows.text_rows:
             sids, tss, texts, qualities = (list(c) for c in zip(*rows.text_rows, strict=True))
             inserted += await _insert_skipping(
-                tx, [tenant_id, sids, tss, [None] * len(sids), texts, qualities]
-            )
+                tx, [tenant_id, sids, tss, [None] * len(sids), texts, qualities],
+                distributed=distributed,
+            )  # fmt: skip
         return inserted
 
     async def latest_rows(self, tx: Tx, tenant_id: int, device_id: int) -> list[Row] | None:

@@ -295,6 +295,14 @@ class SqliteDatabase:
             after = resume
             await asyncio.sleep(0)  # let waiting requests take the lock between batches
 
+    async def row_stored_from(self) -> int:
+        """The smallest timestamp: every reading is row-stored."""
+        return -(2**63 - 1)
+
+    async def compress_telemetry(self, *, after_days: int) -> list[str]:
+        """Nothing: SQLite has no columnar storage."""
+        return []
+
     async def relay(self, tx: Tx, tenant_id: int, message: bytes) -> None:
         """Nothing to do: one process per file, and its hub hears everything directly."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from cloud.api.app import create_app
 from cloud.settings import CloudSettings
 from cloud.storage.pg_migrate import apply_migrations
+from cloud.storage.postgres import PostgresDatabase
 from tests.cloud.conftest import PLATFORM_KEY, Cloud, app_dsn, engine_param, make_batch, now_us
 from tests.conftest import EngineDatabases
 
@@ -69,14 +71,15 @@ async def _populate(dsn: str) -> str:
         return tenant.admin
 
 
-async def _answers(dsn: str, key: str) -> dict[str, Any]:
-    """Everything the tenant's user reads about its telemetry, through the API."""
+async def _answers(dsn: str, key: str, *, days: int = 1) -> dict[str, Any]:
+    """Everything the tenant's user reads about its telemetry (the last `days`), through the
+    API."""
     async with _cloud(dsn) as cloud:
         out: dict[str, Any] = {"series": (await cloud.get(key, "/v1/series")).json()}
         for device in (await cloud.get(key, "/v1/devices")).json():
             latest = await cloud.get(key, f"/v1/devices/{device['id']}/latest")
             out[f"latest {device['name']}"] = latest.json()
-        window = {"start": now_us() - DAY, "end": now_us() + DAY}
+        window = {"start": now_us() - days * DAY, "end": now_us() + DAY}
         for s in out["series"]:
             path = f"/v1/series/{s['id']}"
             out[f"raw {s['id']}"] = (await cloud.get(key, f"{path}/raw", **window)).json()
@@ -125,3 +128,83 @@ def test_distribute_without_citus_is_refused_with_the_reason(
     assert result.stderr.startswith("error: PostgreSQL migration refused: --distribute needs Citus")
     with psycopg.connect(owner) as conn:  # refused before anything was created
         assert conn.execute("SELECT to_regclass('telemetry')").fetchone() == (None,)
+
+
+def _access_methods(owner: str) -> dict[str, str]:
+    with psycopg.connect(owner) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, a.amname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_am a ON a.oid = c.relam WHERE i.inhparent = 'telemetry'::regclass"
+        ).fetchall()
+    return dict(rows)
+
+
+def _day_name(day: int) -> str:
+    return "telemetry_p" + time.strftime("%Y%m%d", time.gmtime(day * 86_400))
+
+
+def _count(owner: str) -> int:
+    with psycopg.connect(owner) as conn:
+        row = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("backend", [engine_param("citus")])
+async def test_old_days_become_columnar_and_answers_dedup_and_retention_keep_working(
+    backend: str, settings_for: Any
+) -> None:
+    settings = settings_for(retention_interval_s=0)
+    owner = settings.migrate_database_url
+    today = now_us() // DAY
+    first = (today - 5) * DAY + 300_000_000
+    devices = [f"pump{i}" for i in range(5)]
+
+    def readings(seq: int, start: int, n: int, devices: list[str] = devices) -> Any:
+        # every 10 minutes: 144 readings a day of each (device, tag)
+        return make_batch(gw[0], seq, devices=devices, n=n, start=start, step=600_000_000)
+
+    async with _cloud(owner) as cloud:
+        tenant = await cloud.tenant("acme")
+        gw = await cloud.gateway(tenant)
+        stored = await cloud.send(gw, readings(1, first, 5 * 144))  # the five days before today
+        assert stored.json()["stored"] == 10 * 720
+    before = await _answers(owner, tenant.admin, days=6)
+
+    db = await PostgresDatabase.open(settings)
+    try:
+        converted = await db.compress_telemetry(after_days=2)
+        assert converted == [_day_name(d) for d in (today - 5, today - 4, today - 3)]
+        assert await db.compress_telemetry(after_days=2) == []  # once is enough
+        methods = _access_methods(owner)
+        assert {methods[_day_name(d)] for d in (today - 5, today - 4, today - 3)} == {"columnar"}
+        assert {methods[_day_name(d)] for d in (today - 2, today - 1, today)} == {"heap"}
+        assert await _answers(owner, tenant.admin, days=6) == before
+
+        async with _cloud(owner) as cloud:
+            replay = await cloud.send(gw, readings(2, first, 5 * 144))  # the same, a new seq
+            assert replay.json()["stored"] == 0
+            late = (today - 4) * DAY + 1  # new readings of a columnar day: stored once each
+            assert (await cloud.send(gw, readings(3, late, 2, ["pump0"]))).json()["stored"] == 4
+            assert (await cloud.send(gw, readings(4, late, 3, ["pump0"]))).json()["stored"] == 2
+            assert _count(owner) == 10 * 720 + 6
+            # a device deleted: its readings go from the row-stored days at once, and from the
+            # columnar days (unreachable meanwhile) when retention drops them
+            pump4 = next(d for d in (await cloud.get(tenant.admin, "/v1/devices")).json()
+                         if d["name"] == "pump4")  # fmt: skip
+            headers = cloud.auth(tenant.admin)
+            gone = await cloud.client.delete(f"/v1/devices/{pump4['id']}", headers=headers)
+            assert gone.status_code == 204, gone.text
+            assert _count(owner) == 10 * 720 + 6 - 2 * 2 * 144
+        with (
+            psycopg.connect(app_dsn(owner)) as app,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            app.execute(f"SELECT count(*) FROM {_day_name(today - 4)}")  # noqa: S608
+
+        dropped = await db.drop_telemetry(keep_days=4, now_us=now_us())
+        assert dropped.partitions == [_day_name(today - 5)]
+        assert _count(owner) == 10 * 720 + 6 - 2 * 2 * 144 - 10 * 144
+    finally:  # columnar days refuse the DELETE that empties the tables before each test
+        await db.drop_telemetry(keep_days=1, now_us=now_us())
+        await db.close()
