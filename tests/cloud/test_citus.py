@@ -208,3 +208,38 @@ async def test_old_days_become_columnar_and_answers_dedup_and_retention_keep_wor
     finally:  # columnar days refuse the DELETE that empties the tables before each test
         await db.drop_telemetry(keep_days=1, now_us=now_us())
         await db.close()
+
+
+@pytest.mark.parametrize("pg_engine", [engine_param("citus")])
+async def test_a_schema_distributed_before_columnar_upgrades_in_place(
+    pg_engine: str, engine_databases: EngineDatabases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud.storage import pg_migrate  # noqa: PLC0415 - the migration list is patched
+
+    owner = engine_databases.database(pg_engine, "tagway_v7")
+    with monkeypatch.context() as before:  # the release before: migrations 1-8, no key moved
+        before.setattr(pg_migrate, "MIGRATIONS", pg_migrate.MIGRATIONS[:8])
+        before.setattr(pg_migrate, "PREPARE_DISTRIBUTED", ())
+        assert (await apply_migrations(owner, CloudSettings())).version == 8
+    key = await _populate(owner)
+    answers = await _answers(owner, key)
+    assert (await apply_migrations(owner, CloudSettings())).version == 9
+    with psycopg.connect(owner) as conn:
+        keys = conn.execute(
+            "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'p'"
+            " AND conrelid IN (SELECT 'telemetry'::regclass UNION ALL"
+            " SELECT inhrelid FROM pg_inherits WHERE inhparent = 'telemetry'::regclass)"
+        ).fetchall()
+        partitions = conn.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'telemetry'::regclass"
+        ).fetchone()
+    assert "telemetry" not in {k for (k,) in keys}  # the parent has no key any more...
+    assert (len(keys),) == partitions  # ...every partition has its own
+    assert await _answers(owner, key) == answers
+    async with _cloud(owner) as cloud:  # ingest, and a replay under a new seq stores nothing
+        gw = await cloud.gateway(await cloud.tenant("later"))
+        start = now_us() - 100 * 1_000_000
+        first = make_batch(gw[0], 1, n=50, start=start)
+        assert (await cloud.send(gw, first)).json()["stored"] == 2 * 50
+        overlapping = make_batch(gw[0], 2, n=60, start=start)  # 50 of each series stored
+        assert (await cloud.send(gw, overlapping)).json()["stored"] == 2 * 10
