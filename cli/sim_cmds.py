@@ -13,7 +13,18 @@ import typer
 import yaml
 
 from cli.errors import fail
-from cli.simconfig import DEFAULT_PROTOCOLS, agent_devices, parse_protocols
+from cli.simconfig import (
+    DEFAULT_PROTOCOLS,
+    agent_devices,
+    choose_entries,
+    complete_config,
+    parse_protocols,
+)
+
+_CONFIG_HEADER = """\
+# Written by `tagway sim plant --config-out`: every device the simulated plant serves.
+# Run it as it is (`tagway run --config FILE`); `tagway provision` adds the cloud section.
+"""
 
 sim_app = typer.Typer(help="Run the simulated plant (firmware_sim).", no_args_is_help=True)
 
@@ -34,15 +45,16 @@ def plant(
     opcua_port: Annotated[int, typer.Option(help="OPC UA port (0: any).")] = 0,
     mqtt_url: Annotated[str | None, typer.Option(help="Broker URL for the MQTT devices.")] = None,
     config_out: Annotated[
-        Path | None, typer.Option(help="Write agent device sections here.")
+        Path | None,
+        typer.Option(help="Write a complete agent config for this plant here (every device)."),
     ] = None,
     protocols: Annotated[str, typer.Option(help="Protocol per device type.")] = "",
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
 ) -> None:
-    """Serve a simulated plant on real sockets and print where; optionally write the agent's
-    device configuration for it.
+    """Serve a simulated plant on real sockets and print where; optionally write a complete
+    agent config that reads every device it serves (run the agent with it as it is).
 
-    Example: tagway sim plant --devices 8 --scenario bearing_wear --config-out devices.yaml
+    Example: tagway sim plant --devices 8 --scenario bearing_wear --config-out config.yaml
     """
     from firmware_sim.cli import describe, serving_line  # noqa: PLC0415
     from firmware_sim.inventory import served_devices  # noqa: PLC0415
@@ -66,10 +78,17 @@ def plant(
             typer.echo("\n".join(describe(running)))
             typer.echo(serving_line(running))
             if config_out is not None:
-                sections = agent_devices(served_devices(running), protocols=chosen,
-                                         mqtt_url=mqtt_url)  # fmt: skip
-                config_out.write_text(yaml.safe_dump({"devices": sections}, sort_keys=False))
-                typer.echo(f"wrote the agent's device sections to {config_out}")
+                served = served_devices(running)
+                entries, notes = choose_entries(served, chosen)
+                for note in notes:
+                    typer.echo(f"note: {note}")
+                sections = agent_devices(served, protocols=chosen, mqtt_url=mqtt_url)
+                state = config_out.resolve().parent / "state"
+                whole = complete_config(sections, state_dir=state)
+                config_out.write_text(_CONFIG_HEADER + yaml.safe_dump(whole, sort_keys=False))
+                names = ", ".join(e["name"] for e in entries)
+                typer.echo(f"wrote an agent config for {names} to {config_out}")
+                typer.echo(f"run it with: tagway run --config {config_out}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration)
 

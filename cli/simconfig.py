@@ -8,10 +8,12 @@ device type (a device is served over every protocol at once; the agent reads it 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_PROTOCOLS: Final = {"pump": "modbus", "tank": "mqtt", "boiler": "opcua"}
+_FALLBACK_ORDER: Final = ("modbus", "opcua", "mqtt")
 
 
 def parse_protocols(text: str) -> dict[str, str]:
@@ -25,6 +27,29 @@ def parse_protocols(text: str) -> dict[str, str]:
     return out
 
 
+def choose_entries(
+    served: Sequence[Mapping[str, Any]], protocols: Mapping[str, str] = DEFAULT_PROTOCOLS
+) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """One served entry per device: over its type's protocol when the plant serves it so, else
+    over another it serves (a tank without an MQTT broker is read over Modbus). Also a note per
+    device read over another protocol than asked, for the user."""
+    by_device: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for entry in served:
+        by_device.setdefault(entry["name"], {})[entry["protocol"]] = entry
+    chosen: list[Mapping[str, Any]] = []
+    notes: list[str] = []
+    for name, offered in by_device.items():
+        wanted = protocols.get(next(iter(offered.values()))["device_type"], "modbus")
+        if wanted in offered:
+            chosen.append(offered[wanted])
+            continue
+        other = next(p for p in (*_FALLBACK_ORDER, *offered) if p in offered)
+        chosen.append(offered[other])
+        notes.append(f"{name} is read over {other}: the plant does not serve it over {wanted}"
+                     + (" (give --mqtt-url)" if wanted == "mqtt" else ""))  # fmt: skip
+    return chosen, notes
+
+
 def agent_devices(
     served: Sequence[Mapping[str, Any]],
     *,
@@ -34,6 +59,8 @@ def agent_devices(
     topic_prefix: str = "plant",
 ) -> list[dict[str, Any]]:
     """Device sections for the agent config, one per simulated device (MQTT ones share a source).
+
+    Every served device gets a section (see `choose_entries`).
 
     Args:
         served: `firmware_sim.inventory.served_devices(plant)`.
@@ -45,9 +72,7 @@ def agent_devices(
     """
     devices: list[dict[str, Any]] = []
     mqtt_devices: list[str] = []
-    for entry in served:
-        if protocols.get(entry["device_type"], "modbus") != entry["protocol"]:
-            continue
+    for entry in choose_entries(served, protocols)[0]:
         if entry["protocol"] == "modbus":
             devices.append(_modbus(entry, poll_interval))
         elif entry["protocol"] == "opcua":
@@ -89,3 +114,15 @@ def _opcua(entry: Mapping[str, Any], interval: float) -> dict[str, Any]:
         "simulated": True, "publishing_interval_ms": interval * 1000,
         "tags": [{"name": t["name"], "node_id": t["node_id"]} for t in entry["tags"]],
     }  # fmt: skip
+
+
+def complete_config(
+    devices: list[dict[str, Any]], *, name: str = "gateway-1", state_dir: Path
+) -> dict[str, Any]:
+    """A whole agent config around generated device sections: `tagway run --config FILE`
+    reads the plant with it as it is (`tagway provision` adds the cloud)."""
+    return {
+        "gateway": {"name": name, "state_dir": str(state_dir)},
+        "outbox": {"quota": "256MiB"},
+        "devices": devices,
+    }
