@@ -185,7 +185,7 @@ class Agent:
                     inference=inference, pipeline=pipeline, uplink=uplink, supervisor=supervisor,
                     shelf=shelf, notifier=notifier,
                     writes=writes,
-                    sparkplug=_sparkplug_node(config, outbox, supervisor, pipeline),
+                    sparkplug=_sparkplug_node(config, outbox, supervisor, pipeline, writes),
                 )  # fmt: skip
                 self._runtime = runtime
                 try:
@@ -448,7 +448,11 @@ def _inference_stage(config: AgentConfig) -> InferenceStage:
 
 
 def _sparkplug_node(
-    config: AgentConfig, outbox: AsyncOutbox, supervisor: Supervisor, pipeline: Pipeline
+    config: AgentConfig,
+    outbox: AsyncOutbox,
+    supervisor: Supervisor,
+    pipeline: Pipeline,
+    writes: WriteDoor,
 ) -> SparkplugNode | None:
     settings = config.north.sparkplug
     if settings is None:
@@ -459,6 +463,7 @@ def _sparkplug_node(
         latest=lambda: pipeline.latest,
         datatypes=configured_datatypes(config.devices),
         state_dir=config.gateway.state_dir,
+        writes=writes,
     )
     return SparkplugNode(settings=settings, inputs=inputs)
 

@@ -38,6 +38,7 @@ class SparkplugNorth(BaseModel):
         keepalive_s: MQTT keepalive.
         reconnect_base_s / reconnect_cap_s: the jittered backoff between connection attempts.
         max_chunks: outbox chunks published per round (each becomes one DDATA per device).
+        command_ttl_s: a DCMD stamped longer ago than this is refused, never run.
     """
 
     model_config = _FROZEN
@@ -54,6 +55,7 @@ class SparkplugNorth(BaseModel):
     reconnect_base_s: float = Field(default=0.5, gt=0)
     reconnect_cap_s: float = Field(default=30.0, gt=0)
     max_chunks: int = Field(default=8, ge=1, le=1000)
+    command_ttl_s: float = Field(default=60.0, gt=0)
 
     @field_validator("group_id", "edge_node_id", "primary_host_id")
     @classmethod

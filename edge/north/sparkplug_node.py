@@ -17,16 +17,22 @@ appended since the birth) with a round of backlog (the oldest chunks, oldest fir
 backlog never holds live data back. The outbox holds everything meanwhile: nothing is lost while
 the host is offline, and the uplink to the cloud never waits for this publisher.
 
-DCMD writes are refused with a reason until the gateway's write path (limits, audit,
-exactly-once) is wired to Sparkplug; each refusal is logged and counted.
+DCMD writes go through the gateway's write door (`edge.writes`: the tag must be writable, the
+value inside its limits and its rate; every attempt is audited and reaches the cloud as an
+event), exactly like the cloud's commands. Each DCMD is recorded (a digest of its device and
+bytes, in the state directory) before it is acted on, so the same command delivered twice runs
+once; one older than `command_ttl_s` never runs. Metrics are named by name or by the alias the
+birth gave them; the value is read with the birth's datatype when the command omits it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -48,10 +54,11 @@ from edge.north.sparkplug_metrics import (
     node_birth,
     node_death,
 )
+from edge.writes import WriteOrigin, WriteOutcome
 from protocols.backoff import Backoff, BackoffPolicy
-from protocols.reading import Reading
+from protocols.reading import Reading, Value
 from protocols.sparkplug.conventions import REBIRTH
-from protocols.sparkplug.payload import DataType, Malformed, decode_payload
+from protocols.sparkplug.payload import DataType, Malformed, Metric, decode_payload
 from protocols.sparkplug.sequence import SEQ_MODULO, SeqCounter
 from protocols.sparkplug.topic import MessageType, StateTopic, Topic, parse_topic
 from store_forward import Chunk, Lane, Lease
@@ -69,6 +76,13 @@ class LeaseSource(Protocol):
                     consumer: str | None) -> Lease: ...  # fmt: skip
     async def ack(self, lease: Lease) -> int: ...
     async def release(self, lease: Lease) -> int: ...
+
+
+class WritePath(Protocol):
+    """The gateway's write door (`edge.writes.WriteDoor`)."""
+
+    async def write(self, device: str, tag: str, value: Value, *,
+                    origin: WriteOrigin) -> WriteOutcome: ...  # fmt: skip
 
 
 class NodeState(StrEnum):
@@ -94,6 +108,8 @@ class NodeStatus:
     skipped_readings: int = 0
     """Readings of a device that was not born (its driver was down) when they were sent."""
     refused_commands: int = 0
+    written_commands: int = 0
+    duplicate_commands: int = 0
     last_error: str | None = None
     refusals: list[str] = field(default_factory=list)
 
@@ -111,7 +127,8 @@ class NodeInputs:
         devices: each configured device and whether its driver is connected now.
         latest: the latest reading per (device, tag) (the pipeline's cache), for births.
         datatypes: the configured datatype per (device, tag) (Modbus tag types).
-        state_dir: where the node keeps its ``bdSeq`` across restarts.
+        state_dir: where the node keeps its ``bdSeq`` and the DCMDs it ran, across restarts.
+        writes: the write door DCMDs go through; None refuses them.
     """
 
     outbox: LeaseSource
@@ -119,6 +136,7 @@ class NodeInputs:
     latest: Callable[[], Mapping[tuple[str, str], Reading]]
     datatypes: Mapping[tuple[str, str], DataType]
     state_dir: Path
+    writes: WritePath | None = None
 
 
 class SparkplugNode:
@@ -148,6 +166,8 @@ class SparkplugNode:
         self._rebirth = asyncio.Event()
         self._birth_time = 0.0
         self._bd_path = inputs.state_dir / "sparkplug_bdseq.json"
+        self._commands: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100)
+        self._done = _CommandLog(inputs.state_dir / "sparkplug_dcmd.json")
         prefix = f"spBv1.0/{settings.group_id}"
         self._node = settings.edge_node_id
         self._prefix = prefix
@@ -210,6 +230,7 @@ class SparkplugNode:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._listen(client), name="sparkplug:listen")
                 group.create_task(self._publish(client, bd_seq), name="sparkplug:publish")
+                group.create_task(self._run_commands(), name="sparkplug:dcmd")
         except* _HostOffline as offline:
             await self._goodbye(client, bd_seq)
             raise offline.exceptions[0] from None
@@ -231,7 +252,10 @@ class SparkplugNode:
             elif isinstance(parsed, Topic) and parsed.message_type is MessageType.NCMD:
                 self._node_command(payload)
             elif isinstance(parsed, Topic) and parsed.message_type is MessageType.DCMD:
-                self._refuse_device_command(parsed.device, payload)
+                try:
+                    self._commands.put_nowait((parsed.device or "", payload))
+                except asyncio.QueueFull:
+                    self._refuse(f"DCMD to {parsed.device} refused: 100 commands are waiting")
 
     def _host_state(self, payload: bytes) -> None:
         online = _state_online(payload)
@@ -257,17 +281,69 @@ class SparkplugNode:
             self.status.rebirth_commands += 1
             self._rebirth.set()
 
-    def _refuse_device_command(self, device: str | None, payload: bytes) -> None:
-        try:
-            names = [m.name or f"alias {m.alias}" for m in decode_payload(payload).metrics]
-        except Malformed as exc:
-            names = [f"malformed payload ({exc})"]
-        reason = (f"DCMD to {device}: {', '.join(names)} refused: writes over Sparkplug are "
-                  "not enabled on this gateway (the write path with limits, audit and "
-                  "exactly-once is not wired to Sparkplug)")  # fmt: skip
+    def _refuse(self, reason: str) -> None:
         log.warning("sparkplug: %s", reason)
         self.status.refused_commands += 1
         self.status.refusals = [*self.status.refusals[-9:], reason]
+
+    async def _run_commands(self) -> None:
+        """DCMDs one at a time, in arrival order (a write waits for its device)."""
+        while True:
+            device, payload = await self._commands.get()
+            await self._device_command(device, payload)
+
+    async def _device_command(self, device: str, payload: bytes) -> None:
+        writes = self._in.writes
+        if writes is None:
+            self._refuse(f"DCMD to {device} refused: this gateway takes no writes over Sparkplug")
+            return
+        try:
+            command = decode_payload(payload)
+        except Malformed as exc:
+            self._refuse(f"DCMD to {device} refused: {exc}")
+            return
+        key = hashlib.sha256(device.encode() + b"\0" + payload).hexdigest()
+        if key in self._done:
+            self.status.duplicate_commands += 1
+            log.info("sparkplug: DCMD to %s received again; it ran once already", device)
+            return
+        age_s = self._clock() - command.timestamp / 1000 if command.timestamp else 0.0
+        if age_s > self.settings.command_ttl_s:
+            self._refuse(f"DCMD to {device} refused: it expired ({age_s:.0f} s old, "
+                         f"command_ttl_s is {self.settings.command_ttl_s:g})")  # fmt: skip
+            return
+        self._done.add(key)  # durable before acting: delivered twice, it runs once
+        who = f"host {self.settings.primary_host_id or 'unknown'}"
+        for metric in command.metrics:
+            target = self._command_target(device, metric)
+            if isinstance(target, str):
+                self._refuse(f"DCMD to {device} refused: {target}")
+                continue
+            tag, value = target
+            origin = WriteOrigin(source="sparkplug", who=who)
+            outcome = await writes.write(device, tag, value, origin=origin)
+            if outcome.written:
+                self.status.written_commands += 1
+            else:
+                self._refuse(f"DCMD {device}.{tag} = {value!r} {outcome.outcome}: {outcome.reason}")
+
+    def _command_target(self, device: str, metric: Metric) -> tuple[str, Value] | str:
+        """The tag and value a DCMD metric names, or why it names none."""
+        tags = self._catalog.devices.get(device, {})
+        tag = metric.name
+        if tag is None:
+            tag = next((t for t, spec in tags.items() if spec.alias == metric.alias), None)
+        if tag is None:
+            return f"alias {metric.alias} is not a metric of {device}"
+        try:
+            value = metric.value
+            if value is None and metric.wire is not None and tag in tags:
+                value = metric.value_as(tags[tag].datatype)
+        except Malformed as exc:
+            return f"{tag}: {exc}"
+        if value is None:
+            return f"{tag}: no value"
+        return tag, value
 
     async def _publish(self, client: aiomqtt.Client, bd_seq: int) -> None:
         await self._host_online.wait()
@@ -408,3 +484,30 @@ def _state_online(payload: bytes) -> bool | None:
         return None
     online = document.get("online") if isinstance(document, dict) else None
     return online if isinstance(online, bool) else None
+
+
+class _CommandLog:
+    """Digests of the last DCMDs acted on, kept in a small file (replaced atomically)."""
+
+    _KEEP = 512
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            self._keys = [str(k) for k in loaded][-self._KEEP :]
+        except (OSError, ValueError, TypeError):
+            self._keys = []
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str) -> None:
+        self._keys = [*self._keys[-(self._KEEP - 1) :], key]
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(self._keys, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self._path)

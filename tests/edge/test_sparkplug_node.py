@@ -70,10 +70,10 @@ def _value(metric: Any) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def watching(port: int) -> AsyncIterator[Seen]:
+async def watching(port: int, group: str = GROUP) -> AsyncIterator[Seen]:
     seen = Seen()
     async with aiomqtt.Client("127.0.0.1", port) as client:
-        await client.subscribe(f"spBv1.0/{GROUP}/#", qos=1)
+        await client.subscribe(f"spBv1.0/{group}/#", qos=1)
 
         async def collect() -> None:
             async for message in client.messages:
