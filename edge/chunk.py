@@ -27,9 +27,10 @@ def decode_readings(chunk: bytes) -> list[Reading]:
     """A telemetry chunk's readings, series by series; raise `ChunkError` if it is damaged."""
     out: list[Reading] = []
     for s in decode(chunk):
-        values: Sequence[float | str] = s.values
+        values: Sequence[float | str | int] = s.values
+        reasons = s.reasons or [None] * len(s.ts)
         out.extend(
-            Reading(s.device, s.tag, ts, value, Quality.from_code(q), s.unit, s.simulated)
-            for ts, value, q in zip(s.ts, values, s.qualities, strict=True)
+            Reading(s.device, s.tag, ts, value, Quality.from_code(q), s.unit, s.simulated, why)
+            for ts, value, q, why in zip(s.ts, values, s.qualities, reasons, strict=True)
         )
     return out

@@ -562,6 +562,12 @@ def _values_column(
         raise InvalidBatch(
             f"expected a number or bool, got {_shown(items[bad])}", path=(*path, bad)
         )
+    if array.dtype.kind == "f" and type(items[0]) is int and all(type(v) is int for v in items):
+        array = _unsigned(items, array)  # numpy makes floats of integers past int64
+    if array.dtype.kind in "iu" and items and (array.max() > 2**53 or array.min() < -(2**53)):
+        # Integers past float64's exactness stay integers (int64, or uint64 when they need it).
+        exact: FloatArray = array
+        return exact
     values = array.astype(np.float64)
     finite = np.isfinite(values)
     if not finite.all():
@@ -570,6 +576,15 @@ def _values_column(
             f"value {values[bad]!r} is not finite (NaN/inf are refused)", path=(*path, bad)
         )
     return values
+
+
+def _unsigned(items: list[int], otherwise: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """`items` as uint64 when they all fit it, else `otherwise` (floats, or refused later)."""
+    import numpy as np  # noqa: PLC0415 - see the top
+
+    if min(items) >= 0 and max(items) < 2**64:
+        return np.asarray(items, dtype=np.uint64)
+    return otherwise
 
 
 def _quality_column(data: Any, path: Path, length: int) -> QualityArray:

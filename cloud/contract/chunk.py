@@ -52,6 +52,7 @@ import zstandard
 
 from cloud.contract.batch import AlarmRecord, AnyEvent, alarm_to_dict, event_to_dict
 from cloud.contract.errors import ChunkError, PayloadTooLarge
+from cloud.contract.exact import check_exact, exact_column, exact_series, reasons_of, why_column
 
 FORMAT_VERSION: Final = 2  # telemetry chunks
 RECORDS_VERSION: Final = 1  # alarm and event chunks (unchanged since 0.1.0)
@@ -67,6 +68,7 @@ bad), unit, simulated, reason (not stored). `protocols.reading.Reading` is one."
 # Fields of a `Row`, fetched at C speed.
 _SERIES, _DEVICE, _TAG, _TS = itemgetter(0, 1), itemgetter(0), itemgetter(1), itemgetter(2)
 _VALUE, _QUALITY, _UNIT, _SIMULATED = itemgetter(3), itemgetter(4), itemgetter(5), itemgetter(6)
+_REASON = itemgetter(7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +80,10 @@ class ChunkSeries:
     unit: str | None
     simulated: bool
     ts: list[int]
-    values: list[float] | list[str]
+    values: list[float] | list[str] | list[int]
     qualities: list[int]
+    reasons: list[str | None] | None = None
+    """Why each reading is not good, where the gateway said (None: no reasons in the chunk)."""
 
 
 def encode(readings: Sequence[Row]) -> bytes:
@@ -133,6 +137,13 @@ def encode(readings: Sequence[Row]) -> bytes:
         "num": _shuffle(_pack("f", narrow), 4), "num8": _shuffle(_pack("d", wide), 8),
         "txt": texts, "q": bytes(codes) if codes is not None else None,
     }  # fmt: skip
+    exact = exact_series(values, counts, text_series)
+    if exact:  # integers past float64's exactness (see `cloud.contract.exact`)
+        series["int"] = _deltas(exact)
+        payload["int"] = exact_column(values, counts, exact)
+    why = why_column(list(map(_REASON, rows)))
+    if why is not None:
+        payload["why"] = why
     try:
         raw: bytes = msgpack.packb(payload, use_bin_type=True)
     except UnicodeEncodeError:  # a name with a lone surrogate (a JSON key can hold one)
@@ -330,6 +341,8 @@ class SeriesTable:
     count: list[int]
     text: set[int]  # ids of series holding strings
     wide: set[int]  # ids of numeric series stored as float64
+    exact: list[int] = dataclasses.field(default_factory=list)
+    """Ids of numeric series whose exact integers are in `Unpacked.ints` (ascending)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +361,10 @@ class Unpacked:
     texts: list[str]
     qualities: bytes | None  # one int8 code per reading; None: all good
     size: int  # decompressed bytes
+    ints: list[int] = dataclasses.field(default_factory=list)
+    """The exact values of the `table.exact` series, series after series."""
+    why: Any = None
+    """The readings' reasons as the chunk holds them (see `cloud.contract.exact.reasons_of`)."""
 
     @property
     def readings(self) -> int:
@@ -399,8 +416,10 @@ def unpack(chunk: bytes, bounds: Bounds = _TRUSTED) -> Unpacked:
         texts = data["txt"]
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise ChunkError("chunk text column is not a list of strings: the chunk is damaged")
+        ints = check_exact(data.get("int", []), sum(table.count[i] for i in table.exact))
         unpacked = Unpacked(t0, table, data["ts"], 4 if data["tsw"] == 4 else 8, version >= 2,
-                            narrow, wide, texts, data["q"], size)  # fmt: skip
+                            narrow, wide, texts, data["q"], size, ints,
+                            data.get("why"))  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ChunkError):
             raise
@@ -474,7 +493,13 @@ def _table(series: dict[str, Any], version: int, bounds: Bounds) -> SeriesTable:
         device, unit, sim = series["device"], series["unit"], series["sim"]
     if not len(device) == len(unit) == len(sim) == len(tags) == len(counts):
         raise ChunkError("chunk series columns differ in length: the chunk is damaged")
-    return SeriesTable(device, tags, unit, [bool(s) for s in sim], counts, set(text), set(wide))
+    exact = list(accumulate(series.get("int", []))) if version >= 2 else []
+    if not all(type(i) is int and 0 <= i < len(counts) and i not in text for i in exact) or (
+        exact != sorted(set(exact))
+    ):
+        raise ChunkError("chunk exact integer series are not numeric series: the chunk is damaged")
+    return SeriesTable(device, tags, unit, [bool(s) for s in sim], counts, set(text), set(wide),
+                       exact)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +512,8 @@ class _Columns:
     wide: list[float]
     texts: list[str]
     codes: list[int] | None
+    ints: list[int]
+    reasons: list[str | None] | None
 
 
 def _columns(chunk: bytes) -> _Columns:
@@ -501,7 +528,8 @@ def _columns(chunk: bytes) -> _Columns:
     except ValueError as exc:
         raise ChunkError(f"chunk columns cannot be read: {exc}") from exc
     codes = list(u.qualities) if u.qualities is not None else None
-    return _Columns(u.table, stamps, narrow, wide, u.texts, codes)
+    reasons = reasons_of(u.why, len(stamps))
+    return _Columns(u.table, stamps, narrow, wide, u.texts, codes, u.ints, reasons)
 
 
 def timestamps(chunk: bytes) -> list[int]:
@@ -519,6 +547,7 @@ def decode(chunk: bytes) -> list[ChunkSeries]:
         ChunkSeries(
             item["device"], item["tag"], item.get("unit"), bool(item.get("simulated")),
             item["ts"], item["values"], item.get("qualities") or [0] * len(item["ts"]),
+            item.get("reasons"),
         )
         for item in decode_plain(chunk)
     ]  # fmt: skip
@@ -530,8 +559,11 @@ def decode_plain(chunk: bytes) -> list[dict[str, Any]]:
     The uplink's fast path: each column becomes one Python list, and series are list slices.
     """
     cols = _columns(chunk)
-    table, codes = cols.table, cols.codes
+    table, codes, reasons = cols.table, cols.codes, cols.reasons
     text = table.text
+    exact = dict(
+        zip(table.exact, accumulate((table.count[i] for i in table.exact), initial=0), strict=False)
+    )  # series id -> where its values start in `ints`
     try:
         rows = zip(table.device, table.unit, table.simulated, table.tag, table.count,
                    strict=True)  # fmt: skip
@@ -552,8 +584,12 @@ def decode_plain(chunk: bytes) -> list[dict[str, Any]]:
             else:
                 item["values"] = cols.narrow[narrow_at : narrow_at + count]
                 narrow_at += count
+            if sid in exact:
+                item["values"] = cols.ints[exact[sid] : exact[sid] + count]
             if codes is not None and any(codes[at : at + count]):
                 item["qualities"] = codes[at : at + count]
+            if reasons is not None and any(reasons[at : at + count]):
+                item["reasons"] = reasons[at : at + count]
             if unit is not None:
                 item["unit"] = unit
             if simulated:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
@@ -241,6 +242,8 @@ def _series(u: chunk.Unpacked, path: Path, limits: Limits) -> list[SeriesColumns
         raise ChunkError("quality codes are not one of 0, 1, 2 per reading", path=(*path, "q"))
     out: list[SeriesColumns] = []
     at = narrow_at = wide_at = text_at = 0
+    exact = dict(zip(table.exact, accumulate((table.count[i] for i in table.exact), initial=0),
+                     strict=False))  # fmt: skip  # accumulate yields one start too many
     for sid, count in enumerate(table.count):
         where = (*path, "series", sid)
         values: npt.NDArray[np.float64] | tuple[str, ...]
@@ -254,6 +257,8 @@ def _series(u: chunk.Unpacked, path: Path, limits: Limits) -> list[SeriesColumns
             values, wide_at = wide[wide_at : wide_at + count], wide_at + count
         else:
             values, narrow_at = narrow[narrow_at : narrow_at + count], narrow_at + count
+        if sid in exact:  # the same values, exactly (integers past float64's exactness)
+            values = _exact(np, u.ints[exact[sid] : exact[sid] + count], where)
         unit = table.unit[sid]
         out.append(SeriesColumns(
             header_name(table.device[sid], (*where, "device"), limits),
@@ -268,6 +273,15 @@ def _series(u: chunk.Unpacked, path: Path, limits: Limits) -> list[SeriesColumns
     ):
         raise ChunkError("chunk columns do not add up: the chunk is damaged", path=path)
     return out
+
+
+def _exact(np: Any, ints: list[int], path: Path) -> Any:
+    """One series' exact integers as an int64 array, or uint64 when they need it."""
+    if min(ints) >= -(2**63) and max(ints) < 2**63:
+        return np.asarray(ints, dtype=np.int64)
+    if min(ints) >= 0:
+        return np.asarray(ints, dtype=np.uint64)
+    raise ChunkError("a series mixes negative integers with integers past int64", path=path)
 
 
 def _stamps(np: Any, u: chunk.Unpacked, path: Path) -> npt.NDArray[np.int64]:
