@@ -65,6 +65,48 @@ DatabaseOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 DEFAULT_DATABASE = "sqlite:///tagway-cloud.db"
+CLOUD_ENV = Path("/etc/tagway/cloud.env")
+"""The packaged service's settings: its database is the one admin commands act on there."""
+
+ExistingDatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        envvar="TAGWAY_CLOUD_DATABASE",
+        help="The service's database: sqlite:///FILE or postgresql://... (default:"
+        " $TAGWAY_CLOUD_DATABASE, else ./tagway-cloud.db if it exists, else the one in"
+        " /etc/tagway/cloud.env).",
+    ),
+]
+
+
+def existing_database(database: str | None) -> str:
+    """The database an admin command acts on: the one given, else the one `tagway cloud serve`
+    uses here (./tagway-cloud.db, or the packaged service's). Never a new, empty SQLite file
+    that no server reads: that would hand out keys nobody can use."""
+    if database is None:
+        if Path("tagway-cloud.db").is_file():
+            database = DEFAULT_DATABASE
+        elif CLOUD_ENV.is_file():
+            database = _env_database(CLOUD_ENV)
+        if database is None:
+            fail("which cloud database? Give --database (sqlite:///FILE or postgresql://...) or"
+                 " set TAGWAY_CLOUD_DATABASE, as for `tagway cloud serve`; there is no"
+                 f" ./tagway-cloud.db here and no {CLOUD_ENV}")  # fmt: skip
+    if database.startswith("sqlite:///"):
+        file = Path(database.removeprefix("sqlite:///"))
+        if not file.is_file():
+            fail(f"no cloud database at {file}: give the --database `tagway cloud serve` uses"
+                 " (serve creates it on first start)")  # fmt: skip
+    return database
+
+
+def _env_database(env: Path) -> str | None:
+    for line in env.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key == "TAGWAY_CLOUD_DATABASE" and value:
+            return value.strip().strip("'\"")
+    return None
 
 
 def _settings(**values: Any) -> CloudSettings:
@@ -233,7 +275,7 @@ def retention(
 @tenant_app.command("create")
 def tenant_create(
     name: Annotated[str, typer.Argument(help="The tenant's name.")],
-    database: DatabaseOpt = DEFAULT_DATABASE,
+    database: ExistingDatabaseOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create a tenant and its first admin API key (shown once).
@@ -242,6 +284,7 @@ def tenant_create(
     """
     from cloud.auth import API_KEY_PREFIX, Role, new_secret  # noqa: PLC0415
 
+    database = existing_database(database)
     secret = new_secret(API_KEY_PREFIX)
 
     async def work(repo: Repository) -> int:
@@ -266,7 +309,7 @@ def api_key_create(
     tenant: Annotated[int, typer.Option("--tenant", help="The tenant id.")],
     role: Annotated[str, typer.Option("--role", help="admin, operator or viewer.")],
     name: Annotated[str, typer.Option("--name", help="What the key is for.")] = "cli",
-    database: DatabaseOpt = DEFAULT_DATABASE,
+    database: ExistingDatabaseOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create an API key in a tenant (shown once).
@@ -275,6 +318,7 @@ def api_key_create(
     """
     from cloud.auth import API_KEY_PREFIX, Role, new_secret  # noqa: PLC0415
 
+    database = existing_database(database)
     if role not in {r.value for r in Role}:
         fail(f"--role must be admin, operator or viewer, not {role!r}")
     secret = new_secret(API_KEY_PREFIX)
