@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -101,39 +103,48 @@ def requeue_quarantine(
 
 @buffer_app.command("export")
 def export(
-    out: Annotated[Path, typer.Argument(help="The file to write (.csv or .db/.sqlite).")],
+    out: Annotated[Path, typer.Argument(help="The file to write (.csv, .json or .db/.sqlite).")],
     config: ConfigOpt = None,
     outbox: OutboxOpt = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", help="csv or sqlite (default: from the file name).")
+        str | None,
+        typer.Option("--format", help="csv, json or sqlite (default: from the file name)."),
     ] = None,
     refused: Annotated[
         bool, typer.Option("--refused", help="Export the readings the cloud refused instead.")
     ] = False,
 ) -> None:
-    """Write the readings still waiting in the outbox to a CSV or SQLite file, for a spreadsheet.
+    """Write the readings still waiting in the outbox to a CSV, JSON or SQLite file.
 
     Reads a snapshot without leasing anything: safe while the agent runs, and nothing is removed.
+    Numbers stay numbers (64-bit integers exactly; SQLite keeps an integer past int64 as text),
+    and a bad or uncertain reading carries its reason.
     With --refused, the readings the cloud refused one by one (a device clock far off) instead:
     one row per series, reason and batch, the most recent 1,000.
     Example: tagway buffer export backlog.csv
     """
     from store_forward import Lane, iter_chunks  # noqa: PLC0415
 
-    kind = fmt or ("csv" if out.suffix.lower() == ".csv" else "sqlite")
-    if kind not in {"csv", "sqlite"}:
-        fail(f"--format {kind!r}: expected csv or sqlite")
+    kind = fmt or {".csv": "csv", ".json": "json"}.get(out.suffix.lower(), "sqlite")
+    if kind not in {"csv", "json", "sqlite"}:
+        fail(f"--format {kind!r}: expected csv, json or sqlite")
     path = _outbox_path(config, outbox)
     if refused:
         _export_refused(path, out, kind)
         return
     rows = (
         {"device": r.device, "tag": r.tag, "time": _iso(r.ts), "ts_us": r.ts, "value": r.value,
-         "quality": r.quality.value, "unit": r.unit or "", "simulated": r.simulated}
+         "quality": r.quality.value, "reason": r.reason or "", "unit": r.unit or "",
+         "simulated": r.simulated}
         for c in iter_chunks(path, lanes=frozenset({Lane.TELEMETRY}))
         for r in _readings(path, c.id, c.payload)
     )  # fmt: skip
-    count = _write_csv(out, rows) if kind == "csv" else _write_sqlite(out, rows)
+    if kind == "csv":
+        count = _write_csv(out, rows)
+    elif kind == "json":
+        count = _write_json(out, rows)
+    else:
+        count = _write_sqlite(out, rows)
     typer.echo(f"wrote {count} readings from {path} to {out}")
 
 
@@ -146,8 +157,12 @@ def _export_refused(path: Path, out: Path, kind: str) -> None:
         for r in read_refused(path)
     ]  # fmt: skip
     fields = ["device", "tag", "reason", "count", "first_time", "first_ts_us", "recorded_at"]
-    count = (_write_csv(out, rows, fields) if kind == "csv"
-             else _write_sqlite(out, rows, "refused"))  # fmt: skip
+    if kind == "csv":
+        count = _write_csv(out, rows, fields)
+    elif kind == "json":
+        count = _write_json(out, rows)
+    else:
+        count = _write_sqlite(out, rows, "refused")
     typer.echo(f"wrote {count} refused-reading entries from {path} to {out}")
 
 
@@ -168,7 +183,8 @@ def _iso(ts: int) -> str:
     return us_to_datetime(ts).isoformat()
 
 
-_READING_FIELDS = ["device", "tag", "time", "ts_us", "value", "quality", "unit", "simulated"]
+_READING_FIELDS = ["device", "tag", "time", "ts_us", "value", "quality", "reason", "unit",
+                   "simulated"]  # fmt: skip
 
 
 def _write_csv(
@@ -186,10 +202,48 @@ def _write_csv(
     return count
 
 
-def _write_sqlite(out: Path, rows: Iterable[Mapping[str, object]], name: str = "readings") -> int:
-    import sqlite_utils  # noqa: PLC0415 - the library for "a table someone can open"
+def _write_json(out: Path, rows: Iterable[Mapping[str, object]], *_: object) -> int:
+    """A JSON array of objects, written as it is read (numbers stay numbers, exactly)."""
+    count = 0
+    with out.open("w", encoding="utf-8") as handle:
+        handle.write("[")
+        for row in rows:
+            handle.write(",\n" if count else "\n")
+            handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False))
+            count += 1
+        handle.write("\n]\n")
+    return count
 
-    table = sqlite_utils.Database(out).table(name)
-    materialized = [dict(row) for row in rows]
-    table.insert_all(materialized, batch_size=5000)
-    return len(materialized)
+
+def _write_sqlite(out: Path, rows: Iterable[Mapping[str, object]], name: str = "readings") -> int:
+    """A table whose `value` column has no declared type, so each value keeps its own: INTEGER
+    (64-bit exact), REAL or TEXT. (A typed column would turn a mixed column into text.) An
+    integer past int64, which SQLite cannot hold as a number, is stored as its decimal text."""
+    import sqlite3  # noqa: PLC0415
+
+    items = iter(rows)
+    first = next(items, None)
+    if first is None:
+        return 0
+    columns = list(first)
+    declared = ", ".join(f'"{c}"' if c in ("value", "count") else f'"{c}" {_TYPE[c]}'
+                         for c in columns)  # fmt: skip
+    insert = f'INSERT INTO "{name}" VALUES ({", ".join("?" * len(columns))})'  # noqa: S608 - our names
+    counted = itertools.count(1)
+    values = ([_sqlite_value(row[c]) for c in columns] for row in itertools.chain([first], items)
+              if next(counted))  # fmt: skip
+    with contextlib.closing(sqlite3.connect(out)) as db, db:
+        db.execute(f'CREATE TABLE IF NOT EXISTS "{name}" ({declared})')
+        db.executemany(insert, values)
+    return next(counted) - 1
+
+
+_TYPE = {"device": "TEXT", "tag": "TEXT", "time": "TEXT", "ts_us": "INTEGER", "quality": "TEXT",
+         "reason": "TEXT", "unit": "TEXT", "simulated": "INTEGER", "first_time": "TEXT",
+         "first_ts_us": "INTEGER", "recorded_at": "REAL"}  # fmt: skip
+
+
+def _sqlite_value(value: object) -> object:
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return str(value)
+    return value

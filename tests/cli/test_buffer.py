@@ -88,3 +88,39 @@ def test_a_damaged_chunk_in_an_export_is_one_line_naming_it(tmp_path: Path) -> N
         f"tagway: error: {path}: chunk {damaged} is damaged and was not exported"
     )
     assert "internal error" not in result.stderr
+
+
+def test_exports_keep_numbers_as_numbers_and_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    readings = [
+        Reading("plc", "counter", T0, 1152939101356429315),
+        Reading("plc", "energy_wh", T0, 2**64 - 1),
+        Reading("plc", "flow", T0, 0.1),
+        Reading("plc", "mode", T0, "AUTO"),
+        Reading("plc", "pressure", T0, 0.0, Quality.BAD, reason="modbus exception 02"),
+    ]
+    with Outbox(path) as outbox:
+        outbox.append(encode(readings), count=len(readings), lane=Lane.TELEMETRY)
+    for name in ("backlog.db", "backlog.json", "backlog.csv"):
+        result = tagway("buffer", "export", str(tmp_path / name), "--outbox", str(path))
+        assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "backlog.db") as db:
+        query = "SELECT tag, value, typeof(value), quality, reason FROM readings"
+        rows = {tag: (value, kind, quality, reason)
+                for tag, value, kind, quality, reason in db.execute(query)}  # fmt: skip
+    assert rows == {
+        "counter": (1152939101356429315, "integer", "good", ""),
+        "energy_wh": (str(2**64 - 1), "text", "good", ""),  # past int64: SQLite has no number
+        "flow": (0.1, "real", "good", ""),
+        "mode": ("AUTO", "text", "good", ""),
+        "pressure": (0.0, "real", "bad", "modbus exception 02"),
+    }
+    exported = json.loads((tmp_path / "backlog.json").read_text())
+    assert {r["tag"]: (r["value"], r["reason"]) for r in exported} == {
+        "counter": (1152939101356429315, ""), "energy_wh": (2**64 - 1, ""), "flow": (0.1, ""),
+        "mode": ("AUTO", ""), "pressure": (0.0, "modbus exception 02"),
+    }  # fmt: skip
+    with (tmp_path / "backlog.csv").open() as handle:
+        by_tag = {r["tag"]: r for r in csv.DictReader(handle)}
+    assert by_tag["counter"]["value"] == "1152939101356429315"
+    assert by_tag["pressure"]["reason"] == "modbus exception 02"
