@@ -2,12 +2,13 @@
 workers, all on this machine), in one run.
 
 1. API ingest, as in `bench_cloud.py`: the service in a real uvicorn process, pre-encoded
-   batches of 5,000 readings (msgpack + zstd) from 4 concurrent senders, first into plain
-   PostgreSQL (TAGWAY_TEST_PG_DSN's server), then into the Citus coordinator (telemetry
-   distributed by series, 32 shards). The batches spread over `--series` series, as a fleet's
-   would. While the API ingests into Citus, the CPU time of every process of each node (the
-   postmaster, its backends and the ones it reaped) is read from /proc before and after:
-   the coordinator's and the workers' CPU microseconds per reading.
+   batches of 5,000 readings (50 series x 100, msgpack + zstd) from 4 concurrent senders,
+   first into plain PostgreSQL (TAGWAY_TEST_PG_DSN's server), then into the Citus coordinator
+   (telemetry distributed by series, 32 shards, `CACHED_CONNECTIONS` kept per worker). The
+   batches take turns over `--series` series, as a fleet's would. While the API ingests into
+   Citus, the CPU time of every process of each node (the postmaster, its backends and the
+   ones it reaped) is read from /proc before and after: the coordinator's and the workers' CPU
+   microseconds per reading.
 2. The coordinator's share when telemetry is written through a worker: the same rows with the
    cloud's own binary COPY into telemetry, once through the coordinator and once through a
    worker (Citus routes each row to its shard from any node), CPU per reading of each node.
@@ -22,7 +23,7 @@ little; CPU per reading is what carries over to separate machines. Prints rows; 
 is JSON. Targets (issue 22): balance <= 1.2, columnar <= 3 bytes per reading, and a coordinator
 cost per reading that lets one coordinator feed at least 8 workers.
 
-    python tests/bench/bench_citus.py [--batches 60] [--series 2000] [--plant-hours 6]
+    python tests/bench/bench_citus.py [--batches 80] [--series 2000] [--plant-hours 6]
 """
 
 from __future__ import annotations
@@ -47,36 +48,46 @@ from cloud.settings import CloudSettings  # noqa: E402
 from cloud.storage.pg_migrate import apply_migrations  # noqa: E402
 from cloud.storage.postgres import PostgresDatabase, copy_buffer  # noqa: E402
 from cloud.storage.telemetry import BatchRows  # noqa: E402
-from tests.bench.bench_cloud import PLATFORM_KEY, Tally, _send_all, _setup  # noqa: E402
+from tests.bench.bench_cloud import (  # noqa: E402
+    PLATFORM_KEY,
+    READINGS_PER_SERIES,
+    SERIES_PER_BATCH,
+    Tally,
+    _send_all,
+    _setup,
+)
 from tests.bench.bench_storage import copy_rows, plant_rows  # noqa: E402
 from tests.cloud.test_replicas import start_replica, wait_ready  # noqa: E402
 from tests.pg_engines import EngineServer, running  # noqa: E402
 
 DAY_US = 86_400_000_000
-READINGS_PER_BATCH = 5_000
+READINGS_PER_BATCH = SERIES_PER_BATCH * READINGS_PER_SERIES
 SHARDS = 32
+CACHED_CONNECTIONS = 16
+"""citus.max_cached_conns_per_worker: a COPY touching every shard opens a connection per shard
+(TLS, a new backend); with Citus's default of 1 kept between transactions, that churn costs
+the nodes more CPU than the rows themselves."""
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def make_batches(gateway_id: int, count: int, series: int, first_seq: int = 1) -> list[Batch]:
-    """`count` batches of 5,000 readings; each covers `per` series of the `series`, in turn,
-    with distinct timestamps across all of them."""
-    per = 500
-    n = READINGS_PER_BATCH // per
+    """`count` batches shaped as bench_cloud.py's (50 series x 100 readings); batch b covers
+    the b-th group of 50 of the `series`, in turn; timestamps distinct across all of them."""
     base = time.time_ns() // 1000 - 3_600_000_000
+    groups = max(series // SERIES_PER_BATCH, 1)
     batches = []
     for b in range(count):
-        group = b % max(series // per, 1)
-        t0 = base + b * n * 1000
+        first = (b % groups) * SERIES_PER_BATCH
+        t0 = base + b * READINGS_PER_SERIES * 1000
         cols = [
             SeriesColumns(
-                device=f"dev{(group * per + s) // 20}",
-                tag=f"tag{(group * per + s) % 20}",
-                ts=[t0 + i * 1000 for i in range(n)],
-                values=[float((b + i) % 97) * 0.5 for i in range(n)],
-                qualities=[0] * n,
+                device=f"dev{(first + s) // 10}",
+                tag=f"tag{(first + s) % 10}",
+                ts=[t0 + i * 1000 for i in range(READINGS_PER_SERIES)],
+                values=[float(i % 97) * 0.5 for i in range(READINGS_PER_SERIES)],
+                qualities=[0] * READINGS_PER_SERIES,
             )
-            for s in range(per)
+            for s in range(SERIES_PER_BATCH)
         ]
         batches.append(Batch(str(gateway_id), first_seq + b, base, cols))
     return batches
@@ -157,7 +168,7 @@ def api_ingest(
     try:
         wait_ready(url, proc)
         gateway_id, token = asyncio.run(_setup(url))
-        warm = max(series // 500, 1)
+        warm = max(series // SERIES_PER_BATCH, 1)
         all_batches = make_batches(gateway_id, warm + batches, series)
         bodies = [encode_batch(b) for b in all_batches]
         asyncio.run(_send_all(url, token, bodies[:warm], senders, Tally()))  # series created
@@ -235,6 +246,9 @@ def citus_database(server: EngineServer) -> tuple[str, str]:
     owner = server.create_database(name)
     with psycopg.connect(owner, autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{name}" SET citus.shard_count = {SHARDS}')
+        conn.execute(
+            f'ALTER DATABASE "{name}" SET citus.max_cached_conns_per_worker = {CACHED_CONNECTIONS}'
+        )
     asyncio.run(apply_migrations(owner, CloudSettings()))
     return name, owner
 
@@ -242,7 +256,7 @@ def citus_database(server: EngineServer) -> tuple[str, str]:
 def main() -> None:
     """Both engines, the rows, and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--batches", type=int, default=80)
     parser.add_argument("--series", type=int, default=2_000)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--plant-hours", type=float, default=6.0)
@@ -302,16 +316,21 @@ def main() -> None:
         )
         server.drop_database(name)
 
-    worker_api = sum(us for node, us in api_cpu.items() if node != "coordinator")
+    workers_api = sum(us for node, us in api_cpu.items() if node != "coordinator")
+    metadata = max(api_cpu["coordinator"] - copy_coord["coordinator"], 0.0)
+    print(
+        f"per reading through the API: coordinator {api_cpu['coordinator']} µs, workers"
+        f" {workers_api:.2f} µs together -> one coordinator feeds"
+        f" {workers_api / max(api_cpu['coordinator'], 0.01):.1f} workers of its size; with the"
+        f" rows entering through the workers it would keep {metadata:.2f} µs (the API's"
+        f" metadata work) -> {workers_api / max(metadata, 0.01):.1f} workers"
+    )
     result = {
         "single_readings_per_s": single["readings_per_s"],
         "citus_readings_per_s": citus["readings_per_s"],
         "coordinator_cpu_us_per_reading": api_cpu["coordinator"],
         "worker_row_balance": round(max(balance_rows) / max(min(balance_rows), 1), 3),
         "columnar_bytes_per_reading": col["bytes_per_reading"],
-        "workers_cpu_us_per_reading": round(worker_api, 2),
-        "copy_via_coordinator_cpu_us": copy_coord,
-        "copy_via_worker_cpu_us": copy_worker,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result))
