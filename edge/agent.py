@@ -30,6 +30,7 @@ from cloud.contract import AlarmRecord
 from edge import chunk
 from edge.alarm_store import AlarmStore
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
+from edge.assets import AssetPath
 from edge.channel import ChannelHandlers, CommandChannel
 from edge.collector import settle_after_start
 from edge.commands import CommandJournal, CommandRunner
@@ -42,6 +43,7 @@ from edge.fleet.versions import ConfigVersions
 from edge.local_api import LocalApi
 from edge.north.sparkplug_metrics import configured_datatypes
 from edge.north.sparkplug_node import NodeInputs, SparkplugNode
+from edge.north.uns import UnsPublisher
 from edge.notify import NotificationQueue, Notifier
 from edge.pipeline import settings as stages
 from edge.pipeline.derived import DerivedTags
@@ -208,6 +210,9 @@ class Agent:
             background.append(group.create_task(rt.uplink.run(), name="uplink"))
         if rt.sparkplug is not None:
             background.append(group.create_task(rt.sparkplug.run(), name="sparkplug"))
+        uns = _uns_publisher(rt)
+        if uns is not None:
+            background.append(group.create_task(uns.run(), name="uns"))
         if rt.identity is not None and rt.identity.maintenance is not None:
             background.append(group.create_task(rt.identity.maintenance(), name="identity"))
         served = group.create_task(api.serve(), name="local-api")
@@ -466,6 +471,15 @@ def _sparkplug_node(
         writes=writes,
     )
     return SparkplugNode(settings=settings, inputs=inputs)
+
+
+def _uns_publisher(rt: Runtime) -> UnsPublisher | None:
+    config = rt.config.current
+    settings = config.north.uns
+    if settings is None:
+        return None
+    paths = {d.name: AssetPath.parse(d.path) for d in config.devices if d.path is not None}
+    return UnsPublisher(settings=settings, latest=rt.pipeline.latest.readings, paths=paths)
 
 
 def outbox_settings(config: AgentConfig) -> OutboxSettings:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from edge.alarms import AlarmKind, Severity
+from edge.assets import AssetPath
 from edge.config_checks import config_problems
 from edge.config_loader import DUPLICATE_NAMES, ConfigError, ConfigIssue, load_model, parse_model
 from edge.north.config import NorthSection
@@ -191,22 +192,34 @@ class EdgeOpcUaTag(OpcUaTag, _TagReporting, WriteLimits):
     """An OPC UA tag with its report-by-exception settings and write limits."""
 
 
-class ModbusDevice(ModbusDeviceConfig):
+class _Placed(BaseModel):
+    """A device's optional place in the ISA-95 hierarchy (`edge.assets`)."""
+
+    path: str | None = Field(default=None, description="enterprise/site/area/line/cell")
+
+    @field_validator("path")
+    @classmethod
+    def _asset_path(cls, value: str | None) -> str | None:
+        return None if value is None else str(AssetPath.parse(value))
+
+
+class ModbusDevice(ModbusDeviceConfig, _Placed):
     """A Modbus device (TCP, RTU, or RTU over TCP)."""
 
     protocol: Literal["modbus"]
     tags: tuple[EdgeModbusTag, ...] = Field(min_length=1)
 
 
-class OpcUaDevice(OpcUaDeviceConfig):
+class OpcUaDevice(OpcUaDeviceConfig, _Placed):
     """An OPC UA server."""
 
     protocol: Literal["opcua"]
     tags: tuple[EdgeOpcUaTag, ...] = Field(min_length=1)
 
 
-class MqttSource(MqttSourceConfig):
-    """An MQTT broker (the embedded one or an external one) and the topics to read."""
+class MqttSource(MqttSourceConfig, _Placed):
+    """An MQTT broker (the embedded one or an external one) and the topics to read; its `path`
+    places the devices whose readings carry the source's own name."""
 
     protocol: Literal["mqtt"]
 

@@ -1,6 +1,6 @@
 """The whole agent as a Sparkplug B edge node: a simulated Modbus pump read by the agent, published
 to Mosquitto, and written from a SCADA host with DCMD through the gateway's write door (limits,
-audit, a command delivered twice runs once)."""
+audit, a command delivered twice runs once), and its tags' latest values in the UNS."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from firmware_sim.plant import Plant
 from tests.edge.harness import agent_config, modbus_devices, running_agent
 from tests.edge.test_sparkplug_node import aliases, watching
+from tests.edge.test_uns import retained
 from tests.mosquitto import mosquitto
 from tests.protocols.sparkplug import tahu
 
@@ -40,8 +41,11 @@ async def test_dcmd_writes_inside_limits_and_is_refused_outside_them(
 ) -> None:
     async with Plant(devices=1, seed=5, tick_s=0.1, opcua=False, control_port=None) as plant:
         north = {"sparkplug": {"url": f"mqtt://127.0.0.1:{broker}", "group_id": GROUP,
-                               "edge_node_id": NODE, "primary_host_id": "scada"}}  # fmt: skip
-        config = agent_config(tmp_path, modbus_devices(plant), north=north)
+                               "edge_node_id": NODE, "primary_host_id": "scada"},
+                 "uns": {"url": f"mqtt://127.0.0.1:{broker}", "interval_s": 0.2}}  # fmt: skip
+        devices = modbus_devices(plant)
+        devices[0]["path"] = "acme/plant-a/pumping/line1"
+        config = agent_config(tmp_path, devices, north=north)
         async with aiomqtt.Client("127.0.0.1", broker) as scada:
             await scada.publish("spBv1.0/STATE/scada", b'{"online": true, "timestamp": 1}',
                                 qos=1, retain=True)  # fmt: skip
@@ -81,3 +85,8 @@ async def test_dcmd_writes_inside_limits_and_is_refused_outside_them(
                 await scada.publish(topic, stale.SerializeToString(), qos=1)
             await seen.until(lambda: any("expired" in r for r in node.status.refusals))
             assert len(await running.get("/v1/writes")) == 2
+
+        # The same agent's UNS publisher left every tag's latest value retained at its path.
+        uns = await retained(broker, "acme/plant-a/pumping/line1/pump1/#", 3)
+        assert "acme/plant-a/pumping/line1/pump1/flow" in uns
+        assert {"value", "quality", "ts", "unit"} <= set(next(iter(uns.values())))
