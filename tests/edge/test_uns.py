@@ -80,8 +80,8 @@ async def test_latest_values_are_retained_at_their_uns_path_and_sent_by_exceptio
         ("tank9", "level"): Reading("tank9", "level", now, 0, Quality.BAD, reason="timeout"),
     }
     settings = UnsNorth(url=f"mqtt://127.0.0.1:{broker}", interval_s=0.05)
-    publisher = UnsPublisher(settings=settings, latest=lambda: list(latest.values()),
-                             paths={"pump1": AssetPath.parse("acme/plant-a/pack/line2")})  # fmt: skip
+    paths = {"pump1": AssetPath.parse("acme/plant-a/pack/line2")}
+    publisher = UnsPublisher(settings=settings, latest=lambda: list(latest.values()), paths=paths)
     task = asyncio.create_task(publisher.run())
     try:
         seen = await retained(broker, "#", 3)
