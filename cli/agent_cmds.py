@@ -20,6 +20,7 @@ from cli.starter import STARTER
 if TYPE_CHECKING:
     from edge.api_contract import (
         Alarm,
+        Clock,
         ConfigStatus,
         Driver,
         Gateway,
@@ -185,6 +186,7 @@ def _print_status(r: StatusReport) -> None:
     badge = "  [SIMULATED]" if gw.simulated else ""
     typer.echo(f"{gw.name} (id {gw.gateway_id or '-'}) tagway {gw.version}{badge}")
     typer.echo(f"health: {r.health.status}")
+    typer.echo(f"clock: {_clock_line(gw.clock)}")
     for problem in r.health.problems:
         typer.echo(f"  ! {problem}")
     _print_reload(gw.config)
@@ -193,6 +195,9 @@ def _print_status(r: StatusReport) -> None:
         typer.echo(f"  {d.name:<20} {d.protocol:<7} {d.state:<11} readings "
                    f"{d.counter('readings'):>10}  errors {d.counter('errors')}  restarts "
                    f"{d.restarts}  overruns {d.overruns}  dropped {d.lost_readings}")  # fmt: skip
+        if d.counter("clock_faults"):
+            typer.echo(f"      {d.counter('clock_faults')} readings with an implausible source "
+                       "clock (see clock_fault)")  # fmt: skip
         at = _clock(d.last_error_at)
         if d.last_error:
             typer.echo(f"      error at {at}: {d.last_error}")
@@ -220,6 +225,15 @@ def _print_status(r: StatusReport) -> None:
     typer.echo(f"alarms: {len(r.alarms)} need attention")
     for a in r.alarms:
         typer.echo(f"  {a.severity:<8} {a.state:<9} {a.name}: {a.message}")
+
+
+def _clock_line(clock: Clock) -> str:
+    """The gateway clock as `tagway status` shows it."""
+    state = {True: "synchronized", False: "NOT synchronized", None: "synchronization unknown"}
+    line = f"{state[clock.synchronized]} (from {clock.source})"
+    if clock.unsynchronized_readings:
+        line += f", {clock.unsynchronized_readings} readings accepted while unsynchronized"
+    return line
 
 
 def _clock(at: float | None) -> str:

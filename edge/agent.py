@@ -32,6 +32,7 @@ from edge.alarm_store import AlarmStore
 from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
 from edge.assets import AssetPath
 from edge.channel import ChannelHandlers, CommandChannel
+from edge.clock import ClockSync
 from edge.collector import settle_after_start
 from edge.commands import CommandJournal, CommandRunner
 from edge.config import AgentConfig, ConfigError, load_config
@@ -175,9 +176,13 @@ class Agent:
                 self._shadow_record = ShadowRecord(config.gateway.state_dir / "shadow.db")
                 stack.callback(self._shadow_record.close)
             async with asyncio.TaskGroup() as group:
+                clock = ClockSync(config.clock.sync_command, config.clock.sync_interval)
                 supervisor = Supervisor(group=group, sink=pipeline.accept,
                                         dead_letters=dead_letters,
-                                        backoff=self._driver_backoff)  # fmt: skip
+                                        backoff=self._driver_backoff,
+                                        clock_window=config.clock.window(),
+                                        clock_fault=config.clock.clock_fault,
+                                        clock_sync=clock)  # fmt: skip
                 writes = WriteDoor(audit=write_audit, config=lambda: self.config.current,
                                    supervisor=supervisor, pipeline=pipeline,
                                    emit=event_emitter(outbox, uplink))  # fmt: skip
@@ -186,7 +191,7 @@ class Agent:
                     alarm_store=alarm_store, dead_letters=dead_letters, broker=broker,
                     inference=inference, pipeline=pipeline, uplink=uplink, supervisor=supervisor,
                     shelf=shelf, notifier=notifier,
-                    writes=writes,
+                    writes=writes, clock=clock,
                     sparkplug=_sparkplug_node(config, outbox, supervisor, pipeline, writes),
                 )  # fmt: skip
                 self._runtime = runtime
@@ -205,6 +210,7 @@ class Agent:
             group.create_task(_tick_alarms(rt), name="alarms"),
             group.create_task(rt.notifier.run(), name="notifications"),
             group.create_task(self._notifier.feed_watchdog(), name="watchdog"),
+            group.create_task(rt.clock.run(), name="clock"),
         ]
         if rt.uplink is not None:
             background.append(group.create_task(rt.uplink.run(), name="uplink"))

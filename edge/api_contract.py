@@ -125,6 +125,15 @@ class ConfigStatus(Answer):
     """None when the agent has no cloud (nothing is managed remotely)."""
 
 
+class Clock(Answer):
+    """The gateway's own clock: synchronized or not, and what it means for readings."""
+
+    synchronized: bool | None = None  # None: no probe could tell
+    source: str = "unknown"  # what answered: timedatectl (or the configured command), adjtimex
+    checked_at: float | None = None
+    unsynchronized_readings: int = 0  # readings accepted while it was not synchronized
+
+
 class Gateway(Answer):
     """`GET /v1/gateway`: who this agent is."""
 
@@ -133,6 +142,7 @@ class Gateway(Answer):
     version: str = "?"
     simulated: bool = False
     uptime_s: float = 0.0
+    clock: Clock = Clock()
     cloud: str | None = None
     config: ConfigStatus = ConfigStatus()
 

@@ -15,6 +15,8 @@
     local_api: where the TUI and `tagway status` reach the agent
     fleet:     remote configuration (cloud- or locally managed, probation) and status reports
     north:     publishers besides the cloud uplink (the Sparkplug B edge node)
+    clock:     the plausible window of source timestamps, the default `clock_fault`, and the
+               probe of the gateway's own clock synchronization
 
 Unknown keys are errors everywhere. After `load_config` only these frozen objects travel.
 """
@@ -31,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from edge.alarms import AlarmKind, Severity
 from edge.assets import AssetPath
+from edge.clock import ClockFault, ClockWindow
 from edge.config_checks import config_problems
 from edge.config_loader import DUPLICATE_NAMES, ConfigError, ConfigIssue, load_model, parse_model
 from edge.north.config import NorthSection
@@ -203,21 +206,51 @@ class _Placed(BaseModel):
         return None if value is None else str(AssetPath.parse(value))
 
 
-class ModbusDevice(ModbusDeviceConfig, _Placed):
+class ClockSection(BaseModel):
+    """Plausible source timestamps, and how the gateway learns whether its own clock is right.
+
+    A source timestamp more than `max_ahead` seconds ahead of the gateway clock, or older than
+    `max_age_days` (the cloud's own limit, 400 days by default), is a clock fault, handled by the
+    device's `clock_fault` (default here): restamp, keep or bad.
+    """
+
+    model_config = _FROZEN
+
+    max_ahead: float = Field(default=600.0, gt=0, description="seconds ahead of the gateway clock")
+    max_age_days: float = Field(default=400.0, gt=0, description="the cloud's max_age_days")
+    clock_fault: ClockFault = ClockFault.RESTAMP
+    sync_command: tuple[str, ...] = ("timedatectl", "show", "-p", "NTPSynchronized", "--value")
+    sync_interval: float = Field(default=60.0, gt=0, description="seconds between clock probes")
+
+    def window(self) -> ClockWindow:
+        """The window in microseconds."""
+        return ClockWindow(
+            max_ahead_us=round(self.max_ahead * 1_000_000),
+            max_age_us=round(self.max_age_days * 86_400 * 1_000_000),
+        )
+
+
+class _DeviceClock(BaseModel):
+    clock_fault: ClockFault | None = Field(
+        default=None, description="restamp | keep | bad; default: clock.clock_fault"
+    )
+
+
+class ModbusDevice(ModbusDeviceConfig, _Placed, _DeviceClock):
     """A Modbus device (TCP, RTU, or RTU over TCP)."""
 
     protocol: Literal["modbus"]
     tags: tuple[EdgeModbusTag, ...] = Field(min_length=1)
 
 
-class OpcUaDevice(OpcUaDeviceConfig, _Placed):
+class OpcUaDevice(OpcUaDeviceConfig, _Placed, _DeviceClock):
     """An OPC UA server."""
 
     protocol: Literal["opcua"]
     tags: tuple[EdgeOpcUaTag, ...] = Field(min_length=1)
 
 
-class MqttSource(MqttSourceConfig, _Placed):
+class MqttSource(MqttSourceConfig, _Placed, _DeviceClock):
     """An MQTT broker (the embedded one or an external one) and the topics to read; its `path`
     places the devices whose readings carry the source's own name."""
 
@@ -348,6 +381,7 @@ class AgentConfig(BaseModel):
     local_api: LocalApiSection = LocalApiSection()
     fleet: FleetSection = FleetSection()
     north: NorthSection = NorthSection()
+    clock: ClockSection = ClockSection()
 
     @field_validator("devices", "derived", "models", "alarms", "notifications", mode="before")
     @classmethod

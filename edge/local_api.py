@@ -265,6 +265,11 @@ def _gateway(rt: Runtime, fleet: Fleet | None) -> contract.Gateway:
         name=config.gateway.name, gateway_id=rt.gateway_id, version=rt.version,
         simulated=config.simulated, uptime_s=time.time() - rt.started_at,
         cloud=config.cloud.url if config.cloud is not None else None,
+        clock=contract.Clock(
+            synchronized=rt.clock.synchronized, source=rt.clock.source,
+            checked_at=rt.clock.checked_at,
+            unsynchronized_readings=rt.clock.unsynchronized_readings,
+        ),
         config=contract.ConfigStatus(
             path=str(rt.config.path) if rt.config.path is not None else None,
             reloads_applied=reloads.applied, reloads_rejected=reloads.rejected,
@@ -355,7 +360,8 @@ def _driver(rt: Runtime, name: str) -> contract.Driver:
         since=link.since if link else None, reconnects=link.reconnects if link else 0,
         last_error=error.current, last_error_at=error.at, recovered_from=error.recovered_from,
         restarts=slot.restarts, crashes=slot.crashes,
-        counters=driver.counters.as_dict() if driver is not None else {},
+        counters=(driver.counters.as_dict() if driver is not None else {})
+        | {"clock_faults": slot.clock.faults},
         queue_dropped=rt.pipeline.counters.dropped_by_device.get(name, 0),
     )  # fmt: skip
 

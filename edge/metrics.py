@@ -43,6 +43,7 @@ class AgentMetrics(Collector):
         """Called by the registry at each scrape."""
         yield from self._pipeline()
         yield from self._drivers()
+        yield from self._clock()
         yield from self._reloads()
         yield from self._outbox_figures()
         yield from self._uplink()
@@ -72,6 +73,11 @@ class AgentMetrics(Collector):
             "tagway_driver_poll_overruns", "poll cycles started late (the device is overloaded)",
             labels=["device"],
         )  # fmt: skip
+        clock_faults = CounterMetricFamily(
+            "tagway_driver_clock_faults",
+            "readings whose source timestamp was outside the plausible window",
+            labels=["device"],
+        )  # fmt: skip
         dropped = CounterMetricFamily(
             "tagway_driver_dropped_readings",
             "readings of the device dropped and counted (driver queue, dead letters, full "
@@ -86,7 +92,22 @@ class AgentMetrics(Collector):
             readings.add_metric([name], counters.readings)
             overruns.add_metric([name], counters.overruns)
             dropped.add_metric([name], counters.dropped + queue_dropped.get(name, 0))
-        yield from (connected, restarts, readings, overruns, dropped)
+            clock_faults.add_metric([name], slot.clock.faults)
+        yield from (connected, restarts, readings, overruns, dropped, clock_faults)
+
+    def _clock(self) -> Iterator[Metric]:
+        clock = self._runtime.clock
+        if clock.synchronized is not None:
+            yield GaugeMetricFamily(
+                "tagway_clock_synchronized",
+                f"1 when the gateway clock is synchronized (from {clock.source})",
+                value=1 if clock.synchronized else 0,
+            )
+        yield CounterMetricFamily(
+            "tagway_readings_unsynchronized",
+            "readings accepted while the gateway clock was not synchronized",
+            value=clock.unsynchronized_readings,
+        )
 
     def _reloads(self) -> Iterator[Metric]:
         reloads = self._runtime.config.reloads

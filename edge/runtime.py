@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from cloud.contract import AnyEvent
 from cloud.contract.chunk import encode_records
 from edge.alarm_store import AlarmStore
+from edge.clock import ClockSync
 from edge.config import AgentConfig
 from edge.credentials import UplinkIdentity
 from edge.dead_letters import DeadLetterStore
@@ -92,6 +93,7 @@ class Runtime:
         notifier: the alarm notification hooks and their queue.
         writes: the write door: every setpoint write passes through it (limits, audit).
         sparkplug: the Sparkplug B edge node (`north.sparkplug`), when configured.
+        clock: whether the gateway clock is synchronized, and readings accepted while it was not.
     """
 
     config: LiveConfig
@@ -110,6 +112,7 @@ class Runtime:
     notifier: Notifier
     writes: WriteDoor
     sparkplug: SparkplugNode | None = None
+    clock: ClockSync = field(default_factory=lambda: ClockSync(()))
 
     @property
     def gateway_id(self) -> str | None:

@@ -16,16 +16,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import assert_never
 
+from edge.clock import ClockCheck, ClockFault, ClockSync, ClockWindow
 from edge.config import Device, ModbusDevice, MqttSource, OpcUaDevice
 from edge.dead_letters import DeadLetterStore
 from edge.errors import EdgeError
 from protocols.backoff import Backoff, BackoffPolicy
 from protocols.driver import ConnectionState, Driver, Sink
-from protocols.reading import Value
+from protocols.reading import Reading, Value, now_us
 
 log = logging.getLogger(__name__)
 
 _GOOD_RUN_S = 60.0  # a driver that ran this long before failing starts its backoff small again
+_NO_CLOCK_CHECK = ClockWindow(max_ahead_us=2**62, max_age_us=2**62)
 
 
 @dataclass(slots=True)
@@ -39,6 +41,8 @@ class DriverSlot:
     last_crash: str | None = None
     last_crash_at: float | None = None
     started_at: float = field(default_factory=time.time)
+    clock: ClockCheck = field(default_factory=lambda: ClockCheck(_NO_CLOCK_CHECK, ClockFault.KEEP))
+    """The plausibility check of this device's timestamps, and its count (kept over restarts)."""
 
     @property
     def name(self) -> str:
@@ -98,6 +102,9 @@ class Supervisor:
         sink: where drivers deliver readings (the pipeline's `accept`).
         dead_letters: where MQTT sources put messages they cannot decode.
         backoff: the restart policy for failed drivers.
+        clock_window: the plausible window of source timestamps (None: no check).
+        clock_fault: the default policy for readings outside it (a device may set its own).
+        clock_sync: counts readings accepted while the gateway clock is not synchronized.
     """
 
     def __init__(
@@ -107,10 +114,16 @@ class Supervisor:
         sink: Sink,
         dead_letters: DeadLetterStore,
         backoff: BackoffPolicy,
+        clock_window: ClockWindow | None = None,
+        clock_fault: ClockFault = ClockFault.RESTAMP,
+        clock_sync: ClockSync | None = None,
     ) -> None:
         self.slots: dict[str, DriverSlot] = {}
         self._group = group
         self._sink = sink
+        self._clock_window = clock_window
+        self._clock_fault = clock_fault
+        self._clock_sync = clock_sync
         self._dead_letters = dead_letters
         self._backoff = backoff
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -119,6 +132,8 @@ class Supervisor:
         """Start a supervised driver for each device (replacing a slot of the same name)."""
         for device in devices:
             slot = self.slots[device.name] = DriverSlot(device)
+            if self._clock_window is not None:
+                slot.clock = ClockCheck(self._clock_window, device.clock_fault or self._clock_fault)
             self._tasks[slot.name] = self._group.create_task(
                 self._supervise(slot), name=f"driver:{slot.name}"
             )
@@ -155,13 +170,14 @@ class Supervisor:
     async def _supervise(self, slot: DriverSlot) -> None:
         """Run one driver forever; restart it with backoff when it fails."""
         backoff = Backoff(self._backoff)
+        sink = self._checked_sink(slot)
         while True:
             driver = self._build_driver(slot.config)
             slot.driver = driver
             started = time.monotonic()
             try:
                 async with driver:
-                    await driver.run(self._sink)
+                    await driver.run(sink)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the supervisor is where failures stop
@@ -173,6 +189,18 @@ class Supervisor:
                 backoff.reset()
             await asyncio.sleep(backoff.next_delay())
             slot.restarts += 1
+
+    def _checked_sink(self, slot: DriverSlot) -> Sink:
+        """The pipeline's sink behind this device's clock check (and the sync count)."""
+        check, sync, sink = slot.clock, self._clock_sync, self._sink
+
+        async def checked(readings: list[Reading]) -> None:
+            readings = check(readings, now_us())
+            if sync is not None:
+                sync.count(len(readings))
+            await sink(readings)
+
+        return checked
 
     def _build_driver(self, device: Device) -> Driver:
         if isinstance(device, ModbusDevice):

@@ -83,6 +83,14 @@ class OverviewPane(Static):
         grid.add_row("Gateway", Text.assemble(
             (gw.name, "bold"), f"  id {gw.gateway_id or '- (not provisioned)'}  tagway ",
             gw.version, f"  up {format_age(gw.uptime_s)}  health ", health))  # fmt: skip
+        clock = gw.clock
+        if clock.synchronized is False or clock.unsynchronized_readings:
+            # Shown when it matters: timestamps of the gateway may be off.
+            state = "NOT synchronized" if clock.synchronized is False else "synchronized again"
+            grid.add_row("Clock", Text(
+                f"{state} (from {clock.source}); {clock.unsynchronized_readings} readings "
+                "accepted while unsynchronized", "bold red" if clock.synchronized is False
+                else "yellow"))  # fmt: skip
         grid.add_row("Uplink", uplink_line(snap.uplink, now))
         grid.add_row("Backlog", backlog_line(snap.uplink, ob.backlog_readings, ob.oldest_age_s))
         if gw.config.remote is not None:

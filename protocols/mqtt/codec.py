@@ -39,6 +39,7 @@ _US_PER_UNIT: Final = {
     TimestampFormat.EPOCH_MS: 1_000,
     TimestampFormat.EPOCH_US: 1,
 }
+_NS_PER_US: Final = 1_000
 _RAW_BOOLS: Final = {"true": True, "false": False}
 _PLAIN: Final = frozenset({int, str, bool})
 _GOOD: Final = Quality.GOOD
@@ -261,7 +262,7 @@ class Route:
         where: str,
     ) -> list[Reading]:
         ts = received_us
-        if decoder.timestamp_path is not None:
+        if decoder.stamped_by_payload:
             ts = self._timestamp(sample, decoder, received_us, where)
         readings: list[Reading] = []
         if decoder.values_path is not None:
@@ -294,7 +295,7 @@ class Route:
     ) -> int:
         path = f"{where}{decoder.timestamp_path}"
         raw = _require(sample, decoder.timestamp_path or "", where)
-        ts = _timestamp_us(raw, decoder.timestamp_format, path)
+        ts = _timestamp_us(raw, decoder.epoch_format, path)
         if ts < 0:
             raise _Refused(f"{path}: timestamp {raw!r} is before 1970")
         skew = ts - received_us
@@ -428,10 +429,14 @@ def _timestamp_us(raw: object, fmt: TimestampFormat, where: str) -> int:
             raise _Refused(f"{where}: {exc}") from None
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise _Refused(f"{where}: expected a number ({fmt.value}), got {_json_type(raw)}")
+    if fmt is TimestampFormat.EPOCH_NS:
+        if isinstance(raw, int):
+            return raw // _NS_PER_US
+        return round(_finite(raw, where) / _NS_PER_US)
     scale = _US_PER_UNIT[fmt]
     if isinstance(raw, int):
         return raw * scale
-    return round(_finite(raw, where) * scale)
+    return round(_finite(_finite(raw, where) * scale, where))
 
 
 def _raw_value(text: str, wanted: ValueType | None, tag: str) -> Value:

@@ -147,7 +147,17 @@ class TimestampFormat(StrEnum):
     EPOCH_S = "epoch_s"
     EPOCH_MS = "epoch_ms"
     EPOCH_US = "epoch_us"
+    EPOCH_NS = "epoch_ns"
     ISO8601 = "iso8601"
+
+
+TS_UNITS: Final = {
+    "s": TimestampFormat.EPOCH_S,
+    "ms": TimestampFormat.EPOCH_MS,
+    "us": TimestampFormat.EPOCH_US,
+    "ns": TimestampFormat.EPOCH_NS,
+}
+"""`ts_unit` as the `TimestampFormat` it means."""
 
 
 class JsonField(BaseModel):
@@ -167,8 +177,12 @@ class JsonDecoder(BaseModel):
     ``{"samples": [{"ts": ..., "values": {...}}, ...]}``.
 
     Args:
+        timestamp: ``payload`` (the sample's own timestamp, at `timestamp_path`) or
+            ``gateway`` (the receive time; for devices whose clock cannot be trusted).
         timestamp_path: where each sample's timestamp is; None uses the receive time.
-        timestamp_format: epoch seconds/milliseconds/microseconds or ISO-8601 with a zone.
+        ts_unit: the unit of a numeric timestamp: ``s``, ``ms`` (the default), ``us`` or ``ns``.
+        timestamp_format: the same as a format name (``epoch_s`` ... ``epoch_ns``), or
+            ``iso8601`` for ISO-8601 strings with a zone; set `ts_unit` or this, not both.
         values_path: an object whose every key is a tag; None to use `fields` only.
         fields: explicit values by path, with their own type and unit.
         units: unit per tag for the `values_path` object.
@@ -180,7 +194,9 @@ class JsonDecoder(BaseModel):
     model_config = _FROZEN
 
     kind: Literal["json"] = "json"
+    timestamp: Literal["payload", "gateway"] = "payload"
     timestamp_path: str | None = "ts"
+    ts_unit: Literal["s", "ms", "us", "ns"] | None = None
     timestamp_format: TimestampFormat = TimestampFormat.EPOCH_MS
     values_path: str | None = "values"
     fields: tuple[JsonField, ...] = ()
@@ -194,6 +210,27 @@ class JsonDecoder(BaseModel):
         if self.values_path is None and not self.fields:
             raise ValueError("decoder: set values_path or at least one entry in fields")
         return self
+
+    @model_validator(mode="after")
+    def _one_timestamp_unit(self) -> JsonDecoder:
+        if self.ts_unit is None:
+            return self
+        if "timestamp_format" in self.model_fields_set:
+            raise ValueError(
+                f"ts_unit {self.ts_unit!r} and timestamp_format "
+                f"{self.timestamp_format.value!r} both set the timestamp's unit; keep one"
+            )
+        return self
+
+    @property
+    def epoch_format(self) -> TimestampFormat:
+        """How the timestamp is written, `ts_unit` taken into account."""
+        return TS_UNITS[self.ts_unit] if self.ts_unit is not None else self.timestamp_format
+
+    @property
+    def stamped_by_payload(self) -> bool:
+        """Whether readings take the payload's timestamp (else the receive time)."""
+        return self.timestamp == "payload" and self.timestamp_path is not None
 
 
 class RawDecoder(BaseModel):

@@ -23,6 +23,7 @@ from typing import Final
 from asyncua import ua
 
 from protocols.errors import CodecError
+from protocols.opcua.config import TimestampSource
 from protocols.opcua.nodeid import NodeIdSpec
 from protocols.opcua.wire import RawChange
 from protocols.reading import Quality, Reading, Value, datetime_to_us
@@ -126,8 +127,13 @@ def to_reading(  # noqa: PLR0917 - hot path: positional, like the Reading tuple 
     received_us: int,
     unit: str | None,
     simulated: bool,
+    stamp: TimestampSource = "source",
 ) -> Reading:
-    """Map one DataValue to a `Reading`; never raises (a value that cannot be mapped is bad)."""
+    """Map one DataValue to a `Reading`; never raises (a value that cannot be mapped is bad).
+
+    `stamp` picks the clock: ``source`` (SourceTimestamp, else ServerTimestamp, else
+    `received_us`), ``server`` (ServerTimestamp, else `received_us`) or ``gateway``.
+    """
     status = dv.StatusCode
     quality = Quality.GOOD if status is None else Quality.from_opcua_status(status.value)
     reason = None if quality is Quality.GOOD else status_reason(status)
@@ -140,7 +146,12 @@ def to_reading(  # noqa: PLR0917 - hot path: positional, like the Reading tuple 
         elif quality is Quality.GOOD:
             quality, reason = Quality.BAD, _BAD_NO_VALUE_REASON
         value = 0
-    ts = timestamp_us(dv, received_us)
+    if stamp == "source":
+        ts = timestamp_us(dv, received_us)
+    elif stamp == "server" and isinstance(dv.ServerTimestamp, datetime):
+        ts = utc_us(dv.ServerTimestamp)
+    else:
+        ts = received_us
     return Reading(device, tag, ts, value, quality, unit, simulated, reason)
 
 
@@ -151,6 +162,7 @@ def raw_to_reading(  # noqa: PLR0917 - hot path: positional, like the Reading tu
     received_us: int,
     unit: str | None,
     simulated: bool,
+    stamp: TimestampSource = "source",
 ) -> Reading:
     """`to_reading` for a change decoded by `protocols.opcua.wire` (same rules, plain ints)."""
     status = change.status
@@ -164,7 +176,12 @@ def raw_to_reading(  # noqa: PLR0917 - hot path: positional, like the Reading tu
         if quality is Quality.GOOD:
             quality, reason = Quality.BAD, _BAD_NO_VALUE_REASON
         value = 0
-    ts = change.source_us or change.server_us or received_us
+    if stamp == "source":
+        ts = change.source_us or change.server_us or received_us
+    elif stamp == "server":
+        ts = change.server_us or received_us
+    else:
+        ts = received_us
     return Reading(device, tag, ts, value, quality, unit, simulated, reason)
 
 

@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from protocols.errors import CodecError
 from protocols.opcua.nodeid import NodeIdSpec, parse_node_id
 
+TimestampSource = Literal["source", "server", "gateway"]
+"""Which clock stamps an OPC UA reading."""
+
 
 class OpcUaTag(BaseModel):
     """One OPC UA variable read as one tag.
@@ -41,6 +44,7 @@ class OpcUaTag(BaseModel):
         deadband_type: ``none``, ``absolute`` (engineering units) or ``percent`` (of EURange).
         deadband_value: the deadband; 0..100 for percent.
         unit: engineering unit override; otherwise the node's EngineeringUnits property is used.
+        timestamp: which clock stamps this tag's readings; None follows the device.
         writable: whether `write()` may set this tag.
     """
 
@@ -55,6 +59,7 @@ class OpcUaTag(BaseModel):
     deadband_value: float = Field(default=0.0, ge=0)
     unit: str | None = None
     writable: bool = False
+    timestamp: TimestampSource | None = None
 
     @field_validator("node_id")
     @classmethod
@@ -119,6 +124,9 @@ class OpcUaDeviceConfig(BaseModel):
         session_state_dir: where the open session's token is kept (0600) so that a reconnect, or
             a restarted agent, resumes the server's session and its queued notifications; a
             private temporary directory when None.
+        timestamp: which clock stamps readings: ``source`` (SourceTimestamp, else
+            ServerTimestamp, else receive time), ``server`` (ServerTimestamp, else receive time)
+            or ``gateway`` (the receive time); a tag may choose its own.
         simulated: readings carry ``simulated=True`` (firmware_sim devices).
         tags: the tags, unique by name.
     """
@@ -144,6 +152,9 @@ class OpcUaDeviceConfig(BaseModel):
     max_queued_readings: int | None = Field(default=None, ge=1)
     read_engineering_units: bool = True
     session_state_dir: Path | None = None
+    timestamp: TimestampSource = Field(
+        default="source", description="source | server | gateway: which clock stamps readings"
+    )
     simulated: bool = False
     tags: tuple[OpcUaTag, ...] = Field(min_length=1)
 

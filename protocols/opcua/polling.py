@@ -74,8 +74,19 @@ class Poller:
                 continue
             received = now_us()
             name, simulated = self._config.name, self._config.simulated
+            stamp = self._config.timestamp
             for item, dv in zip(part, values, strict=True):
-                batch.append(to_reading(name, item.tag.name, dv, received, item.unit, simulated))
+                batch.append(
+                    to_reading(
+                        name,
+                        item.tag.name,
+                        dv,
+                        received,
+                        item.unit,
+                        simulated,
+                        item.tag.timestamp or stamp,
+                    )
+                )
         return batch
 
     def _bad(self, items: Sequence[ItemState], reason: str) -> list[Reading]:

@@ -235,6 +235,7 @@ class MonitoredItems:
         received = now_us()
         items = self.items
         name, simulated = self._config.name, self._config.simulated
+        stamp = self._config.timestamp
         for notification in data:
             if isinstance(notification, DataChanges):
                 self.decoded["fast"] += 1
@@ -242,7 +243,15 @@ class MonitoredItems:
                     if 0 <= raw.handle < len(items):
                         item = items[raw.handle]
                         batch.append(
-                            raw_to_reading(name, item.tag.name, raw, received, item.unit, simulated)
+                            raw_to_reading(
+                                name,
+                                item.tag.name,
+                                raw,
+                                received,
+                                item.unit,
+                                simulated,
+                                item.tag.timestamp or stamp,
+                            )
                         )
             elif isinstance(notification, ua.DataChangeNotification):
                 self.decoded["general"] += 1
@@ -252,7 +261,13 @@ class MonitoredItems:
                         item = items[handle]
                         batch.append(
                             to_reading(
-                                name, item.tag.name, change.Value, received, item.unit, simulated
+                                name,
+                                item.tag.name,
+                                change.Value,
+                                received,
+                                item.unit,
+                                simulated,
+                                item.tag.timestamp or stamp,
                             )
                         )
             elif (
