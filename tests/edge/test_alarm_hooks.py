@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -79,6 +80,24 @@ def test_a_shelf_is_time_limited_needs_a_reason_audits_everything_and_survives_r
         ("pump1.hot", "expired", "tagway"),
         ("pump1.hot", "shelved", "ana"),
     ]
+    store.close()
+
+
+def test_an_alarm_state_file_of_the_previous_release_upgrades_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "alarms.db"
+    old = apsw.Connection(str(path))  # schema 1, as 0.1 wrote it
+    old.execute(
+        "CREATE TABLE alarm_state (rule TEXT PRIMARY KEY, state TEXT NOT NULL, raised_at INTEGER,"
+        " acked_at INTEGER, cleared_at INTEGER, value TEXT) WITHOUT ROWID;"
+        "INSERT INTO alarm_state VALUES ('pump1.hot', 'active', 5, NULL, NULL, '3.5');"
+        "PRAGMA user_version = 1"
+    )
+    old.close()
+    store = AlarmStore(path)
+    assert store.load()["pump1.hot"].value == 3.5
+    shelf = AlarmShelf(store, lambda: {"pump1.hot"})
+    shelf.shelve("pump1.hot", duration_s=60, by="ana", reason="after the upgrade")
+    assert store.load_shelves()["pump1.hot"].by == "ana"
     store.close()
 
 
