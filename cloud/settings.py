@@ -10,6 +10,38 @@ from cloud.contract import Limits
 from cloud.health import HealthPolicy
 
 
+class DbClassLimits(BaseModel):
+    """What one class of requests may take of the database (PostgreSQL; 0 = no timeout)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+    pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+
+class DbClasses(BaseModel):
+    """Database limits per request class (`cloud.storage.base.request_class`).
+
+    Ingest may hold at most `pool_max_size - pool_reserved_for_reads` connections at once (at
+    least one) and waits `ingest.pool_timeout_s` for one before its 429 ``ingest_busy`` (the
+    gateway retries): however hard one tenant's gateways push, reads and admin requests find a
+    free connection. Background work (retention, the fleet sweep) has no statement timeout.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ingest: DbClassLimits = DbClassLimits(statement_timeout_ms=30_000, pool_timeout_s=5.0)
+    read: DbClassLimits = DbClassLimits(statement_timeout_ms=15_000, pool_timeout_s=10.0)
+    admin: DbClassLimits = DbClassLimits(statement_timeout_ms=15_000, pool_timeout_s=10.0)
+
+    def of(self, kind: str) -> DbClassLimits:
+        """The limits of a class; background work: no statement timeout, the admin's wait."""
+        if kind in ("ingest", "read", "admin"):
+            limits: DbClassLimits = getattr(self, kind)
+            return limits
+        return DbClassLimits(statement_timeout_ms=0, pool_timeout_s=self.admin.pool_timeout_s)
+
+
 class CloudSettings(BaseModel):
     """Everything `create_app` needs; no other configuration is read at run time.
 
@@ -22,6 +54,10 @@ class CloudSettings(BaseModel):
     ``<sqlite file>.master-key`` for SQLite. `create_master_key` (None: yes for SQLite, no for
     PostgreSQL, where every replica must share one key) creates it on first start.
     `allow_static_gateway_tokens` keeps the interim per-gateway bearer tokens working.
+
+    Database limits per request class (PostgreSQL, `db_classes`): a statement timeout and a
+    wait for a pooled connection for ingest, reads and admin requests each, and ingest never
+    holds the last `pool_reserved_for_reads` connections of the pool (`DbClasses`).
 
     Request limits (`cloud.api.guard`): the body of a JSON operation is at most
     `max_json_body_bytes` (`max_public_body_bytes` for the ones that take no credentials:
@@ -61,6 +97,8 @@ class CloudSettings(BaseModel):
     platform_admin_key: SecretStr | None = None
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=8, ge=1)
+    pool_reserved_for_reads: int = Field(default=2, ge=0)
+    db_classes: DbClasses = DbClasses()
     limits: Limits = Limits()
     max_json_body_bytes: int = Field(default=256 * 1024, ge=1024)
     max_public_body_bytes: int = Field(default=32 * 1024, ge=1024)

@@ -49,6 +49,7 @@ from cloud.contract import (
 from cloud.contract.wire_decode import Malformed, TooLarge, check_json_shape
 from cloud.errors import CloudError, InvalidRequest, Unauthenticated
 from cloud.settings import CloudSettings
+from cloud.storage.base import request_class
 
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -139,6 +140,13 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        token = request_class.set(_request_class(scope))
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            request_class.reset(token)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._route(scope)
         if route is None:  # 404 and 405 need no body
             await self.app(scope, receive, send)
@@ -284,3 +292,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _request_class(scope: Scope) -> str:
+    """The class whose database limits the request gets (`cloud.settings.DbClasses`)."""
+    if scope["path"] == "/v1/ingest":
+        return "ingest"
+    return "read" if scope["method"] in ("GET", "HEAD") else "admin"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeAlias
 
 import numpy as np
@@ -21,6 +22,11 @@ NewSeriesCheck: TypeAlias = Callable[[int], Awaitable[None]]
 """Awaited with the number of series about to be created; raises to refuse them."""
 SeriesKey: TypeAlias = tuple[str, str, str | None, bool]
 """(device, tag, unit, simulated) of a series in a batch."""
+
+request_class: ContextVar[str] = ContextVar("tagway_request_class", default="background")
+"""What the current task serves: ``ingest``, ``read`` or ``admin`` (set by the request guard),
+``background`` otherwise. The PostgreSQL backend gives each class its statement timeout, its
+wait for a pooled connection and, for ingest, a share of the pool (`CloudSettings.db_classes`)."""
 
 
 class Tx(Protocol):

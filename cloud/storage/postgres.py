@@ -13,6 +13,7 @@ same readings under a new seq, or overlapping batches).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -21,6 +22,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, Final
 
 import numpy as np
@@ -28,16 +30,51 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from cloud.errors import Conflict, InvalidRequest, StorageError
-from cloud.settings import CloudSettings
+from cloud.errors import Conflict, InvalidRequest, RateLimited, StorageError
+from cloud.settings import CloudSettings, DbClasses
 from cloud.storage import citus, columnar, pg_migrate, timescale
-from cloud.storage.base import NewSeriesCheck, Row, SeriesKey, TelemetryRows, Tx
+from cloud.storage.base import (
+    NewSeriesCheck,
+    Row,
+    SeriesKey,
+    TelemetryRows,
+    Tx,
+    request_class,
+)
 from cloud.storage.pg_layout import current, server_facts
 from cloud.storage.pg_schema import DAY_US
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
-from cloud.storage.registry import find_or_create_series, mark_simulated
+from cloud.storage.registry import mark_simulated
 
 log = logging.getLogger("tagway.cloud.storage")
+
+
+async def _lookup_series(
+    tx: Tx, tenant_id: int, gateway_id: int, keys: Sequence[SeriesKey]
+) -> list[Row]:
+    """(1-based position in `keys`, series id, simulated) of the keys' known series."""
+    return await tx.fetch(
+        "SELECT k.ord, s.id, s.simulated FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
+        " AS k(device, tag, ord)"
+        " JOIN devices d ON d.tenant_id = %s AND d.gateway_id = %s AND d.name = k.device"
+        " JOIN series s ON s.tenant_id = %s AND s.device_id = d.id AND s.tag = k.tag",
+        [[k[0] for k in keys], [k[1] for k in keys], tenant_id, gateway_id, tenant_id],
+    )
+
+
+_holding_slot: ContextVar[bool] = ContextVar("tagway_ingest_slot", default=False)
+INGEST_BUSY_RETRY_S: Final = 2
+
+
+def _ingest_busy(waited_s: float) -> RateLimited:
+    return RateLimited(
+        f"ingest holds its share of the database connections; none came free within"
+        f" {waited_s:g} s (retry)",
+        retry_after=INGEST_BUSY_RETRY_S,
+        code="ingest_busy",
+    )
+
+
 apply_migrations = pg_migrate.apply_migrations  # callers written before pg_migrate import it here
 
 _COPY_SQL: Final = (
@@ -123,9 +160,21 @@ class PgTx:
 class PostgresDatabase:
     """The production backend. Open with `await PostgresDatabase.open(settings)`."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], info: BackendInfo, dsn: str = "") -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        info: BackendInfo,
+        dsn: str = "",
+        settings: CloudSettings | None = None,
+    ) -> None:
         self.pool = pool
         self.info = info
+        settings = settings or CloudSettings()
+        self.classes: DbClasses = settings.db_classes
+        # Ingest never holds the connections reserved for the other classes.
+        self._ingest_slots = asyncio.Semaphore(
+            max(1, settings.pool_max_size - settings.pool_reserved_for_reads)
+        )
         self.replica = secrets.token_hex(6)  # tells this replica's own notifications apart
         self._dsn = dsn
         self._known_days: set[int] = set()
@@ -150,7 +199,7 @@ class PostgresDatabase:
         except (psycopg.Error, PoolTimeout) as exc:
             await pool.close()
             raise StorageError(f"cannot use PostgreSQL: {exc}") from exc
-        db = cls(pool, info, settings.database_url)
+        db = cls(pool, info, settings.database_url, settings)
         if info.timescaledb:
             await db._choose_aggregate_sql()
         today = time.time_ns() // 1000 // DAY_US
@@ -165,12 +214,18 @@ class PostgresDatabase:
         # BEGIN and the tenant context travel in one round trip (simple query protocol). The
         # tenant id is an int and the flag a constant, so the literals cannot inject anything.
         tenant = "" if tenant_id is None else str(int(tenant_id))
+        kind = request_class.get()
+        limits = self.classes.of(kind)
         begin = (
             f"BEGIN; SELECT set_config('app.tenant_id', '{tenant}', true),"
-            f" set_config('app.platform', '{'on' if platform else 'off'}', true)"
+            f" set_config('app.platform', '{'on' if platform else 'off'}', true),"
+            f" set_config('statement_timeout', '{int(limits.statement_timeout_ms)}', true)"
         )
         try:
-            async with self.pool.connection() as conn:
+            async with (
+                self._slot(kind, limits.pool_timeout_s),
+                self.pool.connection(timeout=limits.pool_timeout_s) as conn,
+            ):
                 await conn.execute(begin.encode())
                 try:
                     yield PgTx(conn)
@@ -179,14 +234,43 @@ class PostgresDatabase:
                         await conn.rollback()
                     raise
                 await conn.commit()
+        except PoolTimeout as exc:
+            if kind == "ingest":
+                raise _ingest_busy(limits.pool_timeout_s) from exc
+            raise StorageError(
+                f"no database connection free within {limits.pool_timeout_s:g} s ({kind} requests)"
+            ) from exc
+        except pg_errors.QueryCanceled as exc:
+            raise StorageError(
+                f"a statement ran past the {limits.statement_timeout_ms} ms statement timeout"
+                f" of {kind} requests"
+            ) from exc
         except pg_errors.IntegrityError as exc:  # a race past our own checks: say it our way
             raise Conflict("the request conflicts with data stored meanwhile; retry") from exc
         except psycopg.DataError as exc:  # a value no column can hold (our checks come first)
             raise InvalidRequest(
                 f"a value cannot be stored: {exc.diag.message_primary or exc}", path=[]
             ) from exc
-        except (psycopg.Error, PoolTimeout) as exc:
+        except psycopg.Error as exc:
             raise StorageError(f"postgresql: {exc}") from exc
+
+    @asynccontextmanager
+    async def _slot(self, kind: str, timeout_s: float) -> AsyncIterator[None]:
+        """For ingest: one of the connections ingest may hold (once per task: a transaction
+        inside another of the same request does not wait for a second slot)."""
+        if kind != "ingest" or _holding_slot.get():
+            yield
+            return
+        try:
+            await asyncio.wait_for(self._ingest_slots.acquire(), timeout_s)
+        except TimeoutError as exc:
+            raise _ingest_busy(timeout_s) from exc
+        token = _holding_slot.set(True)
+        try:
+            yield
+        finally:
+            _holding_slot.reset(token)
+            self._ingest_slots.release()
 
     async def authenticate(self, digest: str, *, now_us: int) -> StoredPrincipal | None:
         """Look the token up through the SECURITY DEFINER function (no tenant context yet)."""
@@ -205,14 +289,9 @@ class PostgresDatabase:
         *,
         before_create: NewSeriesCheck | None = None,
     ) -> list[int]:
-        """All known series in one query; the new ones created one by one (first sight only)."""
-        rows = await tx.fetch(
-            "SELECT k.ord, s.id, s.simulated FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
-            " AS k(device, tag, ord)"
-            " JOIN devices d ON d.tenant_id = %s AND d.gateway_id = %s AND d.name = k.device"
-            " JOIN series s ON s.tenant_id = %s AND s.device_id = d.id AND s.tag = k.tag",
-            [[k[0] for k in keys], [k[1] for k in keys], tenant_id, gateway_id, tenant_id],
-        )
+        """All known series in one query; the new ones created in two more statements (devices,
+        then series) and read back in one, however many there are (first sight only)."""
+        rows = await _lookup_series(tx, tenant_id, gateway_id, keys)
         ids: dict[int, int] = {int(ord_) - 1: int(sid) for ord_, sid, _ in rows}
         changed: dict[int, bool] = {}
         for ord_, sid, stored in rows:
@@ -220,14 +299,36 @@ class PostgresDatabase:
                 changed[int(sid)] = keys[int(ord_) - 1][3]
         await mark_simulated(tx, tenant_id, changed)
         missing = set(range(len(keys))) - set(ids)
-        if missing and before_create is not None:
+        if not missing:
+            return [ids[i] for i in range(len(keys))]
+        if before_create is not None:
             await before_create(len(missing))
-        # Sorted, so two transactions creating the same new series take locks in one order.
-        for i in sorted(missing, key=lambda j: keys[j][:2]):
-            device, tag, unit, simulated = keys[i]
-            ids[i] = await find_or_create_series(
-                tx, tenant_id, gateway_id, device=device, tag=tag, unit=unit, simulated=simulated
-            )
+        # Sorted, so two transactions creating the same new series take locks in one order; ON
+        # CONFLICT DO NOTHING and the re-read make it safe when replicas create them at once.
+        new = sorted((keys[i] for i in missing), key=lambda k: k[:2])
+        now = time.time_ns() // 1_000
+        await tx.execute(
+            "INSERT INTO devices (tenant_id, gateway_id, name, created_at)"
+            " SELECT %s, %s, k.name, %s FROM unnest(%s::text[]) AS k(name) ORDER BY k.name"
+            " ON CONFLICT (gateway_id, name) DO NOTHING",
+            [tenant_id, gateway_id, now, sorted({k[0] for k in new})],
+        )
+        await tx.execute(
+            "INSERT INTO series (tenant_id, gateway_id, device_id, tag, unit, simulated,"
+            " created_at) SELECT %s, %s, d.id, k.tag, k.unit, k.simulated, %s"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::bool[])"
+            " AS k(device, tag, unit, simulated)"
+            " JOIN devices d ON d.tenant_id = %s AND d.gateway_id = %s AND d.name = k.device"
+            " ORDER BY k.device, k.tag ON CONFLICT (device_id, tag) DO NOTHING",
+            [tenant_id, gateway_id, now, [k[0] for k in new], [k[1] for k in new],
+             [k[2] for k in new], [k[3] for k in new], tenant_id, gateway_id],
+        )  # fmt: skip
+        wanted = sorted(missing)
+        for ord_, sid, _ in await _lookup_series(tx, tenant_id, gateway_id,
+                                                 [keys[i] for i in wanted]):  # fmt: skip
+            ids[wanted[int(ord_) - 1]] = int(sid)
+        if len(ids) != len(keys):
+            raise StorageError("postgresql: series created in this batch could not be read back")
         return [ids[i] for i in range(len(keys))]
 
     async def _choose_aggregate_sql(self) -> None:
