@@ -34,6 +34,7 @@ async def test_a_tenant_hammering_ingest_leaves_another_tenants_reads_no_5xx(
     own = await cloud.gateway(reader)
     assert (await cloud.send(own, make_batch(own[0], 1))).status_code == 200
     stop = asyncio.Event()
+    eight = asyncio.Event()  # the flood had eight answers (it is refused while its share is stuck)
     hammer_answers: list[tuple[int, str | None]] = []
     reader_answers: list[int] = []
 
@@ -45,6 +46,8 @@ async def test_a_tenant_hammering_ingest_leaves_another_tenants_reads_no_5xx(
             r = await cloud.send(gateway, make_batch(gateway[0], seq, tags=tags, n=2))
             code = r.json()["error"]["code"] if r.status_code >= 400 else None
             hammer_answers.append((r.status_code, code))
+            if len(hammer_answers) >= 8:
+                eight.set()
 
     async def read() -> None:
         for _ in range(10):
@@ -58,7 +61,7 @@ async def test_a_tenant_hammering_ingest_leaves_another_tenants_reads_no_5xx(
         await lock.execute("LOCK TABLE series IN EXCLUSIVE MODE")  # reads still pass
         floods = [asyncio.create_task(flood(gw)) for gw in gateways]
         try:
-            await asyncio.wait_for(refused(hammer_answers), 30)
+            await asyncio.wait_for(eight.wait(), 30)
             await read()
         finally:
             await lock.commit()
@@ -68,9 +71,3 @@ async def test_a_tenant_hammering_ingest_leaves_another_tenants_reads_no_5xx(
     assert all(status < 500 for status, _ in hammer_answers), hammer_answers
     assert (429, "ingest_busy") in hammer_answers
     assert (200, None) in hammer_answers  # once the lock is gone
-
-
-async def refused(answers: list[tuple[int, str | None]]) -> None:
-    """Until the flood has had eight answers (it is refused while its share is stuck)."""
-    while len(answers) < 8:
-        await asyncio.sleep(0.01)
