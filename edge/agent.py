@@ -386,6 +386,7 @@ def _uplink(
         connect_timeout=cloud.connect_timeout,
         read_timeout=cloud.read_timeout,
         retry_max_delay=cloud.retry_max_delay,
+        lease_renew_s=min(10.0, config.outbox.lease_timeout / 3),
     )
     seq = SeqState.load(config.gateway.state_dir / "uplink_seq.json")
     gateway = config.gateway.name

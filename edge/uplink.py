@@ -43,7 +43,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -63,7 +63,7 @@ from cloud.contract.window import refusals_from_answer
 from edge.credentials import UplinkIdentity
 from edge.errors import EdgeError
 from edge.seq_state import SeqState
-from store_forward import DEFAULT_CONSUMER, Lane, Lease, OutboxStats, RefusedReadings
+from store_forward import DEFAULT_CONSUMER, Lane, Lease, OutboxError, OutboxStats, RefusedReadings
 
 _LATENCY_SAMPLES = 500  # readings sampled per batch for the latency percentiles
 _RATE_WINDOW_S = 60.0  # the send rate is readings acknowledged over the last minute
@@ -82,6 +82,7 @@ class LeaseSource(Protocol):
 
     async def lease(self, *, max_bytes: int, max_chunks: int, newest_first: bool) -> Lease: ...
     async def ack(self, lease: Lease) -> int: ...
+    async def renew(self, lease: Lease) -> bool: ...
     async def release(self, lease: Lease) -> int: ...
     async def quarantine(self, lease: Lease, reason: str) -> int: ...
     async def record_refused(self, refused: Sequence[RefusedReadings]) -> None: ...
@@ -110,6 +111,8 @@ class UplinkSettings:
         retry_max_delay: the cap of the jittered exponential backoff between retries, seconds.
         max_chunks: chunks per batch.
         idle_poll_s: how often to look for new chunks when the outbox was empty.
+        lease_renew_s: how often the lease of the batch in flight is renewed (well inside the
+            outbox's lease timeout): a chunk in flight is never dropped by the quota policy.
 
     The fields named like the config's `cloud` section take its values (and its defaults); the
     last two are not configurable.
@@ -124,6 +127,7 @@ class UplinkSettings:
     retry_max_delay: float
     max_chunks: int = 64
     idle_poll_s: float = 0.25
+    lease_renew_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -293,7 +297,8 @@ class Uplink:
         body = chunk_batch(lease, gateway_id=self.settings.gateway_id, seq=seq,
                            dropped_totals=drop_totals(stats))  # fmt: skip
         try:
-            answer = await self._post_until_settled(client, body, len(lease))
+            async with self._keeping(lease):
+                answer = await self._post_until_settled(client, body, len(lease))
         except Refused as exc:
             await self._outbox.quarantine(lease, str(exc))
             self.status.quarantined_chunks += len(lease)
@@ -335,6 +340,27 @@ class Uplink:
         log.warning("the cloud refused %d readings of batch seq=%s one by one (first: %s/%s %s); "
                     "the rest are stored", count, seq, refused[0].device, refused[0].tag,
                     refused[0].reason)  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def _keeping(self, lease: Lease) -> AsyncIterator[None]:
+        """Renew the lease every `lease_renew_s` while its batch is being sent, however long the
+        cloud takes: its chunks stay out of the quota policy's reach and nobody else's."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.lease_renew_s)
+                try:
+                    await self._outbox.renew(lease)
+                except OutboxError as exc:  # the next renewal tries again
+                    log.warning("uplink: cannot renew the lease of the batch in flight: %s", exc)
+
+        keeper = asyncio.create_task(renew(), name="uplink-lease")
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def _outbox_dropping(self) -> bool:
         """Whether the outbox dropped readings since the batch was leased (it is at its quota:

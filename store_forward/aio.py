@@ -156,6 +156,10 @@ class AsyncOutbox:
         """`Outbox.ack` on the worker."""
         return await self._run(partial(self._require_open().ack, lease))
 
+    async def renew(self, lease: Lease) -> bool:
+        """`Outbox.renew` on the worker."""
+        return await self._run(partial(self._require_open().renew, lease))
+
     async def release(self, lease: Lease) -> int:
         """`Outbox.release` on the worker."""
         return await self._run(partial(self._require_open().release, lease))

@@ -305,6 +305,19 @@ class Outbox:
             self._totals.add(chunk_id >> LANE_SHIFT, -1, -count, -size)
         return len(gone)
 
+    def renew(self, lease: Lease) -> bool:
+        """Extend the lease to the lease timeout from now: its consumer is still sending the
+        chunks (a retry that outlasts the timeout must not let the quota policy drop chunks that
+        are about to arrive, nor hand them out again). False if the lease was forgotten."""
+        if not lease:
+            return False
+        with self._transaction("renew", soft=True) as tx:
+            tx.execute(
+                "UPDATE lease SET deadline = ? WHERE lease_id = ?",
+                (self._clock() + self._settings.lease_timeout_s, lease.lease_id),
+            )
+            return bool(tx.changes())
+
     def release(self, lease: Lease) -> int:
         """Give the lease's chunks back at once (the upload failed). Returns how many chunks
         it gave back: 0 if the lease had expired and been forgotten already."""

@@ -80,6 +80,9 @@ class MemoryOutbox:
             self.acked.append(chunk)
         return len(lease)
 
+    async def renew(self, lease: Lease) -> bool:
+        return lease.lease_id in self.leased
+
     async def release(self, lease: Lease) -> int:
         return len(self._settle(lease))
 
