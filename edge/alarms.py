@@ -79,6 +79,8 @@ class AlarmRule:
         stale: STALE only: seconds without a reading.
         severity: how urgent.
         message: what the operator reads; defaults to a description of the rule.
+        warm_up: seconds after the series' first reading (since the agent started) during
+            which the rule neither raises nor clears: a model's score settles first.
     """
 
     name: str
@@ -91,6 +93,7 @@ class AlarmRule:
     stale: float = 0.0
     severity: Severity = Severity.MEDIUM
     message: str = ""
+    warm_up: float = 0.0
 
     def describe(self) -> str:
         """The message, or a generated one naming the tag and the limit."""
@@ -186,6 +189,7 @@ class AlarmEngine:
         self.alarms = {n: restored.get(n, Alarm(n)) for n in self.rules}
         self._pending_since: dict[str, int] = {}
         self._last: dict[tuple[str, str], Reading] = {}
+        self._first: dict[tuple[str, str], int] = {}  # first reading's ts, for warm-ups
 
     def with_rules(self, rules: Iterable[AlarmRule]) -> AlarmEngine:
         """An engine over `rules` that keeps what this one knows (a config reload): the state of
@@ -193,6 +197,7 @@ class AlarmEngine:
         watched series and running on-delays. Alarms whose rule is gone are dropped."""
         engine = AlarmEngine(rules, self.alarms)
         engine._last = {k: r for k, r in self._last.items() if k in engine._by_series}
+        engine._first = {k: t for k, t in self._first.items() if k in engine._by_series}
         engine._pending_since = {
             k: t for k, t in self._pending_since.items()
             if k.removeprefix("start:") in engine.rules
@@ -212,7 +217,10 @@ class AlarmEngine:
                 continue
             previous = self._last.get(key)
             self._last[key] = reading
+            first = self._first.setdefault(key, reading.ts)
             for rule in rules:
+                if reading.ts - first < rule.warm_up * _US_PER_S:
+                    continue
                 condition = _condition(rule, reading, previous, self.alarms[rule.name])
                 if condition is not None:
                     self._apply(rule, condition, reading.ts, reading.value, events)

@@ -281,7 +281,8 @@ class DerivedSection(BaseModel):
 
 
 class ModelAlarm(BaseModel):
-    """Raise an alarm when a model's first output exceeds `threshold`."""
+    """Raise an alarm when a model's first output exceeds `threshold`, not before its first
+    score (its window is full) plus `warm_up` seconds: a plant starting up is not an anomaly."""
 
     model_config = _FROZEN
 
@@ -289,6 +290,10 @@ class ModelAlarm(BaseModel):
     severity: Severity = Severity.HIGH
     on_delay: float = Field(default=0.0, ge=0)
     message: str = ""
+    warm_up: float = Field(
+        default=60.0, ge=0,
+        description="seconds from the model's first score (a full window) before it may alarm",
+    )  # fmt: skip
 
 
 class ModelSection(BaseModel):

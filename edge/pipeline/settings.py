@@ -82,6 +82,7 @@ def alarm_rules(config: AgentConfig) -> list[AlarmRule]:
         AlarmRule(
             name=f"{model.name}.{device}", device=device, tag=model.outputs[0],
             kind=AlarmKind.HIGH, limit=model.alarm.threshold, on_delay=model.alarm.on_delay,
+            warm_up=model.alarm.warm_up,
             severity=model.alarm.severity,
             message=model.alarm.message
             or f"{device}: {model.name} score above {model.alarm.threshold:g}",

@@ -30,7 +30,7 @@ async def test_demo_delivers_all_three_protocols_and_raises_the_anomaly_alarm(
     assert "next:" not in out.decode()  # the demo runs the agent itself
     earlier = json.loads((tmp_path / "demo.json").read_text())
     demo = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "demo", "--dir", str(tmp_path), "--duration", "120",
+        sys.executable, "-m", "cli", "demo", "--dir", str(tmp_path), "--duration", "240",
         "--no-tui", "--wear-after", "2", "--wear-minutes", "0.5",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -93,7 +93,8 @@ async def _latest_by_device(cloud: httpx.AsyncClient, wanted: set[str]) -> dict[
 
 
 async def _wait_for_alarm(cloud: httpx.AsyncClient, name: str) -> list[dict[str, Any]]:
-    for _ in range(180):
+    # The model alarm waits out its 60 s warm-up after the first score, then its on-delay.
+    for _ in range(360):
         alarms = [a for a in (await cloud.get("/v1/alarms")).json() if a["name"] == name]
         if alarms:
             return alarms

@@ -149,3 +149,14 @@ def test_a_file_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(AlarmStoreError, match=r"schema version 99.*newer release"):
         AlarmStore(path)
+
+
+def test_a_warm_up_keeps_a_rule_quiet_after_the_series_first_reading() -> None:
+    rule = AlarmRule(name="score_high", device="pump1", tag="vibration", kind=AlarmKind.HIGH,
+                     limit=7.1, warm_up=30)  # fmt: skip
+    engine = AlarmEngine([rule])
+    assert transitions(engine, [vib(9.0, t) for t in range(100, 130)]) == []  # 30 s from 100
+    assert transitions(engine, [vib(9.0, 130)]) == [(Transition.RAISED, 130)]
+    # A reload keeps when the series was first seen: no second warm-up.
+    engine = engine.with_rules([rule])
+    assert transitions(engine, [vib(5.0, 131)]) == [(Transition.CLEARED, 131)]
