@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cloud.contract.chunk import (
+    ChunkRow,
     decode,
     decode_plain,
     decode_records,
+    decode_rows,
     encode,
     encode_records,
     timestamps,
@@ -18,8 +20,8 @@ from cloud.contract.errors import ChunkError
 from protocols.reading import Quality, Reading
 
 __all__ = [
-    "ChunkError", "decode", "decode_plain", "decode_readings", "decode_records", "encode",
-    "encode_records", "timestamps",
+    "ChunkError", "ChunkRow", "decode", "decode_plain", "decode_readings", "decode_records",
+    "decode_rows", "encode", "encode_records", "timestamps",
 ]  # fmt: skip
 
 

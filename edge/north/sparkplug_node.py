@@ -43,7 +43,7 @@ from typing import Protocol
 
 import aiomqtt
 
-from edge.chunk import ChunkError, decode_readings
+from edge.chunk import ChunkError, ChunkRow, decode_rows
 from edge.north.config import SPARKPLUG_CONSUMER, SparkplugNorth
 from edge.north.sparkplug_metrics import (
     MetricCatalog,
@@ -426,23 +426,24 @@ class SparkplugNode:
         return True
 
     async def _send(self, client: aiomqtt.Client, bd_seq: int, chunks: tuple[Chunk, ...]) -> None:
-        live: list[Reading] = []
-        history: list[Reading] = []
+        live: list[ChunkRow] = []
+        history: list[ChunkRow] = []
         for chunk in chunks:
             if chunk.lane is not Lane.TELEMETRY:
                 continue  # alarm and event records travel to the cloud only
             try:
-                readings = decode_readings(chunk.payload)
+                rows = decode_rows(chunk.payload)
             except ChunkError as exc:
                 log.error("sparkplug: chunk %d unreadable, skipped: %s", chunk.id, exc)  # noqa: TRY400 - the reason is the message
                 continue
-            (live if chunk.created >= self._birth_time else history).extend(readings)
-        declared = [r for r in (*history, *live) if self._catalog.declare(r)]
-        if declared:
+            (live if chunk.created >= self._birth_time else history).extend(rows)
+        declare = self._catalog.declare_tag
+        new = [r for r in (*history, *live) if declare(r[0], r[1], r[3], r[5])]
+        if new:
             await self._birth(client, bd_seq)  # a tag no birth declared: rebirth first
         qos = self.settings.data_qos
-        for readings, historical in ((history, True), (live, False)):
-            for device, items in by_device(readings).items():
+        for rows, historical in ((history, True), (live, False)):
+            for device, items in by_device(rows).items():
                 if device not in self._born:
                     self.status.skipped_readings += len(items)
                     continue

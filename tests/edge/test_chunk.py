@@ -179,3 +179,26 @@ def test_tag_names_are_front_coded_per_device_and_round_trip_across_flushes() ->
     odd = [Reading("pump\ud8001", "a\ud800b", T0, 1.0), Reading("pump2", "a\ud800c", T0, 2.0)]
     names = [(r.device, r.tag) for r in chunk.decode_readings(chunk.encode(odd))]
     assert names == [("pump\\ud8001", "a\\ud800b"), ("pump2", "a\\ud800c")]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["t", "u", "v"]),
+                  st.integers(0, 10**10),
+                  st.one_of(values, st.text(max_size=5), st.integers(2**53, 2**63 - 1)),
+                  st.sampled_from(list(Quality)), st.sampled_from([None, "m3/h"])),
+        min_size=1, max_size=40,
+    )
+)  # fmt: skip
+@settings(max_examples=200, deadline=None)
+def test_the_publishers_rows_agree_with_the_readings(
+    rows: list[tuple[str, str, int, object, Quality, str | None]],
+) -> None:
+    """`decode_rows` (the Sparkplug publisher's path) gives what `decode_readings` gives, for
+    every mix of numeric, text and exact-integer series."""
+    readings = [Reading(d, t, T0 + ts, v, q, unit)  # type: ignore[arg-type]
+                for d, t, ts, v, q, unit in rows]  # fmt: skip
+    data = chunk.encode(readings)
+    expected = [(r.device, r.tag, r.ts, r.value, r.quality.code, r.unit)
+                for r in chunk.decode_readings(data)]  # fmt: skip
+    assert chunk.decode_rows(data) == expected
