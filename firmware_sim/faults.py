@@ -100,6 +100,16 @@ class MqttOversize(_FaultBase):
     size: int = Field(default=1_048_576, ge=1024, le=256 * 1024 * 1024)
 
 
+class MqttHostile(_FaultBase):
+    """A `share` of the device's messages are replaced by random hostile payloads (invalid UTF-8,
+    truncated or deeply nested JSON, wrong types, NaN, empty or over-long tag names, timestamps
+    far ahead), each of which a gateway must dead-letter; `seed` makes the sequence repeatable."""
+
+    kind: Literal["mqtt_hostile"] = "mqtt_hostile"
+    share: float = Field(default=0.5, gt=0, le=1)
+    seed: int = 0
+
+
 class OpcuaServerDown(BaseModel):
     """The OPC UA server closes every session and its listener; `seconds=None`: until cleared.
 
@@ -130,6 +140,7 @@ Fault = Annotated[
     | OpcuaStatus
     | MqttMalformed
     | MqttOversize
+    | MqttHostile
     | OpcuaServerDown
     | Restart,
     Field(discriminator="kind"),
@@ -237,6 +248,11 @@ SCENARIOS: Final[dict[str, tuple[str, ...]]] = {
         '{"kind": "mqtt_oversize", "device": "tank1", "size": 2000000}',
     ),
     "restart": ('{"kind": "restart", "device": "pump1", "seconds": 2}',),
+    "mqtt_hostile": (
+        '{"kind": "mqtt_hostile", "device": "pump1", "share": 0.5, "seed": 1}',
+        '{"kind": "mqtt_hostile", "device": "tank1", "share": 0.3, "seed": 2}',
+        '{"kind": "link_drop", "device": "pump2", "seconds": 5}',
+    ),
 }
 
 

@@ -6,7 +6,8 @@ Topic `<prefix>/<device>/telemetry` (prefix `plant` by default). Payload, one sa
 
 Faults: a link drop disconnects the device until it ends; slow answers delay each publish;
 `mqtt_malformed` publishes a truncated, invalid JSON document; `mqtt_oversize` publishes valid
-JSON padded to the requested size.
+JSON padded to the requested size; `mqtt_hostile` replaces a share of the messages by random
+hostile payloads (`hostile_payload`), counted as kind ``hostile``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from firmware_sim.errors import SimConfigError
-from firmware_sim.faults import MqttMalformed, MqttOversize
+from firmware_sim.faults import MqttHostile, MqttMalformed, MqttOversize
 from firmware_sim.simulation import PlantModel
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,8 @@ class MqttDevice:
         self.batch = batch
         self.topic = f"{topic_prefix}/{device}/telemetry"
         self.state = DeviceLink.CONNECTING
-        self.published: Counter[str] = Counter()  # by payload kind: telemetry, malformed, oversize
+        self.published: Counter[str] = Counter()  # by payload kind: telemetry, malformed, ...
+        self._hostile: random.Random | None = None
 
     async def run(self) -> None:
         """Connect, publish, and reconnect after link drops or broker loss, until cancelled."""
@@ -135,6 +138,12 @@ class MqttDevice:
         else:
             document = {"samples": samples, "simulated": True}
         for rec in self.model.faults.for_device(self.device):
+            if isinstance(rec.fault, MqttHostile):
+                if self._hostile is None:
+                    self._hostile = random.Random(rec.fault.seed)  # noqa: S311 - not crypto
+                if self._hostile.random() < rec.fault.share:
+                    return "hostile", hostile_payload(self._hostile, document)
+                continue
             if isinstance(rec.fault, MqttMalformed):
                 text = json.dumps(document).encode()
                 return "malformed", text[: max(1, len(text) // 2)] + b"\xff}"
@@ -143,6 +152,31 @@ class MqttDevice:
                 document["padding"] = "x" * max(0, rec.fault.size - base)
                 return "oversize", json.dumps(document).encode()
         return "telemetry", json.dumps(document).encode()
+
+
+def hostile_payload(rng: random.Random, document: dict[str, Any]) -> bytes:
+    """One random payload a gateway must refuse (each kind is a dead letter for the default JSON
+    decoder): what a broken or malicious device sends."""
+    ts = document.get("ts", time.time_ns() // 1_000_000)
+
+    def doc(value: object) -> bytes:
+        return json.dumps(value).encode()
+
+    makers = (
+        lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))) + b"\xff",
+        lambda: doc(document)[: rng.randrange(1, len(doc(document)))],  # truncated
+        lambda: b"[" * rng.choice((5_000, 100_000)),  # nested too deeply to parse
+        lambda: b'{"values": ' * rng.randrange(1_000, 20_000),
+        lambda: doc({"ts": ts, "values": {"flow": 0}}).replace(b": 0}", b": NaN}"),
+        lambda: doc({"ts": ts, "values": {"": 1.0}}),  # empty tag name
+        lambda: doc({"ts": ts, "values": {"t" * rng.randrange(201, 20_000): 1.0}}),
+        lambda: doc({"ts": ts + 86_400_000, "values": {"flow": 1.0}}),  # a day ahead
+        lambda: doc({"values": {"flow": 1.0}}),  # no timestamp
+        lambda: doc([ts, {"flow": 1.0}]),  # not an object
+        lambda: doc({"ts": ts, "values": {"flow": [1, {"a": None}]}}),  # not a scalar
+        lambda: doc({"ts": "yesterday", "values": {"flow": 1.0}}),
+    )
+    return rng.choice(makers)()
 
 
 def _read_disconnect_reason(client: aiomqtt.Client) -> None:
