@@ -32,9 +32,9 @@ from protocols.driver import DriverCounters
 from protocols.errors import DeviceError
 from protocols.opcua.buffer import ReadingBuffer
 from protocols.opcua.codec import raw_to_reading, status_reason, to_reading
-from protocols.opcua.config import OpcUaDeviceConfig, OpcUaTag
+from protocols.opcua.config import OpcUaDeviceConfig, OpcUaTag, TimestampSource
 from protocols.opcua.session import ServerSession, chunks
-from protocols.opcua.wire import DataChanges, install_fast_publish
+from protocols.opcua.wire import DataChanges, RawChange, install_fast_publish
 from protocols.reading import Quality, Reading, now_us
 
 _log = logging.getLogger(__name__)
@@ -239,20 +239,7 @@ class MonitoredItems:
         for notification in data:
             if isinstance(notification, DataChanges):
                 self.decoded["fast"] += 1
-                for raw in notification.changes:
-                    if 0 <= raw.handle < len(items):
-                        item = items[raw.handle]
-                        batch.append(
-                            raw_to_reading(
-                                name,
-                                item.tag.name,
-                                raw,
-                                received,
-                                item.unit,
-                                simulated,
-                                item.tag.timestamp or stamp,
-                            )
-                        )
+                batch += self._fast_readings(notification.changes, received, stamp)
             elif isinstance(notification, ua.DataChangeNotification):
                 self.decoded["general"] += 1
                 for change in notification.MonitoredItems:
@@ -278,6 +265,28 @@ class MonitoredItems:
                 # reporting a lost link): this session's subscription is gone; reconnect.
                 session.mark_lost(f"subscription status {status_reason(notification.Status)}")
         self._buffer.put(batch)
+
+    def _fast_readings(
+        self, changes: list[RawChange], received: int, stamp: TimestampSource
+    ) -> list[Reading]:
+        """Readings of decoded changes: a Good value stamped by its source is one tuple built in
+        a comprehension (the hot path at tens of thousands of items per second); anything else
+        goes through `raw_to_reading`. Changes for handles we never gave out are skipped."""
+        items = self.items
+        count = len(items)
+        tags = [item.tag.name for item in items]
+        units = [item.unit for item in items]
+        stamps = [item.tag.timestamp or stamp for item in items]
+        name, simulated = self._config.name, self._config.simulated
+        return [
+            Reading(name, tags[h], s or t or received, v, Quality.GOOD, units[h], simulated, None)
+            if st == 0 and v is not None and stamps[h] == "source"
+            else raw_to_reading(
+                name, tags[h], RawChange(h, v, st, s, t), received, units[h], simulated, stamps[h]
+            )
+            for h, v, st, s, t in changes
+            if 0 <= h < count
+        ]
 
     def bad(self, item: ItemState, reason: str) -> Reading:
         """A bad reading for one subscribed tag, with the reason."""

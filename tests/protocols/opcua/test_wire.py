@@ -142,3 +142,60 @@ def test_null_timestamps_fall_back_to_receive_time() -> None:
     raw = RawChange(1, 4.0, 0, 0, 0)
     reading = raw_to_reading("d", "t", raw, RECEIVED_US, None, False)
     assert (reading.ts, reading.quality) == (RECEIVED_US, Quality.GOOD)
+
+
+def _decoded(items: list[ua.MonitoredItemNotification]) -> list[int]:
+    """Decode `items` both ways; the readings must be equal. Returns the handles."""
+    data = _encode(ua.DataChangeNotification(MonitoredItems=items))
+    (fast,) = decode_publish_response(data).Parameters.NotificationMessage.NotificationData
+    slow = struct_from_binary(ua.PublishResponse, Buffer(data))
+    (reference,) = slow.Parameters.NotificationMessage.NotificationData
+    for raw, item in zip(fast.changes, reference.MonitoredItems, strict=True):
+        assert raw.handle == item.ClientHandle
+        mine = raw_to_reading("d", "t", raw, RECEIVED_US, None, False)
+        assert mine == to_reading("d", "t", item.Value, RECEIVED_US, None, False)
+        assert type(mine.value) is type(to_reading("d", "t", item.Value, 0, None, False).value)
+    return [raw.handle for raw in fast.changes]
+
+
+def _double(value: float, *, server: bool = True) -> ua.DataValue:
+    variant = ua.Variant(value, ua.VariantType.Double)
+    if server:
+        return ua.DataValue(variant, SourceTimestamp=T0, ServerTimestamp=T1)
+    return ua.DataValue(variant, SourceTimestamp=T0)
+
+
+ALIKE = {
+    "double, both timestamps": lambda i: _double(i * 0.5),
+    "int32, server timestamp": lambda i: ua.DataValue(
+        ua.Variant(i, ua.VariantType.Int32), ServerTimestamp=T1
+    ),
+    "float, uncertain": lambda i: ua.DataValue(
+        ua.Variant(float(i), ua.VariantType.Float),
+        StatusCode=ua.StatusCode(ua.StatusCodes.UncertainLastUsableValue),
+        SourceTimestamp=T0,
+    ),
+    "boolean, no timestamps": lambda i: ua.DataValue(ua.Variant(i % 2 == 0)),
+}
+
+
+@pytest.mark.parametrize("kind", list(ALIKE))
+def test_a_notification_of_alike_items_decodes_as_asyncua_does(kind: str) -> None:
+    """Items that share one layout are unpacked as one array (issue 23): same readings."""
+    items = [_change(i, ALIKE[kind](i)) for i in range(300)]
+    assert _decoded(items) == list(range(300))
+
+
+@pytest.mark.parametrize("at", [0, 25, 50])
+@pytest.mark.parametrize(
+    "odd",
+    [
+        ua.DataValue(ua.Variant("x", ua.VariantType.String), SourceTimestamp=T0),
+        ua.DataValue(ua.Variant(7, ua.VariantType.Int64), SourceTimestamp=T0, ServerTimestamp=T1),
+        _double(2.0, server=False),
+    ],
+)
+def test_one_odd_item_among_alike_ones_is_still_decoded_exactly(at: int, odd: object) -> None:
+    values = [_double(i * 1.0) for i in range(50)]
+    values.insert(at, odd)
+    assert _decoded([_change(i, dv) for i, dv in enumerate(values)]) == list(range(51))
