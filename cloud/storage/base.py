@@ -53,6 +53,9 @@ class TelemetryRows(Protocol):
     value: npt.NDArray[np.float64]
     quality: npt.NDArray[np.int8]
     text_rows: list[tuple[int, int, str, int]]
+    exact_rows: list[tuple[int, int, float, int, int]]
+    """Readings whose value is an integer past float64's exactness: series id, ts, the float
+    value, the exact integer, quality (see `cloud.storage.exact_schema`)."""
 
 
 class Database(Protocol):

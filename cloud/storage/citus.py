@@ -27,14 +27,15 @@ LATEST_WINDOWS_S: Final = (3_600, 86_400, None)
 """How far back `LATEST` looks, in turn, for series still without an answer (None: all time)."""
 
 LATEST: Final = (
-    "SELECT DISTINCT ON (series_id) series_id, ts, value_num, value_text, quality FROM telemetry"
-    " WHERE tenant_id = %s AND series_id = ANY(%s::bigint[])"
+    "SELECT DISTINCT ON (series_id) series_id, ts, value_num, value_text, quality, value_int"
+    " FROM telemetry WHERE tenant_id = %s AND series_id = ANY(%s::bigint[])"
     " AND ts >= (extract(epoch FROM now()) * 1000000)::bigint - %s"
     " ORDER BY series_id, ts DESC"
 )
 LATEST_EVER: Final = (
-    "SELECT DISTINCT ON (series_id) series_id, ts, value_num, value_text, quality FROM telemetry"
-    " WHERE tenant_id = %s AND series_id = ANY(%s::bigint[]) ORDER BY series_id, ts DESC"
+    "SELECT DISTINCT ON (series_id) series_id, ts, value_num, value_text, quality, value_int"
+    " FROM telemetry WHERE tenant_id = %s AND series_id = ANY(%s::bigint[])"
+    " ORDER BY series_id, ts DESC"
 )
 
 

@@ -26,7 +26,7 @@ their (series, ts) are stored already. Readings of yesterday and today take the 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -179,6 +179,8 @@ class Selection:
     value: npt.NDArray[np.float64]
     quality: npt.NDArray[np.int8]
     text_rows: list[tuple[int, int, str, int]]
+    exact_rows: list[tuple[int, int, float, int, int]] = field(default_factory=list)
+    """Not split: the caller writes a batch's exact integers itself, all at once."""
 
     @classmethod
     def of(cls, rows: TelemetryRows, mask: npt.NDArray[np.bool_], texts: list[Any]) -> Selection:

@@ -37,7 +37,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from cloud.storage import columnar, fleet_schema, simulated_schema, timescale, twoway_schema
+from cloud.storage import (
+    columnar,
+    exact_schema,
+    fleet_schema,
+    simulated_schema,
+    timescale,
+    twoway_schema,
+)
 from cloud.storage.provisioning_schema import pg_migration
 
 DAY_US: Final = 86_400_000_000
@@ -313,4 +320,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (fleet_schema.VERSION, fleet_schema.NAME, fleet_schema.pg_migration),
     (simulated_schema.VERSION, simulated_schema.NAME, simulated_schema.pg_migration),
     (columnar.VERSION, columnar.NAME, columnar.pg_migration),
+    (exact_schema.VERSION, exact_schema.NAME, exact_schema.pg_migration),
 ]

@@ -99,7 +99,7 @@ class Point(Record):
     """One stored reading."""
 
     ts: int
-    value: float | str
+    value: int | float | str
     quality: int
 
 
@@ -110,7 +110,7 @@ class LatestValue(Record):
     tag: str
     unit: str | None
     ts: int
-    value: float | str
+    value: int | float | str
     quality: int
     simulated: bool = False
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
-from cloud.storage import fleet_schema, simulated_schema
+from cloud.storage import exact_schema, fleet_schema, simulated_schema
 from cloud.storage.base import NewSeriesCheck, Row, SeriesKey, TelemetryRows, Tx
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
@@ -91,6 +91,7 @@ ALTER TABLE tenants ADD COLUMN max_series INTEGER;
     ),
     (fleet_schema.VERSION, fleet_schema.NAME, fleet_schema.SQLITE_MIGRATION),
     (simulated_schema.VERSION, simulated_schema.NAME, simulated_schema.SQLITE_MIGRATION),
+    (exact_schema.VERSION, exact_schema.NAME, exact_schema.SQLITE_MIGRATION),
 ]
 
 # Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest
@@ -99,6 +100,10 @@ RETENTION_BATCH: Final = 5000
 
 _INSERT_READING: Final = (
     "INSERT OR IGNORE INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EXACT: Final = (
+    "INSERT OR IGNORE INTO telemetry (tenant_id, series_id, ts, value_num, quality, value_int)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 
@@ -247,8 +252,10 @@ class SqliteDatabase:
             strict=True,
         )
         text = [(tenant_id, sid, ts, None, v, q) for sid, ts, v, q in rows.text_rows]
+        exact = [(tenant_id, sid, ts, v, q, exact_schema.stored(i))
+                 for sid, ts, v, i, q in rows.exact_rows]  # fmt: skip
         work = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self._insert, [*numeric, *text]), name="sqlite-executemany"
+            asyncio.to_thread(self._insert, [*numeric, *text], exact), name="sqlite-executemany"
         )
         try:
             return await asyncio.shield(work)
@@ -260,9 +267,11 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite: {exc}") from exc
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> int:
+    def _insert(self, rows: list[tuple[Any, ...]], exact: list[tuple[Any, ...]]) -> int:
         before = self._conn.total_changes
         self._conn.executemany(_INSERT_READING, rows)
+        if exact:
+            self._conn.executemany(_INSERT_EXACT, exact)
         return self._conn.total_changes - before
 
     async def drop_telemetry(

@@ -59,11 +59,21 @@ class BatchRows:
     value: npt.NDArray[np.float64]
     quality: npt.NDArray[np.int8]
     text_rows: list[tuple[int, int, str, int]] = field(default_factory=list)
+    exact_rows: list[tuple[int, int, float, int, int]] = field(default_factory=list)
 
     @classmethod
     def build(cls, batch: Batch, ids: list[int]) -> BatchRows:
         """Concatenate the numeric series; text series go row by row (they are rare)."""
-        numeric = [(i, s) for i, s in zip(ids, batch.series, strict=True) if not s.is_text]
+        numeric = [(i, s) for i, s in zip(ids, batch.series, strict=True)
+                   if not s.is_text and not _exact(s)]  # fmt: skip
+        exact_rows = [
+            (sid, int(ts), float(v), v, int(q))
+            for sid, s in zip(ids, batch.series, strict=True)
+            if _exact(s)
+            for ts, v, q in zip(
+                s.ts, _column(s.values), _qualities(s.qualities, len(s)).tolist(), strict=True
+            )
+        ]
         text_rows = [
             (sid, int(ts), str(v), int(q))
             for sid, s in zip(ids, batch.series, strict=True)
@@ -74,7 +84,8 @@ class BatchRows:
         ]
         if not numeric:
             empty = np.empty(0, dtype=np.int64)
-            return cls(empty, empty, np.empty(0), np.empty(0, dtype=np.int8), text_rows)
+            return cls(empty, empty, np.empty(0), np.empty(0, dtype=np.int8), text_rows,
+                       exact_rows)  # fmt: skip
         lengths = [len(s) for _, s in numeric]
         return cls(
             series_id=np.repeat(np.asarray([i for i, _ in numeric], dtype=np.int64), lengths),
@@ -82,10 +93,22 @@ class BatchRows:
             value=np.concatenate([np.asarray(s.values, dtype=np.float64) for _, s in numeric]),
             quality=np.concatenate([_qualities(s.qualities, len(s)) for _, s in numeric]),
             text_rows=text_rows,
+            exact_rows=exact_rows,
         )
 
     def __len__(self) -> int:
-        return len(self.ts) + len(self.text_rows)
+        return len(self.ts) + len(self.text_rows) + len(self.exact_rows)
+
+
+def _exact(s: Any) -> bool:
+    """A series of integers past float64's exactness (the contract decodes them as int64 or
+    uint64 arrays; every other numeric series is float64)."""
+    kind = getattr(getattr(s.values, "dtype", None), "kind", "")
+    return kind in ("i", "u")
+
+
+def _column(values: Any) -> list[Any]:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 def _qualities(qualities: Any, length: int) -> npt.NDArray[np.int8]:
@@ -123,7 +146,9 @@ async def _apply_events(
             await apply_status(tx, tenant_id, gateway_id, event, now_us=now_us, policy=health)
 
 
-def _value(num: float | None, text: str | None) -> float | str:
+def _value(num: float | None, text: str | None, exact: Any = None) -> int | float | str:
+    if exact is not None:
+        return int(exact)  # numeric(20, 0) comes back as a Decimal, SQLite's uint64 as text
     return text if text is not None else float(num if num is not None else math.nan)
 
 
@@ -364,8 +389,9 @@ class TelemetryStore:
             rows = await self.db.latest_rows(tx, tenant_id, device_id)
             if rows is None:
                 rows = await tx.fetch(
-                    "SELECT s.id, s.tag, s.unit, t.ts, t.value_num, t.value_text, t.quality"
-                    " FROM series s JOIN telemetry t ON t.series_id = s.id AND t.tenant_id = %s"
+                    "SELECT s.id, s.tag, s.unit, t.ts, t.value_num, t.value_text, t.quality,"
+                    " t.value_int FROM series s"
+                    " JOIN telemetry t ON t.series_id = s.id AND t.tenant_id = %s"
                     " WHERE s.tenant_id = %s AND s.device_id = %s AND t.ts = (SELECT max(x.ts)"
                     " FROM telemetry x WHERE x.tenant_id = %s AND x.series_id = s.id)"
                     " ORDER BY s.tag",
@@ -382,7 +408,7 @@ class TelemetryStore:
                 tag=r[1],
                 unit=r[2],
                 ts=r[3],
-                value=_value(r[4], r[5]),
+                value=_value(r[4], r[5], r[7]),
                 quality=r[6],
                 simulated=int(r[0]) in simulated,
             )
@@ -397,12 +423,13 @@ class TelemetryStore:
         async with self.db.transaction(tenant_id) as tx:
             await self._series_simulated(tx, tenant_id, series_id)
             rows = await tx.fetch(
-                "SELECT ts, value_num, value_text, quality FROM telemetry"
+                "SELECT ts, value_num, value_text, quality, value_int FROM telemetry"
                 " WHERE tenant_id = %s AND series_id = %s AND ts >= %s AND ts < %s"
                 " ORDER BY ts LIMIT %s",
                 [tenant_id, series_id, lower, end, limit + 1],
             )
-        points = [Point(ts=r[0], value=_value(r[1], r[2]), quality=r[3]) for r in rows[:limit]]
+        points = [Point(ts=r[0], value=_value(r[1], r[2], r[4]), quality=r[3])
+                  for r in rows[:limit]]  # fmt: skip
         return points, (points[-1].ts if len(rows) > limit else None)
 
     async def aggregate(
