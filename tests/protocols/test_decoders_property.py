@@ -51,6 +51,7 @@ ROUTES = compile_routes(
         MqttSubscription(topic="raw/{device}/{tag}", decoder=RawDecoder()),
         MqttSubscription(topic="rawf/{device}/{tag}", decoder=RawDecoder(type=ValueType.FLOAT)),
         MqttSubscription(topic="rawi/{device}/{tag}", decoder=RawDecoder(type=ValueType.INT)),
+        MqttSubscription.model_validate({"topic": "spBv1.0/g1/#", "decoder": "sparkplug_b"}),
     ],
     Limits(max_payload_bytes=1 << 20),
 )
@@ -58,6 +59,8 @@ TOPICS = st.sampled_from(
     [
         *("json/pump1/telemetry", "fields/pump1", "raw/pump1/level", "rawf/p/t", "rawi/p/t"),
         *("json//telemetry", "raw/pump1/" + "x" * 300, "nowhere/at/all", "raw/\x00/t"),
+        *("spBv1.0/g1/NBIRTH/n1", "spBv1.0/g1/NDATA/n1", "spBv1.0/g1/DDATA/n1/d1"),
+        *("spBv1.0/g1/DBIRTH/n1/d1", "spBv1.0/g1/NDEATH/n1", "spBv1.0/g1/STATE/x"),
     ]
 )
 
