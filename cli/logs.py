@@ -11,6 +11,17 @@ from typing import Literal
 
 LogFormat = Literal["auto", "human", "json"]
 
+CHATTY: tuple[str, ...] = ("httpx", "httpcore", "transitions", "asyncua", "aiosqlite")
+"""Libraries whose INFO is one line per request or per state-machine step: an operator reading
+the journal acts on none of it. They log warnings and errors as usual (and all at DEBUG)."""
+
+
+def quiet_libraries(level: str) -> None:
+    """At INFO and above, the chatty libraries keep to warnings."""
+    quiet = logging.getLevelName(level.upper()) != logging.DEBUG
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message (and the exception, if any)."""
@@ -43,3 +54,4 @@ def setup(fmt: LogFormat = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_libraries(level)

@@ -13,6 +13,7 @@ import typer
 import yaml
 
 from cli.errors import fail
+from cli.logs import quiet_libraries
 from cli.simconfig import (
     DEFAULT_PROTOCOLS,
     agent_devices,
@@ -121,7 +122,7 @@ def demo(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         logging.getLogger().handlers[:] = [handler]
         logging.getLogger().setLevel(logging.INFO)
-        logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO: a page per start
+        quiet_libraries("info")  # asyncua's INFO alone is a page per start
         options = DemoOptions(directory.resolve(), duration, wear_after, wear_minutes, devices,
                               cloud_port, tui)  # fmt: skip
         asyncio.run(run_demo(options))

@@ -74,6 +74,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SUMMARY_EVERY_S = 300.0
+"""How often the agent logs its one-line summary at INFO."""
+
 _DRIVER_BACKOFF = BackoffPolicy(base=1.0, cap=30.0)
 
 
@@ -106,9 +109,11 @@ class Agent:
         driver_backoff: BackoffPolicy = _DRIVER_BACKOFF,
         notifier: SystemdNotifier | None = None,
         tune_gc: bool = False,
+        summary_every: float = SUMMARY_EVERY_S,
     ) -> None:
         self.config = LiveConfig(config, path=config_path)
         self._tune_gc = tune_gc
+        self._summary_every = summary_every
         self.reload_requested = asyncio.Event()  # set by SIGHUP; a reload runs, then it clears
         self.ready = asyncio.Event()  # set once the runtime is built and the local API serves
         self._identity = identity
@@ -211,6 +216,7 @@ class Agent:
             group.create_task(rt.notifier.run(), name="notifications"),
             group.create_task(self._notifier.feed_watchdog(), name="watchdog"),
             group.create_task(rt.clock.run(), name="clock"),
+            group.create_task(_log_summaries(rt, self._summary_every), name="summary"),
         ]
         if rt.uplink is not None:
             background.append(group.create_task(rt.uplink.run(), name="uplink"))
@@ -430,6 +436,31 @@ def _pipeline(
         flush_interval=config.outbox.flush_interval,
         chunk_readings=config.outbox.chunk_readings,
     )  # fmt: skip
+
+
+async def _log_summaries(rt: Runtime, every: float) -> None:
+    """One INFO line every `every` seconds with what an operator checks first."""
+    before, since = rt.pipeline.counters.committed, time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        log.info("%s", await summary_line(rt, before, time.monotonic() - since))
+        before, since = rt.pipeline.counters.committed, time.monotonic()
+
+
+async def summary_line(rt: Runtime, committed_before: int, seconds: float) -> str:
+    """``summary: devices 3/4 connected, 120.5 readings/s accepted, uplink connected (backlog
+    0 readings, dropped 0), 1 alarm needing attention``."""
+    slots = rt.supervisor.slots.values()
+    connected = sum(1 for slot in slots if slot.healthy)
+    rate = (rt.pipeline.counters.committed - committed_before) / max(seconds, 1e-9)
+    stats = await rt.outbox.stats()
+    backlog = sum(lane.readings for lane in stats.lanes.values())
+    uplink = "no cloud" if rt.uplink is None else f"uplink {rt.uplink.status.state.value}"
+    active = len(rt.pipeline.alarms.active())
+    alarms = f"{active} alarm{'' if active == 1 else 's'} needing attention"
+    return (f"summary: devices {connected}/{len(rt.supervisor.slots)} connected, {rate:.1f} "
+            f"readings/s accepted, {uplink} (backlog {backlog} readings, dropped "
+            f"{stats.dropped_readings}), {alarms}")  # fmt: skip
 
 
 async def _tick_alarms(rt: Runtime) -> None:
