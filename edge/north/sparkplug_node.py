@@ -105,8 +105,6 @@ class NodeStatus:
     messages: int = 0
     readings: int = 0
     historical_readings: int = 0
-    skipped_readings: int = 0
-    """Readings of a device that was not born (its driver was down) when they were sent."""
     refused_commands: int = 0
     written_commands: int = 0
     duplicate_commands: int = 0
@@ -445,8 +443,9 @@ class SparkplugNode:
         for rows, historical in ((history, True), (live, False)):
             for device, items in by_device(rows).items():
                 if device not in self._born:
-                    self.status.skipped_readings += len(items)
-                    continue
+                    # Data of a device whose driver is down now (a backlog after a restart):
+                    # born for it, and the next device check declares it dead again.
+                    await self._device_birth(client, device)
                 payload = device_data(self._catalog.devices[device], items,
                                       seq=self._seq.take(), timestamp_ms=self._ms(),
                                       historical=historical)  # fmt: skip
