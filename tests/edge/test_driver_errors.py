@@ -72,3 +72,33 @@ async def test_last_error_is_cleared_once_the_link_is_healthy_and_kept_as_recove
     line = next(line for line in text.splitlines() if "recovered" in line)
     assert up["recovered_from"] in line
     assert "error at " in line
+
+
+async def test_a_driver_crash_that_still_happens_is_counted_restarted_and_current(
+    plant: Plant, tmp_path: Path
+) -> None:
+    # A CA file that vanished after the config was checked: the driver fails at start, every
+    # time, while the other device keeps reading.
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("placeholder")
+    broken = {
+        "protocol": "mqtt", "name": "site-broker", "url": "mqtts://127.0.0.1:1",
+        "ca_file": str(ca_file), "subscriptions": [{"topic": "plant/{device}/telemetry"}],
+    }  # fmt: skip
+    device = modbus_devices(plant)[0]
+    config = agent_config(tmp_path / "state", [device, broken])
+    ca_file.unlink()
+    async with running_agent(config) as running:
+
+        async def crashed_twice() -> bool:
+            return (await driver(running, "site-broker"))["crashes"] >= 2
+
+        await running.wait_for(crashed_twice, within=30)
+        crashed = await driver(running, "site-broker")
+        healthy = await driver(running, device["name"])
+    assert crashed["restarts"] >= 1
+    assert crashed["state"] != "connected"
+    assert "ca_file" in (crashed["last_error"] or ""), crashed  # current, not history
+    assert crashed["last_error_at"] is not None
+    assert healthy["state"] == "connected"
+    assert healthy["crashes"] == 0
