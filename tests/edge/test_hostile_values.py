@@ -108,3 +108,48 @@ async def test_an_integer_past_64_bits_is_a_bad_reading_and_stops_nothing(tmp_pa
     rogue = {(r.tag, r.quality) for r in stored if r.device == "rogue"}
     assert {("big", Quality.BAD), ("count", Quality.BAD), ("ok", Quality.GOOD)} <= rogue
     assert any(r.device == "pump1" for r in stored)
+
+
+async def test_64_bit_integers_reach_the_cloud_exactly(tmp_path: Path) -> None:
+    import httpx  # noqa: PLC0415
+
+    from tests.edge.cloud_harness import bootstrap, serve_cloud  # noqa: PLC0415
+
+    port = free_port()
+    source = {
+        "protocol": "mqtt", "name": "plant-mqtt", "url": f"mqtt://127.0.0.1:{port}",
+        "username": "gateway", "password": "pw-gateway",
+        "reconnect_base_s": 0.1, "reconnect_cap_s": 0.5,
+        "subscriptions": [{"topic": "plant/{device}/telemetry"}],
+    }  # fmt: skip
+    async with serve_cloud(tmp_path / "cloud.db") as cloud:
+        await bootstrap(cloud)
+        token_file = tmp_path / "gateway.token"
+        token_file.write_text(cloud.gateway_token)
+        config = agent_config(
+            tmp_path / "state", [source],
+            mqtt_broker={"host": "127.0.0.1", "port": port, "users": _users()},
+            cloud={"url": cloud.url, "gateway_id": cloud.gateway_id,
+                   "token_file": str(token_file), "max_batches_per_s": 0, "retry_max_delay": 1.0},
+        )  # fmt: skip
+        async with running_agent(config) as running:
+            values = b'{"counter": 1152939101356429315, "energy_wh": 18446744073709551615}'
+            async with aiomqtt.Client("127.0.0.1", port, **ROGUE) as c:
+                for step in range(3):
+                    now_ms = str(time.time_ns() // 1_000_000 + step).encode()
+                    message = b'{"ts": ' + now_ms + b', "values": ' + values + b"}"
+                    await c.publish("plant/rogue/telemetry", message, qos=1)
+
+            async def stored() -> bool:
+                return cloud.counts().get(("rogue", "energy_wh"), 0) == 3
+
+            await running.wait_for(stored, within=30)
+            seen = {t["tag"]: t["value"] for t in await running.get("/v1/tags?device=rogue")}
+        assert seen == {"counter": 1152939101356429315, "energy_wh": 2**64 - 1}
+        admin = {"Authorization": f"Bearer {cloud.admin_key}"}
+        async with httpx.AsyncClient(base_url=cloud.url, headers=admin) as client:
+            (device,) = (await client.get("/v1/devices")).json()
+            latest = (await client.get(f"/v1/devices/{device['id']}/latest")).json()
+        assert {v["tag"]: v["value"] for v in latest} == {
+            "counter": 1152939101356429315, "energy_wh": 2**64 - 1,
+        }  # fmt: skip
