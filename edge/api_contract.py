@@ -355,6 +355,16 @@ class PipelineCounters(Answer):
     last_flush_error: str | None = None
 
 
+class Consumer(Answer):
+    """One reader of the outbox (the cloud uplink, the Sparkplug publisher) at its own position."""
+
+    pending_chunks: int = 0
+    pending_readings: int = 0
+    leased_chunks: int = 0
+    dropped_readings: Mapping[str, int] = {}
+    """Readings the quota dropped before this consumer had sent them, per lane."""
+
+
 class Outbox(Answer):
     """`GET /v1/outbox`: the durable buffer and what the pipeline put into it."""
 
@@ -370,6 +380,8 @@ class Outbox(Answer):
     refused: Mapping[str, int] = {}
     """Readings the cloud refused one by one (a device clock far off), per reason, since the
     outbox file was created; the rest of their batches was stored."""
+    consumers: Mapping[str, Consumer] = {}
+    """Per consumer of the outbox: its backlog and its drops."""
 
     @property
     def backlog_readings(self) -> int:

@@ -448,6 +448,11 @@ async def _outbox(rt: Runtime) -> contract.Outbox:
                          for r in stats.recoveries),
         pipeline=contract.PipelineCounters(**asdict(rt.pipeline.counters)),
         refused=dict(stats.refused),
+        consumers={name: contract.Consumer(
+            pending_chunks=c.pending_chunks, pending_readings=c.pending_readings,
+            leased_chunks=c.leased_chunks,
+            dropped_readings={lane.value: n for lane, n in c.dropped_readings.items()})
+            for name, c in stats.consumers.items()},
     )  # fmt: skip
 
 

@@ -85,6 +85,10 @@ async def test_dcmd_writes_inside_limits_and_is_refused_outside_them(
                 await scada.publish(topic, stale.SerializeToString(), qos=1)
             await seen.until(lambda: any("expired" in r for r in node.status.refusals))
             assert len(await running.get("/v1/writes")) == 2
+            # No cloud here: the uplink's backlog grows while the publisher keeps up.
+            consumers = (await running.get("/v1/outbox"))["consumers"]
+            assert set(consumers) == {"uplink", "sparkplug"}
+            assert consumers["uplink"]["pending_chunks"] > consumers["sparkplug"]["pending_chunks"]
 
         # The same agent's UNS publisher left every tag's latest value retained at its path.
         uns = await retained(broker, "acme/plant-a/pumping/line1/pump1/#", 3)
