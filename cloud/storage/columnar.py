@@ -43,6 +43,16 @@ LATE_LOCK: Final = 7363
 MIN_AFTER_DAYS: Final = 2
 """Days that must have passed since a day ended before it may be converted."""
 
+CONVERSION_SETTINGS: Final = (
+    "SELECT set_config('columnar.chunk_group_row_limit', '100000', true),"
+    " set_config('columnar.stripe_row_limit', '1000000', true),"
+    " set_config('columnar.compression_level', '19', true)"
+)
+"""For the columnar table `tagway_compress_day` makes in the same transaction: chunk groups of
+100,000 rows (not 10,000) and zstd level 19 (not 3) took 6 hours of the simulated plant from
+5.1 to about 3.0 bytes a reading on Citus 13.2 (the bigger groups do most of it; a group is
+still about one series-day, so the per-series queries skip the rest). A stripe is buffered in memory while it
+is written: 1,000,000 rows (not 150,000) is about 40 MB."""
 MIN_TS: Final = -(2**63 - 1)  # a literal PostgreSQL reads as a bigint
 ROW_STORED_FROM: Final = (
     "SELECT max(substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO [(]''(-?[0-9]+)''[)]')"

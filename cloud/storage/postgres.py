@@ -413,6 +413,7 @@ class PostgresDatabase:
         done: list[str] = []
         for (day,) in rows:
             async with self.transaction(None) as tx:
+                await tx.fetchone(columnar.CONVERSION_SETTINGS)
                 row = await tx.fetchone("SELECT tagway_compress_day(%s)", [int(day)])
             if row is not None and row[0] is not None:
                 done.append(str(row[0]))
