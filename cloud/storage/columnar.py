@@ -51,8 +51,8 @@ CONVERSION_SETTINGS: Final = (
 """For the columnar table `tagway_compress_day` makes in the same transaction: chunk groups of
 100,000 rows (not 10,000) and zstd level 19 (not 3) took 6 hours of the simulated plant from
 5.1 to about 3.0 bytes a reading on Citus 13.2 (the bigger groups do most of it; a group is
-still about one series-day, so the per-series queries skip the rest). A stripe is buffered in memory while it
-is written: 1,000,000 rows (not 150,000) is about 40 MB."""
+still about one series-day, so the per-series queries skip the rest). A stripe is buffered in
+memory while it is written: 1,000,000 rows (not 150,000) is about 40 MB."""
 MIN_TS: Final = -(2**63 - 1)  # a literal PostgreSQL reads as a bigint
 ROW_STORED_FROM: Final = (
     "SELECT max(substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO [(]''(-?[0-9]+)''[)]')"
@@ -64,6 +64,12 @@ ROW_STORED_FROM: Final = (
 LATE_EXISTING: Final = (
     "SELECT series_id, ts FROM telemetry WHERE tenant_id = %s AND series_id = ANY(%s::bigint[])"
     " AND ts >= %s AND ts < %s"
+)
+LATE_EXACT: Final = (
+    "INSERT INTO telemetry (tenant_id, series_id, ts, value_num, quality, value_int)"
+    " SELECT %s, u.s, u.t, u.v, u.q, u.i::numeric"
+    " FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::int2[], %s::text[])"
+    " AS u(s, t, v, q, i)"
 )
 LATE_TEXT: Final = (
     "INSERT INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
@@ -190,12 +196,15 @@ class Selection:
     quality: npt.NDArray[np.int8]
     text_rows: list[tuple[int, int, str, int]]
     exact_rows: list[tuple[int, int, float, int, int]] = field(default_factory=list)
-    """Not split: the caller writes a batch's exact integers itself, all at once."""
 
     @classmethod
-    def of(cls, rows: TelemetryRows, mask: npt.NDArray[np.bool_], texts: list[Any]) -> Selection:
-        """The numeric rows `mask` selects, and `texts`."""
-        return cls(rows.series_id[mask], rows.ts[mask], rows.value[mask], rows.quality[mask], texts)
+    def of(
+        cls, rows: TelemetryRows, mask: npt.NDArray[np.bool_], texts: list[Any], exact: list[Any]
+    ) -> Selection:
+        """The numeric rows `mask` selects, `texts` and `exact`."""
+        return cls(
+            rows.series_id[mask], rows.ts[mask], rows.value[mask], rows.quality[mask], texts, exact
+        )
 
 
 def split_late(rows: TelemetryRows, now_us: int) -> tuple[Selection, Selection] | None:
@@ -203,10 +212,15 @@ def split_late(rows: TelemetryRows, now_us: int) -> tuple[Selection, Selection] 
     floor = (now_us // DAY_US - 1) * DAY_US
     late = rows.ts < floor
     late_texts = [r for r in rows.text_rows if r[1] < floor]
-    if not late.any() and not late_texts:
+    late_exact = [r for r in rows.exact_rows if r[1] < floor]
+    if not late.any() and not late_texts and not late_exact:
         return None
     recent_texts = [r for r in rows.text_rows if r[1] >= floor]
-    return Selection.of(rows, late, late_texts), Selection.of(rows, ~late, recent_texts)
+    recent_exact = [r for r in rows.exact_rows if r[1] >= floor]
+    return (
+        Selection.of(rows, late, late_texts, late_exact),
+        Selection.of(rows, ~late, recent_texts, recent_exact),
+    )
 
 
 async def write_late(
@@ -218,16 +232,15 @@ async def write_late(
     """Write late readings once each, whether their day is row-stored or columnar (no unique
     index there): under each day's lock, skip the (series, ts) already stored and the repeats
     inside the batch, then COPY the rest. The number written."""
-    texts = rows.text_rows
-    days = sorted(
-        {int(d) for d in np.unique(rows.ts // DAY_US)} | {t // DAY_US for _, t, _, _ in texts}
-    )
+    texts, exact = rows.text_rows, rows.exact_rows
+    others = [(s, t) for s, t, *_ in texts] + [(s, t) for s, t, *_ in exact]
+    days = sorted({int(d) for d in np.unique(rows.ts // DAY_US)} | {t // DAY_US for _, t in others})
     for day in days:  # in order: two batches with the same late days never wait on each other
         await conn.execute(
             "SELECT pg_advisory_xact_lock(%s::integer, %s::integer)", [LATE_LOCK, day]
         )
-    stamps = rows.ts.tolist() + [t for _, t, _, _ in texts]
-    series = sorted(set(rows.series_id.tolist()) | {s for s, _, _, _ in texts})
+    stamps = rows.ts.tolist() + [t for _, t in others]
+    series = sorted(set(rows.series_id.tolist()) | {s for s, _ in others})
     cur = await conn.execute(LATE_EXISTING, [tenant_id, series, min(stamps), max(stamps) + 1])
     seen: set[tuple[int, int]] = {(int(s), int(t)) for s, t in await cur.fetchall()}
     keep = np.zeros(len(rows.ts), dtype=np.bool_)
@@ -235,15 +248,23 @@ async def write_late(
         if key not in seen:
             seen.add(key)
             keep[i] = True
-    new_texts = []
-    for row in texts:
-        if (row[0], row[1]) not in seen:
-            seen.add((row[0], row[1]))
-            new_texts.append(row)
-    numeric = Selection.of(rows, keep, [])
+    new_texts = [r for r in texts if _first(seen, r[0], r[1])]
+    new_exact = [r for r in exact if _first(seen, r[0], r[1])]
+    numeric = Selection.of(rows, keep, [], [])
     if len(numeric.ts):
         await copy(numeric)
     if new_texts:
         s, t, x, q = (list(c) for c in zip(*new_texts, strict=True))
         await conn.execute(LATE_TEXT, [tenant_id, s, t, x, q])
-    return len(numeric.ts) + len(new_texts)
+    if new_exact:
+        es, et, ev, ei, eq = (list(c) for c in zip(*new_exact, strict=True))
+        await conn.execute(LATE_EXACT, [tenant_id, es, et, ev, eq, [str(n) for n in ei]])
+    return len(numeric.ts) + len(new_texts) + len(new_exact)
+
+
+def _first(seen: set[tuple[int, int]], series: int, ts: int) -> bool:
+    """True the first time (series, ts) is seen (and remember it)."""
+    if (series, ts) in seen:
+        return False
+    seen.add((series, ts))
+    return True

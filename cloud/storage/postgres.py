@@ -467,8 +467,6 @@ class PostgresDatabase:
         conn = tx.conn
         distributed = self.info.distributed
         inserted = 0
-        if rows.exact_rows:
-            inserted += await _insert_exact(tx, tenant_id, rows.exact_rows, distributed=distributed)
         split = columnar.split_late(rows, time.time_ns() // 1000) if distributed else None
         if split is not None:  # days that may be columnar, without a unique index
             late, rows = split
@@ -478,6 +476,8 @@ class PostgresDatabase:
                     await out.write(copy_buffer(tenant_id, selected))
 
             inserted += await columnar.write_late(conn, tenant_id, late, copy_late)
+        if rows.exact_rows:
+            inserted += await _insert_exact(tx, tenant_id, rows.exact_rows, distributed=distributed)
         if len(rows.ts):
             try:
                 async with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:

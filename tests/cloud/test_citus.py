@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 
 from cloud.api.app import create_app
+from cloud.contract import Batch, SeriesColumns
 from cloud.settings import CloudSettings
 from cloud.storage.pg_migrate import apply_migrations
 from cloud.storage.postgres import PostgresDatabase
@@ -187,7 +189,12 @@ async def test_old_days_become_columnar_and_answers_dedup_and_retention_keep_wor
             late = (today - 4) * DAY + 1  # new readings of a columnar day: stored once each
             assert (await cloud.send(gw, readings(3, late, 2, ["pump0"]))).json()["stored"] == 4
             assert (await cloud.send(gw, readings(4, late, 3, ["pump0"]))).json()["stored"] == 2
-            assert _count(owner) == 10 * 720 + 6
+            big = Batch(
+                str(gw[0]), 5, now_us(), [SeriesColumns("plc", "counter", [late], [2**63 - 1])]
+            )
+            assert (await cloud.send(gw, big)).json()["stored"] == 1  # an exact integer, late
+            assert (await cloud.send(gw, replace(big, seq=6))).json()["stored"] == 0
+            assert _count(owner) == 10 * 720 + 7
             # a device deleted: its readings go from the row-stored days at once, and from the
             # columnar days (unreachable meanwhile) when retention drops them
             pump4 = next(d for d in (await cloud.get(tenant.admin, "/v1/devices")).json()
@@ -195,7 +202,7 @@ async def test_old_days_become_columnar_and_answers_dedup_and_retention_keep_wor
             headers = cloud.auth(tenant.admin)
             gone = await cloud.client.delete(f"/v1/devices/{pump4['id']}", headers=headers)
             assert gone.status_code == 204, gone.text
-            assert _count(owner) == 10 * 720 + 6 - 2 * 2 * 144
+            assert _count(owner) == 10 * 720 + 7 - 2 * 2 * 144
         with (
             psycopg.connect(app_dsn(owner)) as app,
             pytest.raises(psycopg.errors.InsufficientPrivilege),
@@ -204,7 +211,7 @@ async def test_old_days_become_columnar_and_answers_dedup_and_retention_keep_wor
 
         dropped = await db.drop_telemetry(keep_days=4, now_us=now_us())
         assert dropped.partitions == [_day_name(today - 5)]
-        assert _count(owner) == 10 * 720 + 6 - 2 * 2 * 144 - 10 * 144
+        assert _count(owner) == 10 * 720 + 7 - 2 * 2 * 144 - 10 * 144
     finally:  # columnar days refuse the DELETE that empties the tables before each test
         await db.drop_telemetry(keep_days=1, now_us=now_us())
         await db.close()
