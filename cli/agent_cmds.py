@@ -43,7 +43,9 @@ ApiOpt = Annotated[str | None, typer.Option("--api", help="The local API URL, if
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 config_app = typer.Typer(
-    help="Check config files; move between cloud and local management.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Check config files; move between cloud and local management.",
+    no_args_is_help=True,
 )
 
 EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus stops a crash loop on bad config

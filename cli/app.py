@@ -19,6 +19,7 @@ from cli.sim_cmds import demo, sim_app
 from cli.tui import tui
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="tagway",
     help="tagway: an edge-first industrial gateway with cloud sync.\n\n"
     "Example: tagway init /etc/tagway && tagway run -c /etc/tagway/config.yaml",

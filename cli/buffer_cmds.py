@@ -19,8 +19,8 @@ from cli.local import DEFAULT_CONFIG, LocalClient
 if TYPE_CHECKING:
     from protocols.reading import Reading
 
-buffer_app = typer.Typer(help="Inspect and repair the outbox (the durable buffer).",
-                         no_args_is_help=True)  # fmt: skip
+buffer_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                         help="Inspect and repair the outbox (the durable buffer).")  # fmt: skip
 
 OutboxOpt = Annotated[
     Path | None, typer.Option("--outbox", help="The outbox file (default: from the config).")

@@ -31,20 +31,24 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 cloud_app = typer.Typer(
+    rich_markup_mode=None,
     help="Run and administer the tagway cloud service.\n\n"
     "Example: tagway cloud serve --database sqlite:///cloud.db",
     no_args_is_help=True,
 )
 tenant_app = typer.Typer(
+    rich_markup_mode=None,
     help="Tenants (platform admin, on the database).\n\nExample: tagway cloud tenant create acme",
     no_args_is_help=True,
 )
 api_key_app = typer.Typer(
+    rich_markup_mode=None,
     help="API keys (platform admin, on the database).\n\n"
     "Example: tagway cloud api-key create --tenant 1 --role operator",
     no_args_is_help=True,
 )
 claim_token_app = typer.Typer(
+    rich_markup_mode=None,
     help="Claim tokens for enrolling gateways (tenant admin, over HTTP).\n\n"
     "Example: tagway cloud claim-token create --cloud URL --api-key KEY --expires 24h --uses 10",
     no_args_is_help=True,

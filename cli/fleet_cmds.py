@@ -18,11 +18,13 @@ import typer
 from cli.errors import fail
 
 config_app = typer.Typer(
+    rich_markup_mode=None,
     help="Config versions and their rollouts (over HTTP with an API key).\n\n"
     "Example: tagway cloud config push config.yaml --label site=plant-a --cloud URL --api-key KEY",
     no_args_is_help=True,
 )
 rollout_app = typer.Typer(
+    rich_markup_mode=None,
     help="Rollouts of config versions.\n\nExample: tagway cloud rollout status 12 --cloud URL",
     no_args_is_help=True,
 )

@@ -27,7 +27,9 @@ _CONFIG_HEADER = """\
 # Run it as it is (`tagway run --config FILE`); `tagway provision` adds the cloud section.
 """
 
-sim_app = typer.Typer(help="Run the simulated plant (firmware_sim).", no_args_is_help=True)
+sim_app = typer.Typer(
+    rich_markup_mode=None, help="Run the simulated plant (firmware_sim).", no_args_is_help=True
+)
 
 
 @sim_app.command("plant")
