@@ -166,13 +166,20 @@ class SparkplugNode:
         self._bd_path = inputs.state_dir / "sparkplug_bdseq.json"
         self._commands: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100)
         self._done = _CommandLog(inputs.state_dir / "sparkplug_dcmd.json")
+        self._device_of: dict[str, str] = {}  # Sparkplug device id -> tagway device name
         prefix = f"spBv1.0/{settings.group_id}"
         self._node = settings.edge_node_id
         self._prefix = prefix
 
     def topic(self, kind: MessageType, device: str | None = None) -> str:
-        """The topic of this node's (or one of its devices') messages of `kind`."""
-        return str(Topic(self.settings.group_id, kind, self._node, device))
+        """The topic of this node's (or one of its devices') messages of `kind`. A device name
+        that cannot be one topic level (``/``, ``+``, ``#``) goes out with ``_`` in their
+        place; DCMDs to that id find the device again."""
+        device_id = None
+        if device is not None:
+            device_id = device_level(device)
+            self._device_of[device_id] = device
+        return str(Topic(self.settings.group_id, kind, self._node, device_id))
 
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff, forever."""
@@ -251,7 +258,8 @@ class SparkplugNode:
                 self._node_command(payload)
             elif isinstance(parsed, Topic) and parsed.message_type is MessageType.DCMD:
                 try:
-                    self._commands.put_nowait((parsed.device or "", payload))
+                    device = self._device_of.get(parsed.device or "", parsed.device or "")
+                    self._commands.put_nowait((device, payload))
                 except asyncio.QueueFull:
                     self._refuse(f"DCMD to {parsed.device} refused: 100 commands are waiting")
 
@@ -470,6 +478,11 @@ class SparkplugNode:
         tmp.write_text(json.dumps({"bd_seq": value}), encoding="utf-8")
         tmp.replace(self._bd_path)
         return value
+
+
+def device_level(name: str) -> str:
+    """A device name as one Sparkplug topic level: ``/``, ``+``, ``#`` and NUL become ``_``."""
+    return "".join("_" if c in "/+#\x00" else c for c in name) or "_"
 
 
 def _state_online(payload: bytes) -> bool | None:

@@ -281,3 +281,15 @@ async def test_a_new_tag_brings_a_rebirth_that_declares_it(tmp_path: Path, broke
         born = aliases(seen.of("DBIRTH")[-1])
         assert set(born) == {"speed", "temp", "flow"}
         assert seen.data_values(born["flow"]) == [(12.5, False)]
+
+
+async def test_a_device_name_that_is_no_topic_level_is_published_under_a_safe_id(
+    tmp_path: Path, broker: int
+) -> None:
+    async with watching(broker) as seen, running(tmp_path, broker) as rig:
+        rig.devices["line/1+#"] = True
+        await seen.until(lambda: bool(seen.of("DBIRTH")))
+        await rig.append(Reading("line/1+#", "flow", time.time_ns() // 1000, 4.5))
+        await seen.until(lambda: len(seen.of("DDATA")) == 1)
+        assert f"spBv1.0/{GROUP}/DDATA/{NODE}/line_1__" in [t for t, _ in seen.messages]
+        assert rig.node.status.state is NodeState.ONLINE  # the session survived it
