@@ -412,7 +412,7 @@ def write(
     """
     from edge.api_contract import WriteRequest, WriteResult  # noqa: PLC0415 - keep `--help` fast
 
-    parsed = _parse_value(value)
+    parsed = parse_value(value)
     client = LocalClient(config, api, timeout=15)
     if not yes:
         typer.confirm(f"write {parsed!r} to {device}.{tag}?", abort=True)
@@ -449,7 +449,8 @@ def writes(
                    f"  by {w.who} via {w.source}{why}")  # fmt: skip
 
 
-def _parse_value(text: str) -> float | int | bool | str:
+def parse_value(text: str) -> float | int | bool | str:
+    """A setpoint as typed: true/false/on/off, an integer, a number, else the text."""
     lowered = text.lower()
     if lowered in {"true", "on"}:
         return True

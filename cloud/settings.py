@@ -77,7 +77,8 @@ class CloudSettings(BaseModel):
     every `channel_keepalive_s` and is closed after `channel_max_s` (with jitter), so the
     gateway reconnects with a fresh token and a revoked one is cut off. Each `/v1/stream`
     client buffers at most `stream_buffer_events` events; beyond that it misses events and is
-    told how many.
+    told how many. A client's events go out at most every `stream_coalesce_s`, joined in one
+    write (what 50 clients cost ingest is mostly the number of writes, not the events).
 
     Fleet (`cloud.fleet`): a gateway with no batch for `health_offline_after_s` is offline; its
     status document makes it degraded when its backlog is older than `health_backlog_age_s`,
@@ -134,6 +135,12 @@ class CloudSettings(BaseModel):
     channel_max_s: float = Field(default=300.0, gt=0, le=86_400)
     stream_buffer_events: int = Field(default=1_000, ge=1, le=100_000)
     stream_keepalive_s: float = Field(default=15.0, gt=0, le=300)
+    stream_coalesce_s: float = Field(
+        default=0.25, ge=0, le=2,
+        description="a stream client's events are sent at most this often, joined in one "
+        "write: each write costs the replica (and the client) about as much as a small event, "
+        "and ingest shares the event loop with the fan-out",
+    )  # fmt: skip
     health_offline_after_s: float = Field(default=300.0, gt=0)
     health_backlog_age_s: float = Field(default=300.0, gt=0)
     health_disk_free_min_percent: float = Field(default=5.0, ge=0, le=100)

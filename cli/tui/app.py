@@ -24,7 +24,14 @@ from textual.worker import WorkerCancelled
 from cli.tui.client import AgentClient, AgentClientError, AgentUnavailable
 from cli.tui.model import AgentView, StreamEvent
 from cli.tui.panes import AlarmsPane, DevicesPane, OverviewPane, TagsPane
-from cli.tui.screens import DeviceScreen, HelpScreen, NoticeScreen, ShelveScreen, StatusBar
+from cli.tui.screens import (
+    DeviceScreen,
+    HelpScreen,
+    NoticeScreen,
+    ShelveScreen,
+    StatusBar,
+    WriteScreen,
+)
 from cli.tui.table import RowTable
 
 TABS = ("overview", "tags", "alarms", "devices")
@@ -167,6 +174,23 @@ class TagwayApp(App[None]):
         self.notify(f"{message.alarm} acknowledged" if done else
                     f"{message.alarm}: nothing to acknowledge")  # fmt: skip
         self._poke.set()
+
+    @on(TagsPane.Write)
+    async def _write(self, message: TagsPane.Write) -> None:
+        tag = message.tag
+
+        async def chosen(value: float | int | bool | str | None) -> None:
+            if value is None:
+                return
+            try:
+                result = await self.client.write(tag.device, tag.tag, value)
+            except AgentClientError as exc:
+                self.notify(f"{tag.key} not written: {exc}", severity="error", timeout=10)
+                return
+            self.notify(f"{tag.key} = {value!r} (written, read back {result.read_back!r})")
+            self._poke.set()
+
+        await self.push_screen(WriteScreen(tag.key, tag.value), chosen)
 
     @on(AlarmsPane.Shelve)
     async def _shelve(self, message: AlarmsPane.Shelve) -> None:

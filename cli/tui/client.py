@@ -38,6 +38,8 @@ from edge.api_contract import (
     ShelveRequest,
     Unshelved,
     Uplink,
+    WriteRequest,
+    WriteResult,
 )
 
 
@@ -243,6 +245,27 @@ class AgentClient:
             raise await self._unavailable(exc) from exc
         try:
             return Unshelved.model_validate_json(_decode(response, path)).unshelved
+        except ValidationError as exc:
+            raise AgentRefused(f"unexpected answer from the agent: {exc}") from exc
+
+    async def write(self, device: str, tag: str, value: float | int | bool | str) -> WriteResult:
+        """Write a setpoint through the agent's write door; AgentRefused carries the agent's
+        reason (outside the limits, not writable, no token)."""
+        request = WriteRequest(device=device, tag=tag, value=value)
+        http = await self._connection()
+        try:
+            response = await http.post("/v1/write", json=request.model_dump(mode="json"),
+                                       timeout=max(self.timeout, 15.0))  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise await self._unavailable(exc) from exc
+        if response.status_code >= 400:
+            try:
+                reason = str(response.json().get("detail", response.text))
+            except ValueError:
+                reason = response.text[:200]
+            raise AgentRefused(reason, status=response.status_code)
+        try:
+            return WriteResult.model_validate_json(response.content)
         except ValidationError as exc:
             raise AgentRefused(f"unexpected answer from the agent: {exc}") from exc
 

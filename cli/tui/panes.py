@@ -185,13 +185,23 @@ def tag_cells(tag: TagValue, now: float) -> tuple[str | Text, ...]:
 
 
 class TagsPane(Vertical):
-    """Every tag; `/` to filter by typing, `s` to change the sort, a sparkline of the selected."""
+    """Every tag; `/` to filter by typing, `s` to change the sort, a sparkline of the selected,
+    `w` to write a setpoint to it."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
+        Binding("w", "write", "Write"),
         Binding("escape", "leave_filter", "Table", show=False),
     ]
+
+    class Write(Message):
+        """The user asked to write a setpoint to a tag."""
+
+        def __init__(self, tag: TagValue) -> None:
+            super().__init__()
+            self.tag = tag
+
     SORTS: ClassVar[tuple[str, ...]] = ("device", "tag", "value", "quality", "age")
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -219,6 +229,12 @@ class TagsPane(Vertical):
     def action_leave_filter(self) -> None:
         """Back to the table (the filter stays)."""
         self.query_one("#tags-table", RowTable).focus()
+
+    def action_write(self) -> None:
+        """Write a setpoint to the selected tag (asks for the value, then to confirm)."""
+        chosen = next((t for t in self.shown_tags() if t.key == self.selected), None)
+        if chosen is not None:
+            self.post_message(self.Write(chosen))
 
     def action_sort(self) -> None:
         """Sort by the next column."""

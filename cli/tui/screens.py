@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from rich.table import Table
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -28,6 +29,7 @@ HELP = """\
   /           filter: type part of a device or tag name, Enter to go back
   s           sort by the next column (or click a column header)
   Up / Down   select a tag; its recent history is drawn below the table
+  w           write a setpoint to the selected tag (checked against its limits)
 [b]Alarms[/b]
   a           acknowledge the selected alarm
   s / u       shelve it for a time you give (with a reason) / put it back
@@ -206,6 +208,59 @@ class ShelveScreen(ModalScreen[tuple[int, str] | None]):
             problem.update("say why: the reason is kept in the audit")
         else:
             self.dismiss((seconds, reason))
+
+
+class WriteScreen(ModalScreen[float | int | bool | str | None]):
+    """Ask for a setpoint, then for a confirmation; dismissed with the value or None."""
+
+    DEFAULT_CSS = """
+    WriteScreen { align: center middle; }
+    WriteScreen > Vertical { width: 70; height: auto; border: round $accent; padding: 0 1;
+                             background: $surface; }
+    WriteScreen #write-confirm { color: $warning; height: auto; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, key: str, current: object) -> None:
+        super().__init__()
+        self.key = key
+        self.current = current
+        self._asked: str | None = None  # the text the confirmation was asked for
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(f"Write a setpoint to [b]{self.key}[/b] (now {self.current!r}).\n"
+                         "The agent checks it against the tag's limits and audits it.")  # fmt: skip
+            yield Input(placeholder="the value: a number, true/false or text; Enter",
+                        id="write-value")  # fmt: skip
+            yield Static(id="write-confirm")
+
+    def on_mount(self) -> None:
+        self.query_one("#write-value", Input).focus()
+
+    def action_cancel(self) -> None:
+        """Close without writing."""
+        self.dismiss(None)
+
+    @on(Input.Changed, "#write-value")
+    def _changed(self) -> None:
+        self._asked = None
+        self.query_one("#write-confirm", Static).update("")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """The first Enter asks to confirm the parsed value; the second writes it."""
+        from cli.agent_cmds import parse_value  # noqa: PLC0415 - the CLI's own parsing
+
+        text = event.value.strip()
+        if not text:
+            return
+        value = parse_value(text)
+        if self._asked != text:
+            self._asked = text
+            self.query_one("#write-confirm", Static).update(
+                f"Write {value!r} to {self.key}? Enter to confirm, Escape to cancel.")  # fmt: skip
+            return
+        self.dismiss(value)
 
 
 class HelpScreen(ModalScreen[None]):

@@ -52,7 +52,7 @@ async def stream(
 
 
 async def _events(rt: Runtime, subscription: Subscription) -> AsyncIterator[bytes]:
-    keepalive = rt.settings.stream_keepalive_s
+    keepalive, coalesce = rt.settings.stream_keepalive_s, rt.settings.stream_coalesce_s
     with rt.hub.subscribe(subscription):
         yield b": subscribed\n\n"
         while True:
@@ -62,4 +62,6 @@ async def _events(rt: Runtime, subscription: Subscription) -> AsyncIterator[byte
             except TimeoutError:
                 yield b": keepalive\n\n"
                 continue
+            if coalesce:
+                await asyncio.sleep(coalesce)  # let the events of the next moments join this write
             yield b"".join(subscription.drain())  # one write for what piled up meanwhile

@@ -6,6 +6,7 @@ served over HTTP, so its screens are the same on every run.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,43 @@ async def test_the_demo_guide_is_shown_inside_the_tui_then_the_overview() -> Non
             await pilot.press("escape")
             text = await wait_for_screen(pilot, all_connected)
             assert "tgw_key_demo" not in text
+
+
+@pytest.mark.integration
+async def test_a_setpoint_is_written_from_the_tags_tab_after_a_confirmation(
+    plant: Plant, tmp_path: Path
+) -> None:
+    config = agent_config(tmp_path, modbus_devices(plant))
+    app = tui(tmp_path)
+    async with running_agent(config) as agent, app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("2")
+        await wait_for_screen(pilot, lambda t: line_with(t, "pump1", "discharge_pressure"))
+        await pilot.press("slash", *"pump1", "space", *"setpoint", "enter")
+        await wait_for_screen(pilot, lambda t: "1 of" in t)
+        await pilot.press("w")
+        await wait_for_screen(pilot, lambda t: "Write a setpoint to pump1.speed_setpoint" in t)
+        await pilot.press(*"42", "enter")
+        await wait_for_screen(pilot, lambda t: "Write 42 to pump1.speed_setpoint?" in t)
+        assert plant.model.reported("pump1")["speed_setpoint"] != pytest.approx(42)  # not yet
+        await pilot.press("enter")
+        await _notified(pilot.app, "pump1.speed_setpoint = 42 (written, read back 42.0)")
+        assert plant.model.reported("pump1")["speed_setpoint"] == pytest.approx(42)
+        # Outside the tag's limits: refused by the agent, the reason on the screen.
+        await pilot.press("w")
+        await wait_for_screen(pilot, lambda t: "Write a setpoint to pump1.speed_setpoint" in t)
+        await pilot.press(*"500", "enter", "enter")
+        await _notified(pilot.app, "500 is outside the limits of pump1.speed_setpoint (0 to 100)")
+        assert plant.model.reported("pump1")["speed_setpoint"] == pytest.approx(42)
+        (written, refused) = (await agent.get("/v1/writes"))[::-1]
+        assert (written["outcome"], refused["outcome"]) == ("written", "refused")
+        assert written["who"] == "local tui"
+
+
+async def _notified(app: TagwayApp, text: str, within: float = 20.0) -> None:
+    """Wait until the app showed a notification containing `text` (toasts are drawn above the
+    screen, not in its export)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not any(text in str(n.message) for n in app._notifications):
+        assert asyncio.get_running_loop().time() < deadline, [
+            str(n.message) for n in app._notifications]  # fmt: skip
+        await asyncio.sleep(0.05)
