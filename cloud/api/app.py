@@ -16,7 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -154,7 +154,38 @@ def create_app(settings: CloudSettings) -> FastAPI:
     _add_operations(app, metrics)
     for route in api_routes(app.routes):
         document_errors(route, route_policy(route).error_statuses())
+    _document_no_nul(app)
     return app
+
+
+NO_NUL: Final = "^[^\\x00]*$"
+"""The pattern every string of the API meets: the request guard refuses NUL (422) in parameters
+and JSON bodies alike, so the document says so."""
+
+
+def _document_no_nul(app: FastAPI) -> None:
+    """Give every string schema of the OpenAPI document that has no pattern, enum or binary
+    format the `NO_NUL` pattern (parameters, bodies and answers)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _forbid_nul(generate())
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _forbid_nul(node: Any) -> None:
+    if isinstance(node, dict):
+        if (node.get("type") == "string" and node.get("format") != "binary"
+                and not {"pattern", "enum", "const"} & node.keys()):  # fmt: skip
+            node["pattern"] = NO_NUL
+        for value in node.values():
+            _forbid_nul(value)
+    elif isinstance(node, list):
+        for value in node:
+            _forbid_nul(value)
 
 
 def _add_operations(app: FastAPI, metrics: CloudMetrics) -> None:

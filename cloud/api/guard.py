@@ -75,6 +75,7 @@ class RoutePolicy:
     body_limit: str | None  # a `BODY_LIMITS` name; None: the operation takes no body
     json_body: bool  # the body is JSON the guard checks (not a batch: the contract does that)
     path_params: bool
+    writes: bool = False  # POST, PUT, PATCH or DELETE
 
     def error_statuses(self) -> set[int]:
         """The error statuses requests to the operation can get (for the OpenAPI document)."""
@@ -87,6 +88,8 @@ class RoutePolicy:
             statuses.add(404)
         if self.body_limit is not None:
             statuses.add(413)
+        if self.writes:  # a name taken, a revoked gateway, or a race the database caught
+            statuses.add(409)
         return statuses
 
 
@@ -123,6 +126,7 @@ def route_policy(route: APIRoute) -> RoutePolicy:
         body_limit=(named or default) if takes_body else None,
         json_body=takes_body and named is None,
         path_params=bool(route.dependant.path_params),
+        writes=bool((route.methods or set()) & {"POST", "PUT", "PATCH", "DELETE"}),
     )
 
 
