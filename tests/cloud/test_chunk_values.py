@@ -72,6 +72,19 @@ def _expected(values: list[Any]) -> list[tuple[Any, bool]]:
 def test_encoding_never_fails_and_every_value_comes_back_or_is_bad(
     items: list[tuple[str, int, Any, Quality, str | None]],
 ) -> None:
+    _round_trip(items)
+
+
+@pytest.mark.slow
+@settings(max_examples=10_000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(rows)
+def test_encoding_never_fails_and_every_value_comes_back_or_is_bad_at_length(
+    items: list[tuple[str, int, Any, Quality, str | None]],
+) -> None:
+    _round_trip(items)
+
+
+def _round_trip(items: list[tuple[str, int, Any, Quality, str | None]]) -> None:
     readings = [Reading("dev", tag, T0 + ts, value, q, reason=why)
                 for tag, ts, value, q, why in items]  # fmt: skip
     back = chunk.decode(chunk.encode(readings))  # type: ignore[arg-type]  # hostile on purpose
