@@ -53,6 +53,10 @@ def stats(config: ConfigOpt = None, outbox: OutboxOpt = None, json_out: JsonOpt 
         "recoveries": [{"at": r.at, "moved_to": str(r.moved_to), "reason": r.reason}
                        for r in figures.recoveries],
         "refused_readings": dict(figures.refused),
+        "consumers": {name: {"pending_chunks": c.pending_chunks,
+                             "pending_readings": c.pending_readings,
+                             "dropped_readings": c.dropped_total}
+                      for name, c in figures.consumers.items()},
     }  # fmt: skip
     if json_out:
         typer.echo(json.dumps(data, indent=2))
@@ -67,6 +71,11 @@ def stats(config: ConfigOpt = None, outbox: OutboxOpt = None, json_out: JsonOpt 
         oldest = f"{s.oldest_age_s:.0f}s" if s.oldest_age_s is not None else "-"
         typer.echo(f"{lane.value:<10} {s.chunks:>8} {s.readings:>10} {oldest:>9} "
                    f"{s.dropped_readings:>9} {s.quarantined_chunks:>11}")  # fmt: skip
+    if len(figures.consumers) > 1:  # the uplink and a northbound publisher, each at its pace
+        for name, c in figures.consumers.items():
+            typer.echo(f"consumer {name}: {c.pending_readings} readings to send "
+                       f"({c.pending_chunks} chunks), {c.dropped_total} dropped before it "
+                       "sent them")  # fmt: skip
     for r in figures.recoveries:
         typer.echo(
             f"recovered from a damaged file at {r.at:.0f}: {r.reason} (moved to {r.moved_to})"

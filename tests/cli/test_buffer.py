@@ -124,3 +124,18 @@ def test_exports_keep_numbers_as_numbers_and_the_reason(tmp_path: Path) -> None:
         by_tag = {r["tag"]: r for r in csv.DictReader(handle)}
     assert by_tag["counter"]["value"] == "1152939101356429315"
     assert by_tag["pressure"]["reason"] == "modbus exception 02"
+
+
+def test_stats_show_each_consumers_backlog(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    from store_forward import OutboxSettings  # noqa: PLC0415
+
+    with Outbox(path, OutboxSettings(consumers=("uplink", "sparkplug"))) as outbox:
+        outbox.append(encode([Reading("pump1", "flow", T0, 1.0)]), count=1, lane=Lane.TELEMETRY)
+        outbox.ack(outbox.lease())  # the cloud has it; the Sparkplug broker is away
+    result = tagway("buffer", "stats", "--outbox", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "consumer uplink: 0 readings to send" in result.stdout
+    assert "consumer sparkplug: 1 readings to send (1 chunks)" in result.stdout
+    data = json.loads(tagway("buffer", "stats", "--outbox", str(path), "--json").stdout)
+    assert data["consumers"]["sparkplug"]["pending_readings"] == 1
