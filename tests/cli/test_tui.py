@@ -80,6 +80,19 @@ async def test_overview_names_an_overloaded_device_with_its_overruns(
     assert not line_with(text, "Overload", "pump2:")
 
 
+@pytest.mark.integration
+async def test_overview_says_when_the_gateway_clock_is_not_synchronized(
+    plant: Plant, tmp_path: Path
+) -> None:
+    clock = {"sync_command": ["sh", "-c", "echo no"], "sync_interval": 0.2}
+    config = agent_config(tmp_path, modbus_devices(plant), clock=clock)
+    async with running_agent(config), tui(tmp_path).run_test(size=SIZE) as pilot:
+        text = await wait_for_screen(pilot, lambda t: bool(line_with(t, "Clock", "NOT")))
+    row = line_with(text, "Clock", "NOT", "synchronized")
+    assert row is not None
+    assert "(from sh);" in row
+
+
 def _rate(text: str, device: str) -> str:
     """The readings/s column of a device in the overview's driver table."""
     row = line_with(text, device, "modbus")
