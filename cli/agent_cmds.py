@@ -346,6 +346,10 @@ def alarms(
     if json_out:
         typer.echo(json.dumps([a.model_dump(mode="json") for a in rows]))
         return
+    if not rows:
+        typer.echo("no alarms")
+        return
+    typer.echo(f"{'state':<9} {'severity':<8} {'name':<32} message")
     for a in sorted(rows, key=lambda a: (a.state == "normal", a.name)):
         shelved = f"  (shelved until {_clock_us(a.shelved_until)})" if a.shelved_until else ""
         typer.echo(f"{a.state:<9} {a.severity:<8} {a.name:<32} {a.message}{shelved}")

@@ -153,7 +153,7 @@ def export(
     elif kind == "json":
         count = _write_json(out, rows)
     else:
-        count = _write_sqlite(out, rows)
+        count = _write_sqlite(out, rows, _READING_FIELDS)
     typer.echo(f"wrote {count} readings from {path} to {out}")
 
 
@@ -171,7 +171,7 @@ def _export_refused(path: Path, out: Path, kind: str) -> None:
     elif kind == "json":
         count = _write_json(out, rows)
     else:
-        count = _write_sqlite(out, rows, "refused")
+        count = _write_sqlite(out, rows, fields, "refused")
     typer.echo(f"wrote {count} refused-reading entries from {path} to {out}")
 
 
@@ -224,23 +224,20 @@ def _write_json(out: Path, rows: Iterable[Mapping[str, object]], *_: object) -> 
     return count
 
 
-def _write_sqlite(out: Path, rows: Iterable[Mapping[str, object]], name: str = "readings") -> int:
+def _write_sqlite(
+    out: Path, rows: Iterable[Mapping[str, object]], columns: list[str], name: str = "readings"
+) -> int:
     """A table whose `value` column has no declared type, so each value keeps its own: INTEGER
     (64-bit exact), REAL or TEXT. (A typed column would turn a mixed column into text.) An
-    integer past int64, which SQLite cannot hold as a number, is stored as its decimal text."""
+    integer past int64, which SQLite cannot hold as a number, is stored as its decimal text.
+    The table is made even when there are no rows: an empty export is an empty table."""
     import sqlite3  # noqa: PLC0415
 
-    items = iter(rows)
-    first = next(items, None)
-    if first is None:
-        return 0
-    columns = list(first)
     declared = ", ".join(f'"{c}"' if c in ("value", "count") else f'"{c}" {_TYPE[c]}'
                          for c in columns)  # fmt: skip
     insert = f'INSERT INTO "{name}" VALUES ({", ".join("?" * len(columns))})'  # noqa: S608 - our names
     counted = itertools.count(1)
-    values = ([_sqlite_value(row[c]) for c in columns] for row in itertools.chain([first], items)
-              if next(counted))  # fmt: skip
+    values = ([_sqlite_value(row[c]) for c in columns] for row in rows if next(counted))
     with contextlib.closing(sqlite3.connect(out)) as db, db:
         db.execute(f'CREATE TABLE IF NOT EXISTS "{name}" ({declared})')
         db.executemany(insert, values)

@@ -55,6 +55,21 @@ def test_export_to_csv_and_sqlite_leaves_the_outbox_as_it_was(tmp_path: Path) ->
     assert after.chunks == before.chunks == 3
 
 
+def test_an_empty_outbox_exports_an_empty_table(tmp_path: Path) -> None:
+    """Before: --format sqlite of an empty outbox wrote no table (a file no tool could query)."""
+    path = tmp_path / "outbox.db"
+    Outbox(path).close()
+    out = tmp_path / "empty.sqlite"
+    result = tagway("buffer", "export", str(out), "--outbox", str(path), "--format", "sqlite")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 0 readings" in result.stdout
+    with sqlite3.connect(out) as db:
+        assert db.execute("SELECT count(*) FROM readings").fetchone() == (0,)
+        columns = [row[1] for row in db.execute("PRAGMA table_info(readings)")]
+    assert columns == ["device", "tag", "time", "ts_us", "value", "quality", "reason", "unit",
+                       "simulated"]  # fmt: skip
+
+
 def test_stats_and_requeue_without_an_agent(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     outbox_with_data(path)

@@ -112,6 +112,8 @@ async def test_run_status_tags_buffer_and_a_clean_sigterm(tmp_path: Path) -> Non
             "outbox": {"flush_interval": 0.1},
             "local_api": {"port": 0},
             "devices": modbus_devices(plant),
+            "alarms": [{"name": "pump1.flow_seen", "device": "pump1", "tag": "flow",
+                        "kind": "high", "limit": -1, "message": "pump1 reports a flow"}],
         }))  # fmt: skip
         agent = await asyncio.create_subprocess_exec(
             *TAGWAY, "run", "--config", str(config), "--log-format", "json",
@@ -132,6 +134,15 @@ async def test_run_status_tags_buffer_and_a_clean_sigterm(tmp_path: Path) -> Non
             assert code == 0
             assert "flow" in out
             assert "m3/h" in out
+            for _ in range(50):  # the alarm rises with the first reading of pump1.flow
+                code, out, _ = await tagway("alarms", "--config", str(config))
+                if "pump1.flow_seen" in out:
+                    break
+            assert code == 0
+            header, row = out.splitlines()  # before: the rows alone, no header
+            assert header.split() == ["state", "severity", "name", "message"]
+            assert row.split()[:3] == ["active", "medium", "pump1.flow_seen"]
+            assert row.index("pump1 reports a flow") == header.index("message")
             code, out, _ = await tagway("buffer", "stats", "--config", str(config), "--json")
             assert code == 0
             assert json.loads(out)["lanes"]["telemetry"]["readings"] > 0
