@@ -244,6 +244,9 @@ async def test_a_schema_distributed_before_columnar_upgrades_in_place(
         partitions = conn.execute(
             "SELECT count(*) FROM pg_inherits WHERE inhparent = 'telemetry'::regclass"
         ).fetchone()
+    with psycopg.connect(owner) as conn:  # connections to the workers are kept
+        cached = conn.execute("SHOW citus.max_cached_conns_per_worker").fetchone()
+    assert cached == ("16",)
     assert "telemetry" not in {k for (k,) in keys}  # the parent has no key any more...
     assert (len(keys),) == partitions  # ...every partition has its own
     assert await _answers(owner, key) == answers
