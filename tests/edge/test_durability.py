@@ -81,6 +81,12 @@ async def test_kill_9_mid_upload_loses_and_duplicates_nothing(tmp_path: Path, pl
         assert accepted_but_unsent <= after  # every accepted reading arrived
         assert before <= after
         assert len(after) == len(before | accepted_but_unsent)  # and nothing else appeared
+        # The counts tell the truth too: a batch replayed under a new seq by the next life stored
+        # nothing and is charged nothing, and the drops are the outbox's own counters.
+        usage = await _usage(cloud)
+        assert sum(day["readings"] for day in usage) == len(after)
+        local = read_stats(outbox_path).dropped_readings
+        assert sum(day["dropped"] for day in usage) == local
 
 
 async def test_a_long_outage_fills_the_quota_drops_oldest_telemetry_and_counts_it(
