@@ -15,7 +15,7 @@ Both are additive keys of format 2, so a cloud that does not know them still rea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import accumulate
+from itertools import accumulate, compress
 from typing import Any, Final
 
 EXACT: Final = 2**53
@@ -56,11 +56,10 @@ def why_column(reasons: list[Any]) -> list[Any] | None:
     """``[position, reason, ...]`` of the readings that have a reason; None when none has."""
     if not any(reasons):
         return None
-    out: list[Any] = []
-    for at, reason in enumerate(reasons):
-        if reason:
-            out += (at, str(reason).encode("utf-8", "backslashreplace").decode("utf-8"))
-    return out
+    positions = list(compress(range(len(reasons)), reasons))  # only the readings with a reason
+    texts = [str(reasons[at]).encode("utf-8", "backslashreplace").decode("utf-8")
+             for at in positions]  # fmt: skip
+    return [item for pair in zip(positions, texts, strict=True) for item in pair]
 
 
 def reasons_of(why: Any, total: int) -> list[str | None] | None:
