@@ -24,6 +24,7 @@ Routes::
     GET  /v1/notifications            list[NotificationHook]
     GET  /v1/outbox                   Outbox;  POST /v1/outbox/requeue-quarantine -> Requeued
     GET  /v1/uplink                   Uplink
+    GET  /v1/sparkplug                Sparkplug
     GET  /v1/dead-letters             DeadLetters      (?limit=)
     POST /v1/write                    WriteRequest -> WriteResult  (token; 409 refused, 502)
     GET  /v1/writes                   list[WriteAudit]  (?device=&limit=)
@@ -412,6 +413,29 @@ class Requeued(Answer):
 
 
 # ------------------------------------------------------------------------------------- uplink
+
+
+class Sparkplug(Answer):
+    """`GET /v1/sparkplug`: the Sparkplug B edge node (`north.sparkplug`); `configured` is False
+    without one."""
+
+    configured: bool = False
+    state: Literal["disconnected", "waiting_for_host", "online", "stopped"] = "disconnected"
+    group_id: str | None = None
+    edge_node_id: str | None = None
+    primary_host_id: str | None = None
+    bd_seq: int | None = None
+    births: int = 0
+    rebirth_commands: int = 0
+    messages: int = 0
+    readings: int = 0
+    historical_readings: int = 0
+    written_commands: int = 0
+    refused_commands: int = 0
+    duplicate_commands: int = 0
+    last_error: str | None = None
+    refusals: tuple[str, ...] = ()
+    """The last refused commands, with their reasons (newest last)."""
 
 
 class Uplink(Answer):

@@ -209,6 +209,10 @@ def build_app(rt: Runtime, fleet: Fleet | None = None, *, token: str | None = No
     async def uplink() -> contract.Uplink:
         return await _uplink(rt)
 
+    @app.get("/v1/sparkplug", response_model=contract.Sparkplug)
+    async def sparkplug() -> contract.Sparkplug:
+        return _sparkplug(rt)
+
     @app.get("/v1/dead-letters", response_model=contract.DeadLetters)
     async def dead_letters(limit: int = 50) -> contract.DeadLetters:
         store = rt.dead_letters
@@ -453,6 +457,22 @@ async def _outbox(rt: Runtime) -> contract.Outbox:
             leased_chunks=c.leased_chunks,
             dropped_readings={lane.value: n for lane, n in c.dropped_readings.items()})
             for name, c in stats.consumers.items()},
+    )  # fmt: skip
+
+
+def _sparkplug(rt: Runtime) -> contract.Sparkplug:
+    node = rt.sparkplug
+    if node is None:
+        return contract.Sparkplug()
+    st, settings = node.status, node.settings
+    return contract.Sparkplug(
+        configured=True, state=st.state.value, group_id=settings.group_id,
+        edge_node_id=settings.edge_node_id, primary_host_id=settings.primary_host_id,
+        bd_seq=st.bd_seq, births=st.births, rebirth_commands=st.rebirth_commands,
+        messages=st.messages, readings=st.readings, historical_readings=st.historical_readings,
+        written_commands=st.written_commands, refused_commands=st.refused_commands,
+        duplicate_commands=st.duplicate_commands, last_error=st.last_error,
+        refusals=tuple(st.refusals),
     )  # fmt: skip
 
 

@@ -88,6 +88,12 @@ async def test_dcmd_writes_inside_limits_and_is_refused_outside_them(
             # No cloud here: the uplink's backlog grows while the publisher keeps up.
             consumers = (await running.get("/v1/outbox"))["consumers"]
             assert set(consumers) == {"uplink", "sparkplug"}
+            node_status = await running.get("/v1/sparkplug")
+            assert node_status["configured"] is True
+            assert node_status["state"] == "online"
+            assert node_status["written_commands"] == 1
+            assert node_status["duplicate_commands"] == 1
+            assert any("outside the limits" in r for r in node_status["refusals"])
             assert consumers["uplink"]["pending_chunks"] > consumers["sparkplug"]["pending_chunks"]
 
         # The same agent's UNS publisher left every tag's latest value retained at its path.
