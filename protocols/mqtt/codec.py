@@ -261,9 +261,11 @@ class Route:
         received_us: int,
         where: str,
     ) -> list[Reading]:
-        ts = received_us
-        if decoder.stamped_by_payload:
-            ts = self._timestamp(sample, decoder, received_us, where)
+        ts = payload_ts = received_us
+        if decoder.reads_payload_time:
+            payload_ts = self._timestamp(sample, decoder, received_us, where)
+            if decoder.timestamp == "payload":
+                ts = payload_ts
         readings: list[Reading] = []
         if decoder.values_path is not None:
             values = _require(sample, decoder.values_path, where)
@@ -288,6 +290,10 @@ class Route:
             readings.append(
                 Reading(device, field.tag, ts, value, unit=field.unit, simulated=simulated)
             )
+        if decoder.timestamps:  # tags that take the other clock than the decoder's
+            clocks = {"payload": payload_ts, "gateway": received_us}
+            own = decoder.timestamps
+            readings = [r._replace(ts=clocks[own[r.tag]]) if r.tag in own else r for r in readings]
         return readings
 
     def _timestamp(

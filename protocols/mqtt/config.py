@@ -183,6 +183,7 @@ class JsonDecoder(BaseModel):
         ts_unit: the unit of a numeric timestamp: ``s``, ``ms`` (the default), ``us`` or ``ns``.
         timestamp_format: the same as a format name (``epoch_s`` ... ``epoch_ns``), or
             ``iso8601`` for ISO-8601 strings with a zone; set `ts_unit` or this, not both.
+        timestamps: per tag, ``payload`` or ``gateway`` where a tag differs from `timestamp`.
         values_path: an object whose every key is a tag; None to use `fields` only.
         fields: explicit values by path, with their own type and unit.
         units: unit per tag for the `values_path` object.
@@ -198,6 +199,7 @@ class JsonDecoder(BaseModel):
     timestamp_path: str | None = "ts"
     ts_unit: Literal["s", "ms", "us", "ns"] | None = None
     timestamp_format: TimestampFormat = TimestampFormat.EPOCH_MS
+    timestamps: dict[str, Literal["payload", "gateway"]] = Field(default_factory=dict)
     values_path: str | None = "values"
     fields: tuple[JsonField, ...] = ()
     units: dict[str, str] = Field(default_factory=dict)
@@ -228,9 +230,11 @@ class JsonDecoder(BaseModel):
         return TS_UNITS[self.ts_unit] if self.ts_unit is not None else self.timestamp_format
 
     @property
-    def stamped_by_payload(self) -> bool:
-        """Whether readings take the payload's timestamp (else the receive time)."""
-        return self.timestamp == "payload" and self.timestamp_path is not None
+    def reads_payload_time(self) -> bool:
+        """Whether any reading takes the payload's timestamp (the decoder's or a tag's choice)."""
+        if self.timestamp_path is None:
+            return False
+        return self.timestamp == "payload" or "payload" in self.timestamps.values()
 
 
 class RawDecoder(BaseModel):

@@ -329,3 +329,29 @@ def test_source_defaults_ports_and_tls() -> None:
         )
     with pytest.raises(ValidationError):
         plain.qos = 2  # type: ignore[misc]
+
+
+def test_timestamp_choice_per_decoder_and_per_tag() -> None:
+    past_ms = NOW_MS - 120_000
+    payload = b'{"ts": %d, "values": {"v": 1, "clockless": 2}}' % past_ms
+    per_tag = MqttSubscription(
+        topic="plant/{device}/telemetry", decoder=JsonDecoder(timestamps={"clockless": "gateway"})
+    )
+    readings = decode(payload, subscription=per_tag)
+    assert isinstance(readings, list)
+    assert [(r.tag, r.ts) for r in readings] == [("v", past_ms * 1000), ("clockless", NOW_US)]
+    gateway = MqttSubscription(
+        topic="plant/{device}/telemetry",
+        decoder=JsonDecoder(timestamp="gateway", timestamps={"v": "payload"}),
+    )
+    readings = decode(payload, subscription=gateway)
+    assert isinstance(readings, list)
+    assert [(r.tag, r.ts) for r in readings] == [("v", past_ms * 1000), ("clockless", NOW_US)]
+    seconds = MqttSubscription(topic="plant/{device}/telemetry", decoder=JsonDecoder(ts_unit="s"))
+    readings = decode(b'{"ts": %d, "values": {"v": 1}}' % (NOW_US // 10**6), subscription=seconds)
+    assert isinstance(readings, list)
+    assert readings[0].ts == NOW_US // 10**6 * 10**6
+    nanos = MqttSubscription(topic="plant/{device}/telemetry", decoder=JsonDecoder(ts_unit="ns"))
+    readings = decode(b'{"ts": %d, "values": {"v": 1}}' % (NOW_US * 1000), subscription=nanos)
+    assert isinstance(readings, list)
+    assert readings[0].ts == NOW_US
