@@ -216,7 +216,7 @@ def _print_status(r: StatusReport) -> None:
         typer.echo(
             f"uplink: {up.state}, sending {up.send_rate:.1f} readings/s (last minute), "
             f"{up.batches_sent} batches, {up.readings_sent} readings sent, "
-            f"backlog age {age}, last error: {up.last_error or '-'}"
+            f"backlog age {age}, {_uplink_error(up)}"
         )
     else:
         typer.echo("uplink: not configured (offline gateway)")
@@ -227,6 +227,18 @@ def _print_status(r: StatusReport) -> None:
     typer.echo(f"alarms: {len(r.alarms)} need attention")
     for a in r.alarms:
         typer.echo(f"  {a.severity:<8} {a.state:<9} {a.name}: {a.message}")
+
+
+def _uplink_error(up: Uplink) -> str:
+    """The last error, saying when, and whether the uplink has sent since (then it is history,
+    not the reason for the health shown above it)."""
+    if not up.last_error:
+        return "no error"
+    at = up.last_error_at
+    when = f" at {time.strftime('%H:%M:%S', time.localtime(at))}" if at is not None else ""
+    if at is not None and up.last_success is not None and up.last_success > at:
+        return f"recovered from the last error{when}: {up.last_error}"
+    return f"last error{when}: {up.last_error}"
 
 
 def _clock_line(clock: Clock) -> str:

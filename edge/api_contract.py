@@ -445,6 +445,8 @@ class Uplink(Answer):
     state: Literal["idle", "sending", "backoff", "stopped", "offline"] = "offline"
     last_success: float | None = None
     last_error: str | None = None
+    last_error_at: float | None = None
+    """When `last_error` happened (Unix time); a success after it means the uplink recovered."""
     batches_sent: int = 0
     readings_sent: int = 0
     duplicates: int = 0

@@ -484,7 +484,8 @@ async def _uplink(rt: Runtime) -> contract.Uplink:
     ages = [lane.oldest_age_s for lane in stats.lanes.values() if lane.oldest_age_s is not None]
     return contract.Uplink(
         configured=True, state=status.state.value, last_success=status.last_success,
-        last_error=status.last_error, batches_sent=status.batches_sent,
+        last_error=status.last_error, last_error_at=status.last_error_at,
+        batches_sent=status.batches_sent,
         readings_sent=status.readings_sent, duplicates=status.duplicates,
         refused_readings=status.refused_readings,
         quarantined_chunks=status.quarantined_chunks,

@@ -137,6 +137,7 @@ class UplinkStatus:
     state: UplinkState = UplinkState.IDLE
     last_success: float | None = None
     last_error: str | None = None
+    last_error_at: float | None = None  # Unix time, so a reader can tell an old error
     batches_sent: int = 0
     readings_sent: int = 0
     duplicates: int = 0  # batches the cloud already had (a retry after a lost answer)
@@ -302,7 +303,7 @@ class Uplink:
         except Refused as exc:
             await self._outbox.quarantine(lease, str(exc))
             self.status.quarantined_chunks += len(lease)
-            self.status.last_error = str(exc)
+            self.status.last_error, self.status.last_error_at = str(exc), time.time()
             log.error("cloud refused batch seq=%s: %s; %d chunks quarantined",  # noqa: TRY400
                       seq, exc, len(lease))  # fmt: skip
             if exc.code == SEQ_CONFLICT:
@@ -422,7 +423,7 @@ class Uplink:
         outcome = retry_state.outcome
         failure = outcome.exception() if outcome is not None else None
         self.status.state = UplinkState.BACKOFF
-        self.status.last_error = str(failure)
+        self.status.last_error, self.status.last_error_at = str(failure), time.time()
         self.status.retries += 1
         log.warning("uplink: %s; retrying in %.1f s", failure, retry_state.upcoming_sleep)
 
