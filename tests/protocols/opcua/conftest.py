@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +98,10 @@ async def plant() -> AsyncIterator[PlantServer]:
 @pytest.fixture
 def collector() -> Collector:
     return Collector()
+
+
+@pytest.fixture(scope="session")
+def node_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One PKI folder for the node-opcua server of every test: its key pair is made once (tens
+    of seconds on a busy machine), each test's gateway certificate is its own."""
+    return tmp_path_factory.mktemp("node-opcua-pki")

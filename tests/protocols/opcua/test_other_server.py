@@ -22,10 +22,10 @@ def _counts(collector: Collector) -> list[float]:
 
 
 async def test_a_6_s_link_drop_resumes_the_session_and_keeps_the_values_queued_meanwhile(
-    tmp_path: Path, collector: Collector
+    tmp_path: Path, node_pki: Path, collector: Collector
 ) -> None:
     tag = OpcUaTag(name="counter", node_id=node_tag_id("counter"), queue_size=200)
-    async with node_opcua_server(tmp_path / "pki") as server, TcpProxy(server.port) as proxy:
+    async with node_opcua_server(node_pki) as server, TcpProxy(server.port) as proxy:
         config = device(proxy.url("/tagway-node"), [tag], session_timeout_s=120)
         config = config.model_copy(update={"simulated": False})
         async with running(OpcUaDriver(config), collector) as driver:

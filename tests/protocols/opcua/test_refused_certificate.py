@@ -25,7 +25,7 @@ WATCH_S = 10.0
 
 
 async def test_a_refused_gateway_certificate_is_one_clear_reason_with_backoff_and_no_crash(
-    tmp_path: Path, collector: Collector
+    tmp_path: Path, node_pki: Path, collector: Collector
 ) -> None:
     trusted = tmp_path / "trusted"
     trusted.mkdir()
@@ -37,7 +37,7 @@ async def test_a_refused_gateway_certificate_is_one_clear_reason_with_backoff_an
     drivers: list[OpcUaDriver] = []
     crashes: list[BaseException] = []
     async with (
-        node_opcua_server(tmp_path / "pki", trust_clients=False) as server,
+        node_opcua_server(node_pki, trust_clients=False) as server,
         TcpProxy(server.port) as proxy,
     ):
         # The gateway trusts the server: only the other direction is missing.
