@@ -16,9 +16,11 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pydantic import ValidationError
 
 from cloud.settings import CloudSettings
+from edge.clock import ClockSync
 from edge.config import ClockSection, ConfigError, parse_config
 from protocols.mqtt.config import JsonDecoder
 from tests.edge.harness import agent_config, running_agent
+from tests.edge.test_driver_errors import tagway_status
 from tests.mosquitto import free_port
 
 pytestmark = pytest.mark.integration
@@ -94,6 +96,7 @@ async def test_wrong_device_clocks_are_restamped_or_kept_and_counted_per_device(
         drivers = {d["name"]: d for d in await running.get("/v1/drivers")}
         gateway = await running.get("/v1/gateway")
         metrics = (await running.api.get("/metrics")).text
+        status_text, _ = await tagway_status(str(running.api.base_url))
 
     restamped = seen[1]
     assert restamped is not None
@@ -121,6 +124,22 @@ async def test_wrong_device_clocks_are_restamped_or_kept_and_counted_per_device(
     assert gateway["clock"]["unsynchronized_readings"] >= 6  # accepted, and counted
     assert "tagway_clock_synchronized 0.0" in metrics
     assert 'tagway_driver_clock_faults_total{device="plant-mqtt"} 1.0' in metrics
+    clock_line = next(line for line in status_text.splitlines() if line.startswith("clock:"))
+    assert clock_line.startswith("clock: NOT synchronized (from sh), ")
+    assert "readings accepted while unsynchronized" in clock_line
+    assert "1 readings with an implausible source clock" in status_text
+
+
+async def test_without_the_command_the_kernel_clock_state_answers() -> None:
+    sync = ClockSync(["/nonexistent/timedatectl"])
+    answer = await sync.probe()
+    assert sync.source == ("adjtimex" if answer is not None else "unknown")
+    assert sync.checked_at is not None
+    sync.synchronized = False
+    sync.count(5)
+    sync.synchronized = True
+    sync.count(7)
+    assert sync.unsynchronized_readings == 5
 
 
 def test_the_default_window_is_the_clouds_and_bad_values_are_named() -> None:
