@@ -127,9 +127,11 @@ async def test_500s_429_and_a_refused_batch(tmp_path: Path, plant: Plant) -> Non
         assert cloud.faults.answered == [500, 500, 500, 429, 422]
         assert uplink["retries"] == 4  # three 500s and one 429, each retried with the same seq
         assert uplink["quarantined_chunks"] >= 1
+        # The refused batch is kept, not lost: the first batch may be a lone event chunk (the
+        # shadow's reported document at start), so it is counted over every lane.
+        assert sum(lane["quarantined_readings"] for lane in outbox["lanes"].values()) > 0
         quarantined = outbox["lanes"]["telemetry"]["quarantined_readings"]
-        assert quarantined > 0
-        # Everything but the refused batch arrived, once; the refused one is kept, not lost.
+        # Every other reading arrived, once.
         assert sum(cloud.counts().values()) == sum(seen.values()) - quarantined
 
 
