@@ -29,7 +29,14 @@ from protocols.sparkplug.conventions import (
     UNIT,
     quality_code,
 )
-from protocols.sparkplug.payload import DataType, Metric, Payload, encode_payload, to_wire
+from protocols.sparkplug.payload import (
+    DataType,
+    Malformed,
+    Metric,
+    Payload,
+    encode_payload,
+    to_wire,
+)
 
 _MODBUS_TYPES: Final = {
     "bool": DataType.BOOLEAN, "bit": DataType.BOOLEAN, "int16": DataType.INT16,
@@ -254,3 +261,24 @@ def by_device(rows: Iterable[ChunkRow]) -> dict[str, list[ChunkRow]]:
         else:
             group.append(row)
     return out
+
+
+def command_target(
+    tags: Mapping[str, MetricSpec], device: str, metric: Metric
+) -> tuple[str, Value] | str:
+    """The tag and value a DCMD metric names (by name, or by the alias the birth gave it; the
+    value read with the birth's datatype when the command omits it), or why it names none."""
+    tag = metric.name
+    if tag is None:
+        tag = next((t for t, spec in tags.items() if spec.alias == metric.alias), None)
+    if tag is None:
+        return f"alias {metric.alias} is not a metric of {device}"
+    try:
+        value = metric.value
+        if value is None and metric.wire is not None and tag in tags:
+            value = metric.value_as(tags[tag].datatype)
+    except Malformed as exc:
+        return f"{tag}: {exc}"
+    if value is None:
+        return f"{tag}: no value"
+    return tag, value

@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -44,10 +43,12 @@ from typing import Protocol
 import aiomqtt
 
 from edge.chunk import ChunkError, ChunkRow, decode_rows
+from edge.north.command_log import CommandLog
 from edge.north.config import SPARKPLUG_CONSUMER, SparkplugNorth
 from edge.north.sparkplug_metrics import (
     MetricCatalog,
     by_device,
+    command_target,
     device_birth,
     device_data,
     device_death,
@@ -58,7 +59,7 @@ from edge.writes import WriteOrigin, WriteOutcome
 from protocols.backoff import Backoff, BackoffPolicy
 from protocols.reading import Reading, Value
 from protocols.sparkplug.conventions import REBIRTH
-from protocols.sparkplug.payload import DataType, Malformed, Metric, decode_payload
+from protocols.sparkplug.payload import DataType, Malformed, decode_payload
 from protocols.sparkplug.sequence import SEQ_MODULO, SeqCounter
 from protocols.sparkplug.topic import MessageType, StateTopic, Topic, parse_topic
 from store_forward import Chunk, Lane, Lease
@@ -165,7 +166,7 @@ class SparkplugNode:
         self._birth_time = 0.0
         self._bd_path = inputs.state_dir / "sparkplug_bdseq.json"
         self._commands: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100)
-        self._done = _CommandLog(inputs.state_dir / "sparkplug_dcmd.json")
+        self._done = CommandLog(inputs.state_dir / "sparkplug_dcmd.json")
         self._device_of: dict[str, str] = {}  # Sparkplug device id -> tagway device name
         prefix = f"spBv1.0/{settings.group_id}"
         self._node = settings.edge_node_id
@@ -321,7 +322,7 @@ class SparkplugNode:
         self._done.add(key)  # durable before acting: delivered twice, it runs once
         who = f"host {self.settings.primary_host_id or 'unknown'}"
         for metric in command.metrics:
-            target = self._command_target(device, metric)
+            target = command_target(self._catalog.devices.get(device, {}), device, metric)
             if isinstance(target, str):
                 self._refuse(f"DCMD to {device} refused: {target}")
                 continue
@@ -332,24 +333,6 @@ class SparkplugNode:
                 self.status.written_commands += 1
             else:
                 self._refuse(f"DCMD {device}.{tag} = {value!r} {outcome.outcome}: {outcome.reason}")
-
-    def _command_target(self, device: str, metric: Metric) -> tuple[str, Value] | str:
-        """The tag and value a DCMD metric names, or why it names none."""
-        tags = self._catalog.devices.get(device, {})
-        tag = metric.name
-        if tag is None:
-            tag = next((t for t, spec in tags.items() if spec.alias == metric.alias), None)
-        if tag is None:
-            return f"alias {metric.alias} is not a metric of {device}"
-        try:
-            value = metric.value
-            if value is None and metric.wire is not None and tag in tags:
-                value = metric.value_as(tags[tag].datatype)
-        except Malformed as exc:
-            return f"{tag}: {exc}"
-        if value is None:
-            return f"{tag}: no value"
-        return tag, value
 
     async def _publish(self, client: aiomqtt.Client, bd_seq: int) -> None:
         await self._host_online.wait()
@@ -497,30 +480,3 @@ def _state_online(payload: bytes) -> bool | None:
         return None
     online = document.get("online") if isinstance(document, dict) else None
     return online if isinstance(online, bool) else None
-
-
-class _CommandLog:
-    """Digests of the last DCMDs acted on, kept in a small file (replaced atomically)."""
-
-    _KEEP = 512
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-            self._keys = [str(k) for k in loaded][-self._KEEP :]
-        except (OSError, ValueError, TypeError):
-            self._keys = []
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
-
-    def add(self, key: str) -> None:
-        self._keys = [*self._keys[-(self._KEEP - 1) :], key]
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(self._keys, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self._path)
