@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.1
 _DEVICE_POLL_S = 0.5
+_GOODBYE_S = 2.0
 
 
 class LeaseSource(Protocol):
@@ -244,10 +245,12 @@ class SparkplugNode:
             raise lost.exceptions[0] from None
 
     async def _goodbye(self, client: aiomqtt.Client, bd_seq: int) -> None:
-        """NDEATH before a deliberate disconnect (the will covers the others)."""
+        """NDEATH before a deliberate disconnect (the will covers the others); bounded, so a
+        stopping agent never waits on a broker that does not answer."""
         death = node_death(timestamp_ms=self._ms(), bd_seq=bd_seq)
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(self.topic(MessageType.NDEATH), death, qos=1)
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(_GOODBYE_S):
+                await client.publish(self.topic(MessageType.NDEATH), death, qos=1)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
