@@ -181,3 +181,47 @@ async def test_commands_and_streams_cross_replicas(replicas: list[str]) -> None:
                 assert time.monotonic() - started < 2.0
                 assert readings.data["seq"] == seq
                 assert [len(s["ts"]) for s in readings.data["series"]] == [n, n]
+
+
+async def test_a_gateway_on_one_replica_runs_a_write_created_on_the_other(
+    replicas: list[str], tmp_path: Path
+) -> None:
+    """The gateway side of the same promise: a real agent holds its channel to the second
+    replica; a write created on the first reaches a firmware_sim Modbus register, is read back,
+    and its result (sent through the second replica's ingest) is what the first answers."""
+    import yaml  # noqa: PLC0415 - the agent side, only for this test
+
+    from edge.config import parse_config  # noqa: PLC0415
+    from firmware_sim.plant import Plant  # noqa: PLC0415
+    from tests.edge.harness import config_data, modbus_devices, running_agent  # noqa: PLC0415
+
+    async with httpx.AsyncClient(base_url=replicas[0], timeout=30) as one:
+        first = Cloud(one)
+        tenant = await first.tenant("acme")
+        gateway_id, token = await first.gateway(tenant)
+        token_file = tmp_path / "gateway.token"
+        token_file.write_text(token)
+        async with Plant(devices=1, seed=3, tick_s=0.1, opcua=False, control_port=None) as plant:
+            cloud = {"url": replicas[1], "gateway_id": str(gateway_id),
+                     "token_file": str(token_file), "retry_max_delay": 1.0}  # fmt: skip
+            data = config_data(tmp_path / "state", modbus_devices(plant), cloud=cloud)
+            async with running_agent(parse_config(yaml.safe_dump(data), source="test")) as agent:
+                channel = agent.agent.channel
+                assert channel is not None
+                await asyncio.wait_for(channel.connected.wait(), 20)
+                created = await one.post(
+                    f"/v1/gateways/{gateway_id}/commands", headers=first.auth(tenant.admin),
+                    json={"kind": "write",
+                          "args": {"device": "pump1", "tag": "speed_setpoint", "value": 37.5}},
+                )  # fmt: skip
+                assert created.status_code == 201, created.text
+                path = f"/v1/gateways/{gateway_id}/commands/{created.json()['id']}"
+                deadline = time.monotonic() + 20
+                while (found := (await one.get(path, headers=first.auth(tenant.admin))).json())[
+                    "state"
+                ] in ("queued", "delivered"):
+                    assert time.monotonic() < deadline, found
+                    await asyncio.sleep(0.05)
+        assert found["state"] == "succeeded", found
+        assert found["result"]["read_back"] == 37.5
+        assert plant.model.reported("pump1")["speed_setpoint"] == 37.5

@@ -251,3 +251,31 @@ async def test_desired_setpoints_set_offline_are_applied_on_reconnect_and_a_loca
 
 async def _after(shadow: Any, documents: int) -> bool:
     return bool(shadow.documents >= documents)
+
+
+async def test_reload_config_and_requeue_quarantine_from_the_cloud(
+    cloud: RunningCloud, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    path = tmp_path / "config.yaml"
+    async with (
+        Plant(devices=2, seed=3, tick_s=0.1, opcua=False, control_port=None) as plant,
+        Operator(cloud) as op,
+    ):
+        devices = modbus_devices(plant)
+        path.write_text(yaml.safe_dump(gateway_config(state, devices[:1], cloud)))
+        config = parse_config(path.read_text(), source=str(path))
+        async with running_agent(config, config_path=path) as running:
+            path.write_text(yaml.safe_dump(gateway_config(state, devices, cloud)))
+            reload = await op.finished((await op.command("reload_config"))["id"])
+            assert reload["state"] == "succeeded", reload
+            assert reload["result"]["added"] == ["pump2"]
+            names = [d["name"] for d in await running.get("/v1/drivers")]
+            assert names == ["pump1", "pump2"]
+            requeue = await op.finished((await op.command("requeue_quarantine"))["id"])
+            assert requeue["state"] == "succeeded", requeue
+            assert requeue["result"] == {"requeued": 0}
+            path.write_text("gateway: {name: broken")  # a file that does not load
+            broken = await op.finished((await op.command("reload_config"))["id"])
+            assert broken["state"] == "failed"
+            assert str(path) in broken["error"]
