@@ -79,12 +79,13 @@ class Limits:
 
     Args:
         max_payload_bytes: larger payloads are refused unread.
-        max_future_skew_us: a sample stamped further ahead of the receive time is refused.
+        max_future_skew_us: a sample stamped further ahead of the receive time is refused; None
+            (the default) passes it on for the gateway's clock policy to restamp, keep or mark.
         simulated: every reading is marked simulated.
     """
 
     max_payload_bytes: int = 256 * 1024
-    max_future_skew_us: int = 300_000_000
+    max_future_skew_us: int | None = None
     simulated: bool = False
 
 
@@ -305,10 +306,11 @@ class Route:
         if ts < 0:
             raise _Refused(f"{path}: timestamp {raw!r} is before 1970")
         skew = ts - received_us
-        if skew > self.limits.max_future_skew_us:
+        limit = self.limits.max_future_skew_us
+        if limit is not None and skew > limit:
             raise _Refused(
                 f"{path}: timestamp {raw!r} is {skew / 1e6:.0f} s in the future "
-                f"(max_future_skew_s {self.limits.max_future_skew_us / 1e6:g})"
+                f"(max_future_skew_s {limit / 1e6:g})"
             )
         return ts
 

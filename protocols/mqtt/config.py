@@ -373,7 +373,9 @@ class MqttSourceConfig(BaseModel):
         qos: the QoS of every subscription.
         subscriptions: the filters and their decoders; the first match wins.
         max_payload_bytes: larger payloads are dead-lettered unread.
-        max_future_skew_s: a sample stamped further ahead of the gateway clock is dead-lettered.
+        max_future_skew_s: a sample stamped further ahead of the gateway clock is dead-lettered;
+            unset (the default), the gateway's `clock` window and the device's `clock_fault`
+            decide (restamp, keep or bad), as for every other device.
         simulated: mark every reading simulated (a payload's ``simulated`` flag also does).
         ca_file: CA bundle to verify an ``mqtts://`` broker; None uses the system store.
         keepalive_s: MQTT keep-alive; a dead link is noticed within about 1.5x this.
@@ -396,7 +398,7 @@ class MqttSourceConfig(BaseModel):
     qos: Literal[0, 1, 2] = 1
     subscriptions: Annotated[tuple[MqttSubscription, ...], Field(min_length=1)]
     max_payload_bytes: Annotated[int, Field(gt=0)] = 256 * 1024
-    max_future_skew_s: Annotated[float, Field(ge=0)] = 300.0
+    max_future_skew_s: Annotated[float, Field(ge=0)] | None = None
     simulated: bool = False
     ca_file: FilePath | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=65_535)] = 30

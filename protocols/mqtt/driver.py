@@ -91,7 +91,7 @@ class MqttDriver(DriverState):
         self._backoff = Backoff(policy)
         limits = Limits(
             max_payload_bytes=config.max_payload_bytes,
-            max_future_skew_us=round(config.max_future_skew_s * 1_000_000),
+            max_future_skew_us=_skew_us(config.max_future_skew_s),
             simulated=config.simulated,
         )
         self._routes = compile_routes(config.subscriptions, limits)
@@ -250,3 +250,7 @@ def _translate(exc: Exception) -> ConnectError:
         if isinstance(exc, MqttConnectError) and code in _CONNACK_AUTH_FAILURES:
             return SecurityError(f"broker refused the credentials: {exc}")
     return ConnectError(f"MQTT link failed: {exc}")
+
+
+def _skew_us(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1_000_000)

@@ -84,15 +84,16 @@ async def test_wrong_device_clocks_are_restamped_or_kept_and_counted_per_device(
                 ("keep/plc4/telemetry", Y2000_MS),  # kept by policy
                 ("bad/plc5/telemetry", Y2000_MS),  # marked bad by policy
                 ("plant/plc6/telemetry", now_s * 1000),  # a good clock
+                ("plant/plc7/telemetry", (now_s + 7200) * 1000),  # two hours ahead
             ):
                 payload = json.dumps({"ts": ts, "values": {"v": 1.5}}).encode()
                 await plc.publish(topic, payload, qos=1)
 
         async def all_arrived() -> bool:
-            return all([await tag(f"plc{n}", "v") for n in range(1, 7)])
+            return all([await tag(f"plc{n}", "v") for n in range(1, 8)])
 
         await running.wait_for(all_arrived)
-        seen = {n: await tag(f"plc{n}", "v") for n in range(1, 7)}
+        seen = {n: await tag(f"plc{n}", "v") for n in range(1, 8)}
         drivers = {d["name"]: d for d in await running.get("/v1/drivers")}
         gateway = await running.get("/v1/gateway")
         metrics = (await running.api.get("/metrics")).text
@@ -116,18 +117,22 @@ async def test_wrong_device_clocks_are_restamped_or_kept_and_counted_per_device(
     assert "source clock implausible: timestamp 2000-01-01T00:00:00+00:00" in seen[5]["reason"]
     assert seen[6] is not None
     assert (seen[6]["quality"], seen[6]["ts"]) == ("good", now_s * 1_000_000)
+    ahead = seen[7]  # a future clock is restamped too, not dead-lettered by the decoder
+    assert ahead is not None
+    assert ahead["quality"] == "uncertain"
+    assert abs(ahead["ts"] - sent_us) < 10_000_000
 
     faults = {name: d["counters"]["clock_faults"] for name, d in drivers.items()}
-    assert faults == {"plant-mqtt": 1, "trusted-mqtt": 1, "strict-mqtt": 1}
+    assert faults == {"plant-mqtt": 2, "trusted-mqtt": 1, "strict-mqtt": 1}
     assert gateway["clock"]["synchronized"] is False
     assert gateway["clock"]["source"] == "sh"
     assert gateway["clock"]["unsynchronized_readings"] >= 6  # accepted, and counted
     assert "tagway_clock_synchronized 0.0" in metrics
-    assert 'tagway_driver_clock_faults_total{device="plant-mqtt"} 1.0' in metrics
+    assert 'tagway_driver_clock_faults_total{device="plant-mqtt"} 2.0' in metrics
     clock_line = next(line for line in status_text.splitlines() if line.startswith("clock:"))
     assert clock_line.startswith("clock: NOT synchronized (from sh), ")
     assert "readings accepted while unsynchronized" in clock_line
-    assert "1 readings with an implausible source clock" in status_text
+    assert "2 readings with an implausible source clock" in status_text
 
 
 async def test_without_the_command_the_kernel_clock_state_answers() -> None:

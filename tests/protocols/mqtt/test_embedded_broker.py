@@ -138,7 +138,8 @@ async def test_malformed_payloads_are_dead_lettered_and_good_ones_keep_flowing(
     broker: EmbeddedBroker, collector: Collector
 ) -> None:
     driver = MqttDriver(
-        source_config(broker.url, max_payload_bytes=2048), dead_letters=collector.dead
+        source_config(broker.url, max_payload_bytes=2048, max_future_skew_s=300),
+        dead_letters=collector.dead,
     )
     future_ms = (time.time_ns() // 1_000_000) + 3_600_000
     bad = [
