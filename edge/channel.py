@@ -128,8 +128,12 @@ class CommandChannel:
     async def _connection(self, client: httpx.AsyncClient) -> None:
         """One connection: returns when it ended after a hello, raises `ChannelDown` before."""
         self.status.move(ChannelState.CONNECTING)
-        headers = {"Authorization": f"Bearer {await self.identity.token()}",
-                   "Accept": "text/event-stream"}  # fmt: skip
+        try:
+            token = await self.identity.token()
+        except EdgeError as exc:  # an unreadable token file, a certificate being rotated
+            self.status.move(ChannelState.BACKOFF, f"no token: {exc}")
+            raise ChannelDown(f"no token: {exc}") from exc
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
         # The cloud sends a keepalive every few seconds; a minute of silence is a dead link.
         timeout = httpx.Timeout(60.0, connect=self._connect_timeout)
         hello = False
@@ -139,8 +143,10 @@ class CommandChannel:
                 async for kind, data in _events(answer):
                     if kind == "hello":
                         hello = self._hello(data)
-                    else:
+                    elif hello:
                         self._dispatch(kind, data)
+                    else:  # not the channel as the contract has it: nothing is acted on
+                        self.status.bad_events += 1
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
             if not hello:
