@@ -42,9 +42,6 @@ from edge.errors import EdgeError
 from edge.fleet import EX_RESTART, Fleet
 from edge.fleet.versions import ConfigVersions
 from edge.local_api import LocalApi
-from edge.north.sparkplug_metrics import configured_datatypes
-from edge.north.sparkplug_node import NodeInputs, SparkplugNode
-from edge.north.uns import UnsPublisher
 from edge.notify import NotificationQueue, Notifier
 from edge.pipeline import settings as stages
 from edge.pipeline.derived import DerivedTags
@@ -71,6 +68,8 @@ from store_forward import (
 
 if TYPE_CHECKING:
     from edge.inference.model import InferenceStage
+    from edge.north.sparkplug_node import SparkplugNode
+    from edge.north.uns import UnsPublisher
 
 log = logging.getLogger(__name__)
 
@@ -500,6 +499,10 @@ def _sparkplug_node(
     settings = config.north.sparkplug
     if settings is None:
         return None
+    # aiomqtt and protobuf are loaded only by gateways that publish north.
+    from edge.north.sparkplug_metrics import configured_datatypes  # noqa: PLC0415
+    from edge.north.sparkplug_node import NodeInputs, SparkplugNode  # noqa: PLC0415
+
     inputs = NodeInputs(
         outbox=outbox,
         devices=lambda: {name: slot.healthy for name, slot in supervisor.slots.items()},
@@ -516,6 +519,8 @@ def _uns_publisher(rt: Runtime) -> UnsPublisher | None:
     settings = config.north.uns
     if settings is None:
         return None
+    from edge.north.uns import UnsPublisher  # noqa: PLC0415 - aiomqtt, only when configured
+
     paths = {d.name: AssetPath.parse(d.path) for d in config.devices if d.path is not None}
     return UnsPublisher(settings=settings, latest=rt.pipeline.latest.readings, paths=paths)
 

@@ -26,7 +26,6 @@ from edge.clock import ClockSync
 from edge.config import AgentConfig
 from edge.credentials import UplinkIdentity
 from edge.dead_letters import DeadLetterStore
-from edge.north.sparkplug_node import SparkplugNode
 from edge.notify import Notifier
 from edge.pipeline.runner import Pipeline
 from edge.reload import ReloadHistory
@@ -36,8 +35,9 @@ from edge.uplink import Uplink
 from edge.writes import WriteDoor
 from store_forward import AsyncOutbox, Lane
 
-if TYPE_CHECKING:  # both are imported only when the config uses them
+if TYPE_CHECKING:  # imported only when the config uses them
     from edge.inference.model import InferenceStage
+    from edge.north.sparkplug_node import SparkplugNode
     from protocols.mqtt.broker import EmbeddedBroker
 
 
