@@ -20,7 +20,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 
 import uvicorn
@@ -195,7 +195,7 @@ def build_app(rt: Runtime, fleet: Fleet | None = None, *, token: str | None = No
             raise HTTPException(404, f"no alarm named {name!r}") from None
         return contract.AckResult(acknowledged=event is not None, alarm=name)
 
-    _alarm_routes(app, rt)
+    _alarm_routes(app, rt, actor)
 
     @app.get("/v1/outbox", response_model=contract.Outbox)
     async def outbox() -> contract.Outbox:
@@ -370,15 +370,20 @@ def _driver(rt: Runtime, name: str) -> contract.Driver:
     )  # fmt: skip
 
 
-def _alarm_routes(app: FastAPI, rt: Runtime) -> None:
+def _alarm_routes(app: FastAPI, rt: Runtime, actor: Callable[..., str]) -> None:
     """Shelving and the notification hooks."""
-    unknown: dict[int | str, dict[str, object]] = {404: {"description": "no alarm of that name"}}
+    unknown: dict[int | str, dict[str, object]] = {
+        404: {"description": "no alarm of that name"},
+        401: {"description": "no or a wrong local API token"}}  # fmt: skip
 
     @app.post("/v1/alarms/{name}/shelve", response_model=contract.Shelved,
               responses=unknown | {422: {"description": "duration or reason refused"}})  # fmt: skip
-    async def shelve(name: str, request: contract.ShelveRequest) -> contract.Shelved:
+    async def shelve(
+        name: str, request: contract.ShelveRequest, who: str = Depends(actor)
+    ) -> contract.Shelved:
+        by = request.by if request.by != "local" else who
         try:
-            shelf = rt.shelf.shelve(name, duration_s=request.duration_s, by=request.by,
+            shelf = rt.shelf.shelve(name, duration_s=request.duration_s, by=by,
                                     reason=request.reason)  # fmt: skip
         except UnknownAlarm:
             raise HTTPException(404, f"no alarm named {name!r}") from None
@@ -389,7 +394,10 @@ def _alarm_routes(app: FastAPI, rt: Runtime) -> None:
         return contract.Shelved(alarm=name, until=shelf.until, by=shelf.by, reason=shelf.reason)
 
     @app.delete("/v1/alarms/{name}/shelve", response_model=contract.Unshelved, responses=unknown)
-    async def unshelve(name: str, by: str = "local") -> contract.Unshelved:
+    async def unshelve(
+        name: str, by: str = "local", who: str = Depends(actor)
+    ) -> contract.Unshelved:
+        by = by if by != "local" else who
         try:
             done = rt.shelf.unshelve(name, by=by)
         except UnknownAlarm:

@@ -248,6 +248,9 @@ async def test_a_shelved_alarm_is_not_announced_and_comes_back_when_its_shelf_ru
         await wait(running, lambda: len(announced()) == 3)
         long = {"duration_s": 2 * MAX_SHELVE_S, "reason": "x"}
         too_long = await running.api.post("/v1/alarms/pump1.hot/shelve", json=long)
+        stranger = await running.api.post("/v1/alarms/pump1.hot/shelve", json=brief,
+                                          headers={"Authorization": "Bearer wrong"})  # fmt: skip
+        assert stranger.status_code == 401  # shelving needs the local API token, as ack does
         assert too_long.status_code == 422
         assert "24 hours" in too_long.text
         audit = await running.get("/v1/alarms-shelving")
