@@ -53,7 +53,8 @@ SCHEMA_VERSION: Final = 1
 Applied = Literal["applied", "refused", "failed", "expired", "superseded"]
 Emit = Callable[[Sequence[AnyEvent]], Awaitable[None]]
 _LINK_WAIT_S: Final = 10.0
-_QUALITY: Final = {"GOOD": "good", "UNCERTAIN": "uncertain", "BAD": "bad"}
+_QUALITY: Final[dict[str, Literal["good", "uncertain", "bad"]]] = {
+    "GOOD": "good", "UNCERTAIN": "uncertain", "BAD": "bad"}  # fmt: skip
 
 
 class ShadowRecord:
@@ -226,11 +227,10 @@ class DesiredSetpoints:
                     entry = ReportedSetpoint(quality="bad")
                 else:
                     value = reading.value
-                    if isinstance(value, float) and not math.isfinite(value):
-                        value = None  # type: ignore[assignment]
+                    finite = not (isinstance(value, float) and not math.isfinite(value))
                     entry = ReportedSetpoint(
-                        value=value, ts=reading.ts,
-                        quality=_QUALITY.get(reading.quality.name, "bad"),  # type: ignore[arg-type]
+                        value=value if finite else None, ts=reading.ts,
+                        quality=_QUALITY.get(reading.quality.name, "bad"),
                     )  # fmt: skip
                 out.setdefault(device.name, {})[tag.name] = entry
         return out
