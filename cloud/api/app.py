@@ -10,7 +10,6 @@ role and body limits) before its body is read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -59,6 +58,9 @@ from cloud.storage.status import GatewayFacts, StatusStore
 from cloud.storage.writes import WriteStore
 
 log = logging.getLogger("tagway.cloud")
+
+
+_SHUTDOWN_WAIT_S = 10.0  # seconds a background task gets to stop at shutdown
 
 
 def create_app(settings: CloudSettings) -> FastAPI:
@@ -127,11 +129,15 @@ def create_app(settings: CloudSettings) -> FastAPI:
         try:
             yield
         finally:
-            for task in (live, retention, fleet):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            background = [t for t in (live, retention, fleet) if t is not None]
+            for task in background:
+                task.cancel()
+            # Shutdown never hangs on a background task stuck in the database: bounded wait.
+            _, stuck = await asyncio.wait(background, timeout=_SHUTDOWN_WAIT_S)
+            for task in stuck:
+                log.warning(
+                    "shutdown: %s did not stop in %.0f s", task.get_name(), _SHUTDOWN_WAIT_S
+                )
             decoder.shutdown(wait=True)
             await db.close()
 

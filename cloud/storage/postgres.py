@@ -559,8 +559,9 @@ class PostgresDatabase:
 
         async def payloads() -> AsyncIterator[str]:
             try:
-                async for note in conn.notifies():
-                    yield note.payload
+                while True:  # a bounded wait each round: cancelling never waits on the server
+                    async for note in conn.notifies(timeout=1.0):
+                        yield note.payload
             except psycopg.Error as exc:
                 raise StorageError(f"postgresql: listening failed: {exc}") from exc
 

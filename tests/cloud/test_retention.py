@@ -345,7 +345,11 @@ async def test_sqlite_deletes_in_batches_and_leaves_the_rest(tmp_path: Any) -> N
         new = [(1, sid, now - DAY + i, 1.0, None, 0) for sid in (1, 2, 3) for i in range(10)]
         async with db.transaction(None):
             # seeded directly: this test is about the storage layer, not about ingest
-            db._conn.executemany("INSERT INTO telemetry VALUES (?, ?, ?, ?, ?, ?)", old + new)
+            db._conn.executemany(
+                "INSERT INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                old + new,
+            )
 
         dry = await db.drop_telemetry(keep_days=KEEP, now_us=now, dry_run=True)
         assert (dry.dry_run, dry.rows_deleted) == (True, len(old))
