@@ -187,8 +187,9 @@ class Notifier:
         hooks = self._hooks()
         if not hooks:
             return 0
+        gateway = self._gateway()
         items = [
-            (hook.name, notification(event, gateway=self._gateway(), note=note))
+            (hook.name, notification(event, gateway=gateway, note=note))
             for event in events if not self._shelved(event.rule)
             for hook in hooks if wanted(hook, event)
         ]  # fmt: skip
