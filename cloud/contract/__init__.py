@@ -80,6 +80,7 @@ from cloud.contract.batch import (
 from cloud.contract.chunked import CHUNKS_VERSION, LeasedChunk, decode_batch, encode_chunk_batch
 from cloud.contract.errors import (
     ChunkError,
+    ChunkTooExpansive,
     ContractError,
     InvalidBatch,
     PayloadTooLarge,
@@ -134,6 +135,7 @@ __all__ = [
     "ChannelCommand",
     "ChannelHello",
     "ChunkError",
+    "ChunkTooExpansive",
     "CommandResult",
     "CommandSpec",
     "ConfigDocument",

@@ -111,6 +111,18 @@ class Limits(BaseModel):
     max_text_length: int = 4_096
     max_dropped_lanes: int = 16
     max_events: int = 1_000
+    # One chunk of a chunk batch (format 2) may decompress to at most
+    #   min(max_chunk_decompressed_bytes, 4 KiB + max(max_chunk_ratio x its compressed size,
+    #       max_chunk_bytes_per_reading x the readings it declares))
+    # (record chunks: max_chunk_bytes_per_record per declared record). Measured on the codec:
+    # simulated plant data 12 B/reading at a ratio of 1.8; a constant series 8 B/reading at 240;
+    # one reading per series with 200-character names 212 B/reading at 92; random 4,096-character
+    # texts 4.1 KiB/reading at 2.2. Only long texts that also compress over 64 times (the same
+    # 4 KiB text 5,000 times: ratio 10,000) are refused.
+    max_chunk_ratio: int = 64
+    max_chunk_bytes_per_reading: int = 1_024
+    max_chunk_bytes_per_record: int = 65_536
+    max_chunk_decompressed_bytes: int = 16 * 1024 * 1024
 
 
 DEFAULT_LIMITS: Final = Limits()

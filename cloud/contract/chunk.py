@@ -381,12 +381,14 @@ class Bounds:
         max_series: series in the chunk.
         max_readings: readings in the chunk.
         max_text: characters of one string.
+        too_large: what is raised past `max_bytes` (the caller's own kind of 413).
     """
 
     max_bytes: int
     max_series: int
     max_readings: int
     max_text: int
+    too_large: type[PayloadTooLarge] = PayloadTooLarge
 
 
 _TRUSTED: Final = Bounds(max_bytes=1 << 30, max_series=1 << 24, max_readings=1 << 28,
@@ -443,7 +445,7 @@ def _unpacked_map(
     except zstandard.ZstdError as exc:
         raise ChunkError(f"chunk is not valid zstd: {exc}") from exc
     if len(raw) > bounds.max_bytes:
-        raise PayloadTooLarge(
+        raise bounds.too_large(
             f"a chunk decompresses past the limit of {bounds.max_bytes} bytes",
             details={"limit": bounds.max_bytes},
         )

@@ -23,6 +23,10 @@ A record chunk (alarm and event lanes) holds alarm records and, from 0.2, gatewa
 decompressor stops at what is left of it), and the readings, distinct series, alarms and events
 of all chunks are counted across the batch, checked before a chunk's columns are built. Telemetry
 columns are read with numpy straight from their bytes.
+
+Each chunk also has a budget of its own, from its compressed size and the readings (records) it
+declares (`chunk_budget`): a few KiB of zstd cannot make the decode thread inflate the whole
+batch budget before the 413 (`chunk_too_expansive`).
 """
 
 from __future__ import annotations
@@ -55,7 +59,13 @@ from cloud.contract.batch import (
     storable,
 )
 from cloud.contract.batch import decode_batch as decode_plain_batch
-from cloud.contract.errors import ChunkError, InvalidBatch, Path, PayloadTooLarge
+from cloud.contract.errors import (
+    ChunkError,
+    ChunkTooExpansive,
+    InvalidBatch,
+    Path,
+    PayloadTooLarge,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,6 +77,7 @@ _HEADER: Final = frozenset(
     {"version", "gateway_id", "seq", "created_at", "dropped", "dropped_totals", "chunks"}
 )
 _CHUNK_FIELDS: Final = frozenset({"lane", "readings", "data"})
+_CHUNK_BASE_BYTES: Final = 4_096  # a chunk's header and series table before any reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,22 +194,36 @@ class _ChunkReader:
             raise InvalidBatch(f"lane must be one of {sorted(LANES)}", path=(*path, "lane"))
         if not isinstance(data, bytes):
             raise InvalidBatch("chunk data must be bytes", path=(*path, "data"))
+        declared = item["readings"]
+        if type(declared) is not int or declared < 0:
+            raise InvalidBatch("readings must be an integer >= 0", path=(*path, "readings"))
+        own = chunk_budget(len(data), declared, self.limits, records=lane != "telemetry")
         try:
             if lane == "telemetry":
-                self._telemetry(data, path)
+                self._telemetry(data, path, own)
             else:
-                self._records(data, path)
+                self._records(data, path, own)
+        except ChunkTooExpansive as exc:
+            exc.details["path"] = list(path)
+            raise
         except ChunkError as exc:
             raise ChunkError(f"{'.'.join(map(str, path))}: {exc.message}", path=path) from exc
 
-    def _telemetry(self, data: bytes, path: Path) -> None:
+    def _bounds(self, own: int, *, max_series: int, max_readings: int) -> chunk.Bounds:
+        """The chunk's bounds: the smaller of its own budget and what is left of the batch's,
+        and `ChunkTooExpansive` past its own (`PayloadTooLarge` past the batch's)."""
+        left = max(self.budget, 0)
+        too_large = ChunkTooExpansive if own < left else PayloadTooLarge
+        return chunk.Bounds(max_bytes=min(own, left), max_series=max_series,
+                            max_readings=max_readings, max_text=self.limits.max_text_length,
+                            too_large=too_large)  # fmt: skip
+
+    def _telemetry(self, data: bytes, path: Path, own: int) -> None:
         limits = self.limits
         left = limits.max_readings - self.readings
         # A series split over several chunks is one entry per chunk: entries are bounded by the
         # readings, the distinct series by `max_series`.
-        bounds = chunk.Bounds(max_bytes=max(self.budget, 0), max_series=left, max_readings=left,
-                              max_text=limits.max_text_length)  # fmt: skip
-        unpacked = chunk.unpack(data, bounds)
+        unpacked = chunk.unpack(data, self._bounds(own, max_series=left, max_readings=left))
         self.budget -= unpacked.size
         self.readings += unpacked.readings
         self.names.update(zip(unpacked.table.device, unpacked.table.tag, strict=True))
@@ -209,12 +234,10 @@ class _ChunkReader:
             )
         self.series.extend(_series(unpacked, path, limits))
 
-    def _records(self, data: bytes, path: Path) -> None:
+    def _records(self, data: bytes, path: Path, own: int) -> None:
         limits = self.limits
         left = limits.max_alarms - len(self.alarms) + limits.max_events - len(self.events)
-        bounds = chunk.Bounds(max_bytes=max(self.budget, 0), max_series=1, max_readings=left,
-                              max_text=limits.max_text_length)  # fmt: skip
-        records = chunk.unpack_records(data, bounds)
+        records = chunk.unpack_records(data, self._bounds(own, max_series=1, max_readings=left))
         self.budget -= records.size
         for j, record in enumerate(records.alarms):
             self.alarms.append(alarm_from_data(record, (*path, "records", j), limits))
@@ -226,6 +249,18 @@ class _ChunkReader:
             self.ignored_events += ignored
         if len(self.events) > limits.max_events:
             raise PayloadTooLarge(f"over {limits.max_events} events in one batch")
+
+
+def chunk_budget(compressed: int, declared: int, limits: Limits, *, records: bool = False) -> int:
+    """The most bytes one chunk may decompress to: a few KiB, plus the larger of
+    `max_chunk_ratio` times its compressed size and `max_chunk_bytes_per_reading` (per record,
+    for alarm and event chunks) times the readings it declares; never over
+    `max_chunk_decompressed_bytes`. Either term alone covers every chunk a gateway writes (see
+    `Limits`); a bomb declares few readings or is large on the wire, and pays for it there."""
+    declared = min(declared, limits.max_readings + limits.max_alarms + limits.max_events)
+    per = limits.max_chunk_bytes_per_record if records else limits.max_chunk_bytes_per_reading
+    wide = max(limits.max_chunk_ratio * compressed, per * declared)
+    return min(limits.max_chunk_decompressed_bytes, _CHUNK_BASE_BYTES + wide)
 
 
 def _series(u: chunk.Unpacked, path: Path, limits: Limits) -> list[SeriesColumns]:

@@ -3,6 +3,7 @@ cloud answers them as they are and the CLI prints them in one line.
 
     ContractError
     ├── PayloadTooLarge        413: body, decompressed size or a count over the limit
+    │   └── ChunkTooExpansive  413: a chunk decompresses past its own budget (ratio, readings)
     ├── UnsupportedEncoding    415: unknown Content-Type or Content-Encoding
     └── InvalidBatch           422: malformed or wrong-typed; `details["path"]` names the field
         └── ChunkError         422: a chunk that cannot be decoded (damaged, unknown version)
@@ -38,6 +39,14 @@ class PayloadTooLarge(ContractError):
 
     status = 413
     code = "payload_too_large"
+
+
+class ChunkTooExpansive(PayloadTooLarge):
+    """A chunk decompresses to more than its own budget allows: far more than its compressed
+    size and the readings it declares can explain (a decompression bomb), refused at the budget,
+    before the rest is inflated. ``details`` names the chunk (`path`) and the budget (`limit`)."""
+
+    code = "chunk_too_expansive"
 
 
 class UnsupportedEncoding(ContractError):
