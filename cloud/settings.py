@@ -48,6 +48,9 @@ class CloudSettings(BaseModel):
     `database_url` selects the backend: ``sqlite:///path/to/file.db`` (embedded default) or
     ``postgresql://tagway_app@host/db`` (production; connect as the non-owner app role).
     `migrate_database_url`, when set, is the owner's DSN used to apply migrations at start-up.
+    `telemetry_database_url` (Citus only) is a worker of the same database, as the app role:
+    each batch's readings are written through it, so they never pass the coordinator, which
+    keeps the metadata (`cloud.storage.telemetry` says how a batch stays exactly once).
 
     Provisioning (`cloud.enrollment`): `public_url` is the URL gateways reach the service at and
     the audience of their tokens. `master_key_file` seals the tenant CAs' keys; None means
@@ -94,6 +97,7 @@ class CloudSettings(BaseModel):
 
     database_url: str = "sqlite:///tagway-cloud.db"
     migrate_database_url: str | None = None
+    telemetry_database_url: str | None = None
     migrate_on_start: bool = True
     platform_admin_key: SecretStr | None = None
     pool_min_size: int = Field(default=1, ge=1)

@@ -101,6 +101,20 @@ class Database(Protocol):
         """Insert readings, skipping (series, ts) already stored; the number inserted."""
         ...
 
+    @property
+    def splits_ingest(self) -> bool:
+        """True when a batch's readings are written through another node than its metadata
+        (Citus with `telemetry_database_url`): ingest then takes three transactions
+        (`cloud.storage.telemetry`) and the readings `write_batch_rows`."""
+        ...
+
+    async def write_batch_rows(
+        self, tenant_id: int, gateway_id: int, seq: int, rows: TelemetryRows
+    ) -> int:
+        """Where `splits_ingest`: the batch's readings written once, in one transaction with its
+        claim; the rows added (by this call, or by the attempt that claimed it first)."""
+        ...
+
     async def drop_telemetry(
         self, *, keep_days: int, now_us: int, dry_run: bool = False
     ) -> RetentionResult:

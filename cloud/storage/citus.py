@@ -39,6 +39,53 @@ LATEST_EVER: Final = (
 )
 
 
+VERSION: Final = 11
+NAME: Final = "citus: ingest_claim, for readings written through a worker"
+
+
+def pg_migration(*, role: str, **_: object) -> str:
+    """Migration 11 (every layout; used on Citus only): a batch's claim, written with its
+    readings. Distributed by gateway (`PREPARE_DISTRIBUTED`), so a worker writes both in one
+    distributed transaction; its tenant is filtered in every statement, as telemetry's."""
+    return f"""
+CREATE TABLE ingest_claim (tenant_id bigint NOT NULL, gateway_id bigint NOT NULL,
+  seq bigint NOT NULL, stored integer, PRIMARY KEY (gateway_id, seq));
+REVOKE ALL ON ingest_claim FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ingest_claim TO {role};
+"""
+
+
+PREPARE_DISTRIBUTED: Final = (
+    """DO $do$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_dist_partition
+                 WHERE logicalrelid = 'ingest_claim'::regclass) THEN
+    PERFORM create_distributed_table('ingest_claim', 'gateway_id');
+  END IF;
+END
+$do$""",
+)
+"""Run by every migration of a distributed schema, idempotent: ``ingest_claim`` distributed."""
+
+CLAIM: Final = (
+    "INSERT INTO ingest_claim (tenant_id, gateway_id, seq) VALUES (%s, %s, %s)"
+    " ON CONFLICT (gateway_id, seq) DO NOTHING RETURNING seq"
+)
+"""The first of a batch's attempts to write its readings through a worker claims it; another
+waits on the key until that one ends, then finds it claimed (`CLAIMED`)."""
+CLAIMED: Final = (
+    "SELECT stored FROM ingest_claim WHERE tenant_id = %s AND gateway_id = %s AND seq = %s"
+)
+CLAIM_STORED: Final = (
+    "UPDATE ingest_claim SET stored = %s WHERE tenant_id = %s AND gateway_id = %s AND seq = %s"
+)
+SEES_DISTRIBUTED: Final = (
+    "SELECT count(*) = 2 FROM pg_dist_partition WHERE logicalrelid::oid IN"
+    " (to_regclass('telemetry')::oid, to_regclass('ingest_claim')::oid)"
+)
+"""True on a node where both tables a batch's readings are written with are distributed."""
+
+
 def is_missing_partition(exc: psycopg.Error) -> bool:
     """True for a row no daily partition takes (23514 on one node; XX000 from a Citus worker)."""
     if isinstance(exc, psycopg.errors.CheckViolation):

@@ -134,3 +134,13 @@ async def charge(
             retry_after=math.ceil(((day + 1) * DAY_US - now_us) / US),
             code="quota_exceeded",
         )
+
+
+async def refund(tx: Tx, tenant_id: int, *, readings: int, charged_us: int) -> None:
+    """Take back readings a batch was charged in advance but did not store (the split ingest
+    charges every reading before writing them and refunds the duplicates after)."""
+    if readings:
+        await tx.execute(
+            "UPDATE usage_daily SET readings = readings - %s WHERE tenant_id = %s AND day = %s",
+            [readings, tenant_id, charged_us // DAY_US],
+        )

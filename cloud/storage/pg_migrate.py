@@ -14,6 +14,7 @@ import psycopg
 
 from cloud.errors import StorageError
 from cloud.settings import CloudSettings
+from cloud.storage import citus
 from cloud.storage.columnar import PREPARE_DISTRIBUTED
 from cloud.storage.pg_layout import ExtensionNotCreatable, Layout, current, server_facts, target
 from cloud.storage.pg_schema import MIGRATIONS
@@ -84,7 +85,7 @@ async def _migrate(
         layout = current(await server_facts(conn))
     if layout.distributed:  # idempotent: also for a schema distributed by an older release
         async with conn.transaction():
-            for statement in PREPARE_DISTRIBUTED:
+            for statement in (*PREPARE_DISTRIBUTED, *citus.PREPARE_DISTRIBUTED):
                 await conn.execute(statement.encode())
     return Migrated(max(v for v, _, _ in MIGRATIONS), layout)
 

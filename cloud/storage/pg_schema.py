@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from cloud.storage import (
+    citus,
     columnar,
     exact_schema,
     fleet_schema,
@@ -321,4 +322,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (simulated_schema.VERSION, simulated_schema.NAME, simulated_schema.pg_migration),
     (columnar.VERSION, columnar.NAME, columnar.pg_migration),
     (exact_schema.VERSION, exact_schema.NAME, exact_schema.pg_migration),
+    (citus.VERSION, citus.NAME, citus.pg_migration),
 ]

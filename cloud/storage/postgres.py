@@ -197,6 +197,13 @@ class PostgresDatabase:
         self._dsn = dsn
         self._known_days: set[int] = set()
         self._aggregate_sql = timescale.AGGREGATE
+        self.rows_pool: AsyncConnectionPool[Any] | None = None
+        """Citus: the pool on the worker the readings are written through (`write_batch_rows`)."""
+
+    @property
+    def splits_ingest(self) -> bool:
+        """True when the readings go through a worker, not the metadata's connection."""
+        return self.rows_pool is not None
 
     @classmethod
     async def open(cls, settings: CloudSettings) -> PostgresDatabase:
@@ -218,17 +225,24 @@ class PostgresDatabase:
             await pool.close()
             raise StorageError(f"cannot use PostgreSQL: {exc}") from exc
         db = cls(pool, info, settings.database_url, settings)
+        if settings.telemetry_database_url:
+            db.rows_pool = await _open_rows_pool(settings, settings.telemetry_database_url, info)
         if info.timescaledb:
             await db._choose_aggregate_sql()
         today = time.time_ns() // 1000 // DAY_US
         await db.ensure_partitions(range(today - 1, today + settings.partitions_ahead_days + 1))
         return db
 
-    @asynccontextmanager
-    async def transaction(
+    def transaction(
         self, tenant_id: int | None, *, platform: bool = False
-    ) -> AsyncIterator[Tx]:
+    ) -> AbstractAsyncContextManager[Tx]:
         """A transaction with `app.tenant_id` (and `app.platform`) set for its duration only."""
+        return self._transaction(self.pool, tenant_id, platform=platform)
+
+    @asynccontextmanager
+    async def _transaction(
+        self, pool: AsyncConnectionPool[Any], tenant_id: int | None, *, platform: bool = False
+    ) -> AsyncIterator[Tx]:
         # BEGIN and the tenant context travel in one round trip (simple query protocol). The
         # tenant id is an int and the flag a constant, so the literals cannot inject anything.
         tenant = "" if tenant_id is None else str(int(tenant_id))
@@ -242,7 +256,7 @@ class PostgresDatabase:
         try:
             async with (
                 self._slot(kind, limits.pool_timeout_s),
-                self.pool.connection(timeout=limits.pool_timeout_s) as conn,
+                pool.connection(timeout=limits.pool_timeout_s) as conn,
             ):
                 await conn.execute(begin.encode())
                 try:
@@ -462,6 +476,25 @@ class PostgresDatabase:
             self._known_days.clear()
             raise StorageError(f"postgresql: {exc.diag.message_primary}") from exc
 
+    async def write_batch_rows(
+        self, tenant_id: int, gateway_id: int, seq: int, rows: TelemetryRows
+    ) -> int:
+        """Where `splits_ingest`: the readings of batch (gateway, seq) written once, in one
+        transaction with the batch's row in ``ingest_claim`` (distributed, so Citus commits
+        both on every node or on none), through the worker. The rows added; for a batch
+        claimed already (an attempt that stopped before the coordinator recorded it), the rows
+        that attempt added. Batches with late readings go through the coordinator: the per-day
+        lock that keeps them once (`cloud.storage.columnar`) is the coordinator's."""
+        late = columnar.split_late(rows, time.time_ns() // 1000) is not None
+        pool = self.pool if late or self.rows_pool is None else self.rows_pool
+        async with self._transaction(pool, tenant_id) as tx:
+            if await tx.fetchone(citus.CLAIM, [tenant_id, gateway_id, seq]) is None:
+                row = await tx.fetchone(citus.CLAIMED, [tenant_id, gateway_id, seq])
+                return int(row[0]) if row and row[0] is not None else 0
+            stored = await self.write_telemetry(tx, tenant_id, rows)
+            await tx.execute(citus.CLAIM_STORED, [stored, tenant_id, gateway_id, seq])
+        return stored
+
     async def _write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
         assert isinstance(tx, PgTx)  # noqa: S101 - the backend only ever hands out PgTx
         conn = tx.conn
@@ -598,8 +631,46 @@ class PostgresDatabase:
             await tx.fetchone("SELECT 1")
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Close the pools."""
+        if self.rows_pool is not None:
+            await self.rows_pool.close()
         await self.pool.close()
+
+
+async def _open_rows_pool(
+    settings: CloudSettings, dsn: str, info: BackendInfo
+) -> AsyncConnectionPool[Any]:
+    """The pool on the worker readings are written through, once it is known to see the
+    distributed tables (Citus syncs their metadata to every node)."""
+    if not info.distributed:
+        raise StorageError(
+            "telemetry_database_url names a node readings are written through, which needs"
+            " telemetry distributed over Citus (tagway cloud migrate --distribute)"
+        )
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        dsn,
+        min_size=settings.pool_min_size,
+        max_size=max(settings.pool_max_size, settings.pool_min_size),
+        kwargs={"autocommit": True},
+        open=False,
+        name="tagway-cloud-rows",
+    )
+    try:
+        await pool.open(wait=True, timeout=10)
+        async with pool.connection() as conn:
+            cur = await conn.execute(citus.SEES_DISTRIBUTED)
+            row = await cur.fetchone()
+    except (psycopg.Error, PoolTimeout) as exc:
+        await pool.close()
+        raise StorageError(f"cannot use the telemetry node: {exc}") from exc
+    if row is None or not row[0]:
+        await pool.close()
+        raise StorageError(
+            "the telemetry node does not see telemetry and ingest_claim as distributed tables:"
+            " name a worker of the same Citus database (with its metadata synced), after"
+            " tagway cloud migrate"
+        )
+    return pool
 
 
 async def _detect(pool: AsyncConnectionPool[Any]) -> BackendInfo:

@@ -319,6 +319,11 @@ class Repository(TelemetryStore):
                     f"DELETE FROM {table} WHERE tenant_id = %s AND gateway_id = %s",
                     [tenant_id, gateway_id],
                 )
+            if self.db.info.backend == "postgresql":  # written through a worker (on Citus)
+                await tx.execute(
+                    "DELETE FROM ingest_claim WHERE tenant_id = %s AND gateway_id = %s",
+                    [tenant_id, gateway_id],
+                )
             await tx.execute(
                 "DELETE FROM gateways WHERE tenant_id = %s AND id = %s", [tenant_id, gateway_id]
             )

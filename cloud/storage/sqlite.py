@@ -240,6 +240,17 @@ class SqliteDatabase:
     async def ensure_partitions(self, days: Sequence[int]) -> None:
         """Nothing to do: SQLite does not partition."""
 
+    @property
+    def splits_ingest(self) -> bool:
+        """Never: one file holds everything."""
+        return False
+
+    async def write_batch_rows(
+        self, tenant_id: int, gateway_id: int, seq: int, rows: TelemetryRows
+    ) -> int:
+        """Not used: ingest writes the readings in its own transaction (`splits_ingest`)."""
+        raise NotImplementedError("SQLite writes readings in the batch's transaction")
+
     async def write_telemetry(self, tx: Tx, tenant_id: int, rows: TelemetryRows) -> int:
         """executemany INSERT OR IGNORE in the caller's transaction, off the event loop."""
         numeric = zip(

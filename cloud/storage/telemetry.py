@@ -6,6 +6,24 @@ across them), devices and series created on first sight, the readings' bulk writ
 transitions and the gateway's events (command results, write records, shadow reports), and the
 live messages for the other replicas (`cloud.live`). Any error rolls all of it back: nothing is
 ever half-written, and nothing is announced that was not stored.
+
+On Citus with `telemetry_database_url` (`Database.splits_ingest`) the readings go through a
+worker, so they never pass the coordinator, whose tables (local, with their row-level security)
+the worker cannot write. A batch then takes three transactions:
+
+1. coordinator: the (gateway, seq) row with no stored count yet, series, alarms, events, the
+   gateway's last batch, and the quota charged for every reading of the batch;
+2. worker: the readings, with the batch's row in the distributed ``ingest_claim`` (one Citus
+   distributed transaction: both on every node or neither);
+3. coordinator: the stored count, the readings that were not stored refunded, the batch
+   announced to live clients.
+
+A replay of a seq whose count is set is a duplicate, as always. One whose count is not set is an
+attempt that stopped between 1 and 3 (the gateway retries until acknowledged): it redoes 2 and 3
+only; 2 finds the claim and returns what the first attempt stored, or writes the readings if
+none did; 3 sets the count only while it is unset. So every reading is stored once, and the
+batch's count and usage are the rows stored, once. Between 1 and 3 the day's usage holds the
+batch's full size (the quota is charged before the readings, so it is never passed).
 """
 
 from __future__ import annotations
@@ -39,6 +57,7 @@ from cloud.storage.metering import (
     check_holdings,
     check_new_series,
     record_drops,
+    refund,
 )
 from cloud.storage.records import Bucket, IngestResult, LatestValue, Point
 from cloud.storage.rollouts import RolloutStore
@@ -48,6 +67,16 @@ from cloud.storage.writes import store_write
 
 DAY_US: Final = 86_400_000_000
 US: Final = 1_000_000
+_LOG_BATCH: Final = (
+    "INSERT INTO ingest_batch (tenant_id, gateway_id, seq, created_at, received_at, readings,"
+    " bytes, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (gateway_id, seq) DO NOTHING RETURNING seq"
+)
+_GATEWAY_SEEN: Final = (
+    "UPDATE gateways SET last_seen_at = %s,"
+    " last_seq = CASE WHEN last_seq IS NULL OR last_seq < %s THEN %s ELSE last_seq END"
+    " WHERE tenant_id = %s AND id = %s"
+)
 
 
 @dataclass(slots=True)
@@ -275,14 +304,15 @@ class TelemetryStore:
         readings = batch.reading_count
         body_bytes = len(posted.body)
         await self.db.ensure_partitions(batch_days(batch))
-        async with self.live(tenant_id) as (tx, news):
-            claimed = await tx.fetchone(
-                "INSERT INTO ingest_batch (tenant_id, gateway_id, seq, created_at, received_at,"
-                " readings, bytes, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (gateway_id, seq) DO NOTHING RETURNING seq",
-                [tenant_id, gateway_id, batch.seq, batch.created_at, now_us, readings, body_bytes,
-                 digest],
+        if self.db.splits_ingest:
+            return await self._ingest_split(
+                tenant_id, gateway_id, batch, posted=posted, digest=digest, policy=policy,
+                now_us=now_us,
             )  # fmt: skip
+        async with self.live(tenant_id) as (tx, news):
+            claimed = await tx.fetchone(_LOG_BATCH, [tenant_id, gateway_id, batch.seq,
+                                                     batch.created_at, now_us, readings,
+                                                     body_bytes, digest])  # fmt: skip
             if claimed is None:
                 return await self._duplicate(tx, tenant_id, gateway_id, batch.seq, digest)
             ids = await self._series_ids(tx, tenant_id, gateway_id, batch, policy)
@@ -305,18 +335,74 @@ class TelemetryStore:
             )
             # The rows every batch of this gateway/tenant updates come last, so their row locks
             # are held only until the commit and concurrent batches overlap their bulk writes.
-            await tx.execute(
-                "UPDATE gateways SET last_seen_at = %s,"
-                " last_seq = CASE WHEN last_seq IS NULL OR last_seq < %s THEN %s ELSE last_seq END"
-                " WHERE tenant_id = %s AND id = %s",
-                [now_us, batch.seq, batch.seq, tenant_id, gateway_id],
-            )
+            await tx.execute(_GATEWAY_SEEN, [now_us, batch.seq, batch.seq, tenant_id, gateway_id])
             dropped = await record_drops(tx, tenant_id, gateway_id, batch)
             await charge(tx, tenant_id, stored=stored, dropped=dropped, body_bytes=body_bytes,
                          quota=policy.quota, now_us=now_us)  # fmt: skip
         return IngestResult(
             duplicate=False, seq=batch.seq, readings=readings, stored=stored, received_at=now_us
         )
+
+    async def _ingest_split(
+        self,
+        tenant_id: int,
+        gateway_id: int,
+        batch: Batch,
+        *,
+        posted: PostedBody,
+        digest: bytes,
+        policy: IngestPolicy,
+        now_us: int,
+    ) -> IngestResult:
+        """`ingest` with the readings written through a worker (`Database.splits_ingest`), in
+        three transactions (the module docstring says why it stays exactly once)."""
+        readings, body_bytes, seq = batch.reading_count, len(posted.body), batch.seq
+        async with self.live(tenant_id) as (tx, news):
+            claimed = await tx.fetchone(_LOG_BATCH, [tenant_id, gateway_id, seq,
+                                                     batch.created_at, now_us, readings,
+                                                     body_bytes, digest])  # fmt: skip
+            if claimed is None:
+                logged = await self._logged(tx, tenant_id, gateway_id, seq, digest)
+                if logged is not None:
+                    return logged
+            ids = await self._series_ids(tx, tenant_id, gateway_id, batch, policy)
+            if claimed is not None:  # the first attempt: everything but the readings, once
+                await self._apply_batch(tx, news, batch, tenant_id=tenant_id,
+                                        gateway_id=gateway_id, now_us=now_us)  # fmt: skip
+                dropped = await record_drops(tx, tenant_id, gateway_id, batch)
+                await charge(tx, tenant_id, stored=readings, dropped=dropped,
+                             body_bytes=body_bytes, quota=policy.quota, now_us=now_us)  # fmt: skip
+        rows = BatchRows.build(batch, ids)
+        stored = await self.db.write_batch_rows(tenant_id, gateway_id, seq, rows)
+        async with self.live(tenant_id) as (tx, news):
+            done = await tx.fetchone(
+                "UPDATE ingest_batch SET stored = %s WHERE tenant_id = %s AND gateway_id = %s"
+                " AND seq = %s AND stored IS NULL RETURNING received_at",
+                [stored, tenant_id, gateway_id, seq],
+            )
+            if done is None:  # a concurrent attempt finished it first
+                return await self._duplicate(tx, tenant_id, gateway_id, seq, digest)
+            await refund(tx, tenant_id, readings=readings - stored, charged_us=int(done[0]))
+            if batch.series:
+                news.add(StoredBatch(gateway_id, posted.body, posted.content_type,
+                                     posted.content_encoding, batch))  # fmt: skip
+        return IngestResult(
+            duplicate=False, seq=seq, readings=readings, stored=stored, received_at=int(done[0])
+        )
+
+    async def _apply_batch(
+        self, tx: Tx, news: News, batch: Batch, *, tenant_id: int, gateway_id: int, now_us: int
+    ) -> None:
+        """A split ingest's first attempt: alarms, events and the gateway's last batch."""
+        changed = await write_alarms(tx, tenant_id, gateway_id, batch.alarms, now_us)
+        await _apply_events(tx, tenant_id, gateway_id, batch, news=news, now_us=now_us,
+                            health=self.health, rollouts=RolloutStore(self.db))  # fmt: skip
+        if changed:
+            simulated = {s.device for s in batch.series if s.simulated}
+            for transition in changed:
+                transition["simulated"] = transition["device"] in simulated
+            news.add(AlarmChanges(gateway_id, changed))
+        await tx.execute(_GATEWAY_SEEN, [now_us, batch.seq, batch.seq, tenant_id, gateway_id])
 
     async def _series_ids(
         self, tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, policy: IngestPolicy
@@ -348,6 +434,14 @@ class TelemetryStore:
     async def _duplicate(
         self, tx: Tx, tenant_id: int, gateway_id: int, seq: int, digest: bytes
     ) -> IngestResult:
+        answer = await self._logged(tx, tenant_id, gateway_id, seq, digest)
+        return answer or IngestResult(duplicate=True, seq=seq, readings=0, stored=0, received_at=0)
+
+    async def _logged(
+        self, tx: Tx, tenant_id: int, gateway_id: int, seq: int, digest: bytes
+    ) -> IngestResult | None:
+        """The answer to a replay of a logged batch; None while its readings are still to be
+        written (a split ingest's attempt that stopped after its first transaction)."""
         row = await tx.fetchone(
             "SELECT readings, stored, received_at, digest FROM ingest_batch"
             " WHERE tenant_id = %s AND gateway_id = %s AND seq = %s",
@@ -360,6 +454,8 @@ class TelemetryStore:
                 " reuses a seq, so this is a bug on the gateway (quarantine the batch)",
                 details={"seq": seq},
             )
+        if stored is None and self.db.splits_ingest:
+            return None
         return IngestResult(
             duplicate=True, seq=seq, readings=readings, stored=stored or 0, received_at=received
         )

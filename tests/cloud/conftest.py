@@ -32,6 +32,7 @@ PLATFORM_KEY = "platform-secret-for-tests-only"
 APP_ROLE = "tagway_app"
 _TABLES = (
     "telemetry, alarms, alarm_events, commands, shadows, write_records, stream_log, ingest_batch,"
+    " ingest_claim,"
     " gateway_health_events, gateway_status, rollout_gateways, rollouts, config_events,"
     " gateway_configs, config_versions, gateway_labels,"
     " gateway_drops, gateway_drop_totals, usage_daily, rate_window, series, devices, gateways,"
