@@ -9,6 +9,10 @@ the API answers it as ``{"error": {"code", "message", "details"}}``.
     │   ├── IdempotencyConflict    409 idempotency_conflict: the key named another command
     │   ├── CommandNotQueued       409 command_not_queued: too late to cancel
     │   ├── GatewayRevoked         409 gateway_revoked: revocation is final (enroll it anew)
+    │   ├── AssetNameTaken         409 asset_name_taken: a sibling asset has that name
+    │   ├── AssetNotEmpty          409 asset_not_empty: children or devices (use ?cascade=true)
+    │   ├── AssetCycle             409 asset_cycle: moving an asset under itself
+    │   ├── AssetLevel             409 asset_level: a child's level must be below its parent's
     │   └── SeqConflict            409 seq_conflict: a seq reused with different content
     ├── PreconditionFailed     412 precondition_failed: If-Match names an old version
     ├── TooManyNewSeries       413 too_many_new_series: a batch creates too many series at once
@@ -96,6 +100,31 @@ class GatewayRevoked(Conflict):
     """The gateway was revoked; no credential brings it back (it enrolls as a new gateway)."""
 
     code = "gateway_revoked"
+
+
+class AssetNameTaken(Conflict):
+    """Another asset under the same parent (or at the root) has this name."""
+
+    code = "asset_name_taken"
+
+
+class AssetNotEmpty(Conflict):
+    """The asset has children or devices; delete with ``?cascade=true`` to take them along."""
+
+    code = "asset_not_empty"
+
+
+class AssetCycle(Conflict):
+    """The new parent is the asset itself or one of its descendants."""
+
+    code = "asset_cycle"
+
+
+class AssetLevel(Conflict):
+    """The level does not fit the tree: a child's level must be below its parent's (site, area,
+    line, equipment, from the top), also for the children of an asset being moved."""
+
+    code = "asset_level"
 
 
 class SeqConflict(Conflict):

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cloud.api import (
     admin,
     alarms,
+    assets,
     commands,
     configs,
     fleet,
@@ -48,6 +49,7 @@ from cloud.retention import run_retention
 from cloud.settings import CloudSettings
 from cloud.storage import open_database
 from cloud.storage.alarms import AlarmStore
+from cloud.storage.assets import AssetStore
 from cloud.storage.base import Database
 from cloud.storage.commands import CommandStore
 from cloud.storage.configs import ConfigStore
@@ -98,6 +100,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
             rollouts=rollouts,
             status=status,
             facts=GatewayFacts(status),
+            assets=AssetStore(db),
         )
         log.info(
             "storage: %s, timescaledb=%s, partitioning=%s, schema v%s%s",
@@ -155,7 +158,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     install_error_handlers(app)
     for router in (ingest.router, admin.router, registry.router, query.router, provision.router,
                    alarms.router, commands.router, shadow.router, stream.router, configs.router,
-                   fleet.router):  # fmt: skip
+                   fleet.router, assets.router):  # fmt: skip
         app.include_router(router)
     _add_operations(app, metrics)
     for route in api_routes(app.routes):

@@ -17,6 +17,7 @@ from cloud.hub import Hub
 from cloud.metrics import CloudMetrics
 from cloud.settings import CloudSettings
 from cloud.storage.alarms import AlarmStore
+from cloud.storage.assets import AssetStore
 from cloud.storage.base import Database
 from cloud.storage.commands import CommandStore
 from cloud.storage.configs import ConfigStore
@@ -75,6 +76,7 @@ class Runtime:
     rollouts: RolloutStore
     status: StatusStore
     facts: GatewayFacts
+    assets: AssetStore
 
 
 def runtime(request: Request) -> Runtime:

@@ -53,7 +53,8 @@ def _decode_cursor(cursor: str) -> int:
     return value
 
 
-def _window(start: int | None, end: int | None) -> tuple[int, int]:
+def window(start: int | None, end: int | None) -> tuple[int, int]:
+    """[start, end) of a query: the last day by default."""
     stop = end if end is not None else now_us() + 1
     first = start if start is not None else stop - DAY_US
     if first >= stop:
@@ -74,7 +75,7 @@ async def raw(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> RawPage:
     """Readings in [start, end) (default: the last day) in time order, one page at a time."""
-    first, stop = _window(start, end)
+    first, stop = window(start, end)
     after = _decode_cursor(cursor) if cursor else None
     simulated = await rt.repo.series_simulated(tenant_id, series_id)
     say_data_source(response, simulated=simulated)
@@ -102,7 +103,7 @@ async def aggregate(
 ) -> list[Bucket]:
     """min, max, avg, last and count per bucket of the series in [start, end)."""
     width = parse_bucket(bucket)
-    first, stop = _window(start, end)
+    first, stop = window(start, end)
     if (stop - first) // width > MAX_BUCKETS:
         raise InvalidRequest(
             f"more than {MAX_BUCKETS} buckets; widen the bucket or narrow the range",

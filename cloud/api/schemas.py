@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -193,3 +193,38 @@ class ShadowPatch(Body):
     """``PATCH /v1/gateways/{id}/shadow``: only `desired` is the cloud's to change."""
 
     desired: DesiredPatch
+
+
+# ---------------------------------------------------------------------------- asset model
+
+AssetName = Annotated[
+    str,
+    Field(min_length=1, max_length=200, pattern=r"^[^\x00/]+$",
+          description="unique among its siblings; no / (it joins the path) and no NUL"),
+]  # fmt: skip
+AssetLevelName = Literal["site", "area", "line", "equipment"]
+AssetRef = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+
+
+class AssetCreate(Body):
+    """A new asset: a site, area, line or equipment, under `parent_id` (null: at the root); its
+    level must be below its parent's."""
+
+    name: AssetName
+    level: AssetLevelName
+    parent_id: AssetRef | None = None
+
+
+class AssetUpdate(Body):
+    """Rename an asset, move it (with its subtree) under another parent (`parent_id`: null moves
+    it to the root), or both; a field left out stays as it is."""
+
+    name: AssetName | None = None
+    parent_id: AssetRef | None = None
+
+
+class DeviceAsset(Body):
+    """Where a user places a device: under `asset_id`, or nowhere (null). Either way the device is
+    pinned: its gateway's path no longer moves it."""
+
+    asset_id: AssetRef | None

@@ -87,9 +87,11 @@ from cloud.contract.errors import (
     UnsupportedEncoding,
 )
 from cloud.contract.fleet import (
+    MAX_ASSET_DEVICES,
     MAX_CONFIG_BYTES,
     MAX_CONFIG_ISSUES,
     MAX_STATUS_DRIVERS,
+    AssetPaths,
     ConfigDocument,
     ConfigOutcome,
     ConfigProblem,
@@ -116,6 +118,7 @@ __all__ = [
     "ENCODINGS",
     "EVENT_TYPES",
     "JSON",
+    "MAX_ASSET_DEVICES",
     "MAX_CONFIG_BYTES",
     "MAX_CONFIG_ISSUES",
     "MAX_COUNT",
@@ -131,6 +134,7 @@ __all__ = [
     "AlarmRecord",
     "AnyEvent",
     "AppliedSetpoint",
+    "AssetPaths",
     "Batch",
     "ChannelCommand",
     "ChannelHello",

@@ -73,7 +73,7 @@ from cloud.contract.errors import (
     PayloadTooLarge,
     UnsupportedEncoding,
 )
-from cloud.contract.fleet import ConfigReport, StatusReport
+from cloud.contract.fleet import AssetPaths, ConfigReport, StatusReport
 from cloud.contract.wire import Micros, Wire, WireName, WireText
 from cloud.contract.wire_decode import (
     EVENT_DEPTH,
@@ -1003,9 +1003,13 @@ class ShadowReport(Wire):
         return self
 
 
-AnyEvent: TypeAlias = CommandResult | WriteRecord | ShadowReport | ConfigReport | StatusReport
+AnyEvent: TypeAlias = (
+    CommandResult | WriteRecord | ShadowReport | ConfigReport | StatusReport | AssetPaths
+)
 GatewayEvent = Annotated[AnyEvent, Field(discriminator="type")]
-EVENT_TYPES: Final = frozenset({"command_result", "write", "reported", "config", "status"})
+EVENT_TYPES: Final = frozenset(
+    {"command_result", "write", "reported", "config", "status", "asset_paths"}
+)
 _EVENT: TypeAdapter[AnyEvent] = TypeAdapter(GatewayEvent)
 
 

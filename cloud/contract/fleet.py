@@ -143,3 +143,26 @@ class StatusReport(Wire):
     clock_synchronized: bool | None = None
     clock_offset_s: float | None = Field(default=None, allow_inf_nan=False)
     alarms_active: Counter = 0
+
+
+MAX_ASSET_DEVICES: Final = 5_000
+AssetPathText = Annotated[str, Field(min_length=1, max_length=1_100, pattern=r"^[^\x00]+$")]
+
+
+class AssetPaths(Wire):
+    """The ISA-95 path of each of the gateway's devices that has one (event ``asset_paths``),
+    ``enterprise/site/area/line/cell`` as its config names it; sent at start and whenever the
+    paths change. A device left out has no path (any placement the gateway made is undone).
+    `seq` counts up on the gateway, so a late copy never replaces a newer report.
+
+    A cloud older than the asset model skips it and counts it (``ignored_events``), so the
+    gateway's telemetry is never refused for it. The cloud checks each path itself; one it
+    cannot place is skipped, never the batch.
+    """
+
+    type: Literal["asset_paths"]
+    seq: int = Field(ge=1, le=2**62)
+    at: Micros
+    devices: Annotated[dict[WireName, AssetPathText], Field(max_length=MAX_ASSET_DEVICES)] = Field(
+        default_factory=dict
+    )

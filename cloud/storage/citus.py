@@ -17,9 +17,12 @@ Found by running today's SQL on a coordinator with two workers:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import psycopg
+
+from cloud.storage.base import Row, Tx
 
 _DUPLICATE: Final = "duplicate key value violates unique constraint"
 
@@ -84,6 +87,23 @@ SEES_DISTRIBUTED: Final = (
     " (to_regclass('telemetry')::oid, to_regclass('ingest_claim')::oid)"
 )
 """True on a node where both tables a batch's readings are written with are distributed."""
+
+
+async def latest_by_series(tx: Tx, tenant_id: int, series_ids: Sequence[int]) -> dict[int, Row]:
+    """The newest reading (ts, number, text, quality, exact integer) of each of these series
+    that has one, by series id: telemetry alone, never joined with a metadata table (the ids
+    come from the metadata first), in the widening windows of `LATEST_WINDOWS_S`."""
+    newest: dict[int, Row] = {}
+    for window in LATEST_WINDOWS_S:
+        missing = [int(s) for s in series_ids if int(s) not in newest]
+        if not missing:
+            break
+        if window is None:
+            found = await tx.fetch(LATEST_EVER, [tenant_id, missing])
+        else:
+            found = await tx.fetch(LATEST, [tenant_id, missing, window * 1_000_000])
+        newest.update({int(r[0]): r[1:] for r in found})
+    return newest
 
 
 def is_missing_partition(exc: psycopg.Error) -> bool:

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from cloud.storage import (
+    asset_schema,
     citus,
     columnar,
     exact_schema,
@@ -323,4 +324,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (columnar.VERSION, columnar.NAME, columnar.pg_migration),
     (exact_schema.VERSION, exact_schema.NAME, exact_schema.pg_migration),
     (citus.VERSION, citus.NAME, citus.pg_migration),
+    (asset_schema.VERSION, asset_schema.NAME, asset_schema.pg_migration),
 ]

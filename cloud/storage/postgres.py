@@ -548,16 +548,7 @@ class PostgresDatabase:
             "SELECT id, tag, unit FROM series WHERE tenant_id = %s AND device_id = %s ORDER BY tag",
             [tenant_id, device_id],
         )
-        newest: dict[int, Row] = {}
-        for window in citus.LATEST_WINDOWS_S:
-            missing = [int(s[0]) for s in series if int(s[0]) not in newest]
-            if not missing:
-                break
-            if window is None:
-                found = await tx.fetch(citus.LATEST_EVER, [tenant_id, missing])
-            else:
-                found = await tx.fetch(citus.LATEST, [tenant_id, missing, window * 1_000_000])
-            newest.update({int(r[0]): r[1:] for r in found})
+        newest = await citus.latest_by_series(tx, tenant_id, [int(s[0]) for s in series])
         return [(s[0], s[1], s[2], *newest[int(s[0])]) for s in series if int(s[0]) in newest]
 
     async def relay(self, tx: Tx, tenant_id: int, message: bytes) -> None:

@@ -80,6 +80,12 @@ class Device(Record):
     created_at: int
     simulated: bool = False
     """True when any of its series is simulated."""
+    asset_id: int | None = None
+    """The asset the device is placed under (null: unassigned)."""
+    asset_path: str | None = None
+    asset_source: str | None = None
+    """Who placed it: ``api`` (a user; the gateway's path never overrides it) or ``gateway``
+    (the ISA-95 path its gateway reports); null when neither did."""
 
 
 class Series(Record):
@@ -93,6 +99,8 @@ class Series(Record):
     unit: str | None = None
     simulated: bool = False
     """True when the newest batch that carried it came from a simulated device."""
+    asset_path: str | None = None
+    """The path of its device's asset (null: the device is unassigned)."""
 
 
 class Point(Record):
@@ -113,6 +121,36 @@ class LatestValue(Record):
     value: int | float | str
     quality: int
     simulated: bool = False
+    asset_path: str | None = None
+    """The path of the device's asset (null: unassigned)."""
+
+
+class Asset(Record):
+    """A node of a tenant's ISA-95 asset tree: a site, area, line or equipment."""
+
+    id: int
+    parent_id: int | None
+    level: str
+    name: str
+    path: str
+    """The names from the root down, joined by ``/`` (``plant-a/packaging/line2``)."""
+    created_at: int
+
+
+class AssetLatestValue(Record):
+    """The newest reading of one series under an asset."""
+
+    series_id: int
+    device_id: int
+    device: str
+    tag: str
+    unit: str | None
+    ts: int
+    value: int | float | str
+    quality: int
+    simulated: bool = False
+    asset_id: int
+    asset_path: str
 
 
 class Bucket(Record):
@@ -124,6 +162,20 @@ class Bucket(Record):
     avg: float | None
     last: float | str | None
     count: int
+
+
+class SeriesBuckets(Record):
+    """The buckets of one series under an asset, with where the series comes from."""
+
+    series_id: int
+    device_id: int
+    device: str
+    tag: str
+    unit: str | None
+    simulated: bool = False
+    asset_id: int
+    asset_path: str
+    buckets: list[Bucket]
 
 
 class Alarm(Record):

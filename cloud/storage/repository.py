@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from cloud.auth import Role
 from cloud.errors import Conflict, GatewayRevoked, NotFound
+from cloud.storage.asset_tree import DEVICE_COLUMNS, DEVICE_FROM, device_from_row
 from cloud.storage.base import Database, Row, Tx
 from cloud.storage.records import (
     ApiKey,
@@ -30,10 +31,6 @@ DAY_US: Final = 86_400_000_000
 _TENANT = "id, name, created_at, ingest_quota_per_day, rate_limit, max_devices, max_series"
 _KEY = "id, name, role, prefix, created_at, last_used_at, revoked_at"
 _GATEWAY = "id, name, token_prefix, created_at, last_seen_at, last_seq, revoked_at"
-_DEVICE = (
-    "id, gateway_id, name, display_name, metadata, created_at, EXISTS (SELECT 1 FROM series s"
-    " WHERE s.tenant_id = devices.tenant_id AND s.device_id = devices.id AND s.simulated)"
-)
 
 
 def _tenant(row: Row) -> Tenant:
@@ -70,18 +67,6 @@ def _gateway(row: Row, dropped: dict[str, int] | None = None) -> Gateway:
         last_seen_at=row[4],
         last_seq=row[5],
         revoked_at=row[6],
-    )
-
-
-def _device(row: Row) -> Device:
-    return Device(
-        id=row[0],
-        gateway_id=row[1],
-        name=row[2],
-        display_name=row[3],
-        metadata=json.loads(row[4]),
-        created_at=row[5],
-        simulated=bool(row[6]),
     )
 
 
@@ -312,8 +297,8 @@ class Repository(TelemetryStore):
             )
             for table in ("alarms", "alarm_events", "commands", "shadows", "write_records",
                           "ingest_batch", "gateway_drops", "gateway_drop_totals", "series",
-                          "devices", "gateway_labels", "gateway_configs", "config_events",
-                          "rollout_gateways", "gateway_status",
+                          "device_paths", "devices", "gateway_labels", "gateway_configs",
+                          "config_events", "rollout_gateways", "gateway_status",
                           "gateway_health_events"):  # fmt: skip
                 await tx.execute(
                     f"DELETE FROM {table} WHERE tenant_id = %s AND gateway_id = %s",
@@ -332,25 +317,25 @@ class Repository(TelemetryStore):
 
     async def list_devices(self, tenant_id: int, *, gateway_id: int | None = None) -> list[Device]:
         """The tenant's devices, optionally of one gateway."""
-        sql = f"SELECT {_DEVICE} FROM devices WHERE tenant_id = %s"
+        sql = f"SELECT {DEVICE_COLUMNS} FROM {DEVICE_FROM} WHERE d.tenant_id = %s"
         params: list[Any] = [tenant_id]
         if gateway_id is not None:
-            sql += " AND gateway_id = %s"
+            sql += " AND d.gateway_id = %s"
             params.append(gateway_id)
         async with self.db.transaction(tenant_id) as tx:
-            rows = await tx.fetch(sql + " ORDER BY id", params)
-        return [_device(r) for r in rows]
+            rows = await tx.fetch(sql + " ORDER BY d.id", params)
+        return [device_from_row(r) for r in rows]
 
     async def get_device(self, tenant_id: int, device_id: int) -> Device:
         """One device of the tenant."""
         async with self.db.transaction(tenant_id) as tx:
             row = await _one(
                 tx,
-                f"SELECT {_DEVICE} FROM devices WHERE tenant_id = %s AND id = %s",
+                f"SELECT {DEVICE_COLUMNS} FROM {DEVICE_FROM} WHERE d.tenant_id = %s AND d.id = %s",
                 [tenant_id, device_id],
                 "device",
             )
-        return _device(row)
+        return device_from_row(row)
 
     async def update_device(
         self,
@@ -374,9 +359,12 @@ class Repository(TelemetryStore):
                     [json.dumps(metadata), tenant_id, device_id],
                 )
             row = await _one(
-                tx, f"SELECT {_DEVICE} FROM devices WHERE id = %s", [device_id], "device"
+                tx,
+                f"SELECT {DEVICE_COLUMNS} FROM {DEVICE_FROM} WHERE d.tenant_id = %s AND d.id = %s",
+                [tenant_id, device_id],
+                "device",
             )
-        return _device(row)
+        return device_from_row(row)
 
     async def delete_device(self, tenant_id: int, device_id: int) -> None:
         """Delete a device with its series and telemetry (it reappears if the gateway sends)."""
@@ -400,9 +388,10 @@ class Repository(TelemetryStore):
     ) -> list[Series]:
         """The tenant's series, optionally of one device or gateway."""
         sql = (
-            "SELECT s.id, s.gateway_id, s.device_id, d.name, s.tag, s.unit, s.simulated"
+            "SELECT s.id, s.gateway_id, s.device_id, d.name, s.tag, s.unit, s.simulated, a.path"
             " FROM series s"
             " JOIN devices d ON d.id = s.device_id AND d.tenant_id = s.tenant_id"
+            " LEFT JOIN assets a ON a.id = d.asset_id AND a.tenant_id = d.tenant_id"
             " WHERE s.tenant_id = %s"
         )
         params: list[Any] = [tenant_id]
@@ -423,6 +412,7 @@ class Repository(TelemetryStore):
                 tag=r[4],
                 unit=r[5],
                 simulated=bool(r[6]),
+                asset_path=r[7],
             )
             for r in rows
         ]

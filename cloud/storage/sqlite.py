@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
-from cloud.storage import exact_schema, fleet_schema, simulated_schema
+from cloud.storage import asset_schema, exact_schema, fleet_schema, simulated_schema
 from cloud.storage.base import NewSeriesCheck, Row, SeriesKey, TelemetryRows, Tx
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
@@ -92,6 +92,7 @@ ALTER TABLE tenants ADD COLUMN max_series INTEGER;
     (fleet_schema.VERSION, fleet_schema.NAME, fleet_schema.SQLITE_MIGRATION),
     (simulated_schema.VERSION, simulated_schema.NAME, simulated_schema.SQLITE_MIGRATION),
     (exact_schema.VERSION, exact_schema.NAME, exact_schema.SQLITE_MIGRATION),
+    (asset_schema.VERSION, asset_schema.NAME, asset_schema.SQLITE_MIGRATION),
 ]
 
 # Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.contract import (
+    AssetPaths,
     Batch,
     CommandResult,
     ConfigReport,
@@ -48,7 +49,9 @@ from cloud.contract import (
 from cloud.errors import NotFound, RateLimited, SeqConflict
 from cloud.health import HealthPolicy
 from cloud.live import AlarmChanges, Announce, News, StoredBatch, ignore
+from cloud.storage import citus
 from cloud.storage.alarms import write_alarms
+from cloud.storage.asset_tree import apply_asset_paths, place_reported
 from cloud.storage.base import Database, Row, Tx
 from cloud.storage.commands import apply_result
 from cloud.storage.metering import (
@@ -173,12 +176,57 @@ async def _apply_events(
                                       rollouts=rollouts)  # fmt: skip
         elif isinstance(event, StatusReport):
             await apply_status(tx, tenant_id, gateway_id, event, now_us=now_us, policy=health)
+        elif isinstance(event, AssetPaths):
+            await apply_asset_paths(tx, tenant_id, gateway_id, event, now_us=now_us)
 
 
-def _value(num: float | None, text: str | None, exact: Any = None) -> int | float | str:
+def value_of(num: float | None, text: str | None, exact: Any = None) -> int | float | str:
+    """A stored reading's value from its number, text and exact-integer columns."""
     if exact is not None:
         return int(exact)  # numeric(20, 0) comes back as a Decimal, SQLite's uint64 as text
     return text if text is not None else float(num if num is not None else math.nan)
+
+
+_value = value_of
+_LATEST_IDS: Final = 500  # series ids per statement of the shared latest query
+
+_LATEST_OF: Final = (
+    "SELECT s.id, t.ts, t.value_num, t.value_text, t.quality, t.value_int FROM series s"
+    " JOIN telemetry t ON t.series_id = s.id AND t.tenant_id = %s"
+    " WHERE s.tenant_id = %s AND s.id IN ({marks}) AND t.ts = (SELECT max(x.ts)"
+    " FROM telemetry x WHERE x.tenant_id = %s AND x.series_id = s.id)"
+)
+
+
+async def latest_of_series(
+    db: Database, tx: Tx, tenant_id: int, series_ids: list[int]
+) -> dict[int, Row]:
+    """The newest reading (ts, number, text, quality, exact integer) of each of these series
+    that has one, by id. On Citus telemetry is read alone, by series id (`citus`)."""
+    if db.info.distributed:
+        return await citus.latest_by_series(tx, tenant_id, series_ids)
+    newest: dict[int, Row] = {}
+    for first in range(0, len(series_ids), _LATEST_IDS):
+        part = series_ids[first : first + _LATEST_IDS]
+        sql = _LATEST_OF.format(marks=", ".join(["%s"] * len(part)))
+        for row in await tx.fetch(sql, [tenant_id, tenant_id, *part, tenant_id]):
+            newest[int(row[0])] = row[1:]
+    return newest
+
+
+async def series_buckets(
+    db: Database, tx: Tx, tenant_id: int, series_id: int, *, start: int, end: int,
+    bucket_us: int,
+) -> list[Bucket]:  # fmt: skip
+    """min/max/avg/last/count per bucket of one series (known to be the tenant's)."""
+    rows = await db.aggregate_rows(
+        tx, tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
+    )
+    if rows is None:
+        rows = await TelemetryStore.aggregate_raw(
+            tx, tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
+        )
+    return [_bucket(r) for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +363,8 @@ class TelemetryStore:
                                                      body_bytes, digest])  # fmt: skip
             if claimed is None:
                 return await self._duplicate(tx, tenant_id, gateway_id, batch.seq, digest)
-            ids = await self._series_ids(tx, tenant_id, gateway_id, batch, policy)
+            ids = await self._series_ids(tx, tenant_id, gateway_id, batch, policy=policy,
+                                         now_us=now_us)  # fmt: skip
             stored = await self.db.write_telemetry(tx, tenant_id, BatchRows.build(batch, ids))
             changed = await write_alarms(tx, tenant_id, gateway_id, batch.alarms, now_us)
             await _apply_events(tx, tenant_id, gateway_id, batch, news=news, now_us=now_us,
@@ -365,7 +414,8 @@ class TelemetryStore:
                 logged = await self._logged(tx, tenant_id, gateway_id, seq, digest)
                 if logged is not None:
                     return logged
-            ids = await self._series_ids(tx, tenant_id, gateway_id, batch, policy)
+            ids = await self._series_ids(tx, tenant_id, gateway_id, batch, policy=policy,
+                                         now_us=now_us)  # fmt: skip
             if claimed is not None:  # the first attempt: everything but the readings, once
                 await self._apply_batch(tx, news, batch, tenant_id=tenant_id,
                                         gateway_id=gateway_id, now_us=now_us)  # fmt: skip
@@ -405,8 +455,9 @@ class TelemetryStore:
         await tx.execute(_GATEWAY_SEEN, [now_us, batch.seq, batch.seq, tenant_id, gateway_id])
 
     async def _series_ids(
-        self, tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, policy: IngestPolicy
-    ) -> list[int]:
+        self, tx: Tx, tenant_id: int, gateway_id: int, batch: Batch, *, policy: IngestPolicy,
+        now_us: int,
+    ) -> list[int]:  # fmt: skip
         """The id of each series entry, creating new series within the tenant's limits. A series
         split over several entries (one per chunk of a format-2 batch) is looked up once."""
         keys = [(s.device, s.tag, s.unit) for s in batch.series]
@@ -428,6 +479,9 @@ class TelemetryStore:
         )
         if created:
             await check_holdings(tx, tenant_id, policy)
+            # devices new in this batch: placed by the paths their gateway reported
+            await place_reported(tx, tenant_id, gateway_id, now_us=now_us,
+                                 devices=sorted({k[0] for k in unique}))  # fmt: skip
         ids = dict(zip(unique, found, strict=True))
         return [ids[key] for key in keys]
 
@@ -478,9 +532,12 @@ class TelemetryStore:
     async def latest(self, tenant_id: int, device_id: int) -> list[LatestValue]:
         """The newest reading of each series of a device."""
         async with self.db.transaction(tenant_id) as tx:
-            if not await tx.fetchone(
-                "SELECT 1 FROM devices WHERE tenant_id = %s AND id = %s", [tenant_id, device_id]
-            ):
+            found = await tx.fetchone(
+                "SELECT a.path FROM devices d LEFT JOIN assets a ON a.id = d.asset_id"
+                " AND a.tenant_id = d.tenant_id WHERE d.tenant_id = %s AND d.id = %s",
+                [tenant_id, device_id],
+            )
+            if found is None:
                 raise NotFound("device not found")
             rows = await self.db.latest_rows(tx, tenant_id, device_id)
             if rows is None:
@@ -507,6 +564,7 @@ class TelemetryStore:
                 value=_value(r[4], r[5], r[7]),
                 quality=r[6],
                 simulated=int(r[0]) in simulated,
+                asset_path=found[0],
             )
             for r in rows
         ]
@@ -534,17 +592,12 @@ class TelemetryStore:
         """min/max/avg/last/count per time bucket in [start, end)."""
         async with self.db.transaction(tenant_id) as tx:
             await self._series_simulated(tx, tenant_id, series_id)
-            rows = await self.db.aggregate_rows(
-                tx, tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
+            return await series_buckets(
+                self.db, tx, tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
             )
-            if rows is None:
-                rows = await self._aggregate_raw(
-                    tx, tenant_id, series_id, start=start, end=end, bucket_us=bucket_us
-                )
-        return [_bucket(r) for r in rows]
 
     @staticmethod
-    async def _aggregate_raw(
+    async def aggregate_raw(
         tx: Tx, tenant_id: int, series_id: int, *, start: int, end: int, bucket_us: int
     ) -> list[Row]:
         return await tx.fetch(

@@ -35,7 +35,8 @@ _TABLES = (
     " ingest_claim,"
     " gateway_health_events, gateway_status, rollout_gateways, rollouts, config_events,"
     " gateway_configs, config_versions, gateway_labels,"
-    " gateway_drops, gateway_drop_totals, usage_daily, rate_window, series, devices, gateways,"
+    " gateway_drops, gateway_drop_totals, usage_daily, rate_window, series, device_paths, devices,"
+    " assets, gateways,"
     " api_keys, tenants"
 )
 

@@ -11,8 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from cloud.contract import AlarmRecord, Batch, CommandResult
+from cloud.contract import AlarmRecord, AssetPaths, Batch, CommandResult
 from cloud.settings import CloudSettings
+from cloud.storage.asset_schema import TABLES as ASSET_TABLES
 from cloud.storage.fleet_schema import TABLES as FLEET_TABLES
 from cloud.storage.pg_schema import METADATA_TABLES
 from cloud.storage.postgres import PostgresDatabase
@@ -176,6 +177,70 @@ async def test_every_endpoint_hides_the_other_tenant(cloud: Cloud) -> None:
     assert (await cloud.get(b.admin, "/v1/tenant")).json()["name"] == "beta"
 
 
+async def _placed(cloud: Cloud, name: str) -> tuple[Tenant, dict[str, int]]:
+    """A tenant whose gateway placed its device under ``name-site/area/line/cell`` by path."""
+    tenant = await cloud.tenant(name)
+    gw = await cloud.gateway(tenant, f"{name}-gw")
+    assert (await cloud.send(gw, make_batch(gw[0], 1, devices=("pump",), n=3))).status_code == 200
+    paths = AssetPaths(type="asset_paths", seq=1, at=now_us(),
+                       devices={"pump": f"ent/{name}-site/area/line/cell"})  # fmt: skip
+    r = await cloud.send(gw, Batch(str(gw[0]), 2, now_us(), events=[paths]))
+    assert r.status_code == 200, r.text
+    assets = {a["level"]: a["id"] for a in (await cloud.get(tenant.admin, "/v1/assets")).json()}
+    device = (await cloud.get(tenant.admin, "/v1/devices")).json()[0]
+    assert device["asset_path"] == f"{name}-site/area/line/cell"
+    return tenant, {**assets, "device": device["id"]}
+
+
+async def test_assets_of_b_answer_as_if_they_did_not_exist(cloud: Cloud) -> None:
+    a, a_ids = await _placed(cloud, "alpha")
+    b, b_ids = await _placed(cloud, "beta")
+    b_view = {p: (await cloud.get(b.admin, p)).json() for p in ("/v1/assets", "/v1/devices",
+                                                               "/v1/series")}  # fmt: skip
+    c, h = cloud.client, cloud.auth(a.admin)
+    missing = 2**62
+
+    async def attempts(site: int, equipment: int, device: int) -> dict[str, Any]:
+        return {
+            "get": await c.get(f"/v1/assets/{site}", headers=h),
+            "children": await c.get("/v1/assets", params={"parent_id": site}, headers=h),
+            "rename": await c.patch(f"/v1/assets/{site}", json={"name": "x"}, headers=h),
+            "move": await c.patch(f"/v1/assets/{equipment}", json={"parent_id": a_ids["line"]},
+                                  headers=h),
+            "move under": await c.patch(f"/v1/assets/{a_ids['equipment']}",
+                                        json={"parent_id": b_ids["line"] if site != missing
+                                              else missing}, headers=h),
+            "create under": await c.post("/v1/assets", json={"name": "x", "level": "area",
+                                                             "parent_id": site}, headers=h),
+            "delete": await c.delete(f"/v1/assets/{site}?cascade=true", headers=h),
+            "latest": await c.get(f"/v1/assets/{site}/latest", headers=h),
+            "aggregate": await c.get(f"/v1/assets/{site}/aggregate", headers=h),
+            "place a's device there": await c.put(f"/v1/devices/{a_ids['device']}/asset",
+                                                  json={"asset_id": equipment}, headers=h),
+            "place the device": await c.put(f"/v1/devices/{device}/asset",
+                                            json={"asset_id": a_ids["site"]}, headers=h),
+            "unpin the device": await c.delete(f"/v1/devices/{device}/asset", headers=h),
+        }  # fmt: skip
+
+    foreign = await attempts(b_ids["site"], b_ids["equipment"], b_ids["device"])
+    absent = await attempts(missing, missing, missing)
+    assert {k: r.status_code for k, r in foreign.items()} == dict.fromkeys(foreign, 404)
+    assert {k: r.json() for k, r in foreign.items()} == {k: r.json() for k, r in absent.items()}
+    for path, before in b_view.items():
+        assert (await cloud.get(b.admin, path)).json() == before, path
+    mine = (await cloud.get(a.admin, "/v1/assets")).json()
+    assert {x["id"] for x in mine} == {a_ids[k] for k in ("site", "area", "line", "equipment")}
+    # the same path names in both tenants are separate trees
+    await _asset_named(cloud, a, "beta-site")
+    assert (await cloud.get(b.admin, "/v1/assets")).json() == b_view["/v1/assets"]
+
+
+async def _asset_named(cloud: Cloud, tenant: Tenant, name: str) -> None:
+    r = await cloud.client.post("/v1/assets", json={"name": name, "level": "site"},
+                                headers=cloud.auth(tenant.admin))  # fmt: skip
+    assert r.status_code == 201, r.text
+
+
 async def test_a_gateway_of_a_can_never_write_into_b(cloud: Cloud) -> None:
     a, _ = await _populate(cloud, "alpha")
     b, b_ids = await _populate(cloud, "beta")
@@ -288,11 +353,12 @@ def test_the_app_role_is_not_privileged(migrated_pg: str) -> None:
         forced = conn.execute(
             "SELECT relname FROM pg_class WHERE relname = ANY(%s)"
             " AND relrowsecurity AND relforcerowsecurity ORDER BY relname",
-            [["tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES, *FLEET_TABLES]],
-        ).fetchall()
+            [["tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES, *FLEET_TABLES,
+              *ASSET_TABLES]],
+        ).fetchall()  # fmt: skip
         assert {r[0] for r in forced} == {
             "tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES,
-            *FLEET_TABLES}  # fmt: skip
+            *FLEET_TABLES, *ASSET_TABLES}  # fmt: skip
 
 
 @pg
@@ -300,7 +366,8 @@ async def test_without_tenant_context_nothing_is_visible(
     two_tenants_pg: Any, migrated_pg: str
 ) -> None:
     with psycopg.connect(app_dsn(migrated_pg)) as conn:
-        for table in ("tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES, *FLEET_TABLES):
+        for table in ("tenants", "alarm_events", *METADATA_TABLES, *TWO_WAY_TABLES, *FLEET_TABLES,
+                      *ASSET_TABLES):  # fmt: skip
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - constants
             assert count == (0,), table
         conn.rollback()

@@ -1,0 +1,290 @@
+"""The ISA-95 asset model in the cloud: the tree's rules, devices placed by API and by their
+gateway's path, and telemetry read by asset. Every test runs on SQLite, PostgreSQL, TimescaleDB
+and Citus (`backend`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloud.contract import AssetPaths, Batch, SeriesColumns
+from tests.cloud.conftest import Cloud, Tenant, make_batch, now_us
+
+pytestmark = pytest.mark.integration
+
+MINUTE_US = 60_000_000
+
+
+async def _asset(cloud: Cloud, token: str, name: str, level: str, parent: int | None = None,
+                 *, expect: int = 201) -> dict[str, Any]:  # fmt: skip
+    body: dict[str, Any] = {"name": name, "level": level}
+    if parent is not None:
+        body["parent_id"] = parent
+    r = await cloud.client.post("/v1/assets", json=body, headers=cloud.auth(token))
+    assert r.status_code == expect, r.text
+    return dict(r.json())
+
+
+def _code(r: Any) -> tuple[int, str]:
+    return r.status_code, r.json()["error"]["code"]
+
+
+async def test_the_tree_keeps_its_rules(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    op = await cloud.key(tenant, "operator")
+    viewer = await cloud.key(tenant, "viewer")
+    c, h = cloud.client, cloud.auth(op)
+    site = await _asset(cloud, op, "plant-a", "site")
+    area = await _asset(cloud, op, "packaging", "area", site["id"])
+    line = await _asset(cloud, op, "line2", "line", area["id"])
+    filler = await _asset(cloud, op, "filler1", "equipment", line["id"])
+    assert (site["parent_id"], site["path"]) == (None, "plant-a")
+    assert filler["path"] == "plant-a/packaging/line2/filler1"
+    skipping = await _asset(cloud, op, "utilities", "equipment", site["id"])  # levels may skip
+    assert skipping["path"] == "plant-a/utilities"
+
+    # levels: a child strictly below its parent; names unique among siblings only
+    r = await c.post("/v1/assets", json={"name": "x", "level": "area", "parent_id": line["id"]},
+                     headers=h)  # fmt: skip
+    assert _code(r) == (409, "asset_level")
+    r = await c.post("/v1/assets", json={"name": "packaging", "level": "area",
+                                         "parent_id": site["id"]}, headers=h)  # fmt: skip
+    assert _code(r) == (409, "asset_name_taken")
+    r = await c.post("/v1/assets", json={"name": "plant-a", "level": "site"}, headers=h)
+    assert _code(r) == (409, "asset_name_taken")
+    other = await _asset(cloud, op, "plant-b", "site")
+    await _asset(cloud, op, "packaging", "area", other["id"])  # same name, other parent
+
+    # rename: the subtree's paths follow
+    r = await c.patch(f"/v1/assets/{area['id']}", json={"name": "pack"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["path"] == "plant-a/pack"
+    got = await cloud.get(viewer, f"/v1/assets/{filler['id']}")
+    assert got.json()["path"] == "plant-a/pack/line2/filler1"
+    r = await c.patch(f"/v1/assets/{area['id']}", json={"name": "utilities"}, headers=h)
+    assert _code(r) == (409, "asset_name_taken")
+
+    # move: with its subtree; never under itself, never against the levels
+    r = await c.patch(f"/v1/assets/{line['id']}", json={"parent_id": line["id"]}, headers=h)
+    assert _code(r) == (409, "asset_cycle")
+    r = await c.patch(f"/v1/assets/{area['id']}", json={"parent_id": filler["id"]}, headers=h)
+    assert _code(r) == (409, "asset_cycle")
+    r = await c.patch(f"/v1/assets/{line['id']}", json={"parent_id": filler["id"]}, headers=h)
+    assert r.status_code == 409  # a descendant: a cycle (and against the levels too)
+    r = await c.patch(f"/v1/assets/{area['id']}", json={"parent_id": skipping["id"]}, headers=h)
+    assert _code(r) == (409, "asset_level")
+    b_area = (await cloud.get(viewer, "/v1/assets", parent_id=other["id"])).json()[0]
+    r = await c.patch(f"/v1/assets/{line['id']}", json={"parent_id": b_area["id"]}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["path"] == "plant-b/packaging/line2"
+    got = await cloud.get(viewer, f"/v1/assets/{filler['id']}")
+    assert got.json()["path"] == "plant-b/packaging/line2/filler1"
+    r = await c.patch(f"/v1/assets/{filler['id']}", json={"parent_id": None, "name": "lone"},
+                      headers=h)  # fmt: skip
+    assert (r.json()["parent_id"], r.json()["path"]) == (None, "lone")
+    listed = (await cloud.get(viewer, "/v1/assets")).json()
+    assert [a["path"] for a in listed] == [
+        "lone", "plant-a", "plant-a/pack", "plant-a/utilities", "plant-b", "plant-b/packaging",
+        "plant-b/packaging/line2",
+    ]  # fmt: skip
+
+    # roles: viewers read only
+    r = await c.post("/v1/assets", json={"name": "v", "level": "site"},
+                     headers=cloud.auth(viewer))  # fmt: skip
+    assert _code(r) == (403, "forbidden")
+    r = await c.delete(f"/v1/assets/{site['id']}", headers=cloud.auth(viewer))
+    assert _code(r) == (403, "forbidden")
+
+    # delete: refused while not empty, unless cascading
+    r = await c.delete(f"/v1/assets/{site['id']}", headers=h)
+    assert _code(r) == (409, "asset_not_empty")
+    assert r.json()["error"]["details"] == {"children": 2, "devices": 0}
+    r = await c.delete(f"/v1/assets/{skipping['id']}", headers=h)
+    assert r.status_code == 204
+    r = await c.delete(f"/v1/assets/{other['id']}", headers=h, params={"cascade": "true"})
+    assert r.status_code == 204
+    left = [a["path"] for a in (await cloud.get(viewer, "/v1/assets")).json()]
+    assert left == ["lone", "plant-a", "plant-a/pack"]
+    assert (await cloud.get(viewer, f"/v1/assets/{line['id']}")).status_code == 404
+
+
+async def test_hostile_input_is_a_4xx(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    c, h = cloud.client, cloud.auth(tenant.admin)
+    site = await _asset(cloud, tenant.admin, "s", "site")
+    bad_bodies = [
+        {"name": "a\x00b", "level": "site"},
+        {"name": "a/b", "level": "site"},
+        {"name": "x" * 201, "level": "site"},
+        {"name": "", "level": "site"},
+        {"name": "n", "level": "enterprise"},
+        {"name": "n", "level": "area", "parent_id": 2**63},
+        {"name": "n", "level": "area", "parent_id": -1},
+        {"name": "n", "level": "area", "parent_id": 1.5},
+        {"name": "n", "level": "area", "extra": 1},
+        {"name": {"deep": [[[[[[[[[[[]]]]]]]]]]]}, "level": "site"},
+    ]
+    for body in bad_bodies:
+        r = await c.post("/v1/assets", json=body, headers=h)
+        assert _code(r) == (422, "invalid_request"), body
+    r = await c.post("/v1/assets", json={"name": "n", "level": "area", "parent_id": 2**63 - 1},
+                     headers=h)  # fmt: skip
+    assert _code(r) == (404, "not_found")
+    for path in (f"/v1/assets/{2**63}", "/v1/assets/0", f"/v1/assets/{2**70}/latest",
+                 "/v1/assets/abc/aggregate"):  # fmt: skip
+        r = await cloud.get(tenant.admin, path)
+        assert _code(r) == (422, "invalid_request"), path
+    r = await c.patch(f"/v1/assets/{site['id']}", json={"parent_id": 2**64}, headers=h)
+    assert _code(r) == (422, "invalid_request")
+    r = await c.put("/v1/devices/1/asset", json={"asset_id": 2**63}, headers=h)
+    assert _code(r) == (422, "invalid_request")
+    r = await cloud.get(tenant.admin, f"/v1/assets/{site['id']}/aggregate", tag="a\x00")
+    assert r.status_code == 422
+
+
+async def _send_paths(cloud: Cloud, gw: tuple[int, str], seq: int, paths: dict[str, str],
+                      report_seq: int) -> None:  # fmt: skip
+    event = AssetPaths(type="asset_paths", seq=report_seq, at=now_us(), devices=paths)
+    r = await cloud.send(gw, Batch(str(gw[0]), seq, now_us(), events=[event]))
+    assert r.status_code == 200, r.text
+
+
+async def _devices(cloud: Cloud, tenant: Tenant) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in (await cloud.get(tenant.admin, "/v1/devices")).json()}
+
+
+async def test_devices_placed_by_api_and_by_their_gateways_path(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    h = cloud.auth(tenant.admin)
+    await cloud.send(gw, make_batch(gw[0], 1, devices=("pump1", "pump2", "pump3"), n=2))
+    # the gateway reports its paths: pump4 has no reading yet; pump3's path names only the
+    # enterprise (nothing to place); a bad path is skipped, not the batch
+    await _send_paths(cloud, gw, 2, {
+        "pump1": "acme/plant-a/packaging/line2/filler1", "pump2": "acme/plant-a/packaging",
+        "pump3": "acme", "pump4": "acme/plant-a/utilities", "pump5": "acme/a/b/c/d/e/f",
+    }, report_seq=1)  # fmt: skip
+    devices = await _devices(cloud, tenant)
+    assert devices["pump1"]["asset_path"] == "plant-a/packaging/line2/filler1"
+    assert devices["pump1"]["asset_source"] == "gateway"
+    assert devices["pump2"]["asset_path"] == "plant-a/packaging"
+    assert devices["pump3"]["asset_id"] is None
+    assets = {a["path"]: a for a in (await cloud.get(tenant.admin, "/v1/assets")).json()}
+    assert [(p, a["level"]) for p, a in assets.items()] == [
+        ("plant-a", "site"), ("plant-a/packaging", "area"), ("plant-a/packaging/line2", "line"),
+        ("plant-a/packaging/line2/filler1", "equipment"), ("plant-a/utilities", "area"),
+    ]  # fmt: skip
+    # pump4 appears: placed as ingest creates it
+    await cloud.send(gw, make_batch(gw[0], 3, devices=("pump4",), n=2))
+    assert (await _devices(cloud, tenant))["pump4"]["asset_path"] == "plant-a/utilities"
+
+    # the series and latest answers carry the path
+    series = (await cloud.get(tenant.admin, "/v1/series")).json()
+    assert {(s["device"], s["asset_path"]) for s in series} == {
+        ("pump1", "plant-a/packaging/line2/filler1"), ("pump2", "plant-a/packaging"),
+        ("pump3", None), ("pump4", "plant-a/utilities"),
+    }  # fmt: skip
+    latest = (await cloud.get(tenant.admin, f"/v1/devices/{devices['pump2']['id']}/latest")).json()
+    assert {v["asset_path"] for v in latest} == {"plant-a/packaging"}
+
+    # a user's placement is pinned: the gateway's next report does not move it
+    site_b = await _asset(cloud, tenant.admin, "plant-b", "site")
+    r = await cloud.client.put(f"/v1/devices/{devices['pump1']['id']}/asset",
+                               json={"asset_id": site_b["id"]}, headers=h)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert (r.json()["asset_path"], r.json()["asset_source"]) == ("plant-b", "api")
+    r = await cloud.client.put(f"/v1/devices/{devices['pump3']['id']}/asset",
+                               json={"asset_id": None}, headers=h)  # fmt: skip
+    assert (r.json()["asset_id"], r.json()["asset_source"]) == (None, "api")
+    await _send_paths(cloud, gw, 4, {
+        "pump1": "acme/plant-a/packaging", "pump3": "acme/plant-a",
+        "pump4": "acme/plant-a/utilities",
+    }, report_seq=2)  # fmt: skip
+    devices = await _devices(cloud, tenant)
+    assert devices["pump1"]["asset_path"] == "plant-b"
+    assert devices["pump3"]["asset_id"] is None
+    assert devices["pump2"]["asset_id"] is None  # path withdrawn: the gateway's placement undone
+    # an older report arriving late changes nothing
+    await _send_paths(cloud, gw, 5, {"pump4": "acme/x"}, report_seq=1)
+    assert (await _devices(cloud, tenant))["pump4"]["asset_path"] == "plant-a/utilities"
+    # unpinned: the gateway's path places it again
+    r = await cloud.client.delete(f"/v1/devices/{devices['pump1']['id']}/asset", headers=h)
+    assert (r.json()["asset_path"], r.json()["asset_source"]) == ("plant-a/packaging", "gateway")
+    # a placed device keeps an asset from being deleted; cascading leaves it unassigned, pinned
+    area = next(a for a in (await cloud.get(tenant.admin, "/v1/assets")).json()
+                if a["path"] == "plant-a/packaging")  # fmt: skip
+    r = await cloud.client.delete(f"/v1/assets/{area['id']}", headers=h)
+    assert _code(r) == (409, "asset_not_empty")
+    assert r.json()["error"]["details"]["devices"] == 1
+    r = await cloud.client.delete(f"/v1/assets/{area['id']}?cascade=true", headers=h)
+    assert r.status_code == 204
+    pump1 = (await _devices(cloud, tenant))["pump1"]
+    assert (pump1["asset_id"], pump1["asset_source"]) == (None, "api")
+    # placing under another tenant's or a missing asset: 404
+    r = await cloud.client.put(f"/v1/devices/{pump1['id']}/asset", json={"asset_id": 2**62},
+                               headers=h)  # fmt: skip
+    assert _code(r) == (404, "not_found")
+    viewer = await cloud.key(tenant, "viewer")
+    r = await cloud.client.put(f"/v1/devices/{pump1['id']}/asset", json={"asset_id": site_b["id"]},
+                               headers=cloud.auth(viewer))  # fmt: skip
+    assert _code(r) == (403, "forbidden")
+
+
+async def test_latest_and_aggregates_by_asset(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    start = (now_us() // MINUTE_US - 10) * MINUTE_US
+    ts = [start + i * 20_000_000 for i in range(6)]  # 3 per minute over 2 minutes
+
+    def series(device: str, tag: str, offset: float) -> SeriesColumns:
+        return SeriesColumns(device, tag, ts, [offset + v for v in (1, 5, 3, 10, 20, 30)])
+
+    batch = Batch(str(gw[0]), 1, now_us(), [
+        series("filler", "flow", 0), series("filler", "level", 100),
+        series("capper", "flow", 1000), series("boiler", "temp", 5000),
+    ])  # fmt: skip
+    assert (await cloud.send(gw, batch)).status_code == 200
+    await _send_paths(cloud, gw, 2, {
+        "filler": "acme/plant-a/packaging/line2/filler1",
+        "capper": "acme/plant-a/packaging/line2/capper1", "boiler": "acme/plant-a/utilities",
+    }, report_seq=1)  # fmt: skip
+    assets = {a["path"]: a["id"] for a in (await cloud.get(tenant.admin, "/v1/assets")).json()}
+
+    r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a/packaging']}/latest")
+    assert r.status_code == 200, r.text
+    assert [(v["device"], v["tag"], v["value"], v["ts"], v["asset_path"]) for v in r.json()] == [
+        ("capper", "flow", 1030.0, ts[-1], "plant-a/packaging/line2/capper1"),
+        ("filler", "flow", 30.0, ts[-1], "plant-a/packaging/line2/filler1"),
+        ("filler", "level", 130.0, ts[-1], "plant-a/packaging/line2/filler1"),
+    ]
+    series_ids = {(s["device"], s["tag"]): s["id"]
+                  for s in (await cloud.get(tenant.admin, "/v1/series")).json()}  # fmt: skip
+    assert {v["series_id"] for v in r.json()} == {
+        series_ids[("capper", "flow")], series_ids[("filler", "flow")],
+        series_ids[("filler", "level")],
+    }  # fmt: skip
+    whole = (await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/latest")).json()
+    assert len(whole) == 4
+    empty = await _asset(cloud, tenant.admin, "empty", "site")
+    assert (await cloud.get(tenant.admin, f"/v1/assets/{empty['id']}/latest")).json() == []
+
+    line = assets["plant-a/packaging/line2"]
+    r = await cloud.get(tenant.admin, f"/v1/assets/{line}/aggregate", bucket="1m", start=start,
+                        end=start + 2 * MINUTE_US, tag="flow")  # fmt: skip
+    assert r.status_code == 200, r.text
+    answer = {(s["device"], s["tag"]): s for s in r.json()}
+    assert set(answer) == {("capper", "flow"), ("filler", "flow")}
+    assert answer[("filler", "flow")]["buckets"] == [
+        {"start": start, "min": 1.0, "max": 5.0, "avg": 3.0, "last": 3.0, "count": 3},
+        {"start": start + MINUTE_US, "min": 10.0, "max": 30.0, "avg": 20.0, "last": 30.0,
+         "count": 3},
+    ]  # fmt: skip
+    assert answer[("capper", "flow")]["buckets"][1]["max"] == 1030.0
+    assert answer[("capper", "flow")]["asset_path"] == "plant-a/packaging/line2/capper1"
+    r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/aggregate", bucket="1d",
+                        start=start - 86_400_000_000, end=now_us())  # fmt: skip
+    assert sum(b["count"] for s in r.json() for b in s["buckets"]) == 24
+    r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/aggregate", bucket="1s",
+                        start=start - 86_400_000_000, end=now_us())  # fmt: skip
+    assert _code(r) == (422, "invalid_request")  # a day of seconds: too many buckets
