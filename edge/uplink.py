@@ -62,6 +62,7 @@ from cloud.contract import CHUNKS, DroppedTotals, LeasedChunk, chunk, encode_chu
 from cloud.contract.window import refusals_from_answer
 from edge.credentials import UplinkIdentity
 from edge.errors import EdgeError
+from edge.kill_points import kill_point
 from edge.seq_state import SeqState
 from store_forward import DEFAULT_CONSUMER, Lane, Lease, OutboxError, OutboxStats, RefusedReadings
 
@@ -291,12 +292,14 @@ class Uplink:
         )
         if not lease:
             return False
+        _kill_point("leased", lease)
         self.status.state = UplinkState.SENDING
         stats = await self._outbox.stats()
         self._dropped_seen = stats.dropped_readings
         seq = self._seq.next_seq()
         body = chunk_batch(lease, gateway_id=self.settings.gateway_id, seq=seq,
                            dropped_totals=drop_totals(stats))  # fmt: skip
+        _kill_point("built", lease)
         try:
             async with self._keeping(lease):
                 answer = await self._post_until_settled(client, body, len(lease))
@@ -320,8 +323,10 @@ class Uplink:
         except BaseException:
             await asyncio.shield(self._outbox.release(lease))
             raise
+        _kill_point("answered", lease)
         acked_us = time.time_ns() // 1_000
         await self._outbox.ack(lease)
+        _kill_point("acked", lease)
         self._settled(lease, bool(answer.get("duplicate", False)))
         await self._keep_refused(answer, seq)
         self._measure_latency(lease, acked_us)
@@ -466,6 +471,12 @@ class Uplink:
             return await client.post(self.settings.ingest_url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise RetryLater(f"cannot reach the cloud: {type(exc).__name__}: {exc}") from exc
+
+
+def _kill_point(step: str, lease: Lease) -> None:
+    """`edge.kill_points` at a step of a batch that carries readings (the tests count those)."""
+    if any(c.lane is Lane.TELEMETRY for c in lease.chunks):
+        kill_point(step)
 
 
 class _TooLarge(UplinkError):

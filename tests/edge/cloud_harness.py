@@ -89,18 +89,27 @@ class RunningCloud:
 
 @contextlib.asynccontextmanager
 async def serve_cloud(
-    db_path: Path, *, port: int = 0, **settings_overrides: Any
+    db_path: Path,
+    *,
+    port: int = 0,
+    wrap: Callable[[Any], Any] | None = None,
+    **settings_overrides: Any,
 ) -> AsyncIterator[RunningCloud]:
     """Serve the cloud app until the block ends (restartable on the same file and port).
+
+    On SQLite at `db_path` unless the settings name a `database_url` (PostgreSQL); `wrap`, if
+    given, wraps the app in one more ASGI layer (a test's own fault injection).
 
     Gateway channels are short here (1 s): a stopping cloud waits for open channels to end, and
     every agent with a cloud holds one."""
     settings_overrides.setdefault("channel_max_s", 1.0)
     settings_overrides.setdefault("channel_keepalive_s", 0.5)
-    settings = CloudSettings(database_url=f"sqlite:///{db_path}", platform_admin_key=PLATFORM_KEY,
-                             **settings_overrides)  # fmt: skip
+    settings_overrides.setdefault("database_url", f"sqlite:///{db_path}")
+    settings = CloudSettings(platform_admin_key=PLATFORM_KEY, **settings_overrides)
     faults = Faults()
     app = FaultyIngest(create_app(settings), faults)
+    if wrap is not None:
+        app = wrap(app)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
