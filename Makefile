@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Command-line tools the tests use (mbpoll as an independent Modbus client, shellcheck for the
-# package's maintainer scripts, node-opcua as a second OPC UA server in tests/tools/node_modules).
+# package's maintainer scripts, sudo for the README's install walk, node-opcua as a second OPC UA
+# server in tests/tools/node_modules).
 # Installed when apt (or npm) is available and we may use it; the tests that need a missing tool
 # skip and say why (and fail under CI=true where they must run).
 tools:
@@ -33,7 +34,7 @@ tools:
 	  npm install --prefix tests/tools --no-audit --no-fund --silent >/dev/null 2>&1 || \
 	    echo "note: could not install node-opcua (npm); the tests that use it will skip"; \
 	fi
-	@for tool in mbpoll shellcheck; do \
+	@for tool in mbpoll shellcheck sudo; do \
 	  command -v $$tool >/dev/null 2>&1 && continue; \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get install -y -qq $$tool >/dev/null 2>&1 || \

@@ -63,6 +63,17 @@ def _discovery(config: Path | None) -> dict[str, str]:
         where = json.loads(discovery.read_text())
     except FileNotFoundError:
         fail(f"the agent for {path} is not running (no {discovery}); start it with `tagway run`")
+    except PermissionError:
+        # A packaged agent's state directory is its own (0700): an installer who is not root
+        # still reads the agent at the fixed address its config names. Acting needs the token,
+        # which stays the agent's (the agent then says so).
+        api = cfg.local_api
+        if api.socket is None and api.port:
+            return {"url": f"http://{api.host}:{api.port}"}
+        fail(
+            f"cannot read {discovery} (the agent's state directory is not this user's), "
+            f"and {path} names no fixed local API port; run as root or the agent's user"
+        )
     except (OSError, ValueError) as exc:
         fail(f"cannot read {discovery}: {exc}")
     if not isinstance(where, dict):

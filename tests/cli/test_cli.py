@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -101,6 +105,38 @@ async def test_status_without_an_agent_says_so(tmp_path: Path) -> None:
     assert code == 1
     assert "is not running" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="acting as another user needs root and setpriv")  # fmt: skip
+@pytest.mark.parametrize("fixed", [True, False])
+def test_status_by_a_user_who_cannot_read_the_state_dir(fixed: bool) -> None:
+    """A packaged agent's state directory is 0700 and its own: an installer who is not root
+    reads the agent at the config's fixed port (before: 'Permission denied', nothing else)."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1] if fixed else 0
+    with tempfile.TemporaryDirectory() as where:  # not under pytest's 0700 temp root
+        root = Path(where)
+        root.chmod(0o755)
+        (root / "state").mkdir(mode=0o700)
+        (root / "state" / "local_api.json").write_text('{"url": "http://127.0.0.1:1"}')
+        config = root / "config.yaml"
+        config.write_text(f"gateway: {{name: gw, state_dir: {root / 'state'}}}\n"
+                          f"local_api: {{port: {port}}}\n")  # fmt: skip
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TAGWAY, "status",
+             "--config", str(config)], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    if fixed:
+        assert done.stderr == (
+            f"tagway: error: the agent is not answering at http://127.0.0.1:{port}; "
+            "is `tagway run` running?\n"
+        )
+    else:
+        assert "names no fixed local API port" in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 @pytest.mark.integration

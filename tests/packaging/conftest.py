@@ -56,8 +56,11 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real package, built once per session exactly as `make deb` builds it."""
+    """The real package, built once per session exactly as `make deb` builds it
+    (`TAGWAY_TEST_DEB=path` uses one already built from this checkout instead)."""
     require("dpkg-deb")
+    if prebuilt := os.environ.get("TAGWAY_TEST_DEB"):
+        return Path(prebuilt)
     out = tmp_path_factory.mktemp("dist")
     result = build("--out", str(out), timeout=1500)
     deb = Path(result.stdout.strip().splitlines()[-1])
