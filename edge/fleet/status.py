@@ -15,7 +15,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-from cloud.contract import AnyEvent, DriverStatus, StatusConfig, StatusReport
+from cloud.contract import (
+    MAX_ASSET_DEVICES,
+    AnyEvent,
+    AssetPaths,
+    DriverStatus,
+    StatusConfig,
+    StatusReport,
+)
 from edge.alarms import AlarmState
 from edge.fleet.versions import ConfigVersions
 from edge.runtime import Runtime
@@ -73,6 +80,15 @@ async def build_status(rt: Runtime, versions: ConfigVersions, *, seq: int) -> St
     )  # fmt: skip
 
 
+def asset_paths(rt: Runtime) -> dict[str, str]:
+    """The ISA-95 path of each configured device that has one (`edge.assets`), by name; only
+    what the event can carry (a name of at most 200 characters, a path of at most 1,100; at
+    most `MAX_ASSET_DEVICES` devices), so an odd config never stops the status reports."""
+    paths = {d.name: d.path for d in rt.config.current.devices
+             if d.path is not None and len(d.name) <= 200 and len(d.path) <= 1_100}  # fmt: skip
+    return dict(sorted(paths.items())[:MAX_ASSET_DEVICES])
+
+
 def _driver(rt: Runtime, name: str) -> DriverStatus:
     slot = rt.supervisor.slots[name]
     link = slot.driver.link if slot.driver is not None else None
@@ -114,10 +130,18 @@ class StatusReporter:
         self.sent = 0
 
     async def run(self) -> None:
-        """Until cancelled."""
+        """Until cancelled. The devices' ISA-95 paths go along at start and after each change
+        (event ``asset_paths``: the cloud places the devices in its asset tree by them)."""
         last: tuple[object, ...] | None = None
         last_at = 0.0
+        last_paths: dict[str, str] | None = None
         while True:
+            paths = asset_paths(self.runtime)
+            if paths != last_paths:
+                report = AssetPaths(type="asset_paths", seq=self.versions.next_seq(),
+                                    at=time.time_ns() // 1_000, devices=paths)  # fmt: skip
+                await self.emit([report])
+                last_paths = paths
             status = await build_status(self.runtime, self.versions, seq=1)
             now = time.monotonic()
             interval = self.runtime.config.current.fleet.status_interval
