@@ -10,7 +10,8 @@ I/O: bytes in, a `Batch` out, and back. Its parts:
   the field, and convenient for tests and tools), the `Batch` both decode into, the `Limits`,
   and the alarm record's wire shape (`AlarmRecord`);
 - `cloud.contract.fleet`: remote configuration and fleet health (`DesiredConfig`,
-  `ConfigDocument`, the gateway's `ConfigReport` and `StatusReport` events);
+  `ConfigDocument`, the gateway's `ConfigReport` and `StatusReport` events) and the devices'
+  ISA-95 paths (the `AssetPaths` event, which places them in the cloud's asset tree);
 - `cloud.contract.wire`: the base of the two-way and fleet messages;
 - `cloud.contract.errors`: `ContractError` and its tree, each with an HTTP status and a code.
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloud.contract import AssetPaths, Batch, SeriesColumns
+from cloud.storage.asset_tree import PATH_LEVELS, gateway_levels
 from tests.cloud.conftest import Cloud, Tenant, make_batch, now_us
 
 pytestmark = pytest.mark.integration
@@ -28,6 +31,35 @@ async def _asset(cloud: Cloud, token: str, name: str, level: str, parent: int | 
 
 def _code(r: Any) -> tuple[int, str]:
     return r.status_code, r.json()["error"]["code"]
+
+
+@given(st.text(alphabet=st.sampled_from("ab/ \x00+#é"), max_size=30) | st.text(max_size=300))
+def test_a_gateway_path_places_only_what_the_tree_can_hold(path: str) -> None:
+    levels = gateway_levels(path)
+    if levels is None:
+        return
+    assert 1 <= len(levels) <= len(PATH_LEVELS)
+    assert [level for level, _ in levels] == list(PATH_LEVELS[: len(levels)])
+    for _, name in levels:
+        assert name
+        assert name == name.strip()
+        assert len(name) <= 200
+        assert "/" not in name
+        assert "\x00" not in name
+
+
+def test_a_gateway_path_drops_the_enterprise() -> None:
+    assert gateway_levels("acme/plant-a/packaging/line2/filler1") == [
+        ("site", "plant-a"),
+        ("area", "packaging"),
+        ("line", "line2"),
+        ("equipment", "filler1"),
+    ]
+    assert gateway_levels(" /acme/ plant-a /") == [("site", "plant-a")]
+    assert gateway_levels("acme") is None
+    assert gateway_levels("acme//x") is None
+    assert gateway_levels("a/b/c/d/e/f") is None
+    assert gateway_levels("acme/" + "x" * 201) is None
 
 
 async def test_the_tree_keeps_its_rules(cloud: Cloud) -> None:
