@@ -42,6 +42,7 @@ from cli.simconfig import agent_devices
 from edge.local_api import QuietServer
 
 if TYPE_CHECKING:
+    from cli.tui.app import TagwayApp
     from edge.agent import Agent
 
 log = logging.getLogger("tagway.demo")
@@ -293,10 +294,7 @@ async def _run_tui_until(
 ) -> None:
     """The TUI in this terminal, until the person quits it, Ctrl-C, or the demo's duration. It
     opens on the guide (the terminal's own text is hidden while the TUI holds the screen)."""
-    from cli.tui.app import TagwayApp  # noqa: PLC0415 - Textual only when asked for
-    from cli.tui.client import AgentClient, DiscoveryFile  # noqa: PLC0415
-
-    app = TagwayApp(AgentClient(locator=DiscoveryFile(discovery)), notice=notice)
+    app = demo_tui(discovery, notice)
     shown = asyncio.create_task(app.run_async(), name="demo-tui")
     stopped = asyncio.create_task(stop.wait(), name="demo-stop")
     await asyncio.wait({shown, stopped}, timeout=duration, return_when="FIRST_COMPLETED")
@@ -305,6 +303,14 @@ async def _run_tui_until(
     await shown
     stopped.cancel()
     await asyncio.gather(stopped, return_exceptions=True)
+
+
+def demo_tui(discovery: Path, notice: str) -> TagwayApp:
+    """The TUI as the demo opens it: on the guide, over the overview of the demo's agent."""
+    from cli.tui.app import TagwayApp  # noqa: PLC0415 - Textual only when asked for
+    from cli.tui.client import AgentClient, DiscoveryFile  # noqa: PLC0415
+
+    return TagwayApp(AgentClient(locator=DiscoveryFile(discovery)), notice=notice)
 
 
 async def _started(agent: Agent, task: asyncio.Task[None]) -> None:

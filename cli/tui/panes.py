@@ -100,9 +100,15 @@ class OverviewPane(Static):
             f"({ob.used_fraction:.1%})  ",
             (f"dropped {ob.dropped_readings}", "bold red" if ob.dropped_readings else ""),
             f"  quarantined {ob.quarantined_readings}"))  # fmt: skip
-        rate = format_rate(view.poll_rate()).removesuffix("/s")
-        grid.add_row("Polling", f"{rate} readings/s from {len(snap.drivers)} devices, "
-                     f"{len(snap.tags)} tags")  # fmt: skip
+        if snap.drivers and not any(d.counter("readings") for d in snap.drivers):
+            # Just started (or every device silent): say so, instead of a row of dashes.
+            n = len(snap.drivers)
+            waiting = f"waiting for first readings from {n} device{'s' * (n != 1)}"
+            grid.add_row("Polling", Text(waiting, "yellow"))
+        else:
+            rate = format_rate(view.poll_rate()).removesuffix("/s")
+            grid.add_row("Polling", f"{rate} readings/s from {len(snap.drivers)} devices, "
+                         f"{len(snap.tags)} tags")  # fmt: skip
         active = [a for a in snap.alarms if a.active]
         unacked = [a for a in snap.alarms if a.needs_ack]
         grid.add_row("Alarms", Text(f"{len(active)} active, {len(unacked)} to acknowledge",

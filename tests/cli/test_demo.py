@@ -132,3 +132,37 @@ def test_an_http_refusal_is_not_called_unreachable(capsys: pytest.CaptureFixture
         "tagway: error: POST http://127.0.0.1:9/v1/tenants answered HTTP 409: "
         "conflict: tenant 'demo' exists"
     )
+
+
+@pytest.mark.slow
+async def test_the_demo_tui_shows_the_devices_within_seconds_of_opening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: `tagway demo --tui` showed a blank overview for about 15 s. The demo's own TUI
+    (as `demo_tui` builds it: the guide over the overview, the default intervals), driven by
+    Textual's pilot at 80x24 in the demo's process: the guide first, and once it is closed the
+    overview lists every device within 3 s of the TUI opening."""
+    from cli import demo  # noqa: PLC0415
+    from tests.cli.tui_support import line_with, screen, wait_for_screen  # noqa: PLC0415
+
+    seen: dict[str, float] = {}
+
+    async def pilot_tui(stop: asyncio.Event, discovery: Path, _: float | None, notice: str) -> None:
+        app = demo.demo_tui(discovery, notice)
+        loop = asyncio.get_running_loop()
+        async with app.run_test(size=(80, 24)) as pilot:
+            opened = loop.time()
+            await pilot.pause()
+            assert "curl" in screen(app)  # the guide, on top
+            await pilot.press("escape")
+            await wait_for_screen(pilot, lambda t: all(
+                line_with(t, d) for d in ("pump1", "pump2", "boiler1", "mqtt-devices")),
+                within=3.0)  # fmt: skip
+            seen["devices_after_s"] = loop.time() - opened
+        stop.set()
+
+    monkeypatch.setattr(demo, "_run_tui_until", pilot_tui)
+    options = demo.DemoOptions(directory=tmp_path, duration=60, wear_after=600, wear_minutes=10,
+                               devices=4, cloud_port=0, tui=True)  # fmt: skip
+    await asyncio.wait_for(demo.run_demo(options), 120)
+    assert seen["devices_after_s"] < 3.0

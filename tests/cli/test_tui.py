@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 from typer.testing import CliRunner
 
 from cli.app import app as tagway
@@ -28,6 +30,7 @@ from tests.cli.tui_support import (
     wait_for_screen,
 )
 from tests.edge.harness import agent_config, modbus_devices, running_agent
+from tests.mosquitto import free_port
 
 SIZE = (80, 24)
 FLOW_HIGH = {"name": "pump1_flow_high", "device": "pump1", "tag": "flow", "kind": "high",
@@ -64,6 +67,48 @@ async def test_overview_shows_drivers_connected_rates_and_the_simulated_badge(
         # readings/s from counter deltas: a number once two polls have been seen
         text = await wait_for_screen(pilot, lambda t: _rate(t, "pump1") != "-")
         assert float(_rate(text, "pump1").removesuffix("/s")) > 0
+
+
+@pytest.mark.integration
+async def test_overview_shows_every_device_within_two_seconds_of_start(
+    plant: Plant, tmp_path: Path
+) -> None:
+    """Issue 19: the overview of `tagway demo --tui` stayed blank for about 15 s. With the TUI's
+    own poll and retry intervals (not the faster ones of the other tests), the first screen is
+    never blank and every device is listed within 2 s."""
+    config = agent_config(tmp_path, modbus_devices(plant))
+    client = AgentClient(locator=DiscoveryFile(tmp_path / "local_api.json"))
+    async with running_agent(config), TagwayApp(client).run_test(size=SIZE) as pilot:
+        started = asyncio.get_running_loop().time()
+        await pilot.pause()
+        body = screen(pilot.app).splitlines()[3:-1]
+        assert any(line.strip() for line in body), "the overview is blank"
+        await wait_for_screen(
+            pilot, lambda t: all(line_with(t, d, "modbus") for d in ("pump1", "pump2", "tank1")),
+            within=2.0,
+        )  # fmt: skip
+        assert asyncio.get_running_loop().time() - started < 2.0
+
+
+@pytest.mark.integration
+async def test_overview_says_it_waits_for_the_first_readings(tmp_path: Path) -> None:
+    """A device that is connected but has sent nothing yet (an MQTT source before the first
+    publish) is listed, and the overview says what it waits for instead of a row of dashes."""
+    port = free_port()
+    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8 * 1024, parallelism=1),))
+    broker = {"host": "127.0.0.1", "port": port, "users": [
+        {"username": "gateway", "password_hash": cheap.hash("pw"), "publish": [],
+         "subscribe": ["plant/#"]}]}  # fmt: skip
+    source = {"protocol": "mqtt", "name": "site-mqtt", "url": f"mqtt://127.0.0.1:{port}",
+              "username": "gateway", "password": "pw",
+              "subscriptions": [{"topic": "plant/{device}/telemetry"}]}  # fmt: skip
+    config = agent_config(tmp_path, [source], mqtt_broker=broker)
+    client = AgentClient(locator=DiscoveryFile(tmp_path / "local_api.json"))
+    async with running_agent(config), TagwayApp(client).run_test(size=SIZE) as pilot:
+        text = await wait_for_screen(
+            pilot, lambda t: bool(line_with(t, "site-mqtt", "mqtt", "connected")), within=5.0
+        )
+    assert "Polling waiting for first readings from 1 device" in " ".join(text.split())
 
 
 @pytest.mark.integration
