@@ -36,24 +36,36 @@ async def test_the_agent_places_its_devices_in_the_clouds_asset_tree(
             r = await user.client.get("/v1/devices")
             return {d["name"]: d for d in r.json()}
 
+        async def until(device: str, asset_path: str | None) -> dict[str, Any]:
+            started = time.monotonic()
+            while (seen := await placed()).get(device, {}).get("asset_path", "-") != asset_path:
+                assert time.monotonic() - started < 20, seen
+                await asyncio.sleep(0.2)
+            return seen
+
         try:
-            async with running_agent(load_config(path), config_path=path):
-                started = time.monotonic()
-                while (seen := await placed()).get(devices[0]["name"], {}).get("asset_id") is None:
-                    assert time.monotonic() - started < 20, seen
-                    await asyncio.sleep(0.2)
+            async with running_agent(load_config(path), config_path=path) as running:
+                seen = await until(devices[0]["name"], "plant-a/pumping/line1/cell1")
+                # the paths change in the config: the reload sends them again
+                devices[0]["path"], devices[1]["path"] = "acme/plant-a/pumping/line2", "acme/b"
+                path.write_text(dump(gateway_data(state, devices, cloud)))
+                assert (await running.agent.reload()).applied
+                await until(devices[1]["name"], "b")
+                moved = await until(devices[0]["name"], "plant-a/pumping/line2")
+                assert moved[devices[0]["name"]]["asset_source"] == "gateway"
             first, second = seen[devices[0]["name"]], seen[devices[1]["name"]]
             assert (first["asset_path"], first["asset_source"]) == (
                 "plant-a/pumping/line1/cell1", "gateway")  # fmt: skip
             assert second["asset_id"] is None
             assets = (await user.client.get("/v1/assets")).json()
             assert [(a["path"], a["level"]) for a in assets] == [
-                ("plant-a", "site"), ("plant-a/pumping", "area"),
+                ("b", "site"), ("plant-a", "site"), ("plant-a/pumping", "area"),
                 ("plant-a/pumping/line1", "line"), ("plant-a/pumping/line1/cell1", "equipment"),
+                ("plant-a/pumping/line2", "line"),
             ]  # fmt: skip
-            latest = (await user.client.get(f"/v1/assets/{assets[0]['id']}/latest")).json()
+            latest = (await user.client.get(f"/v1/assets/{assets[1]['id']}/latest")).json()
             assert latest
             assert {v["device"] for v in latest} == {devices[0]["name"]}
-            assert {v["asset_path"] for v in latest} == {"plant-a/pumping/line1/cell1"}
+            assert {v["asset_path"] for v in latest} == {"plant-a/pumping/line2"}
         finally:
             await user.close()
