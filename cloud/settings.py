@@ -58,9 +58,11 @@ class CloudSettings(BaseModel):
     PostgreSQL, where every replica must share one key) creates it on first start.
     `allow_static_gateway_tokens` keeps the interim per-gateway bearer tokens working.
 
-    Database limits per request class (PostgreSQL, `db_classes`): a statement timeout and a
-    wait for a pooled connection for ingest, reads and admin requests each, and ingest never
-    holds the last `pool_reserved_for_reads` connections of the pool (`DbClasses`).
+    Database limits per request class (`db_classes`): a statement timeout and a wait for a
+    connection for ingest, reads and admin requests each; on PostgreSQL ingest never holds the
+    last `pool_reserved_for_reads` connections of the pool (`DbClasses`), on SQLite at most
+    `sqlite_ingest_writers` ingest transactions hold or wait for its one connection at once, so
+    a read waits behind at most that many of them.
 
     Request limits (`cloud.api.guard`): the body of a JSON operation is at most
     `max_json_body_bytes` (`max_public_body_bytes` for the ones that take no credentials:
@@ -103,6 +105,7 @@ class CloudSettings(BaseModel):
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=8, ge=1)
     pool_reserved_for_reads: int = Field(default=2, ge=0)
+    sqlite_ingest_writers: int = Field(default=2, ge=1, le=64)
     db_classes: DbClasses = DbClasses()
     limits: Limits = Limits()
     max_json_body_bytes: int = Field(default=256 * 1024, ge=1024)

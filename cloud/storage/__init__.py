@@ -12,7 +12,12 @@ async def open_database(settings: CloudSettings) -> Database:
         from cloud.storage.sqlite import SqliteDatabase  # noqa: PLC0415 - load only the backend in use
 
         path = settings.database_url.removeprefix("sqlite:///").removeprefix("sqlite://")
-        return SqliteDatabase.open(path, migrate=settings.migrate_on_start)
+        return SqliteDatabase.open(
+            path,
+            migrate=settings.migrate_on_start,
+            classes=settings.db_classes,
+            ingest_writers=settings.sqlite_ingest_writers,
+        )
     from cloud.storage.postgres import PostgresDatabase  # noqa: PLC0415 - load only the backend in use
 
     return await PostgresDatabase.open(settings)

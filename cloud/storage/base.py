@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from cloud.errors import RateLimited
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
 
 Row = tuple[Any, ...]
@@ -25,8 +26,21 @@ SeriesKey: TypeAlias = tuple[str, str, str | None, bool]
 
 request_class: ContextVar[str] = ContextVar("tagway_request_class", default="background")
 """What the current task serves: ``ingest``, ``read`` or ``admin`` (set by the request guard),
-``background`` otherwise. The PostgreSQL backend gives each class its statement timeout, its
-wait for a pooled connection and, for ingest, a share of the pool (`CloudSettings.db_classes`)."""
+``background`` otherwise. Both backends give each class its statement timeout, its wait for a
+connection and, for ingest, a bounded share (PostgreSQL: of the pool; SQLite: of the places in
+the queue for its one connection; `CloudSettings.db_classes`)."""
+
+INGEST_BUSY_RETRY_S = 2
+
+
+def ingest_busy(waited_s: float) -> RateLimited:
+    """429 ``ingest_busy``: ingest's share of the database is taken; the gateway retries."""
+    return RateLimited(
+        f"ingest holds its share of the database connections; none came free within"
+        f" {waited_s:g} s (retry)",
+        retry_after=INGEST_BUSY_RETRY_S,
+        code="ingest_busy",
+    )
 
 
 class Tx(Protocol):

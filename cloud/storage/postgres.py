@@ -30,7 +30,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from cloud.errors import Conflict, InvalidRequest, RateLimited, StorageError
+from cloud.errors import Conflict, InvalidRequest, StorageError
 from cloud.settings import CloudSettings, DbClasses
 from cloud.storage import citus, columnar, pg_migrate, timescale
 from cloud.storage.base import (
@@ -39,6 +39,7 @@ from cloud.storage.base import (
     SeriesKey,
     TelemetryRows,
     Tx,
+    ingest_busy,
     request_class,
 )
 from cloud.storage.pg_layout import current, server_facts
@@ -63,16 +64,7 @@ async def _lookup_series(
 
 
 _holding_slot: ContextVar[bool] = ContextVar("tagway_ingest_slot", default=False)
-INGEST_BUSY_RETRY_S: Final = 2
-
-
-def _ingest_busy(waited_s: float) -> RateLimited:
-    return RateLimited(
-        f"ingest holds its share of the database connections; none came free within"
-        f" {waited_s:g} s (retry)",
-        retry_after=INGEST_BUSY_RETRY_S,
-        code="ingest_busy",
-    )
+_ingest_busy = ingest_busy
 
 
 apply_migrations = pg_migrate.apply_migrations  # callers written before pg_migrate import it here

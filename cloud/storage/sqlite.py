@@ -3,9 +3,18 @@ sites.
 
 One connection in WAL mode, serialized by an asyncio lock (SQLite has one writer anyway). Small
 statements run on the event loop (microseconds); the bulk write of a batch's readings runs in a
-worker thread with ``executemany`` inside the batch's transaction. SQLite has no row-level
-security: isolation rests on the ``tenant_id`` filter every repository statement carries. One
-process per file: run replicas against PostgreSQL.
+worker thread with ``executemany`` inside the batch's transaction.
+
+Request classes (`cloud.storage.base.request_class`, `CloudSettings.db_classes`), as on
+PostgreSQL: each transaction waits at most its class's `pool_timeout_s` for the connection (then
+429 ``ingest_busy`` for ingest, 503 for the others), and its statements are interrupted past its
+`statement_timeout_ms` (a progress handler checks the deadline). At most `sqlite_ingest_writers`
+ingest transactions hold or wait for the connection at once; the lock is first come, first
+served, so a read or admin request waits behind at most that many ingest transactions however
+many gateways push at once, and the pushing gateways get 429 ``ingest_busy`` and retry.
+
+SQLite has no row-level security: isolation rests on the ``tenant_id`` filter every repository
+statement carries. One process per file: run replicas against PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,8 +28,17 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud.errors import Conflict, InvalidRequest, StorageError
+from cloud.settings import DbClasses, DbClassLimits
 from cloud.storage import asset_schema, exact_schema, fleet_schema, simulated_schema
-from cloud.storage.base import NewSeriesCheck, Row, SeriesKey, TelemetryRows, Tx
+from cloud.storage.base import (
+    NewSeriesCheck,
+    Row,
+    SeriesKey,
+    TelemetryRows,
+    Tx,
+    ingest_busy,
+    request_class,
+)
 from cloud.storage.provisioning_schema import SQLITE_MIGRATION
 from cloud.storage.records import BackendInfo, MaintenanceJob, RetentionResult, StoredPrincipal
 from cloud.storage.registry import find_or_create_series, find_series, mark_simulated
@@ -98,6 +116,7 @@ ALTER TABLE tenants ADD COLUMN max_series INTEGER;
 # Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest
 # interleaves with a large first pass instead of waiting for all of it.
 RETENTION_BATCH: Final = 5000
+_PROGRESS_STEPS: Final = 10_000  # VM instructions between two looks at the statement deadline
 
 _INSERT_READING: Final = (
     "INSERT OR IGNORE INTO telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
@@ -152,17 +171,35 @@ class SqliteTx:
 class SqliteDatabase:
     """The embedded backend. Open with `SqliteDatabase.open(path)`."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        classes: DbClasses | None = None,
+        ingest_writers: int = 2,
+    ) -> None:
         self.replica = "local"
         self._conn = conn
         self._lock = asyncio.Lock()
+        self.classes = classes or DbClasses()
+        self._ingest_slots = asyncio.Semaphore(max(1, ingest_writers))
+        self._deadline: float | None = None  # of the open transaction's statements
+        self._timed_out = False
+        conn.set_progress_handler(self._past_deadline, _PROGRESS_STEPS)
         version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
         self.info = BackendInfo(
             backend="sqlite", timescaledb=False, partitioning="none", schema_version=version
         )
 
     @classmethod
-    def open(cls, path: str | Path, *, migrate: bool = True) -> SqliteDatabase:
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        migrate: bool = True,
+        classes: DbClasses | None = None,
+        ingest_writers: int = 2,
+    ) -> SqliteDatabase:
         """Open (creating) the database file and apply pending migrations."""
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -172,7 +209,7 @@ class SqliteDatabase:
             conn.execute("PRAGMA busy_timeout=5000")
             if migrate:
                 apply_migrations(conn)
-            return cls(conn)
+            return cls(conn, classes=classes, ingest_writers=ingest_writers)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
 
@@ -180,19 +217,72 @@ class SqliteDatabase:
     async def transaction(
         self, tenant_id: int | None, *, platform: bool = False
     ) -> AsyncIterator[Tx]:
-        """A write transaction (BEGIN IMMEDIATE); rolled back if the block raises."""
-        async with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        """A write transaction (BEGIN IMMEDIATE) under the request class's limits; rolled back if
+        the block raises."""
+        kind = request_class.get()
+        limits = self.classes.of(kind)
+        async with self._slot(kind, limits.pool_timeout_s), self._connection(kind, limits):
+            timeout_ms = limits.statement_timeout_ms
+            self._deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+            self._timed_out = False
             try:
+                self._conn.execute("BEGIN IMMEDIATE")
                 yield SqliteTx(self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as exc:
+                self._deadline = None
+                self._rollback()
+                if self._timed_out and isinstance(exc, (StorageError, sqlite3.Error)):
+                    raise StorageError(f"a statement ran past the {timeout_ms} ms statement"
+                                       f" timeout of {kind} requests") from exc  # fmt: skip
                 raise
+            self._deadline = None
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise StorageError(f"sqlite commit failed: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # An interrupted statement may have rolled the whole transaction back already.
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _past_deadline(self) -> int:
+        """SQLite's progress handler: non-zero interrupts the running statement."""
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            self._timed_out = True
+            return 1
+        return 0
+
+    @asynccontextmanager
+    async def _slot(self, kind: str, timeout_s: float) -> AsyncIterator[None]:
+        """For ingest: one of the `sqlite_ingest_writers` places in the connection's queue."""
+        if kind != "ingest":
+            yield
+            return
+        try:
+            await asyncio.wait_for(self._ingest_slots.acquire(), timeout_s)
+        except TimeoutError as exc:
+            raise ingest_busy(timeout_s) from exc
+        try:
+            yield
+        finally:
+            self._ingest_slots.release()
+
+    @asynccontextmanager
+    async def _connection(self, kind: str, limits: DbClassLimits) -> AsyncIterator[None]:
+        """The one connection, waited for at most the class's `pool_timeout_s`."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), limits.pool_timeout_s)
+        except TimeoutError as exc:
+            if kind == "ingest":
+                raise ingest_busy(limits.pool_timeout_s) from exc
+            raise StorageError(f"the database was not free within {limits.pool_timeout_s:g} s"
+                               f" ({kind} requests)") from exc  # fmt: skip
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     async def authenticate(self, digest: str, *, now_us: int) -> StoredPrincipal | None:
         """The user or gateway whose token has this digest (unrevoked); touches last-used."""
