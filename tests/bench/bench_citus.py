@@ -3,27 +3,29 @@ workers, all on this machine), in one run.
 
 1. API ingest, as in `bench_cloud.py`: the service in a real uvicorn process, pre-encoded
    batches of 5,000 readings (50 series x 100, msgpack + zstd) from 4 concurrent senders,
-   first into plain PostgreSQL (TAGWAY_TEST_PG_DSN's server), then into the Citus coordinator
-   (telemetry distributed by series, 32 shards, `CACHED_CONNECTIONS` kept per worker). The
+   first into plain PostgreSQL (TAGWAY_TEST_PG_DSN's server), then into the Citus cluster
+   (telemetry distributed by series, 32 shards, `CACHED_CONNECTIONS` kept per worker) in both
+   setups: the replica connected to the coordinator only, and the replica writing the readings
+   through a worker (`telemetry_database_url`, the coordinator keeping the metadata). The
    batches take turns over `--series` series, as a fleet's would. While the API ingests into
    Citus, the CPU time of every process of each node (the postmaster, its backends and the
-   ones it reaped) is read from /proc before and after: the coordinator's and the workers' CPU
-   microseconds per reading.
-2. The coordinator's share when telemetry is written through a worker: the same rows with the
-   cloud's own binary COPY into telemetry, once through the coordinator and once through a
-   worker (Citus routes each row to its shard from any node), CPU per reading of each node.
-3. Balance: the rows of telemetry on each worker after the ingest, largest over smallest.
-4. Columnar: the simulated plant at 1 s (`bench_storage.plant_rows`, every numeric tag as the
-   device delivers it) written into a day two weeks ago, that day converted to columnar
-   storage by the cloud (`compress_telemetry`), bytes of the partition (all shards, indexes
-   included) over readings.
+   ones it reaped) is read from /proc before and after: each node's CPU microseconds per
+   reading, and how many workers of its size one coordinator feeds (the workers' CPU per
+   reading over the coordinator's).
+2. Balance: the rows of telemetry on each worker after the ingest, largest over smallest.
+3. Columnar: the simulated plant at 1 s (`bench_storage.plant_rows`, every numeric tag as the
+   device delivers it) for `--plant-hours` of a day two weeks ago, that day converted to
+   columnar storage by the cloud (`compress_telemetry`), bytes of the partition (all shards,
+   indexes included) over readings.
 
 All nodes share this machine's 2 cores with the API and the senders, so absolute rates mean
 little; CPU per reading is what carries over to separate machines. Prints rows; the last line
 is JSON. Targets (issue 22): balance <= 1.2, columnar <= 3 bytes per reading, and a coordinator
-cost per reading that lets one coordinator feed at least 8 workers.
+cost per reading that lets one coordinator feed at least 8 workers. The keys without a suffix
+are the setup the README recommends, readings through the workers; ``*_via_coordinator`` the
+other.
 
-    python tests/bench/bench_citus.py [--batches 80] [--series 2000] [--plant-hours 6]
+    python tests/bench/bench_citus.py [--batches 80] [--series 2000] [--plant-hours 24]
 """
 
 from __future__ import annotations
@@ -46,8 +48,7 @@ sys.path.insert(0, str(ROOT))
 from cloud.contract import Batch, SeriesColumns, encode_batch  # noqa: E402 - after sys.path
 from cloud.settings import CloudSettings  # noqa: E402
 from cloud.storage.pg_migrate import apply_migrations  # noqa: E402
-from cloud.storage.postgres import PostgresDatabase, copy_buffer  # noqa: E402
-from cloud.storage.telemetry import BatchRows  # noqa: E402
+from cloud.storage.postgres import PostgresDatabase  # noqa: E402
 from tests.bench.bench_cloud import (  # noqa: E402
     PLATFORM_KEY,
     READINGS_PER_SERIES,
@@ -151,9 +152,17 @@ class NodeCpu:
 
 
 def api_ingest(
-    owner: str, senders: int, batches: int, series: int, cpu: NodeCpu | None = None
+    owner: str,
+    senders: int,
+    batches: int,
+    series: int,
+    cpu: NodeCpu | None = None,
+    *,
+    telemetry_node: str | None = None,
+    tenant: str = "bench",
 ) -> dict[str, Any]:
-    """The API's ingest rate into this database (with `cpu` measuring over the timed part)."""
+    """The API's ingest rate into this database (with `cpu` measuring over the timed part);
+    with `telemetry_node`, the readings go through that node (the owner's DSN of a worker)."""
     settings = {
         "platform_admin_key": PLATFORM_KEY,
         "default_rate_limit": 1_000_000,
@@ -163,11 +172,15 @@ def api_ingest(
         "pool_max_size": senders,
         "retention_interval_s": 0,
     }
+    if telemetry_node is not None:
+        settings["telemetry_database_url"] = psycopg.conninfo.make_conninfo(
+            telemetry_node, user="tagway_app"
+        )
     proc, url = start_replica(settings)
     tally = Tally()
     try:
         wait_ready(url, proc)
-        gateway_id, token = asyncio.run(_setup(url))
+        gateway_id, token = asyncio.run(_setup(url, tenant))
         warm = max(series // SERIES_PER_BATCH, 1)
         all_batches = make_batches(gateway_id, warm + batches, series)
         bodies = [encode_batch(b) for b in all_batches]
@@ -184,16 +197,10 @@ def api_ingest(
     return {"readings": readings, "readings_per_s": round(readings / tally.seconds)}
 
 
-def copy_through(dsn: str, rows: list[BatchRows], cpu: NodeCpu) -> None:
-    """The cloud's binary COPY of each batch into telemetry through the node `dsn` names."""
-    with psycopg.connect(dsn) as conn, cpu:
-        for r in rows:
-            with conn.cursor() as cur, cur.copy(
-                "COPY telemetry (tenant_id, series_id, ts, value_num, value_text, quality)"
-                " FROM STDIN (FORMAT BINARY)"
-            ) as copy:  # fmt: skip
-                copy.write(copy_buffer(1, r))
-            conn.commit()
+def feeds(cpu_us: dict[str, float]) -> tuple[float, float]:
+    """(the workers' CPU µs per reading together, workers of its size one coordinator feeds)."""
+    workers = sum(us for node, us in cpu_us.items() if node != "coordinator")
+    return round(workers, 2), round(workers / max(cpu_us["coordinator"], 0.01), 1)
 
 
 def worker_rows(owner: str) -> list[int]:
@@ -259,7 +266,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=80)
     parser.add_argument("--series", type=int, default=2_000)
     parser.add_argument("--senders", type=int, default=4)
-    parser.add_argument("--plant-hours", type=float, default=6.0)
+    parser.add_argument("--plant-hours", type=float, default=24.0)
     parser.add_argument(
         "--dsn",
         default=os.environ.get(
@@ -284,53 +291,44 @@ def main() -> None:
     with running("citus") as server:
         name, owner = citus_database(server)
         pids = postmasters(server)
-        cpu = NodeCpu(pids)
-        citus = api_ingest(owner, args.senders, args.batches, args.series, cpu)
-        api_cpu = cpu.us_per_reading(citus["readings"])
+        setups: dict[str, tuple[dict[str, Any], dict[str, float]]] = {}
+        worker = psycopg.conninfo.make_conninfo(server.nodes[1], dbname=name)
+        for setup, node in (("via_coordinator", None), ("via_workers", worker)):
+            cpu = NodeCpu(pids)
+            rate = api_ingest(owner, args.senders, args.batches, args.series, cpu,
+                              telemetry_node=node, tenant=f"bench_{setup}")  # fmt: skip
+            setups[setup] = rate, cpu.us_per_reading(rate["readings"])
+            together, fed = feeds(setups[setup][1])
+            print(
+                f"citus {setup.replace('_', ' ')}: API {rate['readings_per_s']:>10,} readings/s;"
+                f" CPU µs per reading {setups[setup][1]} (workers together {together}) -> one"
+                f" coordinator feeds {fed} workers of its size"
+            )
         balance_rows = worker_rows(owner)
-        print(f"citus: API {citus['readings_per_s']:>10,} readings/s; CPU µs per reading {api_cpu}")
         print(f"citus: telemetry rows per worker {balance_rows}")
-
-        rows = [
-            BatchRows.build(b, list(range(1, len(b.series) + 1)))
-            for b in make_batches(1, args.batches, args.series, first_seq=1)
-        ]
-        for r in rows:
-            r.ts[:] += DAY_US  # tomorrow: never a duplicate of the API's readings
-        half = len(rows) // 2
-        via_coordinator, via_worker = NodeCpu(pids), NodeCpu(pids)
-        copy_through(owner, rows[:half], via_coordinator)
-        worker_dsn = psycopg.conninfo.make_conninfo(server.nodes[1], dbname=name)
-        copy_through(worker_dsn, rows[half:], via_worker)
-        n_coord = half * READINGS_PER_BATCH
-        n_worker = (len(rows) - half) * READINGS_PER_BATCH
-        copy_coord = via_coordinator.us_per_reading(n_coord)
-        copy_worker = via_worker.us_per_reading(n_worker)
-        print(f"citus: COPY through the coordinator, CPU µs per reading {copy_coord}")
-        print(f"citus: COPY through worker1, CPU µs per reading {copy_worker}")
 
         col = columnar_bytes(owner, args.plant_hours)
         print(
-            f"citus: columnar day, simulated plant at 1 s: {col['bytes_per_reading']} bytes per"
-            f" reading ({col['readings']:,} readings, {col['bytes']:,} bytes with indexes)"
+            f"citus: columnar day, simulated plant at 1 s for {args.plant_hours:g} h:"
+            f" {col['bytes_per_reading']} bytes per reading ({col['readings']:,} readings,"
+            f" {col['bytes']:,} bytes with indexes)"
         )
         server.drop_database(name)
 
-    workers_api = sum(us for node, us in api_cpu.items() if node != "coordinator")
-    metadata = max(api_cpu["coordinator"] - copy_coord["coordinator"], 0.0)
-    print(
-        f"per reading through the API: coordinator {api_cpu['coordinator']} µs, workers"
-        f" {workers_api:.2f} µs together -> one coordinator feeds"
-        f" {workers_api / max(api_cpu['coordinator'], 0.01):.1f} workers of its size; with the"
-        f" rows entering through the workers it would keep {metadata:.2f} µs (the API's"
-        f" metadata work) -> {workers_api / max(metadata, 0.01):.1f} workers"
-    )
+    via_workers, via_coordinator = setups["via_workers"], setups["via_coordinator"]
     result = {
         "single_readings_per_s": single["readings_per_s"],
-        "citus_readings_per_s": citus["readings_per_s"],
-        "coordinator_cpu_us_per_reading": api_cpu["coordinator"],
+        "citus_readings_per_s": via_workers[0]["readings_per_s"],
+        "coordinator_cpu_us_per_reading": via_workers[1]["coordinator"],
         "worker_row_balance": round(max(balance_rows) / max(min(balance_rows), 1), 3),
         "columnar_bytes_per_reading": col["bytes_per_reading"],
+        "workers_cpu_us_per_reading": feeds(via_workers[1])[0],
+        "workers_per_coordinator": feeds(via_workers[1])[1],
+        "citus_readings_per_s_via_coordinator": via_coordinator[0]["readings_per_s"],
+        "coordinator_cpu_us_per_reading_via_coordinator": via_coordinator[1]["coordinator"],
+        "workers_cpu_us_per_reading_via_coordinator": feeds(via_coordinator[1])[0],
+        "workers_per_coordinator_via_coordinator": feeds(via_coordinator[1])[1],
+        "columnar_plant_hours": args.plant_hours,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result))

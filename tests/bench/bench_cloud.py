@@ -102,10 +102,10 @@ FORMAT_1 = {"Content-Type": MSGPACK, "Content-Encoding": "zstd"}
 FORMAT_2 = {"Content-Type": CHUNKS}
 
 
-async def _setup(url: str) -> tuple[int, str]:
+async def _setup(url: str, tenant_name: str = "bench") -> tuple[int, str]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         auth = {"Authorization": f"Bearer {PLATFORM_KEY}"}
-        tenant = (await client.post("/v1/tenants", json={"name": "bench"}, headers=auth)).json()
+        tenant = (await client.post("/v1/tenants", json={"name": tenant_name}, headers=auth)).json()
         key = (
             await client.post(
                 f"/v1/tenants/{tenant['id']}/api-keys",
