@@ -325,4 +325,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (exact_schema.VERSION, exact_schema.NAME, exact_schema.pg_migration),
     (citus.VERSION, citus.NAME, citus.pg_migration),
     (asset_schema.VERSION, asset_schema.NAME, asset_schema.pg_migration),
+    (columnar.HOUR_BLOCKS_VERSION, columnar.HOUR_BLOCKS_NAME, columnar.pg_migration_hour_blocks),
 ]
