@@ -166,6 +166,14 @@ def serve(
     migrate_database: Annotated[
         str | None, typer.Option(help="The schema owner's DSN (PostgreSQL) to migrate at start.")
     ] = None,
+    telemetry_database: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TAGWAY_CLOUD_TELEMETRY_DATABASE",
+            help="Citus: a worker of the same database (as the app role) the readings are"
+            " written through; the coordinator (--database) keeps the metadata.",
+        ),
+    ] = None,
     static_gateway_tokens: Annotated[
         bool, typer.Option(help="Accept the interim per-gateway bearer tokens.")
     ] = True,
@@ -190,6 +198,7 @@ def serve(
     settings = _settings(
         database_url=database,
         migrate_database_url=migrate_database,
+        telemetry_database_url=telemetry_database,
         public_url=public_url or f"http://{host}:{port}",
         master_key_file=master_key,
         platform_admin_key=platform_admin_key,

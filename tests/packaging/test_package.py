@@ -350,6 +350,7 @@ def test_compose_citus_runs_the_cloud_on_a_coordinator_and_two_workers() -> None
     cloud = services["cloud"]
     assert cloud["depends_on"]["cluster"]["condition"] == "service_completed_successfully"
     assert "@coordinator:5432/" in cloud["environment"]["TAGWAY_CLOUD_DATABASE"]
+    assert "@worker1:5432/" in cloud["environment"]["TAGWAY_CLOUD_TELEMETRY_DATABASE"]
     assert cloud["command"][0] == "--migrate-database"
     assert "@coordinator:5432/" in cloud["command"][1]
     assert (PACKAGING / cloud["build"]["context"] / cloud["build"]["dockerfile"]).is_file()
