@@ -117,6 +117,8 @@ class MqttDevice:
 
     async def _publish_until_link_drop(self, client: aiomqtt.Client) -> None:
         samples: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
         while not self.model.faults.link_down(self.device):
             samples.append(
                 {"ts": time.time_ns() // 1_000_000, "values": self.model.reported(self.device)}
@@ -128,7 +130,9 @@ class MqttDevice:
                 await client.publish(self.topic, payload, qos=0)
                 self.published[kind] += 1
                 samples = []
-            await asyncio.sleep(self.interval_s)
+            # A fixed rate: the time spent publishing does not stretch the interval.
+            deadline = max(deadline + self.interval_s, loop.time())
+            await asyncio.sleep(deadline - loop.time())
         self.state = DeviceLink.DROPPED
 
     def payload(self, samples: list[dict[str, Any]]) -> tuple[str, bytes]:

@@ -162,8 +162,13 @@ class Plant:
     async def _clock(self, tick_s: float, time_scale: float) -> None:
         # Fixed simulated steps (not measured wall time) keep a free-running plant's physics
         # identical to a stepped one; `time_scale` runs minutes of wear in seconds for demos.
+        # Steps keep a fixed rate (deadlines, not sleeps after the work), so a busy simulator
+        # still makes 1 / tick_s steps a second; a step that is late is not made up twice.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
         while True:
-            await asyncio.sleep(tick_s)
+            deadline = max(deadline + tick_s, loop.time())
+            await asyncio.sleep(deadline - loop.time())
             self.step(tick_s * time_scale)
 
     async def wait(self) -> None:
@@ -175,6 +180,8 @@ class Plant:
     def step(self, dt: float) -> None:
         """Advance the plant by `dt` simulated seconds (tests with `tick_s=None` call this)."""
         self.model.step(dt)
+        if self.opcua is not None:
+            self.opcua.stepped()
 
     @property
     def ports(self) -> dict[str, Any]:

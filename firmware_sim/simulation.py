@@ -72,6 +72,10 @@ class PlantModel:
             self.devices[name] = device
             self.maps[name] = base.with_aux_tags(aux_tags)
         self._tag_info = {name: self._build_tag_info(name) for name in self.devices}
+        self._aux_names = {
+            name: [aux_tag_name(i) for i in range(len(device.aux.values))]
+            for name, device in self.devices.items()
+        }
 
     def device(self, name: str) -> SimulatedDevice:
         """The device called `name`."""
@@ -123,8 +127,7 @@ class PlantModel:
         """Values of `device` as its sensors report them (faulty sensors included)."""
         dev = self.device(device)
         values = dict(dev.values)
-        for i, value in enumerate(dev.aux.values.tolist()):
-            values[aux_tag_name(i)] = value
+        values.update(zip(self._aux_names[device], dev.aux.values.tolist(), strict=True))
         for rec in self.faults.for_device(device):
             fault = rec.fault
             if isinstance(fault, StuckSensor):

@@ -69,6 +69,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def produced_by_protocol(runtime: Any) -> dict[str, int]:
+    """Readings the drivers handed over so far, by protocol (a driver restarted since counts from
+    its restart)."""
+    out: dict[str, int] = {}
+    for slot in runtime.supervisor.slots.values():
+        if slot.driver is not None:
+            protocol = slot.config.protocol
+            out[protocol] = out.get(protocol, 0) + slot.driver.counters.readings
+    return out
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -227,6 +238,7 @@ async def run_agent(
     # CPU time, not wall time: on a shared machine, wall time charges whatever function was
     # running when the process was descheduled.
     profiler = cProfile.Profile(time.process_time) if profile else None
+    by_protocol = produced_by_protocol(rt)
     received, cpu, wall = rt.pipeline.counters.received, time.process_time(), time.perf_counter()
     if profiler is not None:
         profiler.enable()
@@ -237,11 +249,16 @@ async def run_agent(
     received = rt.pipeline.counters.received - received
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     others = {role: (cpu_s(OTHERS[role]) - spent) / wall for role, spent in others.items()}
+    by_protocol = {
+        protocol: (count - by_protocol.get(protocol, 0)) / wall
+        for protocol, count in produced_by_protocol(rt).items()
+    }
     figures = {
         "readings_per_s": received / wall, "core_share": cpu / wall, "per_cpu_s": received / cpu,
         "core_per_100k": cpu / max(received, 1) * 100_000,
         "load_avg_1m": os.getloadavg()[0],
         **{f"{role}_core_share": share for role, share in others.items()},
+        **{f"{protocol}_readings_per_s": rate for protocol, rate in by_protocol.items()},
         "rss_mb": rss_mb(),
         "bytes_per_reading": rt.pipeline.counters.committed_bytes
         / max(rt.pipeline.counters.committed, 1),
@@ -356,8 +373,6 @@ async def bench_100k(work: Path, seconds: float) -> dict[str, float]:
     items (20 devices) and 10,000 MQTT values (10 devices, one JSON message per device and second,
     through the agent's embedded broker), to a cloud in its own process."""
     users, password = _broker_users()
-    broker_port = _free_port()
-    mqtt_url = f"mqtt://sim:{password}@127.0.0.1:{broker_port}"
     devices: list[dict[str, Any]] = []
     with contextlib.ExitStack() as sims:
         for i in range(MODBUS_SIMS):
@@ -376,6 +391,10 @@ async def bench_100k(work: Path, seconds: float) -> dict[str, float]:
                 device | {"read_engineering_units": False, "request_timeout_s": 30.0}
                 for device in opcua_devices(ua, OPCUA_TAGS, prefix=f"u{i + 1}-")
             ]
+        # Chosen once the other simulators hold their hundreds of ports, so none of them takes
+        # the broker's between this choice and the agent's bind.
+        broker_port = _free_port()
+        mqtt_url = f"mqtt://sim:{password}@127.0.0.1:{broker_port}"
         mq = sims.enter_context(simulator(
             "--devices", str(MQTT_DEVICES), "--tags-per-device", str(MQTT_TAGS), "--no-modbus",
             "--no-opcua", "--mqtt-url", mqtt_url, "--mqtt-interval", "1.0",

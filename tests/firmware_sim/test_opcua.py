@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -146,3 +147,36 @@ async def test_server_down_is_connection_loss_and_the_port_comes_back() -> None:
             ns = await again.get_namespace_index(NAMESPACE_URI)
             value = await again.get_node(ua.NodeId("pump1.flow", ns)).read_value()
             assert value == pytest.approx(plant.model.reported("pump1")["flow"])
+
+
+async def test_every_step_reaches_a_subscription_once_without_waiting_for_the_interval() -> None:
+    """A publish follows each model step (the interval here is far longer than the test), each
+    step's value arrives once with a Good status, and a publish with nothing new writes nothing."""
+    async with Plant(
+        devices=1, tags_per_device=40, tick_s=None, modbus=False, control_port=None,
+        opcua_publish_s=60.0,
+    ) as plant:  # fmt: skip
+        assert plant.opcua is not None
+        seen: list[ua.DataValue] = []
+
+        class Handler:
+            def datachange_notification(self, node: object, val: object, data: object) -> None:
+                seen.append(data.monitored_item.Value)  # type: ignore[attr-defined]
+
+        async with Client(plant.opcua.endpoint, timeout=10) as client:
+            ns = await client.get_namespace_index(NAMESPACE_URI)
+            subscription = await client.create_subscription(50, Handler())
+            aux = client.get_node(ua.NodeId("pump1.aux_0010", ns))
+            await subscription.subscribe_data_change(aux)
+            await asyncio.sleep(0.3)
+            assert len(seen) == 1  # the current value, once
+            expected = []
+            for _ in range(3):
+                plant.step(1.0)
+                expected.append(plant.model.reported("pump1")["aux_0010"])
+                await asyncio.sleep(0.3)
+            assert [d.Value.Value for d in seen[1:]] == pytest.approx(expected, rel=1e-6)
+            assert all(d.StatusCode.is_good() and d.SourceTimestamp for d in seen)
+            assert await plant.opcua.publish() == 0  # nothing changed since the step's publish
+            value = await aux.read_value()
+            assert value == pytest.approx(expected[-1], rel=1e-6)
