@@ -201,7 +201,8 @@ class AssetStore:
                 " WHERE tenant_id = %s AND id = %s",
                 [tenant_id, device_id],
             )
-            await place_reported(tx, tenant_id, device.gateway_id, now_us=now_us)
+            await place_reported(tx, tenant_id, device.gateway_id, now_us=now_us,
+                                 devices=[device.name])  # fmt: skip
             return await self._device(tx, tenant_id, device_id)
 
     # ------------------------------------------------------------------- reads by asset

@@ -191,6 +191,14 @@ class Database(Protocol):
         number, text, quality; by tag), or None where the shared SQL answers."""
         ...
 
+    async def latest_values(
+        self, tx: Tx, tenant_id: int, series_ids: Sequence[int]
+    ) -> dict[int, Row] | None:
+        """The backend's own newest reading (ts, number, text, quality, exact integer) of each
+        of these series that has one, by series id, reading telemetry alone; or None where the
+        shared SQL answers."""
+        ...
+
     async def maintenance_jobs(self) -> list[MaintenanceJob]:
         """The database's background jobs and their health (empty where there are none)."""
         ...

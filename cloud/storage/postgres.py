@@ -145,6 +145,15 @@ def copy_buffer(tenant_id: int, rows: TelemetryRows) -> bytes:
     return _COPY_HEADER + out.tobytes()
 
 
+_LATEST_LATERAL: Final = (
+    "SELECT s.id, t.ts, t.value_num, t.value_text, t.quality, t.value_int"
+    " FROM unnest(%s::bigint[]) AS s(id) CROSS JOIN LATERAL (SELECT ts, value_num, value_text,"
+    " quality, value_int FROM telemetry WHERE tenant_id = %s AND series_id = s.id AND ts >= %s"
+    " ORDER BY ts DESC LIMIT 1) t"
+)
+"""The newest reading of each series at or after a time, one index probe per series."""
+
+
 class PgTx:
     """A transaction on one pooled connection."""
 
@@ -532,16 +541,33 @@ class PostgresDatabase:
         return inserted
 
     async def latest_rows(self, tx: Tx, tenant_id: int, device_id: int) -> list[Row] | None:
-        """Citus: the newest reading of each series of a device from telemetry alone (the
-        shared SQL joins it with series in a way Citus refuses); else None."""
-        if not self.info.distributed:
-            return None
+        """The newest reading of each series of a device, by `latest_values` (the shared SQL's
+        correlated subquery is slow on partitioned telemetry, and Citus refuses it)."""
         series = await tx.fetch(
             "SELECT id, tag, unit FROM series WHERE tenant_id = %s AND device_id = %s ORDER BY tag",
             [tenant_id, device_id],
         )
-        newest = await citus.latest_by_series(tx, tenant_id, [int(s[0]) for s in series])
+        newest = await self.latest_values(tx, tenant_id, [int(s[0]) for s in series])
+        assert newest is not None  # noqa: S101 - this backend always answers
         return [(s[0], s[1], s[2], *newest[int(s[0])]) for s in series if int(s[0]) in newest]
+
+    async def latest_values(
+        self, tx: Tx, tenant_id: int, series_ids: Sequence[int]
+    ) -> dict[int, Row] | None:
+        """Citus: `citus.latest_by_series`. One node: per series, the newest row by its
+        (series_id, ts) index within a recent window first (so only that window's partitions
+        or chunks are probed), widening it for the series not found."""
+        if self.info.distributed:
+            return await citus.latest_by_series(tx, tenant_id, series_ids)
+        newest: dict[int, Row] = {}
+        for window in citus.LATEST_WINDOWS_S:
+            missing = [int(s) for s in series_ids if int(s) not in newest]
+            if not missing:
+                break
+            since = -(2**63) if window is None else time.time_ns() // 1000 - window * 1_000_000
+            found = await tx.fetch(_LATEST_LATERAL, [missing, tenant_id, since])
+            newest.update({int(r[0]): r[1:] for r in found})
+        return newest
 
     async def relay(self, tx: Tx, tenant_id: int, message: bytes) -> None:
         """``NOTIFY`` the other replicas at commit: inline when small, else by a reference to

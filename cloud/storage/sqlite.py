@@ -454,6 +454,12 @@ class SqliteDatabase:
         """None: the shared SQL answers."""
         return None
 
+    async def latest_values(
+        self, tx: Tx, tenant_id: int, series_ids: Sequence[int]
+    ) -> dict[int, Row] | None:
+        """None: the shared SQL answers (in-process, one index probe per series)."""
+        return None
+
     async def maintenance_jobs(self) -> list[MaintenanceJob]:
         """SQLite runs no background jobs."""
         return []

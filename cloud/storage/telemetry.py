@@ -49,7 +49,6 @@ from cloud.contract import (
 from cloud.errors import NotFound, RateLimited, SeqConflict
 from cloud.health import HealthPolicy
 from cloud.live import AlarmChanges, Announce, News, StoredBatch, ignore
-from cloud.storage import citus
 from cloud.storage.alarms import write_alarms
 from cloud.storage.asset_tree import apply_asset_paths, place_reported
 from cloud.storage.base import Database, Row, Tx
@@ -202,9 +201,11 @@ async def latest_of_series(
     db: Database, tx: Tx, tenant_id: int, series_ids: list[int]
 ) -> dict[int, Row]:
     """The newest reading (ts, number, text, quality, exact integer) of each of these series
-    that has one, by id. On Citus telemetry is read alone, by series id (`citus`)."""
-    if db.info.distributed:
-        return await citus.latest_by_series(tx, tenant_id, series_ids)
+    that has one, by id: the backend's own way (`Database.latest_values`; on PostgreSQL and
+    Citus telemetry is read alone, by series id), else the shared SQL."""
+    found = await db.latest_values(tx, tenant_id, series_ids)
+    if found is not None:
+        return found
     newest: dict[int, Row] = {}
     for first in range(0, len(series_ids), _LATEST_IDS):
         part = series_ids[first : first + _LATEST_IDS]
