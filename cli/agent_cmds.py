@@ -424,7 +424,7 @@ def write(
     """Write a setpoint through the running agent: checked against the tag's limits, audited,
     read back and verified by the driver. Needs the local API token (root or the agent's user).
 
-    Example: tagway write pump1 speed_setpoint 1450   (negative values need no `--`)
+    Example: tagway write pump1 speed_setpoint 45   (negative values need no `--`)
     """
     from edge.api_contract import WriteRequest, WriteResult  # noqa: PLC0415 - keep `--help` fast
 

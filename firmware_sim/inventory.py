@@ -3,7 +3,8 @@
 `served_devices(plant)` returns one entry per (device, protocol), JSON-serialisable:
 
 - Modbus: `host`, `port`, `unit_id`, `framing`, and `tags` in tagway's Modbus tag vocabulary
-  (exactly the register map's fields);
+  (the register map's fields, and for a writable tag its write limits: `min` and `max` from the
+  plant's range, or `allowed: [true, false]` for a switch);
 - OPC UA: `endpoint`, `namespace_uri`, `security`, and `tags` with `node_id`
   (`nsu=urn:tagway:firmware-sim;s=<device>.<tag>`), `unit`, `low`, `high`, `kind`;
 - MQTT: `broker` (URL without the password), `topic`, `format` (`json`), `batch`, and `tags`.
@@ -33,8 +34,22 @@ def _modbus(model: PlantModel, modbus: ModbusPlantServer, device: str) -> dict[s
         "port": server.port,
         "unit_id": register_map.unit_id,
         "framing": server.framing,
-        "tags": [tag.model_dump(exclude_none=True) for tag in register_map.tags],
-    }
+        "tags": [tag.model_dump(exclude_none=True) | _write_limits(model, device, tag.name)
+                 for tag in register_map.tags],
+    }  # fmt: skip
+
+
+def _write_limits(model: PlantModel, device: str, tag: str) -> dict[str, Any]:
+    """The limits a writable tag needs in an agent config (a write without them is refused):
+    the plant's own range for numbers, true/false for switches."""
+    info = model.tag_info(device)[tag]
+    if not info.writable:
+        return {}
+    if info.kind is bool:
+        return {"allowed": [True, False]}
+    if info.low is None or info.high is None:
+        return {}
+    return {"min": info.low, "max": info.high}
 
 
 def _opcua(model: PlantModel, opcua: OpcuaPlantServer, device: str) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def _examples(path: tuple[str, ...]) -> list[list[str]]:
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
 def test_every_example_in_help_is_accepted_as_written(path: tuple[str, ...]) -> None:
     """Each example names a command that exists, with options and arguments it takes (they
-    are parsed exactly as on the command line; nothing runs)."""
+    are parsed exactly as on the command line; test_help_examples.py runs them)."""
     examples = _examples(path)
     assert examples, f"tagway {' '.join(path)} --help has no example"
     for example in examples:
