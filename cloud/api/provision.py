@@ -23,6 +23,12 @@ from provisioning.claim import new_claim_token
 router = APIRouter(tags=["provisioning"])
 
 MAX_SETTINGS_BYTES = 16_384
+CSR_FORMAT = "pkcs10-pem"
+"""The OpenAPI format of a CSR: a PEM PKCS#10 request for a P-256 key, signed by that key with
+ECDSA-SHA256, subject CN a gateway name (`provisioning.csr.verify_csr`)."""
+Csr = Annotated[
+    str, Field(min_length=1, max_length=16_384, json_schema_extra={"format": CSR_FORMAT})
+]
 
 
 def enrollment(request: Request) -> Enrollment:
@@ -65,14 +71,14 @@ class ProvisionRequest(Body):
     """A gateway asking to be enrolled: the claim token, its CSR, and the name it wants."""
 
     claim_token: Annotated[str, Field(min_length=1, max_length=200)]
-    csr: Annotated[str, Field(min_length=1, max_length=16_384)]
+    csr: Csr
     name: Name | None = None
 
 
 class CertificateRequest(Body):
     """A gateway asking for a certificate for a new key."""
 
-    csr: Annotated[str, Field(min_length=1, max_length=16_384)]
+    csr: Csr
 
 
 class Provisioned(Body):
