@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cloud.api import assets as asset_api
 from cloud.contract import AssetPaths, Batch, SeriesColumns
 from cloud.storage.asset_tree import PATH_LEVELS, gateway_levels
 from tests.cloud.conftest import Cloud, Tenant, make_batch, now_us
@@ -263,7 +264,9 @@ async def test_devices_placed_by_api_and_by_their_gateways_path(cloud: Cloud) ->
     assert _code(r) == (403, "forbidden")
 
 
-async def test_latest_and_aggregates_by_asset(cloud: Cloud) -> None:
+async def test_latest_and_aggregates_by_asset(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tenant = await cloud.tenant("acme")
     gw = await cloud.gateway(tenant)
     start = (now_us() // MINUTE_US - 10) * MINUTE_US
@@ -320,3 +323,10 @@ async def test_latest_and_aggregates_by_asset(cloud: Cloud) -> None:
     r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/aggregate", bucket="1s",
                         start=start - 86_400_000_000, end=now_us())  # fmt: skip
     assert _code(r) == (422, "invalid_request")  # a day of seconds: too many buckets
+    monkeypatch.setattr(asset_api, "MAX_ASSET_BUCKETS", 7)  # 4 series x 2 buckets
+    r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/aggregate", bucket="1m",
+                        start=start, end=start + 2 * MINUTE_US)  # fmt: skip
+    assert _code(r) == (422, "invalid_request")
+    monkeypatch.setattr(asset_api, "MAX_ASSET_SERIES", 3)
+    r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/aggregate")
+    assert r.json()["error"]["details"]["path"] == ["query", "tag"]
