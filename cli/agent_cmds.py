@@ -300,6 +300,15 @@ def tags(
     from edge.api_contract import TAGS  # noqa: PLC0415 - keep `--help` fast
 
     client = LocalClient(config, api)
+    if device is not None:  # a mistyped name says so, instead of an empty table
+        from edge.api_contract import DRIVERS  # noqa: PLC0415
+
+        known = {t.device for t in client.get_as("/v1/tags", TAGS)}
+        known |= {d.name for d in client.get_as("/v1/drivers", DRIVERS)}
+        if device not in known:
+            names = ", ".join(sorted(known)) or "none"
+            fail(f"no device named {device!r}; the agent knows {names} (a device behind MQTT "
+                 "appears with its first message)")  # fmt: skip
     while True:
         rows = client.get_as("/v1/tags", TAGS, device=device)
         if json_out:

@@ -60,9 +60,12 @@ def plant(
     Example: tagway sim plant --devices 8 --scenario bearing_wear --config-out config.yaml
     """
     from firmware_sim.cli import describe, serving_line  # noqa: PLC0415
+    from firmware_sim.faults import SCENARIOS  # noqa: PLC0415
     from firmware_sim.inventory import served_devices  # noqa: PLC0415
     from firmware_sim.plant import Plant, PlantConfig  # noqa: PLC0415
 
+    if scenario not in SCENARIOS:
+        fail(f"--scenario: no scenario {scenario!r}; known: {', '.join(sorted(SCENARIOS))}")
     try:
         chosen = parse_protocols(protocols) if protocols else DEFAULT_PROTOCOLS
     except ValueError as exc:

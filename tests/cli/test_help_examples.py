@@ -344,3 +344,46 @@ RUN_HERE = {*AGENT_EXAMPLES, ("write",), ("tags",), ("tui",), ("init",), ("demo"
 def test_every_example_is_run_here() -> None:
     """A command added with an example must get a runner above."""
     assert set(COMMANDS) == RUN_HERE
+
+
+# ------------------------------------------------------------------- mistakes on the same paths
+
+MISTAKES = [
+    ["write", "pump1", "no_such_tag", "5"],
+    ["write", "pump1", "speed_setpoint", "1450"],  # beyond the plant's limits
+    ["write", "pump9", "speed_setpoint", "45"],
+    ["tags", "--device", "pump9"],
+    ["alarms", "--shelve", "no_such_alarm", "--for", "2h", "--reason", "x"],
+    ["alarms", "--shelve", "pump1_vibration_high", "--for", "banana", "--reason", "x"],
+    ["status", "--config", "/nonexistent/config.yaml"],
+    ["config", "validate", "/nonexistent/config.yaml"],
+    ["run", "--config", "/nonexistent/config.yaml"],
+    ["tui", "--config", "/nonexistent/config.yaml"],
+    ["buffer", "stats", "--outbox", "/nonexistent/outbox.db"],
+    ["buffer", "export", "/nonexistent/dir/backlog.csv"],
+    ["cloud", "rollout", "status", "999", "--cloud", "URL", "--api-key", "KEY"],
+    ["cloud", "config", "diff", "998", "999", "--cloud", "URL", "--api-key", "KEY"],
+    ["cloud", "config", "history", "--gateway", "999", "--cloud", "URL", "--api-key", "KEY"],
+    ["cloud", "config", "push", "missing.yaml", "--label", "site=plant-a", "--cloud", "URL",
+     "--api-key", "KEY"],
+    ["cloud", "claim-token", "create", "--cloud", "URL", "--api-key", "not-a-key"],
+    ["cloud", "claim-token", "create", "--cloud", "http://127.0.0.1:1", "--api-key", "KEY"],
+    ["cloud", "api-key", "create", "--tenant", "999", "--role", "viewer"],
+    ["cloud", "tenant", "create", "acme", "--database", "sqlite:///cloud.db"],  # exists
+    ["cloud", "retention", "--database", "postgresql://nobody@127.0.0.1:1/x", "--days", "90"],
+    ["provision", "--cloud", "URL", "--claim-token", "twc_not-a-token", "--name", "press-3",
+     "--config", "/nonexistent/config.yaml"],
+    ["sim", "plant", "--scenario", "no_such_scenario"],
+    ["init", "/proc/tagway"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("words", MISTAKES, ids=" ".join)
+def test_a_mistake_is_one_line_and_never_a_traceback(site: Site, words: list[str]) -> None:
+    ran = site.run(words, answer="y\n", timeout=60)
+    assert ran.code != 0, (ran.words, ran.out)
+    assert "Traceback" not in ran.out + ran.err, ran.err[-3000:]
+    said = ran.err.strip().splitlines()
+    assert said, ran.out
+    assert said[-1].startswith(("tagway: ", "Error: ")), ran.err  # tagway's line, or click's
+    assert "internal error" not in ran.err, ran.err
