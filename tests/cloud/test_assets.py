@@ -4,6 +4,7 @@ and Citus (`backend`)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -330,3 +331,33 @@ async def test_latest_and_aggregates_by_asset(
     monkeypatch.setattr(asset_api, "MAX_ASSET_SERIES", 3)
     r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/aggregate")
     assert r.json()["error"]["details"]["path"] == ["query", "tag"]
+
+
+async def test_gateways_on_two_replicas_build_one_tree(make_cloud: Any, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite serves one process per file: replicas run against PostgreSQL")
+    first, second = await make_cloud(), await make_cloud()
+    tenant = await first.tenant("acme")
+    gateways = [await first.gateway(tenant, f"gw{i}") for i in range(6)]
+    for i, gw in enumerate(gateways):
+        r = await first.send(gw, make_batch(gw[0], 1, devices=(f"dev{i}",), tags=("t",), n=1))
+        assert r.status_code == 200, r.text
+
+    async def report(i: int, gw: tuple[int, str]) -> int:
+        paths = {f"dev{i}": f"acme/site/area/line{i % 2}/cell{i % 3}"}
+        event = AssetPaths(type="asset_paths", seq=1, at=now_us(), devices=paths)
+        replica = (first, second)[i % 2]
+        answer = await replica.send(gw, Batch(str(gw[0]), 2, now_us(), events=[event]))
+        return answer.status_code
+
+    assert await asyncio.gather(*(report(i, gw) for i, gw in enumerate(gateways))) == [200] * 6
+    paths = [a["path"] for a in (await second.get(tenant.admin, "/v1/assets")).json()]
+    assert paths == [
+        "site", "site/area", "site/area/line0", "site/area/line0/cell0", "site/area/line0/cell1",
+        "site/area/line0/cell2", "site/area/line1", "site/area/line1/cell0",
+        "site/area/line1/cell1", "site/area/line1/cell2",
+    ]  # fmt: skip
+    devices = (await first.get(tenant.admin, "/v1/devices")).json()
+    assert {d["name"]: d["asset_path"] for d in devices} == {
+        f"dev{i}": f"site/area/line{i % 2}/cell{i % 3}" for i in range(6)
+    }
