@@ -25,10 +25,14 @@ router = APIRouter(tags=["devices"])
 
 @router.get("/v1/devices")
 async def list_devices(
-    response: Response, tenant_id: ViewerTenant, rt: Rt, gateway_id: IdFilter = None
+    response: Response,
+    tenant_id: ViewerTenant,
+    rt: Rt,
+    gateway_id: IdFilter = None,
+    asset_id: IdFilter = None,
 ) -> list[Device]:
-    """The tenant's devices, optionally of one gateway."""
-    devices = await rt.repo.list_devices(tenant_id, gateway_id=gateway_id)
+    """The tenant's devices, optionally of one gateway, or under one asset (its whole subtree)."""
+    devices = await rt.repo.list_devices(tenant_id, gateway_id=gateway_id, asset_id=asset_id)
     say_data_source(response, simulated=any(d.simulated for d in devices))
     return devices
 
@@ -72,13 +76,18 @@ async def latest(
 
 @router.get("/v1/series", tags=["telemetry"])
 async def list_series(
+    *,
     response: Response,
     tenant_id: ViewerTenant,
     rt: Rt,
     device_id: IdFilter = None,
     gateway_id: IdFilter = None,
+    asset_id: IdFilter = None,
 ) -> list[Series]:
-    """The tenant's series, optionally of one device or gateway."""
-    series = await rt.repo.list_series(tenant_id, device_id=device_id, gateway_id=gateway_id)
+    """The tenant's series, optionally of one device or gateway, or under one asset (its whole
+    subtree); each with its device's asset path."""
+    series = await rt.repo.list_series(
+        tenant_id, device_id=device_id, gateway_id=gateway_id, asset_id=asset_id
+    )
     say_data_source(response, simulated=any(s.simulated for s in series))
     return series

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from cloud.auth import Role
 from cloud.errors import Conflict, GatewayRevoked, NotFound
-from cloud.storage.asset_tree import DEVICE_COLUMNS, DEVICE_FROM, device_from_row
+from cloud.storage.asset_tree import DEVICE_COLUMNS, DEVICE_FROM, device_from_row, node, subtree
 from cloud.storage.base import Database, Row, Tx
 from cloud.storage.records import (
     ApiKey,
@@ -315,14 +315,19 @@ class Repository(TelemetryStore):
 
     # ------------------------------------------------------------------------------- devices
 
-    async def list_devices(self, tenant_id: int, *, gateway_id: int | None = None) -> list[Device]:
-        """The tenant's devices, optionally of one gateway."""
+    async def list_devices(
+        self, tenant_id: int, *, gateway_id: int | None = None, asset_id: int | None = None
+    ) -> list[Device]:
+        """The tenant's devices, optionally of one gateway, or under one asset (its subtree)."""
         sql = f"SELECT {DEVICE_COLUMNS} FROM {DEVICE_FROM} WHERE d.tenant_id = %s"
         params: list[Any] = [tenant_id]
         if gateway_id is not None:
             sql += " AND d.gateway_id = %s"
             params.append(gateway_id)
         async with self.db.transaction(tenant_id) as tx:
+            if asset_id is not None:
+                sql += " AND a.id_path LIKE %s"
+                params.append(subtree((await node(tx, tenant_id, asset_id)).id_path))
             rows = await tx.fetch(sql + " ORDER BY d.id", params)
         return [device_from_row(r) for r in rows]
 
@@ -384,9 +389,11 @@ class Repository(TelemetryStore):
             )
 
     async def list_series(
-        self, tenant_id: int, *, device_id: int | None = None, gateway_id: int | None = None
-    ) -> list[Series]:
-        """The tenant's series, optionally of one device or gateway."""
+        self, tenant_id: int, *, device_id: int | None = None, gateway_id: int | None = None,
+        asset_id: int | None = None,
+    ) -> list[Series]:  # fmt: skip
+        """The tenant's series, optionally of one device or gateway, or under one asset (its
+        subtree)."""
         sql = (
             "SELECT s.id, s.gateway_id, s.device_id, d.name, s.tag, s.unit, s.simulated, a.path"
             " FROM series s"
@@ -402,6 +409,9 @@ class Repository(TelemetryStore):
             sql += " AND s.gateway_id = %s"
             params.append(gateway_id)
         async with self.db.transaction(tenant_id) as tx:
+            if asset_id is not None:
+                sql += " AND a.id_path LIKE %s"
+                params.append(subtree((await node(tx, tenant_id, asset_id)).id_path))
             rows = await tx.fetch(sql + " ORDER BY s.id", params)
         return [
             Series(

@@ -302,6 +302,12 @@ async def test_latest_and_aggregates_by_asset(
     }  # fmt: skip
     whole = (await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/latest")).json()
     assert len(whole) == 4
+    packaging = assets["plant-a/packaging"]
+    listed = (await cloud.get(tenant.admin, "/v1/series", asset_id=packaging)).json()
+    assert {(s["device"], s["tag"]) for s in listed} == {
+        ("capper", "flow"), ("filler", "flow"), ("filler", "level")}  # fmt: skip
+    listed = (await cloud.get(tenant.admin, "/v1/devices", asset_id=packaging)).json()
+    assert sorted(d["name"] for d in listed) == ["capper", "filler"]
     empty = await _asset(cloud, tenant.admin, "empty", "site")
     assert (await cloud.get(tenant.admin, f"/v1/assets/{empty['id']}/latest")).json() == []
 

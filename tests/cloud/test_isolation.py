@@ -220,6 +220,8 @@ async def test_assets_of_b_answer_as_if_they_did_not_exist(cloud: Cloud) -> None
             "place the device": await c.put(f"/v1/devices/{device}/asset",
                                             json={"asset_id": a_ids["site"]}, headers=h),
             "unpin the device": await c.delete(f"/v1/devices/{device}/asset", headers=h),
+            "devices under": await c.get("/v1/devices", params={"asset_id": site}, headers=h),
+            "series under": await c.get("/v1/series", params={"asset_id": site}, headers=h),
         }  # fmt: skip
 
     foreign = await attempts(b_ids["site"], b_ids["equipment"], b_ids["device"])
