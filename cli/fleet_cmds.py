@@ -25,7 +25,8 @@ config_app = typer.Typer(
 )
 rollout_app = typer.Typer(
     rich_markup_mode=None,
-    help="Rollouts of config versions.\n\nExample: tagway cloud rollout status 12 --cloud URL",
+    help="Rollouts of config versions.\n\n"
+    "Example: tagway cloud rollout status 12 --cloud URL --api-key KEY",
     no_args_is_help=True,
 )
 

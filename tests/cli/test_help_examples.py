@@ -21,7 +21,10 @@ What is substituted, and nothing else:
 - `cloud serve` gets `--port` (the default 8000 may be taken on a shared machine);
 - the PostgreSQL DSNs of `cloud migrate` and `cloud retention`: a throwaway database.
 The plant's config gets, before the agent runs it, the alarm the `alarms --shelve` example names
-and a local API on port 0 (8470 may be taken).
+and a local API on port 0 (8470 may be taken); so does the starter config of `tagway --help`'s
+`init ... && run ...` (a free port). The groups' own examples (`tagway cloud --help`, `cloud
+tenant --help`, ...) run too: the admin ones with $TAGWAY_CLOUD_DATABASE naming the database
+the `cloud --help` example served, as their help says.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def _free_port() -> int:
 
 
 def example(*path: str) -> list[str]:
-    """The one example of `tagway <path> --help`, as words after `tagway`."""
+    """The one example of `tagway <path> --help` (a command's or a group's), as words after
+    `tagway`."""
     (words,) = _examples(path)
     return words
 
@@ -295,6 +299,48 @@ def test_fleet_examples_push_follow_and_compare(site: Site) -> None:
     site.run(example("cloud", "config", "diff"), **{"6": str(version - 1), "7": str(version)}).ok()
 
 
+def test_group_examples_of_the_fleet(site: Site) -> None:
+    """The examples of `tagway cloud claim-token|config|rollout --help` (the groups' own)."""
+    site.run(example("cloud", "claim-token")).ok()
+    push = site.run(example("cloud", "config")).ok()
+    rollout = re.search(r"rollout (\d+) to", push.out)[1]  # type: ignore[index]
+    site.run(example("cloud", "rollout"), **{"12": rollout}).ok(0, 2)
+
+
+def test_group_examples_of_the_cloud_admin(tmp_path: Path) -> None:
+    """`tagway cloud --help` (serve), then `cloud tenant --help` and `cloud api-key --help` on
+    the database it served, named by $TAGWAY_CLOUD_DATABASE as their help says."""
+    here = alone(tmp_path)
+    here.env |= {"TAGWAY_CLOUD_DATABASE": "sqlite:///cloud.db",
+                 "TAGWAY_PLATFORM_ADMIN_KEY": ADMIN_KEY}  # fmt: skip
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    here.start([*example("cloud"), "--port", str(port)], cwd=tmp_path,
+               until=lambda: _healthy(url), stop=signal.SIGINT)  # fmt: skip
+    try:
+        here.run(example("cloud", "tenant")).ok()
+        here.run(example("cloud", "api-key")).ok()
+    finally:
+        stopped = here.stop_all()
+    stopped[0].ok()
+
+
+def test_the_first_example_init_and_run(tmp_path: Path) -> None:
+    """`tagway --help`: init /etc/tagway && run -c /etc/tagway/config.yaml (the starter's local
+    API moved off 8470 in between: other tests share this machine's loopback)."""
+    here = alone(tmp_path)
+    target = tmp_path / "etc-tagway"
+    init, run = _examples(())
+    here.run(init, **{"/etc/tagway": str(target)}).ok()
+    config = target / "config.yaml"
+    config.write_text(config.read_text().replace("port: 8470", f"port: {_free_port()}"))
+    discovery = target / "state" / "local_api.json"
+    here.start(run, cwd=tmp_path, until=discovery.exists, stop=signal.SIGTERM,
+               **{"/etc/tagway/config.yaml": str(config)})  # fmt: skip
+    (stopped,) = here.stop_all()
+    stopped.ok()
+
+
 def alone(root: Path) -> Site:
     """A site without the chain, for the examples that need none of it."""
     return Site(root=root, env={k: v for k, v in os.environ.items()
@@ -378,7 +424,18 @@ MISTAKES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("words", MISTAKES, ids=" ".join)
+# A bounded set in the default run (one per kind of mistake); all of them under -m slow.
+DEFAULT_MISTAKES = {
+    "write pump1 speed_setpoint 1450", "tags --device pump9", "init /proc/tagway",
+    "cloud rollout status 999 --cloud URL --api-key KEY", "sim plant --scenario no_such_scenario",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("words", [
+    pytest.param(w, id=" ".join(w),
+                 marks=() if " ".join(w) in DEFAULT_MISTAKES else pytest.mark.slow)
+    for w in MISTAKES
+])  # fmt: skip
 def test_a_mistake_is_one_line_and_never_a_traceback(site: Site, words: list[str]) -> None:
     ran = site.run(words, answer="y\n", timeout=60)
     assert ran.code != 0, (ran.words, ran.out)
