@@ -5,8 +5,9 @@ Sites, areas, lines and equipment; a child's level always below its parent's, na
 siblings. Renaming or moving an asset rewrites the stored paths of its subtree in one statement;
 a move may not put an asset under itself. Deleting refuses while the asset has children or
 devices, unless cascading: then the subtree goes, and its devices stay, unassigned and pinned so
-(``asset_source = 'api'``): their gateways' paths do not bring the deleted assets back, and
-``DELETE /v1/devices/{id}/asset`` hands a device back to its gateway's path. A user's placement
+(``asset_source = 'api'``): their gateways' paths do not place them again (a gateway's next report
+does create the assets its paths name), and ``DELETE /v1/devices/{id}/asset`` hands a device
+back to its gateway's path. A user's placement
 (a pin) always wins over the gateway's path (`cloud.storage.asset_tree`).
 
 Reads by asset look up the series of the subtree in the metadata first and then read telemetry
