@@ -14,6 +14,8 @@ from cli.errors import fail
 if TYPE_CHECKING:  # pydantic is imported when an answer is parsed: `--help` stays fast
     from pydantic import BaseModel, TypeAdapter
 
+    from edge.config import AgentConfig
+
 M = TypeVar("M", bound="BaseModel")
 T = TypeVar("T")
 
@@ -53,6 +55,13 @@ def api_token(config: Path | None, api: str | None) -> str | None:
         return None
 
 
+def fixed_url(cfg: AgentConfig) -> str | None:
+    """The local API's URL as the config names it, None when only the discovery file knows it
+    (port 0, or a unix socket)."""
+    api = cfg.local_api
+    return f"http://{api.host}:{api.port}" if api.socket is None and api.port else None
+
+
 def _discovery(config: Path | None) -> dict[str, str]:
     from edge.config import load_config  # noqa: PLC0415 - only when no URL was given
 
@@ -67,9 +76,8 @@ def _discovery(config: Path | None) -> dict[str, str]:
         # A packaged agent's state directory is its own (0700): an installer who is not root
         # still reads the agent at the fixed address its config names. Acting needs the token,
         # which stays the agent's (the agent then says so).
-        api = cfg.local_api
-        if api.socket is None and api.port:
-            return {"url": f"http://{api.host}:{api.port}"}
+        if url := fixed_url(cfg):
+            return {"url": url}
         fail(
             f"cannot read {discovery} (the agent's state directory is not this user's), "
             f"and {path} names no fixed local API port; run as root or the agent's user"

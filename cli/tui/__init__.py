@@ -7,9 +7,12 @@ in the config's state directory) and keeps retrying while the agent is not runni
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from cli.tui.client import Locator
 
 ConfigOpt = Annotated[
     Path | None,
@@ -31,20 +34,27 @@ def tui(config: ConfigOpt = None, api: ApiOpt = None) -> None:
     it says so and keeps retrying. Example: tagway tui --config /etc/tagway/config.yaml
     """
     # Imported here: `tagway --help` must not pay for Textual.
-    import os  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
     from cli.tui.app import TagwayApp  # noqa: PLC0415
-    from cli.tui.client import AgentClient, DiscoveryFile, FixedUrl, Locator  # noqa: PLC0415
+    from cli.tui.client import AgentClient  # noqa: PLC0415
 
-    locator: Locator
+    TagwayApp(AgentClient(locator=locator_for(config, api))).run()
+
+
+def locator_for(config: Path | None, api: str | None) -> Locator:
+    """`--api` as given; else the agent's discovery file, or, for a user who may not enter the
+    agent's state directory (a packaged agent's is 0700), the fixed port its config names."""
+    import os  # noqa: PLC0415
+
+    from cli.tui.client import DiscoveryFile, FixedUrl  # noqa: PLC0415
+
     if api:
         named = os.environ.get("TAGWAY_API_TOKEN_FILE")
-        locator = FixedUrl(api, token_file=Path(named) if named else None)
-    else:
-        from cli.local import DEFAULT_CONFIG  # noqa: PLC0415
-        from edge.config import load_config  # noqa: PLC0415
+        return FixedUrl(api, token_file=Path(named) if named else None)
+    from cli.local import DEFAULT_CONFIG, fixed_url  # noqa: PLC0415
+    from edge.config import load_config  # noqa: PLC0415
 
-        cfg = load_config(config or DEFAULT_CONFIG)
-        locator = DiscoveryFile(cfg.gateway.state_dir / "local_api.json")
-    TagwayApp(AgentClient(locator=locator)).run()
+    cfg = load_config(config or DEFAULT_CONFIG)
+    state = cfg.gateway.state_dir
+    if state.is_dir() and not os.access(state, os.R_OK | os.X_OK) and (url := fixed_url(cfg)):
+        return FixedUrl(url)
+    return DiscoveryFile(state / "local_api.json")

@@ -124,10 +124,22 @@ def test_status_by_a_user_who_cannot_read_the_state_dir(fixed: bool) -> None:
         config = root / "config.yaml"
         config.write_text(f"gateway: {{name: gw, state_dir: {root / 'state'}}}\n"
                           f"local_api: {{port: {port}}}\n")  # fmt: skip
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TAGWAY, "status",
-             "--config", str(config)], capture_output=True, text=True, timeout=60, check=False,
+            [*nobody, *TAGWAY, "status", "--config", str(config)], capture_output=True,
+            text=True, timeout=60, check=False,
         )  # fmt: skip
+        # The TUI looks where `tagway status` looks.
+        probe = (
+            "import sys; from pathlib import Path; from cli.tui import locator_for; "
+            "print(locator_for(Path(sys.argv[1]), None))"
+        )
+        tui = subprocess.run([*nobody, sys.executable, "-c", probe, str(config)],
+                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    if fixed:
+        assert tui.stdout.startswith(f"FixedUrl(url='http://127.0.0.1:{port}'"), tui.stdout
+    else:
+        assert tui.stdout.startswith("DiscoveryFile("), tui.stdout
     assert done.returncode == 1
     if fixed:
         assert done.stderr == (
