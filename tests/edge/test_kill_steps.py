@@ -1,7 +1,9 @@
 """kill -9 at every step of the batch exchange, against a cloud on PostgreSQL (issue 15).
 
-For each step the real agent process (``python -m cli run``, reading the simulated plant) dies by
-SIGKILL at exactly that step of its third batch:
+For each step the real agent process (``python -m cli run``, reading the simulated plant, with a
+16 KiB outbox quota) first meets a cloud that answers 503 until the outbox drops readings, so the
+batches that follow report drops; then it dies by SIGKILL at exactly that step of its third
+batch:
 
     leased      chunks leased from the outbox             (the agent kills itself: edge.kill_points)
     built       the batch built under its seq, unsent     (the agent)
@@ -40,7 +42,7 @@ import yaml
 
 from edge.kill_points import ENV
 from firmware_sim.plant import Plant
-from store_forward import read_stats
+from store_forward import OutboxError, read_stats
 from tests.cloud.conftest import app_dsn, truncate
 from tests.conftest import EngineDatabases
 from tests.edge.cloud_harness import RunningCloud, bootstrap, serve_cloud
@@ -50,6 +52,7 @@ from tests.edge.test_uplink import with_cloud
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 NTH = 3  # the batch whose exchange is cut: two whole exchanges before it
+QUOTA = 16_384  # bytes of outbox: a few seconds of the simulated plant
 Message = MutableMapping[str, Any]
 
 
@@ -94,8 +97,9 @@ class HeldIngest:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return {"type": "http.disconnect"}
 
-        self.seen += carries_readings(bytes(body))
-        if self.seen != NTH or self.reached.is_set():
+        failing = bool(getattr(self.app, "faults", None) and self.app.faults.script)
+        self.seen += carries_readings(bytes(body)) and not failing  # a 503 is no exchange
+        if self.seen != NTH or self.reached.is_set() or failing:
             await self.app(scope, replay, send)
             return
         try:
@@ -133,8 +137,10 @@ async def agent_process(config: Path, env: dict[str, str]) -> AsyncIterator[Any]
             await process.wait()
 
 
-def write_config(path: Path, config: Any) -> Path:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+def write_config(path: Path, config: Any, **outbox: Any) -> Path:
+    data = config.model_dump(mode="json", exclude_none=True)
+    data["outbox"] |= outbox
+    path.write_text(yaml.safe_dump(data))
     return path
 
 
@@ -169,12 +175,28 @@ async def until(predicate: Any, *, within: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def kill_at(step: str, config: Path, held: HeldIngest | None) -> None:
-    """Run the agent until it dies by SIGKILL at `step` of its `NTH` batch."""
+async def kill_at(
+    step: str, config: Path, held: HeldIngest | None, cloud: RunningCloud, outbox: Path
+) -> None:
+    """Run the agent while the cloud answers 503 until the outbox drops readings under its
+    quota, then until it dies by SIGKILL at `step` of its `NTH` batch."""
+
+    async def dropping() -> bool:
+        try:
+            return (await asyncio.to_thread(read_stats, outbox)).dropped_readings > 0
+        except OutboxError:  # the agent is still creating it
+            return False
+
     env = {} if held is not None else {ENV: f"{step}:{NTH}"}
+    cloud.faults.fail_next(503, times=1_000_000)
     async with agent_process(config, env) as agent:
+        await until(dropping, within=60, what="the outbox drops readings during the outage")
+        cloud.faults.script.clear()
         if held is not None:
-            await asyncio.wait_for(held.reached.wait(), 60)
+            try:
+                await asyncio.wait_for(held.reached.wait(), 60)
+            except TimeoutError:
+                raise AssertionError(f"the cloud saw {held.seen} exchanges, not {NTH}") from None
             os.kill(agent.pid, signal.SIGKILL)
             await agent.wait()
             held.go.set()
@@ -225,10 +247,13 @@ async def run_step(step: str, tmp_path: Path, plant: Plant, owner: str) -> None:
           "pool_min_size": 1, "pool_max_size": 4}  # fmt: skip
     async with serve_cloud(tmp_path / "unused.db", wrap=wrap, **pg) as cloud:
         await bootstrap(cloud)
-        running = write_config(tmp_path / "run.yaml", with_cloud(tmp_path, plant, cloud))
+        # The outbox's quota is small and the cloud answers 503 until it drops readings: the
+        # batches around the exchange that is cut report drops, so their counts are tested too.
+        running = write_config(tmp_path / "run.yaml", with_cloud(tmp_path, plant, cloud),
+                               quota=QUOTA)  # fmt: skip
         draining = write_config(tmp_path / "drain.yaml", with_cloud(tmp_path, None, cloud))
         outbox = tmp_path / "state" / "outbox.db"
-        await kill_at(step, running, held)
+        await kill_at(step, running, held, cloud, outbox)
         accepted_but_unsent = pending_readings(outbox)
         before, _, _ = stored(owner)
         assert before, "the agent stored nothing before it was killed"
@@ -238,7 +263,9 @@ async def run_step(step: str, tmp_path: Path, plant: Plant, owner: str) -> None:
     assert len(after) == len(set(after))  # each reading stored once
     assert set(after) == set(before) | accepted_but_unsent  # every accepted reading, nothing else
     assert readings == len(after) == kept  # usage counts rows stored, not readings posted
-    assert dropped == read_stats(outbox).dropped_readings
+    assert (
+        dropped == read_stats(outbox).dropped_readings
+    )  # each drop counted once, however the exchange was cut
     # The cloud had the batch and the gateway did not know: its chunks went again under a new
     # seq, posted and charged nothing. At the other steps nothing was posted twice.
     replayed = step in ("sent", "committed", "answered")
