@@ -272,6 +272,7 @@ async def test_latest_and_aggregates_by_asset(
     gw = await cloud.gateway(tenant)
     start = (now_us() // MINUTE_US - 10) * MINUTE_US
     ts = [start + i * 20_000_000 for i in range(6)]  # 3 per minute over 2 minutes
+    old = now_us() - 3 * 86_400_000_000
 
     def series(device: str, tag: str, offset: float) -> SeriesColumns:
         return SeriesColumns(device, tag, ts, [offset + v for v in (1, 5, 3, 10, 20, 30)])
@@ -279,6 +280,8 @@ async def test_latest_and_aggregates_by_asset(
     batch = Batch(str(gw[0]), 1, now_us(), [
         series("filler", "flow", 0), series("filler", "level", 100),
         series("capper", "flow", 1000), series("boiler", "temp", 5000),
+        # older than every window but the last: the latest values still find them
+        SeriesColumns("boiler", "state", [old, old + 1], ["warm", "hot"]),
     ])  # fmt: skip
     assert (await cloud.send(gw, batch)).status_code == 200
     await _send_paths(cloud, gw, 2, {
@@ -301,7 +304,9 @@ async def test_latest_and_aggregates_by_asset(
         series_ids[("filler", "level")],
     }  # fmt: skip
     whole = (await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/latest")).json()
-    assert len(whole) == 4
+    assert len(whole) == 5
+    assert [(v["tag"], v["value"], v["ts"]) for v in whole if v["device"] == "boiler"] == [
+        ("state", "hot", old + 1), ("temp", 5030.0, ts[-1])]  # fmt: skip
     packaging = assets["plant-a/packaging"]
     listed = (await cloud.get(tenant.admin, "/v1/series", asset_id=packaging)).json()
     assert {(s["device"], s["tag"]) for s in listed} == {
