@@ -26,6 +26,9 @@ MAX_SETTINGS_BYTES = 16_384
 CSR_FORMAT = "pkcs10-pem"
 """The OpenAPI format of a CSR: a PEM PKCS#10 request for a P-256 key, signed by that key with
 ECDSA-SHA256, subject CN a gateway name (`provisioning.csr.verify_csr`)."""
+CLAIM_TOKEN_FORMAT = "claim-token"  # noqa: S105 - a format name, not a secret
+"""The OpenAPI format of a claim token: ``twc_`` and 43 base64url characters, as
+`POST /v1/claim-tokens` issued it (`provisioning.claim`)."""
 Csr = Annotated[
     str, Field(min_length=1, max_length=16_384, json_schema_extra={"format": CSR_FORMAT})
 ]
@@ -70,7 +73,9 @@ class ClaimTokenCreated(Body):
 class ProvisionRequest(Body):
     """A gateway asking to be enrolled: the claim token, its CSR, and the name it wants."""
 
-    claim_token: Annotated[str, Field(min_length=1, max_length=200)]
+    claim_token: Annotated[
+        str, Field(min_length=1, max_length=200, json_schema_extra={"format": CLAIM_TOKEN_FORMAT})
+    ]
     csr: Csr
     name: Name | None = None
 

@@ -21,9 +21,10 @@ generate valid content:
   object generated from the schema (``{"type": "object"}``); negative cases keep schemathesis's
   own bodies, which must be refused.
 
-A positive `/v1/provision` case is answered 401 `claim_token_invalid` (its CSR passed: the CSR
-is checked first): the claim token is the credential, and schemathesis counts a refused
-credential as accepted data. Batches are not compressed here: a zstd body is bytes, which
+- a claim token (`/v1/provision`): the field has the format ``claim-token`` and its strategy
+  gives the run's own token (100,000 uses), so a positive case enrolls a gateway (201).
+
+Batches are not compressed here: a zstd body is bytes, which
 schemathesis cannot check against the JSON media type's schema (tests/cloud/test_api_ingest.py
 covers the encodings).
 """
@@ -43,7 +44,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.api.provision import CSR_FORMAT
+from cloud.api.provision import CLAIM_TOKEN_FORMAT, CSR_FORMAT
 from cloud.contract import JSON, MSGPACK, Batch, SeriesColumns, batch_to_dict, encode_data
 from provisioning.csr import create_csr, csr_to_pem
 from provisioning.keys import generate_private_key
@@ -64,6 +65,10 @@ ALL_CHECKS = list(CHECKS.get_all())
 CN = st.text(st.characters(codec="utf-8", categories=["L", "N"]), min_size=1, max_size=64)
 
 
+# The gateway of the run's token and a claim token of the run's tenant (set once it is seeded).
+SEEDED = {"gateway_id": "1", "claim_token": "twc_" + "A" * 43}
+
+
 @st.composite
 def pkcs10_pem(draw: st.DrawFn) -> str:
     """A CSR that verifies: a fresh P-256 key, signed by it, CN a usable gateway name."""
@@ -71,6 +76,8 @@ def pkcs10_pem(draw: st.DrawFn) -> str:
 
 
 schemathesis.openapi.format(CSR_FORMAT, pkcs10_pem())
+# The run's own claim token (100,000 uses): a positive /v1/provision case enrolls a gateway.
+schemathesis.openapi.format(CLAIM_TOKEN_FORMAT, st.builds(lambda: SEEDED["claim_token"]))
 
 NAMES = st.text(st.characters(codec="utf-8", exclude_characters="\x00",
                               exclude_categories=["Cs"]), min_size=1, max_size=40)  # fmt: skip
@@ -84,9 +91,6 @@ VALUES = st.one_of(
 
 
 _SEQS = itertools.count(1_000_000)  # a new seq per batch: a reused one is a 409 seq_conflict
-
-
-SEEDED = {"gateway_id": "1"}  # the gateway of the run's token (set once the server is seeded)
 
 
 @st.composite
@@ -144,7 +148,9 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str
         database_url = app_dsn(owner)
     else:
         database_url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    settings_ = {"database_url": database_url, "platform_admin_key": PLATFORM_KEY}
+    settings_ = {"database_url": database_url, "platform_admin_key": PLATFORM_KEY,
+                 "master_key_file": str(tmp_path / "master.key"),
+                 "create_master_key": True}  # fmt: skip
     proc, url = start_replica(settings_)
     try:
         wait_ready(url, proc)
@@ -164,7 +170,11 @@ async def _seed(url: str) -> dict[str, str]:
         tenant = await cloud.tenant("acme")
         gw = await cloud.gateway(tenant)
         assert (await cloud.send(gw, make_batch(gw[0], 1))).status_code == 200
-        return {"admin": tenant.admin, "gateway": gw[1], "gateway_id": str(gw[0])}
+        r = await client.post("/v1/claim-tokens", json={"max_uses": 100_000},
+                              headers=cloud.auth(tenant.admin))  # fmt: skip
+        assert r.status_code == 201, r.text
+        return {"admin": tenant.admin, "gateway": gw[1], "gateway_id": str(gw[0]),
+                "claim_token": r.json()["token"]}  # fmt: skip
 
 
 def _token_for(path: str, tokens: dict[str, str]) -> str:
@@ -205,7 +215,7 @@ def _exercise(operation: Any, server: str, headers: dict[str, str], examples: in
 def test_no_generated_request_fails_any_check(server: tuple[str, int]) -> None:
     server, examples = server
     tokens = asyncio.run(_seed(server))
-    SEEDED["gateway_id"] = tokens["gateway_id"]
+    SEEDED["gateway_id"], SEEDED["claim_token"] = tokens["gateway_id"], tokens["claim_token"]
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 25
