@@ -30,6 +30,7 @@ Nothing else in the block is changed; the deb's file name is checked against the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -86,6 +87,8 @@ useradd --create-home --shell /bin/bash installer
 echo 'installer ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/installer
 chmod 0440 /etc/sudoers.d/installer
 cp "$T/home/"* /home/installer/ && chown -R installer: /home/installer
+# Whatever happens below, the agent the walk starts does not outlive it.
+trap 'systemctl stop tagway >/dev/null 2>&1 || true' EXIT
 """
 
 
@@ -166,6 +169,7 @@ def test_the_install_block_runs_as_printed(
         script += as_installer(command, timeout=FOLLOW_S if follow else 600, out=f"step{n}")
         if n == commands.index(next(c for c in commands if c.startswith("sudo systemctl"))):
             script += "cat /run/systemd-stand-in/tagway.service.pid > $T/out/pid || true\n"
+            script += "cat /run/systemd-stand-in/tagway.service.manager > $T/out/manager || true\n"
             script += "ps -o user=,group= -p $(cat $T/out/pid) > $T/out/owner || true\n"
     # After the block: the agent reads the plant, the unit verifies, and it stops cleanly.
     script += textwrap.dedent("""\
@@ -222,4 +226,20 @@ def test_the_install_block_runs_as_printed(
         assert any("READY=1" in n for n in notifications)
         assert any("STOPPING=1" in n for n in notifications)
     finally:
+        _kill_leftovers(tmp_path / "out")
         shutil.rmtree(tmp_path / "ov", ignore_errors=True)
+
+
+def _kill_leftovers(out: Path) -> None:
+    """The agent and its stand-in manager run in sessions of their own: if the walk was killed
+    before its EXIT trap stopped them, they would keep running (as the namespace's `tagway`
+    user, whose uid the next test's `userdel` then finds busy)."""
+    for name in ("pid", "manager"):
+        try:
+            pid = int((out / name).read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"tagway" in command or b"stand_in" in command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
