@@ -26,6 +26,9 @@ What is emulated, because PID 1 here is not systemd (`ps -p 1`), and so substitu
   off 8470 to a free port (other tests on this machine share its loopback).
 - `sudo journalctl -u tagway -f` follows until the test interrupts it after a few seconds.
 Nothing else in the block is changed; the deb's file name is checked against the README's.
+Every step must exit 0, except that `tagway status` may exit 1 when its only problems are
+devices still connecting (READY=1 comes when the local API answers, before the drivers have
+connected; on a busy machine the installer can be that quick).
 """
 
 from __future__ import annotations
@@ -199,8 +202,16 @@ def test_the_install_block_runs_as_printed(
 
         for n in range(len(commands) - 1):
             rc, stdout, stderr = step(n)
-            assert rc == 0, (commands[n], stdout[-2000:], stderr[-2000:])
             assert "Traceback" not in stdout + stderr, commands[n]
+            if commands[n] == "tagway status" and rc == 1:
+                # READY=1 comes once the local API answers, and the drivers start then: on a
+                # busy machine a device may still be connecting when `tagway status` asks, and
+                # status exits 1 while health is not ok. That and nothing else is tolerated.
+                problems = [line for line in stdout.splitlines() if line.startswith("  ! ")]
+                assert problems, stdout
+                assert all(p.endswith(" is connecting") for p in problems), stdout
+                continue
+            assert rc == 0, (commands[n], stdout[-2000:], stderr[-2000:])
         assert "Setting up tagway" in step(0)[1]
         names = [str(d["name"]) for d in plant]
         assert step(2)[1] == f"/etc/tagway/config.yaml: ok ({len(names)} devices, " + \
