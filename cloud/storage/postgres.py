@@ -226,8 +226,13 @@ class PostgresDatabase:
             await pool.close()
             raise StorageError(f"cannot use PostgreSQL: {exc}") from exc
         db = cls(pool, info, settings.database_url, settings)
-        if settings.telemetry_database_url:
-            db.rows_pool = await _open_rows_pool(settings, settings.telemetry_database_url, info)
+        if worker := settings.telemetry_database_url:
+            try:
+                db.rows_pool = await _open_rows_pool(settings, worker, info)
+            except StorageError:
+                await pool.close()
+                raise
+            db.info = info.model_copy(update={"readings_through_worker": True})
         if info.timescaledb:
             await db._choose_aggregate_sql()
         today = time.time_ns() // 1000 // DAY_US
@@ -635,9 +640,12 @@ class PostgresDatabase:
         return int(row[0]) if row else 0
 
     async def ping(self) -> None:
-        """Raise `StorageError` unless PostgreSQL answers."""
+        """Raise `StorageError` unless PostgreSQL answers (and the worker readings go through)."""
         async with self.transaction(None) as tx:
             await tx.fetchone("SELECT 1")
+        if self.rows_pool is not None:
+            async with self._transaction(self.rows_pool, None) as tx:
+                await tx.fetchone("SELECT 1")
 
     async def close(self) -> None:
         """Close the pools."""

@@ -374,7 +374,9 @@ class RetentionResult(Record):
 
 class BackendInfo(Record):
     """What `/readyz` reports about storage; `storage` says why telemetry is stored as it is.
-    `distributed`: telemetry is distributed over a Citus cluster (its partitions are native)."""
+    `distributed`: telemetry is distributed over a Citus cluster (its partitions are native).
+    `readings_through_worker`: this replica writes the readings through a Citus worker
+    (`telemetry_database_url`), the coordinator keeping the metadata."""
 
     backend: str
     timescaledb: bool
@@ -382,6 +384,7 @@ class BackendInfo(Record):
     schema_version: int
     distributed: bool = False
     storage: str = ""
+    readings_through_worker: bool = False
 
 
 class MaintenanceJob(Record):

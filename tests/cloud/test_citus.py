@@ -20,6 +20,7 @@ import pytest
 
 from cloud.api.app import create_app
 from cloud.contract import Batch, SeriesColumns
+from cloud.errors import StorageError
 from cloud.settings import CloudSettings
 from cloud.storage.pg_migrate import apply_migrations
 from cloud.storage.postgres import PostgresDatabase
@@ -257,3 +258,13 @@ async def test_a_schema_distributed_before_columnar_upgrades_in_place(
         assert (await cloud.send(gw, first)).json()["stored"] == 2 * 50
         overlapping = make_batch(gw[0], 2, n=60, start=start)  # 50 of each series stored
         assert (await cloud.send(gw, overlapping)).json()["stored"] == 2 * 10
+
+
+@pytest.mark.parametrize("pg_engine", [engine_param("postgres")])
+async def test_a_telemetry_node_without_citus_is_refused_with_the_reason(
+    pg_engine: str, migrated_pg: str
+) -> None:
+    owner = migrated_pg
+    settings = CloudSettings(database_url=app_dsn(owner), telemetry_database_url=app_dsn(owner))
+    with pytest.raises(StorageError, match="needs telemetry distributed over Citus"):
+        await PostgresDatabase.open(settings)

@@ -60,6 +60,8 @@ async def test_readings_through_a_worker_are_stored_once_and_counted(
     worker = _worker(owner_dsn, engine_databases)
     cloud = await make_cloud(telemetry_database_url=worker)
     assert _app_sessions(worker) >= 1  # the cloud holds connections to the worker
+    ready = (await cloud.client.get("/readyz")).json()
+    assert (ready["distributed"], ready["readings_through_worker"]) == (True, True)
     tenant = await cloud.tenant("acme")
     gw = await cloud.gateway(tenant)
     start = now_us() - 200 * 1_000_000
