@@ -127,7 +127,10 @@ def run(
         for issue in exc.issues:
             typer.echo(f"tagway: {issue}", err=True)
         raise typer.Exit(EX_CONFIG) from None
-    agent = Agent(cfg, config_path=path, tune_gc=True)
+    from edge.sd_notify import SystemdNotifier  # noqa: PLC0415
+
+    notifier = SystemdNotifier.take_from_environ()  # the commands it runs do not inherit it
+    agent = Agent(cfg, config_path=path, tune_gc=True, notifier=notifier)
     try:
         asyncio.run(run_until_signalled(agent))
     except (SchemaTooNew, AlarmStateTooNew) as exc:

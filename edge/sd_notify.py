@@ -55,6 +55,19 @@ class SystemdNotifier:
                 usec = None
         return cls(socket_address=env.get("NOTIFY_SOCKET"), watchdog_usec=usec)
 
+    @classmethod
+    def take_from_environ(
+        cls, environ: dict[str, str] | os._Environ[str] | None = None
+    ) -> SystemdNotifier:
+        """`from_environ`, then the variables are removed, as sd_notify's `unset_environment`
+        does: a command the agent runs (the clock's `timedatectl`, a notification hook) must
+        not speak for the service. Without systemd, timedatectl sent ``ERRNO=112`` to it."""
+        env = os.environ if environ is None else environ
+        notifier = cls.from_environ(env)
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(name, None)
+        return notifier
+
     @property
     def enabled(self) -> bool:
         """True when running under systemd's notify protocol."""

@@ -105,3 +105,18 @@ async def test_feed_watchdog_returns_at_once_without_a_watchdog(
 ) -> None:
     _, path = notify_socket
     await asyncio.wait_for(SystemdNotifier(socket_address=path).feed_watchdog(), 1.0)
+
+
+def test_taking_the_notifier_leaves_nothing_for_child_processes(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    """Without it, `timedatectl` (the clock check) inherited NOTIFY_SOCKET and, outside systemd,
+    sent ERRNO=112 to the service's socket."""
+    sock, path = notify_socket
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid()),
+           "PATH": "/usr/bin"}  # fmt: skip
+    notifier = SystemdNotifier.take_from_environ(env)
+    assert env == {"PATH": "/usr/bin"}
+    assert notifier.watchdog_interval == 0.5
+    assert notifier.ready()
+    assert received(sock) == ["READY=1"]

@@ -234,8 +234,12 @@ def test_the_install_block_runs_as_printed(
         assert (out / "stop.rc").read_text().strip() == "0"
         assert (out / "exit").read_text().strip() == "0"  # SIGTERM: a clean stop
         notifications = (out / "notifications").read_text().splitlines()
+        main = (out / "pid").read_text().strip()
         assert any("READY=1" in n for n in notifications)
         assert any("STOPPING=1" in n for n in notifications)
+        # Only the agent speaks for the service (before: timedatectl, run by the clock check,
+        # inherited NOTIFY_SOCKET and sent ERRNO=112).
+        assert all(n.startswith(f"pid {main}: ") for n in notifications), notifications
     finally:
         _kill_leftovers(tmp_path / "out")
         shutil.rmtree(tmp_path / "ov", ignore_errors=True)
