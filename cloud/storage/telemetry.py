@@ -423,8 +423,10 @@ class TelemetryStore:
                 dropped = await record_drops(tx, tenant_id, gateway_id, batch)
                 await charge(tx, tenant_id, stored=readings, dropped=dropped,
                              body_bytes=body_bytes, quota=policy.quota, now_us=now_us)  # fmt: skip
-        rows = BatchRows.build(batch, ids)
-        stored = await self.db.write_batch_rows(tenant_id, gateway_id, seq, rows)
+        stored = 0  # a batch of alarms and events alone does not wait on a worker
+        if readings:
+            rows = BatchRows.build(batch, ids)
+            stored = await self.db.write_batch_rows(tenant_id, gateway_id, seq, rows)
         async with self.live(tenant_id) as (tx, news):
             done = await tx.fetchone(
                 "UPDATE ingest_batch SET stored = %s WHERE tenant_id = %s AND gateway_id = %s"

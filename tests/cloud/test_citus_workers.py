@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from cloud.contract import Batch
 from cloud.errors import StorageError
 from cloud.storage.postgres import PostgresDatabase
 from tests.cloud.conftest import Cloud, app_dsn, engine_param, make_batch, now_us
@@ -77,6 +78,12 @@ async def test_readings_through_a_worker_are_stored_once_and_counted(
     assert (await cloud.send(gw, make_batch(gw[0], 5, n=5, start=late.series[0].ts[0]))).json()[
         "stored"
     ] == 0
+    nothing = Batch(str(gw[0]), 6, now_us(), [])  # no readings: no worker involved
+    events = await cloud.send(gw, nothing)
+    assert (events.status_code, events.json()["stored"], events.json()["duplicate"]) == (
+        200, 0, False,
+    )  # fmt: skip
+    assert (await cloud.send(gw, nothing)).json()["duplicate"] is True
     assert _stored(owner_dsn) == (130, 5, 130)
     assert await _usage(cloud, tenant.admin) == 130
     assert len((await cloud.get(tenant.admin, "/v1/series")).json()) == 2
