@@ -26,7 +26,7 @@ from cloud.api.deps import (
     now_us,
     who,
 )
-from cloud.api.schemas import Body
+from cloud.api.schemas import Body, JsonInt
 from cloud.auth import Principal, PrincipalKind, Role
 from cloud.config_docs import parse_document, parse_label, probation_s
 from cloud.contract import MAX_CONFIG_BYTES, ConfigDocument, storable
@@ -68,12 +68,12 @@ class RolloutCreate(Body):
     `wave_timeout_s` is how long each gateway of a wave has to pass its probation (default:
     the document's ``fleet.probation`` plus a margin)."""
 
-    version: int = Field(ge=1, le=2**63 - 1)
-    gateway_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    version: Annotated[int, Field(ge=1, le=2**63 - 1), JsonInt]
+    gateway_id: Annotated[int, Field(ge=1, le=2**63 - 1), JsonInt] | None = None
     label: Annotated[str, Field(max_length=310)] | None = None
-    wave_size: int | None = Field(default=None, ge=1, le=100_000)
-    wave_percent: int | None = Field(default=None, ge=1, le=100)
-    wave_timeout_s: int | None = Field(default=None, ge=1, le=86_400)
+    wave_size: Annotated[int, Field(ge=1, le=100_000), JsonInt] | None = None
+    wave_percent: Annotated[int, Field(ge=1, le=100), JsonInt] | None = None
+    wave_timeout_s: Annotated[int, Field(ge=1, le=86_400), JsonInt] | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Self:

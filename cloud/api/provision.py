@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import Field, field_validator
 
 from cloud.api.deps import AdminCaller, AdminTenant, Id, ViewerTenant, bearer_required
-from cloud.api.schemas import Body, Name
+from cloud.api.schemas import Body, JsonInt, Name
 from cloud.enrollment import Enrollment, Issued, now_us
 from cloud.storage.provisioning import ClaimToken, GatewayCertificate
 from provisioning.claim import new_claim_token
@@ -47,8 +47,8 @@ BearerToken = Annotated[str, Depends(bearer_required)]
 class ClaimTokenCreate(Body):
     """A new claim token: how long and how often it may enroll, and what it gives gateways."""
 
-    expires_in_s: int = Field(default=86_400, ge=60, le=365 * 86_400)
-    max_uses: int = Field(default=1, ge=1, le=100_000)
+    expires_in_s: Annotated[int, Field(ge=60, le=365 * 86_400), JsonInt] = 86_400
+    max_uses: Annotated[int, Field(ge=1, le=100_000), JsonInt] = 1
     site: Name | None = None
     labels: dict[Annotated[str, Field(min_length=1, max_length=100)], Name] = Field(
         default_factory=dict, max_length=50

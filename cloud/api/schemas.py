@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from cloud.auth import Role
 from cloud.contract import (
@@ -17,11 +17,24 @@ from cloud.contract import (
 )
 from cloud.storage.records import ApiKey, Gateway, Point
 
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer: a number without a fraction (``5`` or ``5.0``); ``true`` and
+    ``"5"`` are not integers, though pydantic's lax mode would take them (a tenant's quota of
+    ``true`` was stored as 1)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError("Input should be a valid integer")  # noqa: TRY004 - pydantic wants it
+    return value
+
+
+JsonInt = BeforeValidator(_json_integer)
+"""For the integers of request bodies: refuses booleans and strings (422)."""
+
 # PostgreSQL text cannot hold NUL, so no string field may carry one.
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 BIGINT_MAX = 2**63 - 1
-Quota = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
-Rate = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Quota = Annotated[int, Field(ge=0, le=BIGINT_MAX), JsonInt]
+Rate = Annotated[int, Field(ge=1, le=2**31 - 1), JsonInt]
 MetadataValue = (
     Annotated[str, Field(max_length=1000, pattern=r"^[^\x00]*$")]
     | Annotated[int, Field(ge=-BIGINT_MAX, le=BIGINT_MAX)]
@@ -37,7 +50,7 @@ class Body(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Count = Annotated[int, Field(ge=1, le=2**31 - 1), JsonInt]
 
 
 class TenantLimits(Body):
@@ -127,6 +140,7 @@ class ErrorBody(Body):
 Ttl = Annotated[
     int,
     Field(ge=1, description="seconds until the command expires if not delivered and run"),
+    JsonInt,
 ]
 Comment = Annotated[str, Field(max_length=1_000, pattern=r"^[^\x00]*$")]
 
@@ -178,7 +192,7 @@ class SetpointPatch(Body):
     """A desired setpoint: hold `value` (until `expires_at`, µs since the epoch, if given)."""
 
     value: SetpointValue
-    expires_at: Annotated[int, Field(ge=0, le=2**62)] | None = None
+    expires_at: Annotated[int, Field(ge=0, le=2**62), JsonInt] | None = None
 
 
 class DesiredPatch(Body):
@@ -203,7 +217,7 @@ AssetName = Annotated[
           description="unique among its siblings; no / (it joins the path) and no NUL"),
 ]  # fmt: skip
 AssetLevelName = Literal["site", "area", "line", "equipment"]
-AssetRef = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+AssetRef = Annotated[int, Field(ge=1, le=BIGINT_MAX), JsonInt]
 
 
 class AssetCreate(Body):

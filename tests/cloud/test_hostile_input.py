@@ -267,3 +267,21 @@ async def test_platform_operations_refuse_others_before_the_body(cloud: Cloud) -
     assert body.sent == 0
     r = await cloud.get(PLATFORM_KEY, "/v1/tenants")
     assert r.status_code == 200
+
+
+async def test_integers_in_bodies_are_json_integers_not_booleans_or_text(cloud: Cloud) -> None:
+    platform = cloud.auth(PLATFORM_KEY)
+    for i, value in enumerate([True, "5", 5.5]):
+        body = {"name": f"t{i}", "ingest_quota_per_day": value}
+        r = await cloud.client.post("/v1/tenants", headers=platform, json=body)
+        assert r.status_code == 422, (value, r.text)
+        assert r.json()["error"]["details"]["path"] == ["body", "ingest_quota_per_day"]
+    # 5.0 is an integer to JSON Schema (a number without a fraction): accepted as 5
+    r = await cloud.client.post("/v1/tenants", headers=platform,
+                                json={"name": "t9", "ingest_quota_per_day": 5.0})  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert r.json()["ingest_quota_per_day"] == 5
+    tenant = await cloud.tenant("acme")
+    r = await cloud.client.post("/v1/claim-tokens", headers=cloud.auth(tenant.admin),
+                                json={"max_uses": True})  # fmt: skip
+    assert r.status_code == 422, r.text
