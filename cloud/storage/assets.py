@@ -36,7 +36,7 @@ from cloud.storage.asset_tree import (
 )
 from cloud.storage.base import Database, Row, Tx
 from cloud.storage.records import Asset, AssetLatestValue, Device, SeriesBuckets
-from cloud.storage.telemetry import latest_of_series, series_buckets, value_of
+from cloud.storage.telemetry import buckets_of_series, latest_of_series, value_of
 
 
 def _level_error(level: str, parent_level: str) -> AssetLevel:
@@ -255,14 +255,23 @@ class AssetStore:
     ) -> list[SeriesBuckets]:  # fmt: skip
         """Per series under the asset (of `tag` only, when given): min/max/avg/last/count per
         time bucket in [start, end), as for one series."""
-        out = []
         async with self.db.transaction(tenant_id) as tx:
-            for s in await self._subtree_series(tx, tenant_id, asset_id, tag):
-                buckets = await series_buckets(
-                    self.db, tx, tenant_id, int(s[0]), start=start, end=end, bucket_us=bucket_us
-                )
-                out.append(SeriesBuckets(
-                    series_id=s[0], device_id=s[1], device=s[2], tag=s[3], unit=s[4],
-                    simulated=bool(s[5]), asset_id=s[6], asset_path=s[7], buckets=buckets,
-                ))  # fmt: skip
-        return out
+            series = await self._subtree_series(tx, tenant_id, asset_id, tag)
+            ids = [int(s[0]) for s in series]
+            buckets = await buckets_of_series(
+                self.db, tx, tenant_id, ids, start=start, end=end, bucket_us=bucket_us
+            )
+        return [
+            SeriesBuckets(
+                series_id=s[0],
+                device_id=s[1],
+                device=s[2],
+                tag=s[3],
+                unit=s[4],
+                simulated=bool(s[5]),
+                asset_id=s[6],
+                asset_path=s[7],
+                buckets=buckets[int(s[0])],
+            )
+            for s in series
+        ]

@@ -230,6 +230,50 @@ async def series_buckets(
     return [_bucket(r) for r in rows]
 
 
+_AGGREGATE_IDS: Final = 200  # series ids per statement of the shared aggregate over many series
+
+_AGGREGATE_MANY: Final = (
+    "WITH b AS (SELECT series_id, (ts / %s) * %s AS bucket, ts, value_num FROM telemetry"
+    " WHERE tenant_id = %s AND series_id IN ({marks}) AND ts >= %s AND ts < %s),"
+    " agg AS (SELECT series_id, bucket, min(value_num) AS lo, max(value_num) AS hi,"
+    " avg(value_num) AS mean, count(*) AS n, max(ts) AS last_ts FROM b"
+    " GROUP BY series_id, bucket)"
+    " SELECT a.series_id, a.bucket, a.lo, a.hi, a.mean, t.value_num, t.value_text, a.n FROM agg a"
+    " JOIN telemetry t ON t.tenant_id = %s AND t.series_id = a.series_id AND t.ts = a.last_ts"
+    " ORDER BY a.series_id, a.bucket"
+)
+
+
+async def buckets_of_series(
+    db: Database, tx: Tx, tenant_id: int, series_ids: list[int], *, start: int, end: int,
+    bucket_us: int,
+) -> dict[int, list[Bucket]]:  # fmt: skip
+    """`series_buckets` of many series (known to be the tenant's), by id. Where the backend has
+    its own aggregates for this bucket (TimescaleDB's `telemetry_1m`) series by series; else the
+    shared SQL over raw rows for a few hundred series per statement (telemetry alone, grouped
+    by series: on Citus each worker answers for its own shards)."""
+    out: dict[int, list[Bucket]] = {sid: [] for sid in series_ids}
+    if not series_ids:
+        return out
+    first = await db.aggregate_rows(
+        tx, tenant_id, series_ids[0], start=start, end=end, bucket_us=bucket_us
+    )
+    if first is not None:
+        out[series_ids[0]] = [_bucket(r) for r in first]
+        for sid in series_ids[1:]:
+            out[sid] = await series_buckets(
+                db, tx, tenant_id, sid, start=start, end=end, bucket_us=bucket_us
+            )
+        return out
+    for at in range(0, len(series_ids), _AGGREGATE_IDS):
+        part = series_ids[at : at + _AGGREGATE_IDS]
+        sql = _AGGREGATE_MANY.format(marks=", ".join(["%s"] * len(part)))
+        rows = await tx.fetch(sql, [bucket_us, bucket_us, tenant_id, *part, start, end, tenant_id])
+        for row in rows:
+            out[int(row[0])].append(_bucket(row[1:]))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """A tenant's ingest rate and the limits its batch is held to."""
