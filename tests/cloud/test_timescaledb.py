@@ -166,7 +166,7 @@ async def _compare_with_raw_rows(cloud: Cloud, owner_conn: Any, owner_dsn: str) 
                 async with db.transaction(tenant.id) as tx:  # and the two SQL paths row by row
                     via = await db.aggregate_rows(tx, tenant.id, sid, start=start, end=end,
                                                   bucket_us=bucket)  # fmt: skip
-                    raw = await TelemetryStore._aggregate_raw(
+                    raw = await TelemetryStore.aggregate_raw(
                         tx, tenant.id, sid, start=start, end=end, bucket_us=bucket
                     )
                 assert via is not None
