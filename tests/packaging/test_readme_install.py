@@ -29,6 +29,13 @@ Nothing else in the block is changed; the deb's file name is checked against the
 Every step must exit 0, except that `tagway status` may exit 1 when its only problems are
 devices still connecting (READY=1 comes when the local API answers, before the drivers have
 connected; on a busy machine the installer can be that quick).
+
+After the block it checks what the block is for: the agent runs as `tagway:tagway`, reads every
+device of the plant (`tagway status --json`, as the installer), only the agent's own process
+notifies the service manager (READY=1, STOPPING=1), `/var/lib/tagway` is `tagway:tagway 700`,
+and `systemctl stop` ends it with exit 0. Not covered, because only systemd can: the unit's
+sandbox (a directive that kept the agent from its files would pass here), Restart= and the
+watchdog.
 """
 
 from __future__ import annotations
