@@ -35,6 +35,7 @@ from edge.alarms import AlarmKind, Severity
 from edge.assets import AssetPath
 from edge.clock import ClockFault, ClockWindow
 from edge.config_checks import config_problems
+from edge.config_compact import compact_models
 from edge.config_loader import DUPLICATE_NAMES, ConfigError, ConfigIssue, load_model, parse_model
 from edge.north.config import NorthSection
 from edge.pipeline.expressions import Expression, ExpressionError
@@ -445,6 +446,8 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
 
 
 def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
+    # Held for the agent's life: at 100,000 tags, half the tag models' memory is repetition.
+    compact_models(tag for device in config.devices for tag in getattr(device, "tags", ()))
     models = tuple(
         m if m.path.is_absolute() else m.model_copy(update={"path": (base / m.path).resolve()})
         for m in config.models
