@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Final, NamedTuple
+from collections.abc import Iterator
+from typing import Any, Final, NamedTuple
 
 from asyncua import ua
 from asyncua.common.utils import Buffer
@@ -127,59 +128,89 @@ def _data_change(data: bytes, pos: int) -> tuple[list[RawChange], int]:
     body_end = pos + 9 + length
     (count,) = _I32.unpack_from(data, pos + 9)
     pos += 13
-    uniform = _uniform_changes(data, pos, count, body_end)
-    if uniform is not None:
-        return uniform, body_end
     changes: list[RawChange] = []
-    append = changes.append
-    for _ in range(max(count, 0)):
-        handle, mask = _HEAD.unpack_from(data, pos)
-        pos += 5
-        if mask & ~_PLAIN_MASK:
-            raise NotFast("DataValue with picoseconds")
-        value: Value | None = None
-        status = source = server = 0
-        if mask & _VALUE:
-            value, pos = _variant(data, pos)
-        if mask & _STATUS:
-            (status,) = _U32.unpack_from(data, pos)
-            pos += 4
-        if mask & _SOURCE_TS:
-            source = _ticks_to_us(_I64.unpack_from(data, pos)[0])
-            pos += 8
-        if mask & _SERVER_TS:
-            server = _ticks_to_us(_I64.unpack_from(data, pos)[0])
-            pos += 8
-        append(RawChange(handle, value, status, source, server))
+    remaining = max(count, 0)
+    while remaining:
+        run = _uniform_run(data, pos, remaining, body_end)
+        if run is not None:
+            rows, pos = run
+            changes += rows
+            remaining -= len(rows)
+            continue
+        pos = _one_change(data, pos, changes)
+        remaining -= 1
     # DiagnosticInfos of the notification are skipped with the rest of the body.
     return changes, body_end
 
 
-def _uniform_changes(data: bytes, pos: int, count: int, body_end: int) -> list[RawChange] | None:
-    """The changes of a notification whose items all have one layout, or None.
+def _one_change(data: bytes, pos: int, changes: list[RawChange]) -> int:
+    """Decode one MonitoredItemNotification at `pos` into `changes`; returns where it ends."""
+    handle, mask = _HEAD.unpack_from(data, pos)
+    pos += 5
+    if mask & ~_PLAIN_MASK:
+        raise NotFast("DataValue with picoseconds")
+    value: Value | None = None
+    status = source = server = 0
+    if mask & _VALUE:
+        value, pos = _variant(data, pos)
+    if mask & _STATUS:
+        (status,) = _U32.unpack_from(data, pos)
+        pos += 4
+    if mask & _SOURCE_TS:
+        source = _ticks_to_us(_I64.unpack_from(data, pos)[0])
+        pos += 8
+    if mask & _SERVER_TS:
+        server = _ticks_to_us(_I64.unpack_from(data, pos)[0])
+        pos += 8
+    changes.append(RawChange(handle, value, status, source, server))
+    return pos
 
-    A subscription of one device usually sends every item alike (the same DataValue mask, the
-    same scalar type), so every item has the same size: the whole array is then one
-    `iter_unpack` of a record format (in C) instead of four calls per item. The layout is
-    checked at every item (its mask and type bytes) and the array must end exactly where the
-    DiagnosticInfos (none) end the body; anything else takes the item-by-item decoder.
+
+_MIN_RUN: Final = 8  # shorter runs of alike items are decoded item by item
+_PROBE: Final = 64  # items looked at before a run is followed to its end
+
+
+def _uniform_run(
+    data: bytes, pos: int, remaining: int, body_end: int
+) -> tuple[list[RawChange], int] | None:
+    """The run of items from `pos` that share one layout (mask and scalar type), or None.
+
+    A subscription usually sends items alike (one device, one type, the same timestamps), or a
+    few kinds in long runs (a PLC's REALs, then its BOOLs): items of one layout have one size, so
+    a run is one `iter_unpack` of a record format (in C) instead of four calls per item. The
+    layout is checked at every item of the run (its mask and type bytes, which sit at the same
+    offset of each record); the first item that differs ends the run.
     """
-    if count <= 0 or pos + 6 > body_end:
+    if pos + 6 > body_end:
         return None
     mask, kind = data[pos + 4], data[pos + 5]
     scalar = _SCALARS.get(kind)
     if scalar is None or not mask & _VALUE or mask & ~_PLAIN_MASK:
         return None
     record = _record(mask, scalar.format)
-    end = pos + record.size * count
-    if (
-        end + 4 != body_end
-        or _I32.unpack_from(data, end)[0] > 0
-        or data[pos + 4 : end : record.size].count(mask) != count
-        or data[pos + 5 : end : record.size].count(kind) != count
-    ):
+    size = record.size
+    limit = min(remaining, (body_end - pos) // size)
+    count = _alike(data, pos, size, min(limit, _PROBE))
+    if count == _PROBE and limit > _PROBE:
+        count = _alike(data, pos, size, limit)  # a long run: follow it to its end
+    if count < min(_MIN_RUN, remaining):
         return None
-    rows = record.iter_unpack(memoryview(data)[pos:end])
+    end = pos + size * count
+    return _rows(mask, record.iter_unpack(memoryview(data)[pos:end])), end
+
+
+def _alike(data: bytes, pos: int, size: int, most: int) -> int:
+    """How many items from `pos` (at most `most`, each `size` bytes if alike) have the mask and
+    type byte of the item at `pos`."""
+    end = pos + size * most
+    masks = data[pos + 4 : end : size]
+    kinds = data[pos + 5 : end : size]
+    same_mask = len(masks) - len(masks.lstrip(masks[:1]))
+    same_kind = len(kinds) - len(kinds.lstrip(kinds[:1]))
+    return min(same_mask, same_kind)
+
+
+def _rows(mask: int, rows: Iterator[tuple[Any, ...]]) -> list[RawChange]:
     epoch = _FILETIME_AT_1970
     if mask == _VALUE | _SOURCE_TS | _SERVER_TS:  # what servers send for a Good value
         return [

@@ -199,3 +199,23 @@ def test_one_odd_item_among_alike_ones_is_still_decoded_exactly(at: int, odd: ob
     values = [_double(i * 1.0) for i in range(50)]
     values.insert(at, odd)
     assert _decoded([_change(i, dv) for i, dv in enumerate(values)]) == list(range(51))
+
+
+@pytest.mark.parametrize("run", [1, 7, 8, 100])
+def test_runs_of_different_kinds_decode_exactly(run: int) -> None:
+    """A device's items in runs of kinds (Doubles, then Int64s, then Booleans, a String, Floats:
+    as a PLC's tags come, and as firmware_sim sends its map tags before its float32 ones) decode
+    as asyncua decodes them, whatever the runs' lengths (issue 23)."""
+    values: list[ua.DataValue] = []
+    for i in range(3):
+        values += [_double(i * 10.0 + k) for k in range(run)]
+        values += [
+            ua.DataValue(
+                ua.Variant(k, ua.VariantType.Int64), SourceTimestamp=T0, ServerTimestamp=T1
+            )
+            for k in range(run)
+        ]
+        values += [ua.DataValue(ua.Variant(k % 2 == 1), SourceTimestamp=T0) for k in range(run)]
+        values.append(ua.DataValue(ua.Variant("s", ua.VariantType.String), SourceTimestamp=T0))
+        values += [ALIKE["float, uncertain"](k) for k in range(run)]
+    assert _decoded([_change(i, dv) for i, dv in enumerate(values)]) == list(range(len(values)))
