@@ -47,7 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--opcua-security", choices=["none", "basic256sha256"], default="none")
     add("--opcua-cert-dir", type=Path)
     add("--opcua-trust-dir", type=Path)
-    add("--opcua-publish", type=float, default=0.25, help="seconds between OPC UA publishes")
+    add(
+        "--opcua-publish",
+        type=float,
+        default=0.25,
+        help="most seconds between OPC UA publishes (writes, faults); every tick publishes too",
+    )
     add("--no-opcua", action="store_true")
     add("--mqtt-url", help="mqtt://[user:password@]host:port; MQTT devices are off without it")
     add("--mqtt-interval", type=float, default=1.0)

@@ -320,7 +320,7 @@ async def bench_10k(work: Path, seconds: float) -> dict[str, float]:
     with simulator("--devices", "30", "--tags-per-device", str(per_device), "--no-opcua",
                    role="modbus_sim") as mb, \
          simulator("--devices", "10", "--tags-per-device", str(per_device), "--no-modbus",
-                   "--opcua-publish", "1.0", role="opcua_sim") as ua:  # fmt: skip
+                   "--opcua-publish", "1.0", "--tick", "1.0", role="opcua_sim") as ua:  # fmt: skip
         devices = modbus_devices(mb, per_device) + opcua_devices(ua, per_device)
         async with cloud(work) as (url, gateway_id, token):
             token_file = work / "token"
