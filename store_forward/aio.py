@@ -26,6 +26,7 @@ from typing import ParamSpec, TypeVar
 
 from .errors import OutboxClosed
 from .model import (
+    DEFAULT_CONSUMER,
     ChunkId,
     Lane,
     Lease,
@@ -75,8 +76,11 @@ class AsyncOutbox:
 
     @property
     def consumers(self) -> tuple[str, ...]:
-        """The consumers named in the settings, the default one first."""
-        return self._settings.consumers
+        """The consumers reading this outbox, the default one first (those the settings name,
+        or, with none named, those the file has once it is open)."""
+        if self._outbox is not None:
+            return self._outbox.consumers
+        return self._settings.consumers or (DEFAULT_CONSUMER,)
 
     @property
     def path(self) -> Path:

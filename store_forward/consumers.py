@@ -16,7 +16,9 @@ then the chunks no consumer still needs. So:
 
 A consumer added to the settings starts with what is appended from then on (a new Sparkplug
 publisher does not replay the cloud's backlog as history); one removed from the settings is
-forgotten with its pending rows, and chunks only it still needed are deleted.
+forgotten with its pending rows, and chunks only it still needed are deleted. Opening with no
+names (``consumers=None``) keeps the file's consumers as they are: only the agent, which knows
+its configuration, decides who reads.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import apsw
 
 from ._sqlite import as_int
 from .errors import InvalidChunk
+from .model import DEFAULT_CONSUMER
 from .schema import LANE_SHIFT
 
 
@@ -59,10 +62,18 @@ class Consumers:
         return f"INSERT INTO pending(consumer, chunk_id) VALUES {rows}"  # noqa: S608 - integer ids
 
 
-def register(conn: apsw.Connection, names: Sequence[str], now: float) -> tuple[Consumers, bool]:
-    """Make the file's consumers exactly `names`, inside the caller's write transaction.
-    Returns them and whether any was forgotten (then chunks may have gone: recount)."""
-    known = {str(name): as_int(i) for i, name in conn.execute("SELECT id, name FROM consumer")}
+def register(
+    conn: apsw.Connection, names: Sequence[str] | None, now: float
+) -> tuple[Consumers, bool]:
+    """Make the file's consumers exactly `names` (None: keep those it has), inside the caller's
+    write transaction. Returns them and whether any was forgotten (then chunks may have gone:
+    recount)."""
+    known = {
+        str(name): as_int(i)
+        for i, name in conn.execute("SELECT id, name FROM consumer ORDER BY id")
+    }
+    if names is None:
+        names = tuple(known) or (DEFAULT_CONSUMER,)
     for name in names:
         if name not in known:
             next_id = max(known.values(), default=-1) + 1

@@ -81,6 +81,9 @@ class OutboxSettings(BaseModel):
             the Sparkplug publisher); the first is the one calls without a consumer use. A
             consumer new to the file starts with the chunks appended from then on; one no
             longer named is forgotten with its position (chunks only it still needed go).
+            None (the default) keeps the consumers the file already has (the uplink alone in a
+            new file): a tool that opens the outbox on the side (``tagway buffer``, a test)
+            must never forget the Sparkplug publisher's backlog.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -91,11 +94,13 @@ class OutboxSettings(BaseModel):
     lease_timeout_s: float = Field(default=120.0, gt=0)
     startup_check: StartupCheck = StartupCheck.QUICK
     busy_timeout_s: float = Field(default=5.0, ge=0)
-    consumers: tuple[str, ...] = (DEFAULT_CONSUMER,)
+    consumers: tuple[str, ...] | None = None
 
     @field_validator("consumers")
     @classmethod
-    def _named_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _named_once(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return value
         if not value:
             raise ValueError("an outbox needs at least one consumer")
         if len(set(value)) != len(value) or not all(name.strip() for name in value):

@@ -7,7 +7,7 @@ the will. In a session:
       → wait until the primary host is online (at once without one)
       → NBIRTH (seq 0), DBIRTH for every connected device
       → publish rounds: lease chunks from the outbox as consumer ``sparkplug``, one DDATA per
-        device per round by alias, ack once published; DBIRTH/DDEATH as drivers connect and
+        device per round by alias, ack once the broker has them (below); DBIRTH/DDEATH as drivers connect and
         drop; a full rebirth on NCMD ``Node Control/Rebirth`` or a tag no birth declared
       → host offline (or broker gone): NDEATH, disconnect, start again with the next bdSeq
 
@@ -16,6 +16,13 @@ Readings appended before the session's birth (the host or the broker was away) g
 appended since the birth) with a round of backlog (the oldest chunks, oldest first), so a long
 backlog never holds live data back. The outbox holds everything meanwhile: nothing is lost while
 the host is offline, and the uplink to the cloud never waits for this publisher.
+
+Sparkplug asks for DDATA at QoS 0, which the broker never confirms, and a kill -9 of the agent
+discards what the kernel had not yet sent (the socket is reset when it holds unread data). So
+before a round's chunks are acked, the node waits for the broker's answer to an UNSUBSCRIBE of a
+topic it never subscribed: the broker reads one connection's packets in order, so its UNSUBACK
+means every DDATA sent before it has arrived. A kill before that answer republishes the round
+after the restart, marked historical; nothing is acked that the broker did not take.
 
 DCMD writes go through the gateway's write door (`edge.writes`: the tag must be writable, the
 value inside its limits and its rate; every attempt is audited and reaches the cloud as an
@@ -343,7 +350,13 @@ class SparkplugNode:
         self.status.state = NodeState.ONLINE
         live_round = True
         next_device_check = 0.0
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():
+                # Python 3.11's wait_for (under aiomqtt's publish and unsubscribe) loses a
+                # cancellation that arrives as its answer does: honour it here, or the session
+                # never ends (the host went offline and no NDEATH ever followed).
+                raise asyncio.CancelledError
             if self._rebirth.is_set():
                 await self._birth(client, bd_seq)
             if time.monotonic() >= next_device_check:
@@ -410,12 +423,19 @@ class SparkplugNode:
         taken = tuple(sorted(chunks if chunks is not None else lease.chunks, key=lambda c: c.id))
         try:
             await self._send(client, bd_seq, taken)
+            await self._broker_has_them(client)
         except BaseException:
             await asyncio.shield(self._in.outbox.release(lease))
             raise
         # Acking part of a lease hands the rest back: the lease row goes with the ack.
         await self._in.outbox.ack(Lease(lease.lease_id, taken, lease.deadline, lease.consumer))
         return True
+
+    async def _broker_has_them(self, client: aiomqtt.Client) -> None:
+        """Returns once the broker has received everything published before (see the module's
+        docstring); at QoS 1 aiomqtt's publish already waited for each PUBACK."""
+        if self.settings.data_qos == 0:
+            await client.unsubscribe(f"{self.topic(MessageType.NCMD)}/barrier")
 
     async def _send(self, client: aiomqtt.Client, bd_seq: int, chunks: tuple[Chunk, ...]) -> None:
         live: list[ChunkRow] = []

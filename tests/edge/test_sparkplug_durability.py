@@ -29,7 +29,7 @@ from tests.edge.test_uplink import with_cloud
 from tests.mosquitto import mosquitto
 from tests.protocols.sparkplug import tahu
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 GROUP, NODE = "plant1", "gw-kill"
 
 
@@ -84,8 +84,11 @@ def in_ms(readings: set[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
     return {(device, tag, ts // 1000) for device, tag, ts in readings}
 
 
+@pytest.mark.parametrize(
+    "kills", [pytest.param(1, id="once"), pytest.param(3, id="three", marks=pytest.mark.slow)]
+)
 async def test_kill_9_with_the_uplink_and_the_sparkplug_node_running(
-    tmp_path: Path, plant: Plant, broker: int
+    tmp_path: Path, plant: Plant, broker: int, kills: int
 ) -> None:
     rng = random.Random(21)
     async with serve_cloud(tmp_path / "cloud.db") as cloud, host_on(broker) as host:
@@ -100,7 +103,7 @@ async def test_kill_9_with_the_uplink_and_the_sparkplug_node_running(
         config_path.write_text(yaml.safe_dump(config))
         state = Path(config["gateway"]["state_dir"])
         discovery = state / "local_api.json"
-        for _ in range(3):
+        for _ in range(kills):
             discovery.unlink(missing_ok=True)
             agent = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cli", "run", "--config", str(config_path),

@@ -122,6 +122,21 @@ def test_a_new_consumer_starts_at_the_end_and_a_removed_one_is_forgotten(
             outbox.lease(consumer="uplink")
 
 
+def test_opening_without_naming_consumers_keeps_the_files_own(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """`tagway buffer requeue-quarantine` (or any tool) opens the outbox on the side without the
+    agent's settings: that must not forget the Sparkplug publisher and delete its backlog."""
+    with Outbox(db_path, OutboxSettings(consumers=BOTH), clock=clock) as outbox:
+        chunk = outbox.append(b"s" * 10, count=3, lane=Lane.TELEMETRY)
+        outbox.ack(outbox.lease())  # the cloud has it; the publisher does not yet
+    with Outbox(db_path, OutboxSettings(), clock=clock) as outbox:
+        assert outbox.consumers == BOTH
+        assert outbox.stats().chunks == 1
+    with Outbox(db_path, OutboxSettings(consumers=BOTH), clock=clock) as outbox:
+        assert outbox.lease(consumer="sparkplug").chunk_ids == (chunk,)
+
+
 def test_other_processes_read_the_consumer_figures(db_path: Path) -> None:
     with Outbox(db_path, OutboxSettings(consumers=BOTH)) as outbox:
         outbox.append(b"z" * 10, count=9, lane=Lane.ALARM)
