@@ -8,7 +8,8 @@ the will. In a session:
       → NBIRTH (seq 0), DBIRTH for every connected device
       → publish rounds: lease chunks from the outbox as consumer ``sparkplug``, one DDATA per
         device per round by alias, ack once the broker has them (below); DBIRTH/DDEATH as
-        drivers connect and drop; a full rebirth on NCMD ``Node Control/Rebirth`` or a tag no birth declared
+        drivers connect and drop; a full rebirth on NCMD ``Node Control/Rebirth`` or a tag no
+        birth declared
       → host offline (or broker gone): NDEATH, disconnect, start again with the next bdSeq
 
 Readings appended before the session's birth (the host or the broker was away) go out with
