@@ -33,7 +33,7 @@ from edge.alarms import Alarm, AlarmEngine, AlarmEvent, AlarmState
 from edge.assets import AssetPath
 from edge.channel import ChannelHandlers, CommandChannel
 from edge.clock import ClockSync
-from edge.collector import settle_after_start
+from edge.collector import limit_malloc_arenas, settle_after_start
 from edge.commands import CommandJournal, CommandRunner
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.credentials import UplinkIdentity, load_uplink_identity
@@ -95,8 +95,9 @@ class Agent:
         notifier: systemd's notify socket (readiness, watchdog, stopping); by default the one
             the environment names, a no-op outside systemd.
         tune_gc: once the drivers have started, freeze what start-up built and raise the
-            collector's young threshold (`edge.collector`). For a process that runs one agent
-            (`tagway run`); off by default, as a test process runs many.
+            collector's young threshold, and cap glibc's malloc arenas at start
+            (`edge.collector`). For a process that runs one agent (`tagway run`); off by
+            default, as a test process runs many.
     """
 
     def __init__(
@@ -142,6 +143,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then stop drivers, flush, and close everything."""
         config = self.config.current
+        if self._tune_gc:
+            limit_malloc_arenas()  # before the outbox's thread and the executor's start
         config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
         identity = self._identity or load_uplink_identity(config)
         # Resources open before the task group and close after it: a failure to open one

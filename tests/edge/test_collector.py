@@ -4,11 +4,12 @@ young collections far rarer than CPython's default, and cycles still collected."
 from __future__ import annotations
 
 import gc
+import platform
 from collections.abc import Iterator
 
 import pytest
 
-from edge.collector import GEN0_THRESHOLD, settle_after_start
+from edge.collector import GEN0_THRESHOLD, limit_malloc_arenas, settle_after_start
 
 
 @pytest.fixture
@@ -32,3 +33,9 @@ def test_settling_freezes_start_up_and_raises_the_young_threshold() -> None:
     a.other, b.other = b, a  # a cycle made after start-up is still garbage the collector finds
     del a, b
     assert gc.collect() >= 2
+
+
+def test_malloc_arenas_are_capped_on_glibc() -> None:
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc arenas are glibc's")
+    assert limit_malloc_arenas(8) is True  # a cap well above what a test process uses
