@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.pg_engines import EngineServer, EngineUnavailable, running
+
+# A shell starts a background job (`make test &`, `nohup`) with SIGINT ignored, and every process
+# a test starts inherits that: the tests that press Ctrl-C on the CLI would wait for nothing.
+# With Python's own handler here, children start with the default disposition again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -239,12 +239,16 @@ def test_tags_watch_refreshes_until_ctrl_c(site: Site) -> None:
     proc = subprocess.Popen([*TAGWAY, *argv], cwd=site.root, env=site.env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)  # fmt: skip
     assert proc.stdout is not None
-    seen, deadline = "", time.monotonic() + 30
-    while seen.count("device ") < 2 and time.monotonic() < deadline:  # two refreshes
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            seen += os.read(proc.stdout.fileno(), 65536).decode()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    with proc:  # killed and its pipes closed whatever happens
+        seen, deadline = "", time.monotonic() + 30
+        while seen.count("device ") < 2 and time.monotonic() < deadline:  # two refreshes
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                seen += os.read(proc.stdout.fileno(), 65536).decode()
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
     Ran(argv, proc.returncode, seen + out, err).ok(130)
     assert seen.count("device ") >= 2, seen  # the header, once per refresh
 

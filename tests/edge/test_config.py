@@ -233,7 +233,10 @@ def test_the_agent_and_the_outbox_library_agree_on_every_default(tmp_path: Path)
     from store_forward import OutboxSettings  # noqa: PLC0415
 
     config = parse_config(f"gateway: {{name: gw, state_dir: {tmp_path}}}")
-    assert outbox_settings(config) == OutboxSettings()
+    # Except who reads: the agent names its consumers (the uplink alone here); the library
+    # keeps a file's own when none are named, so a side tool never retires one.
+    assert outbox_settings(config) == OutboxSettings(consumers=("uplink",))
+    assert OutboxSettings().consumers is None
 
 
 def test_a_json_config_loads_as_its_yaml_twin_and_its_mistakes_have_lines(tmp_path: Path) -> None:
