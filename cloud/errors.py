@@ -167,3 +167,11 @@ class StorageError(CloudError):
 
     status = 503
     code = "storage_unavailable"
+
+
+class IngestUnfinished(StorageError):
+    """A batch begun by a replica that writes readings through a Citus worker and not finished,
+    retried on a replica that writes through the coordinator: that one cannot finish it (the
+    worker's claim decides what the first attempt stored), so the gateway retries."""
+
+    code = "ingest_unfinished"

@@ -46,7 +46,7 @@ from cloud.contract import (
     StatusReport,
     WriteRecord,
 )
-from cloud.errors import NotFound, RateLimited, SeqConflict
+from cloud.errors import IngestUnfinished, NotFound, RateLimited, SeqConflict
 from cloud.health import HealthPolicy
 from cloud.live import AlarmChanges, Announce, News, StoredBatch, ignore
 from cloud.storage.alarms import write_alarms
@@ -557,6 +557,12 @@ class TelemetryStore:
             )
         if stored is None and self.db.splits_ingest:
             return None
+        if stored is None:  # begun through a worker by another replica, not finished
+            raise IngestUnfinished(
+                f"batch seq {seq} was begun by a replica that writes readings through a Citus"
+                " worker and is not finished; only such a replica can finish it: retry",
+                details={"seq": seq},
+            )
         return IngestResult(
             duplicate=True, seq=seq, readings=readings, stored=stored or 0, received_at=received
         )

@@ -137,3 +137,35 @@ async def test_an_attempt_that_stopped_halfway_is_finished_by_the_retry(  # noqa
     assert (replayed["duplicate"], replayed["stored"]) == (True, 20)
     assert _stored(owner_dsn) == (60, 2, 60)
     assert await _usage(cloud, tenant.admin) == 60
+
+
+async def test_a_retry_on_a_replica_without_the_worker_waits_for_one_with_it(
+    backend: str,
+    owner_dsn: str,
+    make_cloud: Any,
+    engine_databases: EngineDatabases,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch begun through a worker and stopped halfway, retried on a replica that writes
+    through the coordinator (a rolling upgrade, a replica not given the worker): that replica
+    answers 503 `ingest_unfinished` instead of calling it a finished duplicate (the gateway would
+    ack readings never stored); the retry that reaches a worker replica stores them."""
+    split = await make_cloud(telemetry_database_url=_worker(owner_dsn, engine_databases))
+    plain = await make_cloud()
+    tenant = await split.tenant("acme")
+    gw = await split.gateway(tenant)
+    batch = make_batch(gw[0], 1, n=20, start=now_us() - 100 * 1_000_000)
+
+    async def broken(self: PostgresDatabase, *args: Any) -> int:
+        raise StorageError("postgresql: the link to the worker broke")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PostgresDatabase, "write_batch_rows", broken)
+        assert (await split.send(gw, batch)).status_code == 503
+    answer = await plain.send(gw, batch)
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "ingest_unfinished"
+    assert _stored(owner_dsn)[0] == 0
+    retried = (await split.send(gw, batch)).json()
+    assert (retried["duplicate"], retried["stored"]) == (False, 40)
+    assert _stored(owner_dsn) == (40, 1, 40)
