@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from cloud.api import assets as asset_api
 from cloud.contract import AssetPaths, Batch, SeriesColumns
 from cloud.storage.asset_tree import PATH_LEVELS, gateway_levels
-from tests.cloud.conftest import Cloud, Tenant, make_batch, now_us
+from tests.cloud.conftest import ENGINE_PARAMS, Cloud, Tenant, make_batch, now_us
 
 pytestmark = pytest.mark.integration
 
@@ -344,9 +344,9 @@ async def test_latest_and_aggregates_by_asset(
     assert r.json()["error"]["details"]["path"] == ["query", "tag"]
 
 
-async def test_gateways_on_two_replicas_build_one_tree(make_cloud: Any, backend: str) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite serves one process per file: replicas run against PostgreSQL")
+# SQLite serves one process per file: replicas run against the PostgreSQL engines only
+@pytest.mark.parametrize("backend", ENGINE_PARAMS, indirect=True)
+async def test_gateways_on_two_replicas_build_one_tree(make_cloud: Any) -> None:
     first, second = await make_cloud(), await make_cloud()
     tenant = await first.tenant("acme")
     gateways = [await first.gateway(tenant, f"gw{i}") for i in range(6)]
