@@ -23,12 +23,23 @@ router = APIRouter(tags=["assets"])
 MAX_ASSET_BUCKETS: Final = 100_000
 """The most buckets one aggregate by asset answers, over all its series."""
 MAX_ASSET_SERIES: Final = 2_000
-"""The most series one aggregate by asset reads (each is one query: about 1 ms on PostgreSQL)."""
+"""The most series one read by asset (latest or aggregate) covers (each series is one query:
+about 1 ms on PostgreSQL)."""
 
 _CONFLICTS: Final[dict[int | str, dict[str, Any]]] = {
     409: {"description": "asset_name_taken, asset_level or asset_cycle"}
 }
 TagFilter = Annotated[str | None, Query(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+
+
+def _check_series(series: int) -> None:
+    """422 ``invalid_request`` when a read by asset would cover more than `MAX_ASSET_SERIES`."""
+    if series > MAX_ASSET_SERIES:
+        raise InvalidRequest(
+            f"{series} series under the asset exceed the {MAX_ASSET_SERIES} one read by asset"
+            " covers; name a tag or ask for a smaller asset",
+            path=["query", "tag"],
+        )
 
 
 @router.post("/v1/assets", status_code=201, responses=_CONFLICTS)
@@ -103,7 +114,9 @@ async def asset_latest(
     asset_id: Id, response: Response, tenant_id: ViewerTenant, rt: Rt
 ) -> list[AssetLatestValue]:
     """The newest reading of every tag of every device under the asset (its whole subtree),
-    each with its device, series and asset path."""
+    each with its device, series and asset path. More than `MAX_ASSET_SERIES` series under
+    the asset: 422 ``invalid_request``, as for the aggregate."""
+    _check_series(await rt.assets.count_series(tenant_id, asset_id, tag=None))
     values = await rt.assets.latest(tenant_id, asset_id)
     say_data_source(response, simulated=any(v.simulated for v in values))
     return values
@@ -132,12 +145,7 @@ async def asset_aggregate(
             path=["query", "bucket"],
         )
     series = await rt.assets.count_series(tenant_id, asset_id, tag=tag)
-    if series > MAX_ASSET_SERIES:
-        raise InvalidRequest(
-            f"{series} series under the asset exceed the {MAX_ASSET_SERIES} one aggregate reads;"
-            " name a tag or ask for a smaller asset",
-            path=["query", "tag"],
-        )
+    _check_series(series)
     if series * max(per_series, 1) > MAX_ASSET_BUCKETS:
         raise InvalidRequest(
             f"{series} series of about {per_series} buckets each exceed {MAX_ASSET_BUCKETS}"

@@ -247,7 +247,19 @@ class AssetStore:
     async def count_series(self, tenant_id: int, asset_id: int, *, tag: str | None) -> int:
         """How many series the asset's subtree holds (of `tag` only, when given)."""
         async with self.db.transaction(tenant_id) as tx:
-            return len(await self._subtree_series(tx, tenant_id, asset_id, tag))
+            this = await node(tx, tenant_id, asset_id)
+            sql = (
+                "SELECT count(*) FROM assets a"
+                " JOIN devices d ON d.tenant_id = a.tenant_id AND d.asset_id = a.id"
+                " JOIN series s ON s.tenant_id = d.tenant_id AND s.device_id = d.id"
+                " WHERE a.tenant_id = %s AND a.id_path LIKE %s"
+            )
+            params: list[Any] = [tenant_id, subtree(this.id_path)]
+            if tag is not None:
+                sql += " AND s.tag = %s"
+                params.append(tag)
+            row = await tx.fetchone(sql, params)
+        return 0 if row is None else int(row[0])
 
     async def aggregate(
         self, tenant_id: int, asset_id: int, *, start: int, end: int, bucket_us: int,

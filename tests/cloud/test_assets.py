@@ -342,6 +342,13 @@ async def test_latest_and_aggregates_by_asset(
     monkeypatch.setattr(asset_api, "MAX_ASSET_SERIES", 3)
     r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/aggregate")
     assert r.json()["error"]["details"]["path"] == ["query", "tag"]
+    # the latest values are bounded the same way (5 series under plant-a, 3 under packaging)
+    r = await cloud.get(tenant.admin, f"/v1/assets/{assets['plant-a']}/latest")
+    assert _code(r) == (422, "invalid_request")
+    assert r.json()["error"]["details"]["path"] == ["query", "tag"]
+    r = await cloud.get(tenant.admin, f"/v1/assets/{packaging}/latest")
+    assert r.status_code == 200
+    assert len(r.json()) == 3
 
 
 # SQLite serves one process per file: replicas run against the PostgreSQL engines only
