@@ -224,9 +224,14 @@ async def apply_asset_paths(
             f"INSERT INTO device_paths (tenant_id, gateway_id, device, path) VALUES {marks}",
             [v for device, path in part for v in (tenant_id, gateway_id, device, path)],
         )
-    # every path names assets, whether its device has appeared yet or not
+    # every path names assets, whether its device has appeared yet or not, but for the devices
+    # a user pinned (a renamed, moved or deleted subtree's old paths would come back)
+    pinned = {str(r[0]) for r in await tx.fetch(
+        "SELECT name FROM devices WHERE tenant_id = %s AND gateway_id = %s"
+        " AND asset_source = 'api'", [tenant_id, gateway_id],
+    )}  # fmt: skip
     cache: dict[tuple[str, ...], int | None] = {}
-    for path in sorted(set(report.devices.values())):
+    for path in sorted({p for d, p in report.devices.items() if d not in pinned}):
         levels = gateway_levels(path)
         if levels is not None:
             await _resolve(tx, tenant_id, levels, now_us, cache)

@@ -2,8 +2,10 @@
 users, and telemetry read by asset.
 
 Sites, areas, lines and equipment; a child's level always below its parent's, names unique among
-siblings. Renaming or moving an asset rewrites the stored paths of its subtree in one statement;
-a move may not put an asset under itself. Deleting refuses while the asset has children or
+siblings. Renaming or moving an asset rewrites the stored paths of its subtree in one statement
+and pins the devices their gateways placed in it (``asset_source = 'api'``: the gateways' old
+paths would make the old chain again and move them there); a move may not put an asset under
+itself. Deleting refuses while the asset has children or
 devices, unless cascading: then the subtree goes, and its devices stay, unassigned and pinned so
 (``asset_source = 'api'``): their gateways' paths do not place them again (a gateway's next report
 does create the assets its paths name), and ``DELETE /v1/devices/{id}/asset`` hands a device
@@ -103,7 +105,7 @@ class AssetStore:
         move: bool = False, parent_id: int | None = None,
     ) -> Asset:  # fmt: skip
         """Rename the asset and/or (with `move`) move it under `parent_id` (None: the root),
-        its subtree with it."""
+        its subtree with it; the devices their gateways placed in the subtree become pinned."""
         async with self.db.transaction(tenant_id) as tx:
             this = await node(tx, tenant_id, asset_id)
             old = this.asset
@@ -136,6 +138,14 @@ class AssetStore:
                 [path, len(old.path) + 1, id_path, len(this.id_path) + 1, tenant_id,
                  subtree(this.id_path)],
             )  # fmt: skip
+            # the operator's decision stands: the gateways' old paths would otherwise make the
+            # old chain again and move the subtree's devices there
+            await tx.execute(
+                "UPDATE devices SET asset_source = 'api' WHERE tenant_id = %s"
+                " AND asset_source = 'gateway' AND asset_id IN"
+                " (SELECT id FROM assets WHERE tenant_id = %s AND id_path LIKE %s)",
+                [tenant_id, tenant_id, subtree(id_path)],
+            )
             return (await node(tx, tenant_id, asset_id)).asset
 
     async def delete(self, tenant_id: int, asset_id: int, *, cascade: bool) -> None:

@@ -515,11 +515,20 @@ class TelemetryStore:
         if not unique:
             return []
         created = 0
+        new_devices: list[str] = []
 
         async def admit(count: int) -> None:
-            nonlocal created
+            nonlocal created, new_devices
             check_new_series(policy, count)
             created = count
+            if count:  # the devices not known yet (a new series of a known one places nothing)
+                names = sorted({k[0] for k in unique})
+                known = await tx.fetch(
+                    "SELECT name FROM devices WHERE tenant_id = %s AND gateway_id = %s"
+                    f" AND name IN ({', '.join(['%s'] * len(names))})",
+                    [tenant_id, gateway_id, *names],
+                )
+                new_devices = sorted(set(names) - {str(r[0]) for r in known})
 
         found = await self.db.resolve_series(
             tx, tenant_id, gateway_id, [(*k, simulated[k]) for k in unique], before_create=admit
@@ -528,7 +537,7 @@ class TelemetryStore:
             await check_holdings(tx, tenant_id, policy)
             # devices new in this batch: placed by the paths their gateway reported
             await place_reported(tx, tenant_id, gateway_id, now_us=now_us,
-                                 devices=sorted({k[0] for k in unique}))  # fmt: skip
+                                 devices=new_devices)  # fmt: skip
         ids = dict(zip(unique, found, strict=True))
         return [ids[key] for key in keys]
 

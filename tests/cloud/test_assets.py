@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from cloud.api import assets as asset_api
 from cloud.contract import AssetPaths, Batch, SeriesColumns
+from cloud.storage import telemetry as telemetry_storage
 from cloud.storage.asset_tree import PATH_LEVELS, gateway_levels
 from tests.cloud.conftest import ENGINE_PARAMS, Cloud, Tenant, make_batch, now_us
 
@@ -263,6 +264,49 @@ async def test_devices_placed_by_api_and_by_their_gateways_path(cloud: Cloud) ->
     r = await cloud.client.put(f"/v1/devices/{pump1['id']}/asset", json={"asset_id": site_b["id"]},
                                headers=cloud.auth(viewer))  # fmt: skip
     assert _code(r) == (403, "forbidden")
+
+
+async def test_a_renamed_or_moved_gateway_asset_stays_as_the_operator_left_it(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    h = cloud.auth(tenant.admin)
+    await cloud.send(gw, make_batch(gw[0], 1, devices=("pump1", "pump2"), n=1))
+    paths = {"pump1": "acme/plant-a/packaging/line2", "pump2": "acme/plant-a/packaging"}
+    await _send_paths(cloud, gw, 2, paths, report_seq=1)
+    assets = {a["path"]: a["id"] for a in (await cloud.get(tenant.admin, "/v1/assets")).json()}
+    site_b = await _asset(cloud, tenant.admin, "plant-b", "site")
+    r = await cloud.client.patch(f"/v1/assets/{assets['plant-a/packaging']}",
+                                 json={"name": "pack"}, headers=h)  # fmt: skip
+    assert r.status_code == 200, r.text
+    r = await cloud.client.patch(f"/v1/assets/{assets['plant-a/packaging/line2']}",
+                                 json={"parent_id": site_b["id"]}, headers=h)  # fmt: skip
+    assert r.status_code == 200, r.text
+    devices = await _devices(cloud, tenant)
+    assert {n: (d["asset_path"], d["asset_source"]) for n, d in devices.items()} == {
+        "pump1": ("plant-b/line2", "api"), "pump2": ("plant-a/pack", "api"),
+    }  # fmt: skip
+    # the agent restarts (the same paths again) and a batch brings a new tag and a new device
+    await _send_paths(cloud, gw, 3, paths, report_seq=2)
+    placed: list[list[str] | None] = []
+    real = telemetry_storage.place_reported
+
+    async def spy(*args: Any, **kwargs: Any) -> None:
+        placed.append(kwargs.get("devices"))
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(telemetry_storage, "place_reported", spy)
+    await cloud.send(gw, make_batch(gw[0], 4, devices=("pump1", "pump3"), tags=("new",), n=1))
+    assert placed == [["pump3"]]  # only the new device, not every device of the batch
+    devices = await _devices(cloud, tenant)
+    assert {n: d["asset_path"] for n, d in devices.items()} == {
+        "pump1": "plant-b/line2", "pump2": "plant-a/pack", "pump3": None}  # fmt: skip
+    listed = [a["path"] for a in (await cloud.get(tenant.admin, "/v1/assets")).json()]
+    assert listed == ["plant-a", "plant-a/pack", "plant-b", "plant-b/line2"]
+    # handed back: the gateway's path places it again (and makes its assets again)
+    r = await cloud.client.delete(f"/v1/devices/{devices['pump2']['id']}/asset", headers=h)
+    assert (r.json()["asset_path"], r.json()["asset_source"]) == ("plant-a/packaging", "gateway")
 
 
 async def test_latest_and_aggregates_by_asset(
