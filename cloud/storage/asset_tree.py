@@ -8,6 +8,11 @@ the assets missing along the path and places the device under the last one (``as
 'gateway'``), unless a user pinned the device (``api``), which always wins. A path that runs into
 an existing asset of another level places nothing (logged). A device the gateway names before
 its first reading is placed when ingest creates it.
+
+Bounded per tenant: at most `MAX_ASSETS` assets, and at most `MAX_NEW_ASSETS` made by one report
+(or one placement); a path that would need an asset beyond either places nothing (counted and
+logged: never an error, the batch's readings are stored all the same). Lookups are cached per
+path prefix, so the paths of one report share the work of their common levels.
 """
 
 from __future__ import annotations
@@ -39,6 +44,25 @@ MAX_NAME: Final = 200
 PATH_LEVELS: Final = ("site", "area", "line", "equipment")
 """The cloud level of each gateway path level after the enterprise (site, area, line, cell)."""
 _INSERT_ROWS: Final = 1_000
+MAX_ASSETS: Final = 10_000
+"""The most assets a tenant's gateways' paths fill its tree to (users' own assets count too)."""
+MAX_NEW_ASSETS: Final = 1_000
+"""The most assets one path report (or one placement by ingest) makes."""
+
+
+@dataclass(slots=True)
+class AssetBudget:
+    """How many assets the paths being placed may still make, and how many paths it refused."""
+
+    left: int
+    refused: int = 0
+
+
+async def asset_budget(tx: Tx, tenant_id: int) -> AssetBudget:
+    """The budget of one report: `MAX_NEW_ASSETS`, less what would pass `MAX_ASSETS`."""
+    row = await tx.fetchone("SELECT count(*) FROM assets WHERE tenant_id = %s", [tenant_id])
+    held = int(row[0]) if row else 0
+    return AssetBudget(max(0, min(MAX_NEW_ASSETS, MAX_ASSETS - held)))
 
 
 def asset_from_row(row: Row) -> Asset:
@@ -129,22 +153,32 @@ def gateway_levels(path: str) -> list[tuple[str, str]] | None:
 
 
 async def _resolve(
-    tx: Tx, tenant_id: int, levels: Sequence[tuple[str, str]], now_us: int,
-    cache: dict[tuple[str, ...], int | None],
+    tx: Tx, tenant_id: int, levels: Sequence[tuple[str, str]], now_us: int, *,
+    cache: dict[tuple[str, ...], Node | None], budget: AssetBudget,
 ) -> int | None:  # fmt: skip
-    """The asset at the end of a gateway path, creating those missing along it; None when the
-    path runs into an asset of another level (it is left as it is)."""
-    key = tuple(name for _, name in levels)
-    if key in cache:
-        return cache[key]
+    """The asset at the end of a gateway path, creating those missing along it (within
+    `budget`); None when the path runs into an asset of another level (it is left as it is) or
+    needs more assets than the budget holds."""
+    names = tuple(name for _, name in levels)
     parent: Node | None = None
-    for level, name in levels:
+    for depth, (level, name) in enumerate(levels, start=1):
+        key = names[:depth]
+        if key in cache:
+            parent = cache[key]
+            if parent is None:
+                return None
+            continue
         parent_id = None if parent is None else parent.asset.id
         found = await sibling_named(tx, tenant_id, parent_id, name)
         if found is None:
+            if budget.left <= 0:
+                budget.refused += 1  # not cached: the budget may differ for another report
+                return None
             found = await insert(tx, tenant_id, parent, level=level, name=name, now_us=now_us)
             if found is None:  # created meanwhile by another replica
                 found = await sibling_named(tx, tenant_id, parent_id, name)
+            else:
+                budget.left -= 1
         if found is None:
             cache[key] = None
             return None
@@ -153,20 +187,20 @@ async def _resolve(
             log.info(
                 "tenant %s: gateway path %s meets %s %r, not a %s; device not placed",
                 tenant_id,
-                "/".join(key),
+                "/".join(names),
                 parent.asset.level,
                 parent.asset.path,
                 level,
             )
             cache[key] = None
             return None
-    cache[key] = None if parent is None else parent.asset.id
-    return cache[key]
+        cache[key] = parent
+    return None if parent is None else parent.asset.id
 
 
 async def place_reported(
     tx: Tx, tenant_id: int, gateway_id: int, *, now_us: int, devices: Sequence[str] | None = None,
-    cache: dict[tuple[str, ...], int | None] | None = None,
+    cache: dict[tuple[str, ...], Node | None] | None = None, budget: AssetBudget | None = None,
 ) -> None:  # fmt: skip
     """Place the gateway's devices that are not pinned by the paths it reported (all of them,
     or only `devices`); a device whose path was withdrawn and that the gateway had placed
@@ -184,10 +218,15 @@ async def place_reported(
         sql += f" AND d.name IN ({', '.join(['%s'] * len(devices))})"
         params.extend(devices)
     cache = {} if cache is None else cache
+    rows = await tx.fetch(sql, params)
+    if budget is None:
+        budget = await asset_budget(tx, tenant_id) if rows else AssetBudget(0)
     moves: dict[int | None, list[int]] = {}
-    for device_id, path, current, source in await tx.fetch(sql, params):
+    for device_id, path, current, source in rows:
         levels = gateway_levels(path) if path is not None else None
-        target = None if levels is None else await _resolve(tx, tenant_id, levels, now_us, cache)
+        target = None
+        if levels is not None:
+            target = await _resolve(tx, tenant_id, levels, now_us, cache=cache, budget=budget)
         if target is None and source is None:
             continue  # nothing to place, and nothing the gateway placed to undo
         if target != current or source is None:
@@ -230,9 +269,16 @@ async def apply_asset_paths(
         "SELECT name FROM devices WHERE tenant_id = %s AND gateway_id = %s"
         " AND asset_source = 'api'", [tenant_id, gateway_id],
     )}  # fmt: skip
-    cache: dict[tuple[str, ...], int | None] = {}
+    cache: dict[tuple[str, ...], Node | None] = {}
+    budget = await asset_budget(tx, tenant_id)
     for path in sorted({p for d, p in report.devices.items() if d not in pinned}):
         levels = gateway_levels(path)
         if levels is not None:
-            await _resolve(tx, tenant_id, levels, now_us, cache)
-    await place_reported(tx, tenant_id, gateway_id, now_us=now_us, cache=cache)
+            await _resolve(tx, tenant_id, levels, now_us, cache=cache, budget=budget)
+    await place_reported(tx, tenant_id, gateway_id, now_us=now_us, cache=cache, budget=budget)
+    if budget.refused:
+        log.warning(
+            "tenant %s gateway %s: %d paths need assets past the limits (%d per tenant, %d per"
+            " report); their devices are not placed",
+            tenant_id, gateway_id, budget.refused, MAX_ASSETS, MAX_NEW_ASSETS,
+        )  # fmt: skip

@@ -163,6 +163,9 @@ async def _apply_events(
 ) -> None:  # fmt: skip
     """The gateway's command results, write records, shadow, config and status reports, each
     applied once."""
+    # only the newest path report of a batch matters (each replaces the one before)
+    reports = [e for e in batch.events if isinstance(e, AssetPaths)]
+    newest = max(reports, key=lambda e: e.seq) if reports else None
     for event in batch.events:
         if isinstance(event, CommandResult):
             await apply_result(tx, tenant_id, gateway_id, event, now_us=now_us, news=news)
@@ -175,7 +178,7 @@ async def _apply_events(
                                       rollouts=rollouts)  # fmt: skip
         elif isinstance(event, StatusReport):
             await apply_status(tx, tenant_id, gateway_id, event, now_us=now_us, policy=health)
-        elif isinstance(event, AssetPaths):
+        elif isinstance(event, AssetPaths) and event is newest:
             await apply_asset_paths(tx, tenant_id, gateway_id, event, now_us=now_us)
 
 

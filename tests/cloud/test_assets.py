@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from cloud.api import assets as asset_api
 from cloud.contract import AssetPaths, Batch, SeriesColumns
+from cloud.storage import asset_tree
 from cloud.storage import telemetry as telemetry_storage
 from cloud.storage.asset_tree import PATH_LEVELS, gateway_levels
 from tests.cloud.conftest import ENGINE_PARAMS, Cloud, Tenant, make_batch, now_us
@@ -307,6 +308,41 @@ async def test_a_renamed_or_moved_gateway_asset_stays_as_the_operator_left_it(
     # handed back: the gateway's path places it again (and makes its assets again)
     r = await cloud.client.delete(f"/v1/devices/{devices['pump2']['id']}/asset", headers=h)
     assert (r.json()["asset_path"], r.json()["asset_source"]) == ("plant-a/packaging", "gateway")
+
+
+async def test_asset_work_per_report_is_bounded(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = await cloud.tenant("acme")
+    gw = await cloud.gateway(tenant)
+    # two reports in one batch: only the newest is applied
+    old = AssetPaths(type="asset_paths", seq=1, at=now_us(), devices={"d0": "acme/stale"})
+    new = AssetPaths(type="asset_paths", seq=2, at=now_us(), devices={"d0": "acme/s/a"})
+    r = await cloud.send(gw, Batch(str(gw[0]), 1, now_us(), events=[old, new]))
+    assert r.status_code == 200, r.text
+    listed = [a["path"] for a in (await cloud.get(tenant.admin, "/v1/assets")).json()]
+    assert listed == ["s", "s/a"]
+    # the tenant may hold 4 assets: a report needing more places what fits, and its batch's
+    # readings are stored
+    monkeypatch.setattr(asset_tree, "MAX_ASSETS", 4)
+    paths = {"d0": "acme/s/a", "d1": "acme/s/a/l1", "d2": "acme/s/a/l1/c1", "d3": "acme/s/b",
+             "d4": "acme/t"}  # fmt: skip
+    event = AssetPaths(type="asset_paths", seq=3, at=now_us(), devices=paths)
+    batch = make_batch(gw[0], 2, devices=tuple(paths), tags=("t",), n=2)
+    r = await cloud.send(gw, Batch(str(gw[0]), 2, now_us(), batch.series, events=[event]))
+    assert r.status_code == 200, r.text
+    assert r.json()["stored"] == 10
+    listed = [a["path"] for a in (await cloud.get(tenant.admin, "/v1/assets")).json()]
+    assert listed == ["s", "s/a", "s/a/l1", "s/a/l1/c1"]
+    devices = await _devices(cloud, tenant)
+    assert {n: d["asset_path"] for n, d in devices.items()} == {
+        "d0": "s/a", "d1": "s/a/l1", "d2": "s/a/l1/c1", "d3": None, "d4": None}  # fmt: skip
+    # and per report: at most MAX_NEW_ASSETS new ones
+    monkeypatch.setattr(asset_tree, "MAX_ASSETS", 100)
+    monkeypatch.setattr(asset_tree, "MAX_NEW_ASSETS", 1)
+    await _send_paths(cloud, gw, 3, paths, report_seq=4)
+    listed = [a["path"] for a in (await cloud.get(tenant.admin, "/v1/assets")).json()]
+    assert len(listed) == 5
 
 
 async def test_latest_and_aggregates_by_asset(
