@@ -114,10 +114,12 @@ class Limits(BaseModel):
     # One chunk of a chunk batch (format 2) may decompress to at most
     #   min(max_chunk_decompressed_bytes, 4 KiB + max(max_chunk_ratio x its compressed size,
     #       max_chunk_bytes_per_reading x the readings it declares))
-    # (record chunks: max_chunk_bytes_per_record per declared record). Measured on the codec:
-    # simulated plant data 12 B/reading at a ratio of 1.8; a constant series 8 B/reading at 240;
-    # one reading per series with 200-character names 212 B/reading at 92; random 4,096-character
-    # texts 4.1 KiB/reading at 2.2. Only long texts that also compress over 64 times (the same
+    # (alarm chunks: max_chunk_bytes_per_record per declared record; event chunks: the contract's
+    # largest valid event per declared event, `chunked.largest_event_bytes`, which is past the
+    # cap: one asset_paths event of 5,000 devices is 6.5 MB at a ratio of 220).
+    # Measured on the codec: simulated plant data 12 B/reading at a ratio of 1.8; a constant
+    # series 8 B/reading at 240; one reading per series with 200-character names 212 B/reading
+    # at 92; random 4,096-character texts 4.1 KiB/reading at 2.2. Only long texts that also compress over 64 times (the same
     # 4 KiB text 5,000 times: ratio 10,000) are refused.
     max_chunk_ratio: int = 64
     max_chunk_bytes_per_reading: int = 1_024

@@ -26,7 +26,8 @@ columns are read with numpy straight from their bytes.
 
 Each chunk also has a budget of its own, from its compressed size and the readings (records) it
 declares (`chunk_budget`): a few KiB of zstd cannot make the decode thread inflate the whole
-batch budget before the 413 (`chunk_too_expansive`).
+batch budget before the 413 (`chunk_too_expansive`). An event chunk declaring one event may
+inflate to the absolute cap: one valid event can be that large.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from cloud.contract.errors import (
     Path,
     PayloadTooLarge,
 )
+from cloud.contract.fleet import MAX_ASSET_DEVICES, MAX_STATUS_DRIVERS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -197,7 +199,7 @@ class _ChunkReader:
         declared = item["readings"]
         if type(declared) is not int or declared < 0:
             raise InvalidBatch("readings must be an integer >= 0", path=(*path, "readings"))
-        own = chunk_budget(len(data), declared, self.limits, records=lane != "telemetry")
+        own = chunk_budget(len(data), declared, self.limits, lane=lane)
         try:
             if lane == "telemetry":
                 self._telemetry(data, path, own)
@@ -251,14 +253,36 @@ class _ChunkReader:
             raise PayloadTooLarge(f"over {limits.max_events} events in one batch")
 
 
-def chunk_budget(compressed: int, declared: int, limits: Limits, *, records: bool = False) -> int:
+def largest_event_bytes() -> int:
+    """An upper bound of the msgpack size of the largest gateway event the contract admits: an
+    `AssetPaths` of `MAX_ASSET_DEVICES` devices (a 200-character name, a 1,100-character path) or
+    a `StatusReport` of `MAX_STATUS_DRIVERS` drivers (a 200-character name and protocol, a
+    4,096-character error), every character 4 bytes of UTF-8, each string 5 bytes of header and
+    64 bytes of keys and small fields per entry. The status report's bound (about 90 MB) is past
+    `max_chunk_decompressed_bytes`: one event may need the whole absolute cap."""
+    string = 5
+    asset = MAX_ASSET_DEVICES * (2 * string + 4 * (200 + 1_100))
+    driver = 64 + 3 * string + 4 * (200 + 200 + 4_096)
+    status = MAX_STATUS_DRIVERS * driver + 64 * 1024  # the config part, figures and keys
+    return max(asset, status)
+
+
+def chunk_budget(compressed: int, declared: int, limits: Limits, *, lane: str = "telemetry") -> int:
     """The most bytes one chunk may decompress to: a few KiB, plus the larger of
-    `max_chunk_ratio` times its compressed size and `max_chunk_bytes_per_reading` (per record,
-    for alarm and event chunks) times the readings it declares; never over
-    `max_chunk_decompressed_bytes`. Either term alone covers every chunk a gateway writes (see
-    `Limits`); a bomb declares few readings or is large on the wire, and pays for it there."""
+    `max_chunk_ratio` times its compressed size and a size per reading (record) it declares:
+    `max_chunk_bytes_per_reading` for telemetry, `max_chunk_bytes_per_record` for alarm records
+    (an `AlarmRecord` is at most about 40 KiB), and the contract's largest valid event
+    (`largest_event_bytes`) for event records; never over `max_chunk_decompressed_bytes`.
+    Either term alone covers every telemetry and alarm chunk a gateway writes (see `Limits`),
+    and the size term every event chunk (one event of 5,000 asset paths compresses far better
+    than 64 times, so the ratio term alone would refuse it). A bomb declares few readings or is
+    large on the wire and pays for it there; an event chunk declaring one event is the exception:
+    it may inflate to the absolute cap, a quarter of the batch's budget."""
     declared = min(declared, limits.max_readings + limits.max_alarms + limits.max_events)
-    per = limits.max_chunk_bytes_per_record if records else limits.max_chunk_bytes_per_reading
+    per = {"telemetry": limits.max_chunk_bytes_per_reading,
+           "alarm": limits.max_chunk_bytes_per_record}.get(lane)  # fmt: skip
+    if per is None:  # the event lane
+        per = max(limits.max_chunk_bytes_per_record, largest_event_bytes())
     wide = max(limits.max_chunk_ratio * compressed, per * declared)
     return min(limits.max_chunk_decompressed_bytes, _CHUNK_BASE_BYTES + wide)
 

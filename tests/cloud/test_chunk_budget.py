@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from cloud.contract import (
     CHUNKS,
+    MAX_ASSET_DEVICES,
+    AssetPaths,
     ChunkTooExpansive,
     ContractError,
     LeasedChunk,
@@ -24,9 +26,11 @@ from cloud.contract import (
     encode_chunk_batch,
 )
 from cloud.contract.chunk import encode
-from cloud.contract.chunked import chunk_budget
+from cloud.contract.chunked import chunk_budget, largest_event_bytes
+from edge.runtime import event_emitter
 from protocols.reading import Quality, Reading
-from tests.cloud.conftest import Cloud
+from store_forward import Lane
+from tests.cloud.conftest import Cloud, make_batch
 
 T0 = 1_700_000_000_000_000
 MIB = 1024 * 1024
@@ -74,7 +78,7 @@ def test_a_record_chunk_bomb_stops_at_its_budget_too() -> None:
     body = batch_of(LeasedChunk("event", 2, data))
     with pytest.raises(ChunkTooExpansive) as caught:
         decode_batch(body, content_type=CHUNKS)
-    assert caught.value.details["limit"] == chunk_budget(len(data), 2, Limits(), records=True)
+    assert caught.value.details["limit"] == chunk_budget(len(data), 2, Limits(), lane="event")
 
 
 def test_declaring_every_reading_of_the_batch_buys_at_most_the_absolute_cap() -> None:
@@ -107,7 +111,7 @@ def test_no_bomb_inflates_past_its_chunk_s_budget(
 ) -> None:
     data = bomb(expands_to)
     limits = Limits()
-    own = chunk_budget(len(data), declared, limits, records=lane != "telemetry")
+    own = chunk_budget(len(data), declared, limits, lane=lane)
     assert own <= limits.max_chunk_decompressed_bytes
     body = batch_of(LeasedChunk(lane, declared, data))
     with pytest.raises(ContractError) as caught:  # a 4xx, never a 5xx or a decoded batch
@@ -155,3 +159,73 @@ async def test_the_api_answers_413_chunk_too_expansive_with_the_chunk_s_path(clo
     error = r.json()["error"]
     assert error["code"] == "chunk_too_expansive"
     assert error["details"]["path"] == ["chunks", 0]
+
+
+def _asset_paths(devices: int = MAX_ASSET_DEVICES) -> AssetPaths:
+    """The largest `asset_paths` event an agent writes: every device a 200-character name and a
+    path of about 1,000 characters (five levels of up to 200)."""
+    pad = "x" * 200
+
+    def level(text: str) -> str:
+        return (text + pad)[:200]
+
+    paths = {level(f"filler-{i:05d}-"): "/".join([
+        level("acme-"), level("plant-a-"), level(f"area-{i % 7}-"), level(f"line-{i % 40}-"),
+        level(f"cell-{i}-")]) for i in range(devices)}  # fmt: skip
+    return AssetPaths(type="asset_paths", seq=1, at=T0, devices=paths)
+
+
+async def _edge_chunk(event: AssetPaths) -> LeasedChunk:
+    """The chunk the agent's own event emitter appends to its outbox for `event`."""
+    appended: list[LeasedChunk] = []
+
+    class Outbox:
+        async def append(self, data: bytes, *, count: int, lane: Lane) -> None:
+            appended.append(LeasedChunk(lane.value, count, data))
+
+    await event_emitter(Outbox(), None)([event])  # type: ignore[arg-type]
+    (leased,) = appended
+    return leased
+
+
+async def test_the_agent_s_largest_asset_paths_event_fits_its_budget() -> None:
+    event = _asset_paths()
+    leased = await _edge_chunk(event)
+    assert (leased.lane, leased.readings) == ("event", 1)
+    raw = len(zstandard.ZstdDecompressor().decompress(leased.data))
+    assert raw > 5_000_000  # far past 64 times its compressed size
+    assert raw > Limits().max_chunk_ratio * len(leased.data) + 65_536
+    batch = decode_batch(batch_of(leased), content_type=CHUNKS)
+    assert batch.events == (event,)
+    # a bomb as small on the wire, but larger than any event, is still stopped at its budget
+    data = bomb(64 * MIB, pad_to=len(leased.data))
+    with pytest.raises(ChunkTooExpansive) as caught:
+        decode_batch(batch_of(LeasedChunk("event", 1, data)), content_type=CHUNKS)
+    assert caught.value.details["limit"] == Limits().max_chunk_decompressed_bytes
+    # an alarm chunk's records stay small: its budget does not grow with the events'
+    assert chunk_budget(len(data), 1, Limits(), lane="alarm") == 4096 + 64 * len(data)
+
+
+def test_the_event_budget_covers_the_contract_s_largest_events() -> None:
+    largest = largest_event_bytes()
+    assert largest >= 5_000 * 4 * (200 + 1_100)  # asset paths in 4-byte UTF-8
+    assert largest >= 5_000 * 4 * (200 + 200 + 4_096)  # a status report's drivers
+    assert chunk_budget(100, 1, Limits(), lane="event") == Limits().max_chunk_decompressed_bytes
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_the_api_places_the_devices_of_the_largest_asset_paths_event(cloud: Cloud) -> None:
+    tenant = await cloud.tenant("acme")
+    _, token = await cloud.gateway(tenant)
+    gateway_id = tenant.gateways["gw1"][0]
+    event = _asset_paths()
+    body = encode_chunk_batch(gateway_id=str(gateway_id), seq=1, created_at=T0, dropped={},
+                              chunks=[await _edge_chunk(event)])  # fmt: skip
+    r = await cloud.post(token, body, content_type=CHUNKS, content_encoding="identity")
+    assert r.status_code == 200, r.text
+    last = max(event.devices)
+    r = await cloud.send((gateway_id, token), make_batch(gateway_id, 2, devices=(last,), n=1))
+    assert r.status_code == 200, r.text
+    devices = {d["name"]: d for d in (await cloud.get(tenant.admin, "/v1/devices")).json()}
+    assert devices[last]["asset_path"] == event.devices[last].split("/", 1)[1]
