@@ -119,8 +119,8 @@ class Limits(BaseModel):
     # cap: one asset_paths event of 5,000 devices is 6.5 MB at a ratio of 220).
     # Measured on the codec: simulated plant data 12 B/reading at a ratio of 1.8; a constant
     # series 8 B/reading at 240; one reading per series with 200-character names 212 B/reading
-    # at 92; random 4,096-character texts 4.1 KiB/reading at 2.2. Only long texts that also compress over 64 times (the same
-    # 4 KiB text 5,000 times: ratio 10,000) are refused.
+    # at 92; random 4,096-character texts 4.1 KiB/reading at 2.2. Only long texts that also
+    # compress over 64 times (the same 4 KiB text 5,000 times: ratio 10,000) are refused.
     max_chunk_ratio: int = 64
     max_chunk_bytes_per_reading: int = 1_024
     max_chunk_bytes_per_record: int = 65_536
