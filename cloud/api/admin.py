@@ -33,6 +33,7 @@ async def create_tenant(body: TenantCreate, _: PlatformAdmin, rt: Rt) -> Tenant:
         rate_limit=body.rate_limit,
         max_devices=body.max_devices,
         max_series=body.max_series,
+        max_assets=body.max_assets,
     )
 
 
@@ -57,6 +58,7 @@ async def set_tenant_limits(tenant_id: Id, body: TenantLimits, _: PlatformAdmin,
         rate_limit=body.rate_limit,
         max_devices=body.max_devices,
         max_series=body.max_series,
+        max_assets=body.max_assets,
     )
 
 

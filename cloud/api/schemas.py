@@ -55,12 +55,14 @@ Count = Annotated[int, Field(ge=1, le=2**31 - 1), JsonInt]
 
 class TenantLimits(Body):
     """A tenant's ingest quota (readings stored per UTC day), rate limit (ingest requests per
-    window) and the devices and series it may hold; null means the service's default."""
+    window), the devices and series it may hold and the assets its gateways' paths fill its tree
+    to; null means the service's default."""
 
     ingest_quota_per_day: Quota | None = None
     rate_limit: Rate | None = None
     max_devices: Count | None = None
     max_series: Count | None = None
+    max_assets: Count | None = None
 
 
 class TenantCreate(TenantLimits):

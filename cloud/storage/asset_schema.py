@@ -58,3 +58,14 @@ DO $do$ BEGIN
   EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO {role}', current_schema());
 END $do$;
 """
+
+
+LIMIT_VERSION: Final = 14
+LIMIT_NAME: Final = "tenant asset limits"
+SQLITE_LIMIT_MIGRATION: Final = "ALTER TABLE tenants ADD COLUMN max_assets INTEGER;"
+
+
+def pg_migration_limit(**_: Any) -> str:
+    """Migration 14: ``tenants.max_assets``, the most assets the tenant's gateways' paths fill
+    its tree to (null: the service's default, `cloud.storage.asset_tree.MAX_ASSETS`)."""
+    return "ALTER TABLE tenants ADD COLUMN max_assets integer;"

@@ -45,7 +45,8 @@ PATH_LEVELS: Final = ("site", "area", "line", "equipment")
 """The cloud level of each gateway path level after the enterprise (site, area, line, cell)."""
 _INSERT_ROWS: Final = 1_000
 MAX_ASSETS: Final = 10_000
-"""The most assets a tenant's gateways' paths fill its tree to (users' own assets count too)."""
+"""The most assets a tenant's gateways' paths fill its tree to (users' own assets count too),
+unless the tenant has its own limit (``tenants.max_assets``, ``PUT /v1/tenants/{id}/limits``)."""
 MAX_NEW_ASSETS: Final = 1_000
 """The most assets one path report (or one placement by ingest) makes."""
 
@@ -59,10 +60,13 @@ class AssetBudget:
 
 
 async def asset_budget(tx: Tx, tenant_id: int) -> AssetBudget:
-    """The budget of one report: `MAX_NEW_ASSETS`, less what would pass `MAX_ASSETS`."""
+    """The budget of one report: `MAX_NEW_ASSETS`, less what would pass the tenant's limit
+    (its own, else `MAX_ASSETS`)."""
     row = await tx.fetchone("SELECT count(*) FROM assets WHERE tenant_id = %s", [tenant_id])
     held = int(row[0]) if row else 0
-    return AssetBudget(max(0, min(MAX_NEW_ASSETS, MAX_ASSETS - held)))
+    own = await tx.fetchone("SELECT max_assets FROM tenants WHERE id = %s", [tenant_id])
+    limit = MAX_ASSETS if own is None or own[0] is None else int(own[0])
+    return AssetBudget(max(0, min(MAX_NEW_ASSETS, limit - held)))
 
 
 def asset_from_row(row: Row) -> Asset:

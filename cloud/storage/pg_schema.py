@@ -326,4 +326,5 @@ MIGRATIONS: Final[list[Migration]] = [
     (citus.VERSION, citus.NAME, citus.pg_migration),
     (asset_schema.VERSION, asset_schema.NAME, asset_schema.pg_migration),
     (columnar.HOUR_BLOCKS_VERSION, columnar.HOUR_BLOCKS_NAME, columnar.pg_migration_hour_blocks),
+    (asset_schema.LIMIT_VERSION, asset_schema.LIMIT_NAME, asset_schema.pg_migration_limit),
 ]

@@ -29,6 +29,7 @@ class Tenant(Record):
     rate_limit: int | None = None
     max_devices: int | None = None
     max_series: int | None = None
+    max_assets: int | None = None
 
 
 class ApiKey(Record):

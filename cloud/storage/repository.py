@@ -28,7 +28,9 @@ from cloud.storage.telemetry import TelemetryStore
 
 DAY_US: Final = 86_400_000_000
 
-_TENANT = "id, name, created_at, ingest_quota_per_day, rate_limit, max_devices, max_series"
+_TENANT = (
+    "id, name, created_at, ingest_quota_per_day, rate_limit, max_devices, max_series, max_assets"
+)
 _KEY = "id, name, role, prefix, created_at, last_used_at, revoked_at"
 _GATEWAY = "id, name, token_prefix, created_at, last_seen_at, last_seq, revoked_at"
 
@@ -42,6 +44,7 @@ def _tenant(row: Row) -> Tenant:
         rate_limit=row[4],
         max_devices=row[5],
         max_series=row[6],
+        max_assets=row[7],
     )
 
 
@@ -101,6 +104,7 @@ class Repository(TelemetryStore):
     async def create_tenant(
         self, *, name: str, now_us: int, quota: int | None, rate_limit: int | None,
         max_devices: int | None = None, max_series: int | None = None,
+        max_assets: int | None = None,
     ) -> Tenant:  # fmt: skip
         """A new tenant; `Conflict` if the name is taken."""
         async with self.db.transaction(None, platform=True) as tx:
@@ -108,8 +112,9 @@ class Repository(TelemetryStore):
                 raise Conflict(f"a tenant named {name!r} exists")
             row = await tx.fetchone(
                 "INSERT INTO tenants (name, created_at, ingest_quota_per_day, rate_limit,"
-                f" max_devices, max_series) VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_TENANT}",
-                [name, now_us, quota, rate_limit, max_devices, max_series],
+                " max_devices, max_series, max_assets) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                f" RETURNING {_TENANT}",
+                [name, now_us, quota, rate_limit, max_devices, max_series, max_assets],
             )
         assert row is not None  # noqa: S101 - INSERT ... RETURNING returns its row
         return _tenant(row)
@@ -131,15 +136,16 @@ class Repository(TelemetryStore):
     async def update_tenant_limits(
         self, tenant_id: int, *, quota: int | None, rate_limit: int | None,
         max_devices: int | None = None, max_series: int | None = None,
+        max_assets: int | None = None,
     ) -> Tenant:  # fmt: skip
-        """Set the tenant's ingest quota, rate limit, and device and series limits (None: the
-        service default)."""
+        """Set the tenant's ingest quota, rate limit, and device, series and asset limits (None:
+        the service default)."""
         async with self.db.transaction(tenant_id) as tx:
             row = await _one(
                 tx,
                 "UPDATE tenants SET ingest_quota_per_day = %s, rate_limit = %s, max_devices = %s,"
-                f" max_series = %s WHERE id = %s RETURNING {_TENANT}",
-                [quota, rate_limit, max_devices, max_series, tenant_id],
+                f" max_series = %s, max_assets = %s WHERE id = %s RETURNING {_TENANT}",
+                [quota, rate_limit, max_devices, max_series, max_assets, tenant_id],
                 "tenant",
             )
         return _tenant(row)

@@ -111,6 +111,7 @@ ALTER TABLE tenants ADD COLUMN max_series INTEGER;
     (simulated_schema.VERSION, simulated_schema.NAME, simulated_schema.SQLITE_MIGRATION),
     (exact_schema.VERSION, exact_schema.NAME, exact_schema.SQLITE_MIGRATION),
     (asset_schema.VERSION, asset_schema.NAME, asset_schema.SQLITE_MIGRATION),
+    (asset_schema.LIMIT_VERSION, asset_schema.LIMIT_NAME, asset_schema.SQLITE_LIMIT_MIGRATION),
 ]
 
 # Readings deleted per retention transaction: a few milliseconds of the write lock, so ingest

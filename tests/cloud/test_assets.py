@@ -16,7 +16,7 @@ from cloud.contract import AssetPaths, Batch, SeriesColumns
 from cloud.storage import asset_tree
 from cloud.storage import telemetry as telemetry_storage
 from cloud.storage.asset_tree import PATH_LEVELS, gateway_levels
-from tests.cloud.conftest import ENGINE_PARAMS, Cloud, Tenant, make_batch, now_us
+from tests.cloud.conftest import ENGINE_PARAMS, PLATFORM_KEY, Cloud, Tenant, make_batch, now_us
 
 pytestmark = pytest.mark.integration
 
@@ -343,6 +343,18 @@ async def test_asset_work_per_report_is_bounded(
     await _send_paths(cloud, gw, 3, paths, report_seq=4)
     listed = [a["path"] for a in (await cloud.get(tenant.admin, "/v1/assets")).json()]
     assert len(listed) == 5
+    # the tenant's own limit wins over the service's
+    monkeypatch.setattr(asset_tree, "MAX_NEW_ASSETS", 100)
+    r = await cloud.client.put(f"/v1/tenants/{tenant.id}/limits", json={"max_assets": 5},
+                               headers=cloud.auth(PLATFORM_KEY))  # fmt: skip
+    assert r.json()["max_assets"] == 5
+    await _send_paths(cloud, gw, 4, paths, report_seq=5)
+    assert len((await cloud.get(tenant.admin, "/v1/assets")).json()) == 5
+    r = await cloud.client.put(f"/v1/tenants/{tenant.id}/limits", json={"max_assets": 6},
+                               headers=cloud.auth(PLATFORM_KEY))  # fmt: skip
+    await _send_paths(cloud, gw, 5, paths, report_seq=6)
+    assert len((await cloud.get(tenant.admin, "/v1/assets")).json()) == 6
+    assert (await _devices(cloud, tenant))["d4"]["asset_path"] == "t"
 
 
 async def test_latest_and_aggregates_by_asset(
