@@ -8,7 +8,8 @@ worker thread with ``executemany`` inside the batch's transaction.
 Request classes (`cloud.storage.base.request_class`, `CloudSettings.db_classes`), as on
 PostgreSQL: each transaction waits at most its class's `pool_timeout_s` for the connection (then
 429 ``ingest_busy`` for ingest, 503 for the others), and its statements are interrupted past its
-`statement_timeout_ms` (a progress handler checks the deadline). At most `sqlite_ingest_writers`
+`statement_timeout_ms` (a progress handler checks the deadline, which each statement starts
+again). At most `sqlite_ingest_writers`
 ingest transactions hold or wait for the connection at once; the lock is first come, first
 served, so a read or admin request waits behind at most that many ingest transactions however
 many gateways push at once, and the pushing gateways get 429 ``ingest_busy`` and retry.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -150,11 +151,13 @@ def _translated() -> Iterator[None]:
 class SqliteTx:
     """A transaction on the one SQLite connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, arm: Callable[[], None] = lambda: None) -> None:
         self.conn = conn
+        self._arm = arm  # starts the statement timeout of the next statement
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """All rows of a query."""
+        self._arm()
         with _translated():
             return self.conn.execute(_sql(sql), tuple(params)).fetchall()
 
@@ -165,6 +168,7 @@ class SqliteTx:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; rows changed."""
+        self._arm()
         with _translated():
             return self.conn.execute(_sql(sql), tuple(params)).rowcount
 
@@ -184,7 +188,8 @@ class SqliteDatabase:
         self._lock = asyncio.Lock()
         self.classes = classes or DbClasses()
         self._ingest_slots = asyncio.Semaphore(max(1, ingest_writers))
-        self._deadline: float | None = None  # of the open transaction's statements
+        self._deadline: float | None = None  # of the running statement
+        self._timeout_s: float | None = None  # of the open transaction's statements, each
         self._timed_out = False
         conn.set_progress_handler(self._past_deadline, _PROGRESS_STEPS)
         version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
@@ -224,19 +229,20 @@ class SqliteDatabase:
         limits = self.classes.of(kind)
         async with self._slot(kind, limits.pool_timeout_s), self._connection(kind, limits):
             timeout_ms = limits.statement_timeout_ms
-            self._deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+            self._timeout_s = timeout_ms / 1000 if timeout_ms else None
             self._timed_out = False
             try:
+                self._arm()
                 self._conn.execute("BEGIN IMMEDIATE")
-                yield SqliteTx(self._conn)
+                yield SqliteTx(self._conn, self._arm)
             except BaseException as exc:
-                self._deadline = None
+                self._deadline = self._timeout_s = None
                 self._rollback()
                 if self._timed_out and isinstance(exc, (StorageError, sqlite3.Error)):
                     raise StorageError(f"a statement ran past the {timeout_ms} ms statement"
                                        f" timeout of {kind} requests") from exc  # fmt: skip
                 raise
-            self._deadline = None
+            self._deadline = self._timeout_s = None
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -247,6 +253,12 @@ class SqliteDatabase:
         # An interrupted statement may have rolled the whole transaction back already.
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+
+    def _arm(self) -> None:
+        """Start the statement timeout of the next statement: like PostgreSQL's
+        `statement_timeout`, it bounds each statement, not the transaction."""
+        timeout_s = self._timeout_s
+        self._deadline = time.monotonic() + timeout_s if timeout_s else None
 
     def _past_deadline(self) -> int:
         """SQLite's progress handler: non-zero interrupts the running statement."""
@@ -372,8 +384,10 @@ class SqliteDatabase:
 
     def _insert(self, rows: list[tuple[Any, ...]], exact: list[tuple[Any, ...]]) -> int:
         before = self._conn.total_changes
+        self._arm()
         self._conn.executemany(_INSERT_READING, rows)
         if exact:
+            self._arm()
             self._conn.executemany(_INSERT_EXACT, exact)
         return self._conn.total_changes - before
 

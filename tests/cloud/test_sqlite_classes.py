@@ -108,3 +108,30 @@ async def test_a_statement_past_its_class_timeout_is_interrupted(tmp_path: Path)
     request_class.set("background")  # background work has no statement timeout
     async with db.transaction(None) as tx:
         assert await tx.fetch("SELECT count(*) FROM tenants") == [(0,)]
+
+
+async def test_the_timeout_bounds_each_statement_not_the_transaction(tmp_path: Path) -> None:
+    classes = DbClasses(read={"statement_timeout_ms": 100, "pool_timeout_s": 5})
+    db = SqliteDatabase.open(tmp_path / "cloud.db", classes=classes)
+    short = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000)"
+             " SELECT count(*) FROM c")  # fmt: skip
+    token = request_class.set("read")
+    try:
+        started = time.monotonic()
+        async with db.transaction(None) as tx:  # 12 short statements, 300+ ms in all
+            for _ in range(12):
+                assert await tx.fetch(short) == [(20_000,)]
+                await asyncio.sleep(0.025)
+                await tx.execute(f"UPDATE tenants SET name = name WHERE id > ({short})")  # noqa: S608
+        assert time.monotonic() - started > 0.3  # past the timeout in all, and not interrupted
+        endless = short.replace(" WHERE x < 20000", "")
+
+        async def short_then_endless() -> None:
+            async with db.transaction(None) as tx:
+                await tx.fetch("SELECT 1")
+                await tx.fetch(endless)
+
+        with pytest.raises(StorageError, match="100 ms statement timeout of read requests"):
+            await short_then_endless()
+    finally:
+        request_class.reset(token)
