@@ -194,12 +194,13 @@ def serve(
     from cloud.api.app import create_app  # noqa: PLC0415
     from cloud.enrollment import load_master_key  # noqa: PLC0415
     from cloud.errors import CloudError  # noqa: PLC0415
+    from edge.config import http_url  # noqa: PLC0415
 
     settings = _settings(
         database_url=database,
         migrate_database_url=migrate_database,
         telemetry_database_url=telemetry_database,
-        public_url=public_url or f"http://{host}:{port}",
+        public_url=public_url or http_url(host, port),
         master_key_file=master_key,
         platform_admin_key=platform_admin_key,
         allow_static_gateway_tokens=static_gateway_tokens,

@@ -59,7 +59,7 @@ def fixed_url(cfg: AgentConfig) -> str | None:
     """The local API's URL as the config names it, None when only the discovery file knows it
     (port 0, or a unix socket)."""
     api = cfg.local_api
-    return f"http://{api.host}:{api.port}" if api.socket is None and api.port else None
+    return api.url() if api.socket is None and api.port else None
 
 
 def _discovery(config: Path | None) -> dict[str, str]:

@@ -23,6 +23,7 @@ Unknown keys are errors everywhere. After `load_config` only these frozen object
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import partial
 from pathlib import Path
@@ -156,6 +157,20 @@ class LocalApiSection(BaseModel):
     host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
     port: int = Field(default=8470, ge=0, le=65535)
     socket: Path | None = None
+
+    def url(self, port: int | None = None) -> str:
+        """The API's HTTP URL on `port` (the configured one by default), an IPv6 host in
+        brackets (``http://[::1]:8470``)."""
+        return http_url(self.host, self.port if port is None else port)
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets (``http://[::1]:8470``)."""
+    try:
+        ipv6 = ipaddress.ip_address(host).version == 6
+    except ValueError:  # a name
+        ipv6 = False
+    return f"http://[{host}]:{port}" if ipv6 else f"http://{host}:{port}"
 
 
 SetpointLimit = bool | int | float | str

@@ -125,7 +125,7 @@ class LocalApi:
         config = self.runtime.config.current
         section = config.local_api
         where: dict[str, str] = {"socket": str(section.socket)} if section.socket else {
-            "url": f"http://{section.host}:{self.port}"}  # fmt: skip
+            "url": section.url(self.port)}  # fmt: skip
         where["token_file"] = str(token_path(config.gateway.state_dir))
         (config.gateway.state_dir / "local_api.json").write_text(json.dumps(where))
 
