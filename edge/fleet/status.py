@@ -17,6 +17,7 @@ from typing import Final
 
 from cloud.contract import (
     MAX_ASSET_DEVICES,
+    MAX_STATUS_DRIVERS,
     AnyEvent,
     AssetPaths,
     DriverStatus,
@@ -30,6 +31,11 @@ from edge.runtime import Runtime
 CHECK_S: Final = 2.0
 MIN_GAP_S: Final = 5.0
 _STATES: Final = {"idle", "connecting", "connected", "backoff", "closed"}
+MAX_EVENT_TEXT_BYTES: Final = 12 * 1024 * 1024
+"""What one status or asset_paths event may carry in names, paths and errors (UTF-8): under the
+cloud's 16 MiB cap on one decompressed chunk (`Limits.max_chunk_decompressed_bytes`) with room
+for the rest, so every event the agent writes fits its decode budget. The contract alone admits
+more (5,000 drivers with 4,096-character errors; 5,000 paths of 1,100 four-byte characters)."""
 
 Emit = Callable[[Sequence[AnyEvent]], Awaitable[None]]
 
@@ -64,7 +70,7 @@ async def build_status(rt: Runtime, versions: ConfigVersions, *, seq: int) -> St
             probation=_probation(last.outcome if last else None),  # type: ignore[arg-type]
             reason=(last.reason or "")[:4_000] or None if last else None,
         ),
-        drivers=[_driver(rt, name) for name in sorted(rt.supervisor.slots)],
+        drivers=bounded_drivers([_driver(rt, name) for name in sorted(rt.supervisor.slots)]),
         backlog_chunks=sum(lane.chunks for lane in stats.lanes.values()),
         backlog_readings=sum(lane.readings for lane in stats.lanes.values()),
         backlog_oldest_s=max(ages) if ages else None,
@@ -86,7 +92,38 @@ def asset_paths(rt: Runtime) -> dict[str, str]:
     most `MAX_ASSET_DEVICES` devices), so an odd config never stops the status reports."""
     paths = {d.name: d.path for d in rt.config.current.devices
              if d.path is not None and len(d.name) <= 200 and len(d.path) <= 1_100}  # fmt: skip
-    return dict(sorted(paths.items())[:MAX_ASSET_DEVICES])
+    return bounded_paths(paths)
+
+
+def bounded_paths(paths: dict[str, str]) -> dict[str, str]:
+    """The first `MAX_ASSET_DEVICES` paths by device name, while their UTF-8 stays within
+    `MAX_EVENT_TEXT_BYTES`."""
+    out: dict[str, str] = {}
+    size = 0
+    for name, path in sorted(paths.items())[:MAX_ASSET_DEVICES]:
+        size += len(name.encode()) + len(path.encode())
+        if size > MAX_EVENT_TEXT_BYTES:
+            break
+        out[name] = path
+    return out
+
+
+def bounded_drivers(drivers: list[DriverStatus]) -> list[DriverStatus]:
+    """At most `MAX_STATUS_DRIVERS`, their errors cut to an equal share of what their names
+    leave of `MAX_EVENT_TEXT_BYTES` when they would pass it."""
+    drivers = drivers[:MAX_STATUS_DRIVERS]
+    names = sum(len(d.name.encode()) + len((d.protocol or "").encode()) for d in drivers)
+    if names + sum(len((d.last_error or "").encode()) for d in drivers) <= MAX_EVENT_TEXT_BYTES:
+        return drivers
+    share = max(0, MAX_EVENT_TEXT_BYTES - names) // max(1, len(drivers))
+    return [d if d.last_error is None or len(d.last_error.encode()) <= share
+            else d.model_copy(update={"last_error": _cut(d.last_error, share) or None})
+            for d in drivers]  # fmt: skip
+
+
+def _cut(text: str, size: int) -> str:
+    """`text` cut to at most `size` bytes of UTF-8, never inside a character."""
+    return text.encode()[:size].decode(errors="ignore")
 
 
 def _driver(rt: Runtime, name: str) -> DriverStatus:
