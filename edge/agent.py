@@ -213,22 +213,23 @@ class Agent:
         api = LocalApi(rt, fleet=fleet)
         flusher = group.create_task(rt.pipeline.run(), name="pipeline")
         reloader = group.create_task(self._reload_when_requested(rt), name="reload")
+        tasks = rt.supervisor.tasks  # each restarted on failure: none of them stops the agent
         background = [
-            group.create_task(_tick_alarms(rt), name="alarms"),
-            group.create_task(rt.notifier.run(), name="notifications"),
-            group.create_task(self._notifier.feed_watchdog(), name="watchdog"),
-            group.create_task(rt.clock.run(), name="clock"),
-            group.create_task(_log_summaries(rt, self._summary_every), name="summary"),
+            tasks.start("alarms", lambda: _tick_alarms(rt)),
+            tasks.start("notifications", rt.notifier.run),
+            tasks.start("watchdog", self._notifier.feed_watchdog),
+            tasks.start("clock", rt.clock.run),
+            tasks.start("summary", lambda: _log_summaries(rt, self._summary_every)),
         ]
-        if rt.uplink is not None:
-            background.append(group.create_task(rt.uplink.run(), name="uplink"))
+        if rt.uplink is not None:  # a lease held at a failure comes back at its timeout
+            background.append(tasks.start("uplink", rt.uplink.run))
         if rt.sparkplug is not None:
-            background.append(group.create_task(rt.sparkplug.run(), name="sparkplug"))
+            background.append(tasks.start("sparkplug", rt.sparkplug.run))
         uns = _uns_publisher(rt)
         if uns is not None:
-            background.append(group.create_task(uns.run(), name="uns"))
+            background.append(tasks.start("uns", uns.run))
         if rt.identity is not None and rt.identity.maintenance is not None:
-            background.append(group.create_task(rt.identity.maintenance(), name="identity"))
+            background.append(tasks.start("identity", rt.identity.maintenance))
         served = group.create_task(api.serve(), name="local-api")
         await api.started.wait()
         self.ready.set()
@@ -238,7 +239,7 @@ class Agent:
             settle_after_start()
         self._open_channel(rt, group, background)
         if fleet is not None:  # after the drivers: its first status document lists them all
-            background.append(group.create_task(fleet.run(), name="fleet"))
+            background.append(rt.supervisor.tasks.start("fleet", fleet.run))
         devices = len(rt.supervisor.slots)
         log.info("agent %s running: %d devices", rt.config.current.gateway.name, devices)
         self._notifier.ready(f"running: {devices} devices")
@@ -284,9 +285,10 @@ class Agent:
             base_url=cloud.url, identity=rt.identity, handlers=handlers,
             connect_timeout=cloud.connect_timeout, retry_max_delay=cloud.retry_max_delay,
         )  # fmt: skip
-        background.append(group.create_task(runner.run(), name="commands"))
-        background.append(group.create_task(shadow.run(), name="shadow"))
-        background.append(group.create_task(channel.run(), name="channel"))
+        tasks = rt.supervisor.tasks
+        background.append(tasks.start("commands", runner.run))
+        background.append(tasks.start("shadow", shadow.run))
+        background.append(tasks.start("channel", channel.run))
 
     def _fleet(self, rt: Runtime, stop: asyncio.Event) -> Fleet | None:
         """Remote configuration and status reports: for an agent with a config file and a

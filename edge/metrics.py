@@ -94,6 +94,13 @@ class AgentMetrics(Collector):
             dropped.add_metric([name], counters.dropped + queue_dropped.get(name, 0))
             clock_faults.add_metric([name], slot.clock.faults)
         yield from (connected, restarts, readings, overruns, dropped, clock_faults)
+        tasks = CounterMetricFamily(
+            "tagway_task_restarts", "restarts of an auxiliary task (uplink, channel, UNS...) "
+            "after it failed", labels=["task"],
+        )  # fmt: skip
+        for name, count in list(self._runtime.supervisor.tasks.restarts.items()):
+            tasks.add_metric([name], count)
+        yield tasks
 
     def _clock(self) -> Iterator[Metric]:
         clock = self._runtime.clock

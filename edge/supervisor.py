@@ -1,10 +1,10 @@
 """The supervisor: one named task per configured device, each restarted with capped, jittered
 backoff when its driver fails, so one failing device never stops another.
 
-`_supervise` is the one place in the agent that catches broad exceptions: it logs and counts what
-it caught, and restarts the driver. Drivers, the MQTT broker and onnxruntime are imported where
-they are first needed: a gateway that reads only Modbus does not pay the memory of asyncua and
-amqtt (tens of MB).
+`_supervise` and `TaskSupervisor` are the places in the agent that catch broad exceptions: they
+log and count what they caught, and restart the driver or the auxiliary task (uplink, channel,
+UNS...). Drivers, the MQTT broker and onnxruntime are imported where they are first needed: a
+gateway that reads only Modbus does not pay the memory of asyncua and amqtt (tens of MB).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import assert_never
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from edge.clock import ClockCheck, ClockFault, ClockSync, ClockWindow
 from edge.config import Device, ModbusDevice, MqttSource, OpcUaDevice
@@ -94,6 +96,54 @@ class DeviceNotRunning(EdgeError, LookupError):
     """A write named a device that has no running driver."""
 
 
+class TaskSupervisor:
+    """Runs the agent's auxiliary tasks (uplink, channel, UNS, fleet, notifications...) in `group`,
+    each restarted after a capped, jittered backoff when it raises: a bug in one of them never
+    stops the drivers or the pipeline. A stop (cancellation) still stops.
+
+    Args:
+        group: the agent's task group; each task runs in it under its own name.
+        backoff: the restart policy (the drivers' one).
+    """
+
+    def __init__(self, *, group: asyncio.TaskGroup, backoff: BackoffPolicy) -> None:
+        self.restarts: dict[str, int] = {}
+        self.last_failure: dict[str, str] = {}
+        self._group = group
+        self._backoff = backoff
+
+    def start(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run `run()` as task `name`; call it again after a backoff each time it raises."""
+        self.restarts.setdefault(name, 0)
+        return self._group.create_task(self._supervise(name, run), name=name)
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        backoff = Backoff(self._backoff)
+        started = time.monotonic()
+
+        def wait(_: RetryCallState) -> float:
+            if time.monotonic() - started > _GOOD_RUN_S:
+                backoff.reset()
+            return backoff.next_delay()
+
+        def failed(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            self.last_failure[name] = f"{type(exc).__name__}: {exc}"
+            log.error("task %s failed; restarting", name, exc_info=exc)
+
+        # Exception, not BaseException: a CancelledError is re-raised by tenacity at once.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception), wait=wait, stop=stop_never,
+            before_sleep=failed, reraise=True,
+        )  # fmt: skip
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.restarts[name] += 1
+                started = time.monotonic()
+                await run()
+
+
 class Supervisor:
     """Runs the devices' drivers in `group`, delivering their readings to `sink`.
 
@@ -127,6 +177,7 @@ class Supervisor:
         self._dead_letters = dead_letters
         self._backoff = backoff
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks = TaskSupervisor(group=group, backoff=backoff)  # the auxiliary tasks
 
     def start(self, devices: Iterable[Device]) -> None:
         """Start a supervised driver for each device (replacing a slot of the same name)."""

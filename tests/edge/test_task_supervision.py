@@ -1,0 +1,57 @@
+"""An auxiliary task that fails (a bug, an unforeseen library error) is logged, counted and
+restarted: the drivers keep polling and readings keep reaching the outbox."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from edge.clock import ClockSync
+from firmware_sim.plant import Plant
+from tests.edge.harness import agent_config, modbus_devices, running_agent
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_failing_auxiliary_task_is_restarted_and_the_agent_keeps_reading(
+    tmp_path: Path, plant: Plant, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = ClockSync.run
+    calls = 0
+
+    async def fails_once(self: ClockSync) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected clock task bug")
+        await original(self)
+
+    monkeypatch.setattr(ClockSync, "run", fails_once)
+    caplog.set_level(logging.ERROR, logger="edge.supervisor")
+    config = agent_config(tmp_path, modbus_devices(plant))
+    async with running_agent(config) as running:
+        tasks = running.agent.runtime.supervisor.tasks
+
+        async def restarted() -> bool:
+            return tasks.restarts.get("clock") == 1 and calls == 2
+
+        await running.wait_for(restarted, within=5)
+        failures = [r for r in caplog.records if r.getMessage() == "task clock failed; restarting"]
+        assert len(failures) == 1
+        assert failures[0].levelno == logging.ERROR
+        assert failures[0].exc_info is not None
+        assert "injected clock task bug" in tasks.last_failure["clock"]
+
+        # The drivers still poll and readings are still committed after the failure.
+        before = (await running.get("/v1/outbox"))["lanes"]["telemetry"]["readings"]
+
+        async def more_committed() -> bool:
+            outbox = await running.get("/v1/outbox")
+            return outbox["lanes"]["telemetry"]["readings"] > before + 50
+
+        await running.wait_for(more_committed, within=5)
+        metrics = (await running.api.get("/metrics")).text
+        assert 'tagway_task_restarts_total{task="clock"} 1.0' in metrics
+        assert 'tagway_task_restarts_total{task="uns"}' not in metrics  # only the tasks it runs
