@@ -23,6 +23,13 @@ What this adds to amqtt 0.12:
   the sender's connection before amqtt parses it (sections 1.5.3 and 4.7), counted in
   `counters.malformed_topics`; amqtt alone forwarded NUL topics, and after a wildcard topic read
   the payload as packets.
+- Nothing the broker accepted disappears without a count. amqtt's queues are unbounded (a slow
+  subscriber delays delivery, it never makes amqtt drop a QoS 0 message), but it discards
+  silently in two places: a PUBLISH written to a connection amqtt has already closed (its writer
+  adapter turns `write` into a no-op; that happens to every delivery still pending for a
+  subscriber when it disconnects or when the broker stops) and the broadcast queue it clears at
+  shutdown. Both are counted in `counters.undelivered`; `counters.broadcasts` counts the
+  PUBLISHes accepted for fan-out and `backlog` what is queued or pending delivery right now.
 - Disconnected sessions expire after `session_expiry_s` (amqtt's session monitor), so devices
   that come and go with fresh client ids do not grow memory.
 
@@ -261,6 +268,71 @@ class BrokerCounters:
     refused_connections: int = 0  # over max_connections
     oversize_packets: int = 0  # packets over max_message_bytes (their connection was closed)
     malformed_topics: int = 0  # PUBLISH topics MQTT forbids (their connection was closed)
+    broadcasts: int = 0  # PUBLISHes accepted and queued for delivery to subscribers
+    undelivered: int = 0  # deliveries amqtt discarded (closed subscriber, broker stopping)
+
+
+_PENDING_DELIVERY_WAIT_S: Final = 1.0
+
+
+class _CountingWriter(StreamWriterAdapter):  # type: ignore[misc]  # amqtt ships no type information
+    """amqtt's stream writer, counting each PUBLISH it is asked to write after the connection
+    closed: amqtt's adapter then silently drops it (it marks itself closed before draining)."""
+
+    def __init__(self, writer: asyncio.StreamWriter, counters: BrokerCounters) -> None:
+        super().__init__(writer)
+        self._counters = counters
+        self._transport = writer.transport
+
+    def write(self, data: bytes) -> None:
+        if data and data[0] >> 4 == _PUBLISH and (self.is_closed or self._transport.is_closing()):
+            self._counters.undelivered += 1
+            return
+        super().write(data)
+
+
+class _CountingBroker(Broker):  # type: ignore[misc]  # amqtt ships no type information
+    """amqtt's broker, counting what it accepts for fan-out and what it discards at shutdown.
+
+    Pinned to amqtt 0.12's private broadcast path (`_broadcast_queue`, `_tasks_queue`,
+    `_broadcast_message`, `_shutdown_broadcast_loop`); tests/protocols/mqtt/test_broker_loss.py
+    fails if an upgrade changes it."""
+
+    def __init__(self, config: dict[str, Any], counters: BrokerCounters, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._counters = counters
+
+    @property
+    def backlog(self) -> int:
+        """Messages queued for fan-out plus deliveries not yet written to their subscriber."""
+        pending = sum(1 for task in self._tasks_queue if not task.done())
+        return int(self._broadcast_queue.qsize()) + pending
+
+    async def _broadcast_message(
+        self, session: Any, topic: Any, data: Any, force_qos: int | None = None
+    ) -> None:
+        self._counters.broadcasts += 1
+        await super()._broadcast_message(session, topic, data, force_qos)
+
+    def _discard_queued(self) -> None:
+        while not self._broadcast_queue.empty():
+            self._broadcast_queue.get_nowait()
+            self._counters.undelivered += 1
+
+    async def shutdown(self) -> None:
+        # Subscribers are about to be disconnected: what is not fanned out yet never will be.
+        self._discard_queued()
+        await super().shutdown()
+
+    async def _shutdown_broadcast_loop(self) -> None:
+        # The subscribers' writers are closed by now, so each pending delivery runs straight to
+        # its (counted) no-op write; only those that still do not finish are cancelled.
+        pending = [task for task in self._tasks_queue if not task.done()]
+        if pending:
+            _, stuck = await asyncio.wait(pending, timeout=_PENDING_DELIVERY_WAIT_S)
+            self._counters.undelivered += len(stuck)
+        await super()._shutdown_broadcast_loop()
+        self._discard_queued()
 
 
 class EmbeddedBroker:
@@ -274,7 +346,7 @@ class EmbeddedBroker:
         self.config = config
         self.state = BrokerState.IDLE
         self.counters = BrokerCounters()
-        self._broker: Broker | None = None
+        self._broker: _CountingBroker | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._port: int | None = None
@@ -292,6 +364,11 @@ class EmbeddedBroker:
         return len(self._broker.sessions) if self._broker is not None else 0
 
     @property
+    def backlog(self) -> int:
+        """Messages queued in the broker for fan-out plus deliveries not yet written."""
+        return self._broker.backlog if self._broker is not None else 0
+
+    @property
     def url(self) -> str:
         """``mqtt://host:port`` (``mqtts://`` with TLS) for clients."""
         scheme = "mqtts" if self.config.tls else "mqtt"
@@ -302,7 +379,9 @@ class EmbeddedBroker:
             raise ProtocolError(f"the embedded broker cannot start from state {self.state}")
         tls = self._tls_context()
         try:
-            self._broker = Broker(self._amqtt_config(), plugin_namespace="tagway.mqtt.broker")
+            self._broker = _CountingBroker(
+                self._amqtt_config(), self.counters, plugin_namespace="tagway.mqtt.broker"
+            )
             await self._broker.start()
         except AMQTTError as exc:
             raise ProtocolError(f"embedded MQTT broker failed to start: {exc}") from exc
@@ -359,7 +438,9 @@ class EmbeddedBroker:
             reader, self.config.max_message_bytes, self._refuse_oversize, self._refuse_topic
         )
         try:
-            await self._broker.external_connected(guard, StreamWriterAdapter(writer), _LISTENER)
+            await self._broker.external_connected(
+                guard, _CountingWriter(writer, self.counters), _LISTENER
+            )
         except (OSError, AMQTTError) as exc:
             _log.debug("MQTT client %s dropped: %s", peer, exc)
         except asyncio.CancelledError:

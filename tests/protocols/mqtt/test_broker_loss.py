@@ -1,0 +1,106 @@
+"""The embedded broker under a slow subscriber: QoS 0 readings are delayed, and whatever amqtt
+discards (deliveries pending when the subscriber's connection closes) is counted, so that
+published == delivered + counters.undelivered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from protocols.mqtt.broker import EmbeddedBroker
+from tests.protocols.mqtt.conftest import PASSWORDS, eventually
+from tests.protocols.mqtt.test_broker_topics import _length, _string, connect_packet
+
+pytestmark = pytest.mark.integration
+
+MESSAGES = 600
+PAYLOAD = b"x" * 16_384  # 600 x 16 KiB = ~10 MB, well past loopback socket buffers
+TOPIC = b"plant/pump1/raw/level"
+
+
+def qos0_publish(topic: bytes, payload: bytes) -> bytes:
+    body = _string(topic) + payload
+    return bytes([0x30]) + _length(len(body)) + body
+
+
+def subscribe_packet(topic_filter: bytes) -> bytes:
+    body = (1).to_bytes(2, "big") + _string(topic_filter) + b"\x00"
+    return bytes([0x82]) + _length(len(body)) + body
+
+
+async def _connect(
+    broker: EmbeddedBroker, user: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(connect_packet(user, PASSWORDS[user]))
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x20\x02\x00\x00"
+    return reader, writer
+
+
+async def _slow_subscriber(
+    broker: EmbeddedBroker,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Subscribed to plant/# at QoS 0, and reading nothing until the test says so."""
+    reader, writer = await _connect(broker, "agent")
+    writer.write(subscribe_packet(b"plant/#"))
+    assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x90\x03\x00\x01\x00"
+    return reader, writer
+
+
+async def _count_publishes(reader: asyncio.StreamReader, until: int | None = None) -> int:
+    """PUBLISH packets read until EOF (or until `until` of them arrived)."""
+    count = 0
+    while until is None or count < until:
+        try:
+            kind = (await reader.readexactly(1))[0]
+            length, multiplier = 0, 1
+            while True:
+                byte = (await reader.readexactly(1))[0]
+                length += (byte & 0x7F) * multiplier
+                multiplier *= 128
+                if not byte & 0x80:
+                    break
+            await reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return count  # a packet cut short by the close was not delivered
+        count += kind >> 4 == 3
+    return count
+
+
+async def _flood(broker: EmbeddedBroker) -> asyncio.StreamWriter:
+    _, publisher = await _connect(broker, "pump1")
+    publisher.write(qos0_publish(TOPIC, PAYLOAD) * MESSAGES)
+    await publisher.drain()
+    await eventually(lambda: broker.counters.broadcasts == MESSAGES, within=5)
+    return publisher
+
+
+async def test_a_slow_subscriber_delays_qos0_messages_but_loses_none(
+    broker: EmbeddedBroker,
+) -> None:
+    reader, subscriber = await _slow_subscriber(broker)
+    publisher = await _flood(broker)
+    # amqtt's queues are unbounded: the subscriber's share waits in the broker, nothing dropped.
+    assert broker.backlog > 0
+    assert await asyncio.wait_for(_count_publishes(reader, until=MESSAGES), 10) == MESSAGES
+    await eventually(lambda: broker.backlog == 0)
+    assert broker.counters.undelivered == 0
+    publisher.close()
+    subscriber.close()
+
+
+async def test_deliveries_discarded_at_shutdown_are_counted(broker: EmbeddedBroker) -> None:
+    reader, subscriber = await _slow_subscriber(broker)
+    publisher = await _flood(broker)
+    assert broker.backlog > 0
+    # The broker stops while most deliveries are still pending; the subscriber reads what it
+    # was sent until the broker closes the connection.
+    delivered, _ = await asyncio.wait_for(
+        asyncio.gather(_count_publishes(reader), broker.close()), 10
+    )
+    undelivered = broker.counters.undelivered
+    assert undelivered > 0, "the scenario must make amqtt discard deliveries"
+    assert delivered + undelivered == MESSAGES, (delivered, undelivered)
+    publisher.close()
+    subscriber.close()
