@@ -208,6 +208,10 @@ def _print_status(r: StatusReport) -> None:
             typer.echo(f"      error at {at}: {d.last_error}")
         elif d.recovered_from:
             typer.echo(f"      recovered (error at {at}: {d.recovered_from})")
+    for task in gw.tasks:
+        if task.restarts:
+            typer.echo(f"  ! task {task.name} failed, restarts {task.restarts} "
+                       f"(last: {task.last_failure})")  # fmt: skip
     overloaded = [d for d in r.drivers if d.overloaded]
     if overloaded:
         typer.echo("overload (the agent cannot keep up with these devices):")

@@ -135,6 +135,14 @@ class Clock(Answer):
     unsynchronized_readings: int = 0  # readings accepted while it was not synchronized
 
 
+class AuxTask(Answer):
+    """One auxiliary task of the agent (uplink, channel, UNS...), restarted when it fails."""
+
+    name: str
+    restarts: int = 0
+    last_failure: str | None = None
+
+
 class Gateway(Answer):
     """`GET /v1/gateway`: who this agent is."""
 
@@ -146,6 +154,7 @@ class Gateway(Answer):
     clock: Clock = Clock()
     cloud: str | None = None
     config: ConfigStatus = ConfigStatus()
+    tasks: tuple[AuxTask, ...] = ()
 
 
 # ------------------------------------------------------------------------------------ drivers

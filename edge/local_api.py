@@ -264,7 +264,7 @@ def write_audit(w: WriteOutcome) -> contract.WriteAudit:
 
 def _gateway(rt: Runtime, fleet: Fleet | None) -> contract.Gateway:
     config, reloads = rt.config.current, rt.config.reloads
-    last = reloads.last
+    last, failures = reloads.last, rt.supervisor.tasks.last_failure
     return contract.Gateway(
         name=config.gateway.name, gateway_id=rt.gateway_id, version=rt.version,
         simulated=config.simulated, uptime_s=time.time() - rt.started_at,
@@ -280,6 +280,10 @@ def _gateway(rt: Runtime, fleet: Fleet | None) -> contract.Gateway:
             needs_restart=reloads.pending_restart,
             last_reload=contract.ReloadOutcome.model_validate(last.as_dict()) if last else None,
             remote=remote_config(fleet) if fleet is not None else None,
+        ),
+        tasks=tuple(
+            contract.AuxTask(name=name, restarts=count, last_failure=failures.get(name))
+            for name, count in sorted(rt.supervisor.tasks.restarts.items())
         ),
     )  # fmt: skip
 

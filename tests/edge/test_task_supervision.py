@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.agent_cmds import StatusReport, _print_status
+from edge.api_contract import DRIVERS, Gateway, Health, Outbox, Uplink
 from edge.clock import ClockSync
 from firmware_sim.plant import Plant
 from tests.edge.harness import agent_config, modbus_devices, running_agent
@@ -16,7 +18,11 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_failing_auxiliary_task_is_restarted_and_the_agent_keeps_reading(
-    tmp_path: Path, plant: Plant, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    plant: Plant,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     original = ClockSync.run
     calls = 0
@@ -49,9 +55,25 @@ async def test_a_failing_auxiliary_task_is_restarted_and_the_agent_keeps_reading
 
         async def more_committed() -> bool:
             outbox = await running.get("/v1/outbox")
-            return outbox["lanes"]["telemetry"]["readings"] > before + 50
+            return bool(outbox["lanes"]["telemetry"]["readings"] > before + 50)
 
         await running.wait_for(more_committed, within=5)
         metrics = (await running.api.get("/metrics")).text
         assert 'tagway_task_restarts_total{task="clock"} 1.0' in metrics
         assert 'tagway_task_restarts_total{task="uns"}' not in metrics  # only the tasks it runs
+        shown = {t["name"]: t for t in (await running.get("/v1/gateway"))["tasks"]}
+        assert shown["clock"]["restarts"] == 1
+        assert "injected clock task bug" in shown["clock"]["last_failure"]
+        assert shown["summary"]["restarts"] == 0
+        report = StatusReport(
+            health=Health.model_validate((await running.api.get("/health")).json()),
+            gateway=Gateway.model_validate(await running.get("/v1/gateway")),
+            drivers=DRIVERS.validate_python(await running.get("/v1/drivers")),
+            uplink=Uplink.model_validate(await running.get("/v1/uplink")),
+            outbox=Outbox.model_validate(await running.get("/v1/outbox")),
+            alarms=(),
+        )
+        capsys.readouterr()
+        _print_status(report)  # what `tagway status` prints
+        printed = capsys.readouterr().out
+        assert "! task clock failed, restarts 1 (last: RuntimeError: injected" in printed
