@@ -47,6 +47,31 @@ class AgentMetrics(Collector):
         yield from self._reloads()
         yield from self._outbox_figures()
         yield from self._uplink()
+        yield from self._broker()
+
+    def _broker(self) -> Iterator[Metric]:
+        broker = self._runtime.broker
+        if broker is None:
+            return
+        c = broker.counters
+        for name, value, doc in (
+            ("broadcasts", c.broadcasts, "PUBLISHes the embedded broker accepted for delivery"),
+            (
+                "undelivered",
+                c.undelivered,
+                "deliveries the embedded broker discarded (subscriber gone, broker stopping)",
+            ),
+            ("connections", c.connections, "connections the embedded broker accepted"),
+            ("refused_connections", c.refused_connections, "connections over max_connections"),
+            ("oversize_packets", c.oversize_packets, "packets over max_message_bytes"),
+            ("malformed_topics", c.malformed_topics, "PUBLISH topics MQTT forbids"),
+        ):
+            yield CounterMetricFamily(f"tagway_mqtt_broker_{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            "tagway_mqtt_broker_backlog",
+            "messages queued in the embedded broker or pending delivery to a subscriber",
+            value=broker.backlog,
+        )
 
     def _pipeline(self) -> Iterator[Metric]:
         c = self._runtime.pipeline.counters

@@ -129,6 +129,10 @@ async def test_wrong_device_clocks_are_restamped_or_kept_and_counted_per_device(
     assert gateway["clock"]["unsynchronized_readings"] >= 6  # accepted, and counted
     assert "tagway_clock_synchronized 0.0" in metrics
     assert 'tagway_driver_clock_faults_total{device="plant-mqtt"} 2.0' in metrics
+    broadcasts = next(m for m in metrics.splitlines() if m.startswith("tagway_mqtt_broker_broad"))
+    assert float(broadcasts.split()[1]) >= 7  # the readings published into the embedded broker
+    assert "tagway_mqtt_broker_undelivered_total 0.0" in metrics
+    assert "tagway_mqtt_broker_backlog " in metrics
     clock_line = next(line for line in status_text.splitlines() if line.startswith("clock:"))
     assert clock_line.startswith("clock: NOT synchronized (from sh), ")
     assert "readings accepted while unsynchronized" in clock_line
