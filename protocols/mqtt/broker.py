@@ -25,10 +25,11 @@ What this adds to amqtt 0.12:
   the payload as packets.
 - Nothing the broker accepted disappears without a count. amqtt's queues are unbounded (a slow
   subscriber delays delivery, it never makes amqtt drop a QoS 0 message), but it discards
-  silently in two places: a PUBLISH written to a connection amqtt has already closed (its writer
+  silently in three places: a PUBLISH written to a connection amqtt has already closed (its writer
   adapter turns `write` into a no-op; that happens to every delivery still pending for a
-  subscriber when it disconnects or when the broker stops) and the broadcast queue it clears at
-  shutdown. Both are counted in `counters.undelivered`; `counters.broadcasts` counts the
+  subscriber when it disconnects or when the broker stops), the broadcast queue it clears at
+  shutdown; and a QoS 0 message for a persistent session that is not connected. All are counted
+  in `counters.undelivered`; `counters.broadcasts` counts the
   PUBLISHes accepted for fan-out and `backlog` what is queued or pending delivery right now.
 - Disconnected sessions expire after `session_expiry_s` (amqtt's session monitor), so devices
   that come and go with fresh client ids do not grow memory.
@@ -313,6 +314,24 @@ class _CountingBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
     ) -> None:
         self._counters.broadcasts += 1
         await super()._broadcast_message(session, topic, data, force_qos)
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        allowed: bool = await super()._topic_filtering(session, topic=topic, action=action)
+        # amqtt asks before each delivery; to a subscriber that is not connected it then keeps
+        # only QoS 1/2 messages of a persistent session and skips the rest without a trace.
+        if allowed and action == Action.RECEIVE and session.transitions.state != "connected":
+            qos = self._subscription_qos(session, topic)
+            if session.clean_session or session.is_anonymous or qos not in (1, 2):
+                self._counters.undelivered += 1
+        return allowed
+
+    def _subscription_qos(self, session: Session, topic: str) -> int:
+        for topic_filter, subscriptions in self._subscriptions.items():
+            if self._matches(topic, topic_filter):
+                for subscriber, qos in subscriptions:
+                    if subscriber is session:
+                        return int(qos)
+        return 0
 
     def _discard_queued(self) -> None:
         while not self._broadcast_queue.empty():

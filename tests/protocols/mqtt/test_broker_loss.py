@@ -104,3 +104,26 @@ async def test_deliveries_discarded_at_shutdown_are_counted(broker: EmbeddedBrok
     assert delivered + undelivered == MESSAGES, (delivered, undelivered)
     publisher.close()
     subscriber.close()
+
+
+async def test_qos0_messages_for_a_disconnected_persistent_session_are_counted(
+    broker: EmbeddedBroker,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    persistent = bytearray(connect_packet("agent", PASSWORDS["agent"]))
+    persistent[persistent.index(b"MQTT") + 5] = 0xC0  # username, password, no clean session
+    writer.write(bytes(persistent))
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x20\x02\x00\x00"
+    writer.write(subscribe_packet(b"plant/#"))
+    assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x90\x03\x00\x01\x00"
+    writer.write(b"\xe0\x00")  # DISCONNECT: the session and its QoS 0 subscription stay
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    await eventually(lambda: broker.session_count == 1 and broker.backlog == 0)
+    _, publisher = await _connect(broker, "pump1")
+    publisher.write(qos0_publish(TOPIC, b"1") * 3)
+    await publisher.drain()
+    await eventually(lambda: broker.counters.undelivered == 3)
+    assert broker.counters.broadcasts == 3
+    publisher.close()
