@@ -3,6 +3,7 @@ restarted: the drivers keep polling and readings keep reaching the outbox."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 from cli.agent_cmds import StatusReport, _print_status
 from edge.api_contract import DRIVERS, Gateway, Health, Outbox, Uplink
 from edge.clock import ClockSync
+from edge.supervisor import TaskSupervisor
 from firmware_sim.plant import Plant
+from protocols.backoff import BackoffPolicy
 from tests.edge.harness import agent_config, modbus_devices, running_agent
 
 pytestmark = pytest.mark.integration
@@ -77,3 +80,31 @@ async def test_a_failing_auxiliary_task_is_restarted_and_the_agent_keeps_reading
         _print_status(report)  # what `tagway status` prints
         printed = capsys.readouterr().out
         assert "! task clock failed, restarts 1 (last: RuntimeError: injected" in printed
+
+
+async def test_a_stop_stops_a_supervised_task_and_is_not_counted_as_a_failure() -> None:
+    started = asyncio.Event()
+    starts = 0
+
+    async def forever() -> None:
+        nonlocal starts
+        starts += 1
+        started.set()
+        if starts == 1:  # a retried stop would start it again: then it ends at once
+            await asyncio.sleep(3600)
+
+    async def returns() -> None:
+        return None
+
+    async with asyncio.TaskGroup() as group:
+        tasks = TaskSupervisor(group=group, backoff=BackoffPolicy(base=0.01, cap=0.01))
+        done = tasks.start("returns", returns)
+        task = tasks.start("forever", forever)
+        await started.wait()
+        task.cancel()
+    assert task.cancelled()  # the CancelledError went through tenacity, not retried
+    assert starts == 1
+    assert done.done()  # a task that ends normally is not restarted
+    assert not done.cancelled()
+    assert tasks.restarts == {"returns": 0, "forever": 0}
+    assert tasks.last_failure == {}
