@@ -61,6 +61,11 @@ class AgentMetrics(Collector):
                 c.undelivered,
                 "deliveries the embedded broker discarded (subscriber gone, broker stopping)",
             ),
+            (
+                "refused_publishes",
+                c.refused_publishes,
+                "PUBLISHes dropped before delivery (ACL, '$' topic, DUP flag on QoS 0)",
+            ),
             ("connections", c.connections, "connections the embedded broker accepted"),
             ("refused_connections", c.refused_connections, "connections over max_connections"),
             ("oversize_packets", c.oversize_packets, "packets over max_message_bytes"),

@@ -182,6 +182,13 @@ def publish_topic_problem(body: bytes) -> str | None:
     return None
 
 
+def amqtt_ignores(first_byte: int, body: bytes) -> bool:
+    """True for a PUBLISH amqtt 0.12 reads and then drops with only a log line: a topic starting
+    with '$' [MQTT-4.7.2-1], or QoS 0 with the DUP flag set [MQTT-3.3.1-2]."""
+    qos0_dup = first_byte & 0x06 == 0 and first_byte & 0x08 != 0
+    return qos0_dup or body[2:3] == b"$"
+
+
 class _PacketSizeGuard(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no type information
     """Reads each MQTT fixed header before amqtt does and ends the stream (EOF) when the packet
     would exceed the limit, so an oversize packet is never buffered. A PUBLISH is read whole and
@@ -194,11 +201,13 @@ class _PacketSizeGuard(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no t
         max_bytes: int,
         on_refused: Any,
         on_malformed: Any = None,
+        on_ignored: Any = None,
     ) -> None:
         self._reader = reader
         self._max = max_bytes
         self._on_refused = on_refused
         self._on_malformed = on_malformed
+        self._on_ignored = on_ignored
         self._header = bytearray()
         self._left = 0
 
@@ -244,6 +253,8 @@ class _PacketSizeGuard(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no t
                 if self._on_malformed is not None:
                     self._on_malformed(problem)
                 return False
+            if self._on_ignored is not None and amqtt_ignores(header[0], body):
+                self._on_ignored()
             self._header, self._left = header + body, 0
             return True
         self._header, self._left = header, length
@@ -270,6 +281,7 @@ class BrokerCounters:
     oversize_packets: int = 0  # packets over max_message_bytes (their connection was closed)
     malformed_topics: int = 0  # PUBLISH topics MQTT forbids (their connection was closed)
     broadcasts: int = 0  # PUBLISHes accepted and queued for delivery to subscribers
+    refused_publishes: int = 0  # PUBLISHes dropped unbroadcast: ACL, '$' topic, DUP on QoS 0
     undelivered: int = 0  # deliveries amqtt discarded (closed subscriber, broker stopping)
 
 
@@ -317,6 +329,8 @@ class _CountingBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         allowed: bool = await super()._topic_filtering(session, topic=topic, action=action)
+        if not allowed and action == Action.PUBLISH:
+            self._counters.refused_publishes += 1  # amqtt drops it with an INFO log line
         # amqtt asks before each delivery; to a subscriber that is not connected it then keeps
         # only QoS 1/2 messages of a persistent session and skips the rest without a trace.
         if allowed and action == Action.RECEIVE and session.transitions.state != "connected":
@@ -454,7 +468,11 @@ class EmbeddedBroker:
         self._connections.add(task)
         self.counters.connections += 1
         guard = _PacketSizeGuard(
-            reader, self.config.max_message_bytes, self._refuse_oversize, self._refuse_topic
+            reader,
+            self.config.max_message_bytes,
+            self._refuse_oversize,
+            self._refuse_topic,
+            self._ignored_publish,
         )
         try:
             await self._broker.external_connected(
@@ -479,6 +497,9 @@ class EmbeddedBroker:
             size,
             self.config.max_message_bytes,
         )
+
+    def _ignored_publish(self) -> None:
+        self.counters.refused_publishes += 1
 
     def _refuse_topic(self, problem: str) -> None:
         self.counters.malformed_topics += 1

@@ -127,3 +127,22 @@ async def test_qos0_messages_for_a_disconnected_persistent_session_are_counted(
     await eventually(lambda: broker.counters.undelivered == 3)
     assert broker.counters.broadcasts == 3
     publisher.close()
+
+
+async def test_publishes_amqtt_drops_unbroadcast_are_counted(broker: EmbeddedBroker) -> None:
+    _, publisher = await _connect(broker, "pump1")
+    dup = bytearray(qos0_publish(TOPIC, b"1"))
+    dup[0] |= 0x08  # DUP on QoS 0 [MQTT-3.3.1-2]: amqtt ignores it
+    publisher.write(
+        qos0_publish(b"plant/pump2/raw/level", b"1")  # outside pump1's ACL
+        + bytes(dup)
+        + qos0_publish(TOPIC, b"1")  # accepted
+        # '$' topics are the broker's [MQTT-4.7.2-1]; amqtt also ends the connection
+        + qos0_publish(b"$SYS/level", b"1")
+    )
+    await publisher.drain()
+    await eventually(lambda: broker.counters.broadcasts == 1)
+    await eventually(
+        lambda: broker.counters.refused_publishes == 3, why=lambda: str(broker.counters)
+    )
+    publisher.close()
