@@ -222,18 +222,12 @@ class AssetStore:
                               tag: str | None = None) -> list[Row]:  # fmt: skip
         """(series id, device id, device, tag, unit, simulated, asset id, asset path) of every
         series of every device under the asset, by path, device and tag (metadata only)."""
-        this = await node(tx, tenant_id, asset_id)
-        sql = (
-            "SELECT s.id, d.id, d.name, s.tag, s.unit, s.simulated, a.id, a.path FROM assets a"
-            " JOIN devices d ON d.tenant_id = a.tenant_id AND d.asset_id = a.id"
-            " JOIN series s ON s.tenant_id = d.tenant_id AND s.device_id = d.id"
-            " WHERE a.tenant_id = %s AND a.id_path LIKE %s"
+        where, params = await _subtree_series_where(tx, tenant_id, asset_id, tag)
+        return await tx.fetch(
+            "SELECT s.id, d.id, d.name, s.tag, s.unit, s.simulated, a.id, a.path"
+            f" {where} ORDER BY a.path, d.name, s.tag",
+            params,
         )
-        params: list[Any] = [tenant_id, subtree(this.id_path)]
-        if tag is not None:
-            sql += " AND s.tag = %s"
-            params.append(tag)
-        return await tx.fetch(sql + " ORDER BY a.path, d.name, s.tag", params)
 
     async def latest(self, tenant_id: int, asset_id: int) -> list[AssetLatestValue]:
         """The newest reading of every series of every device under the asset (its whole
@@ -257,18 +251,8 @@ class AssetStore:
     async def count_series(self, tenant_id: int, asset_id: int, *, tag: str | None) -> int:
         """How many series the asset's subtree holds (of `tag` only, when given)."""
         async with self.db.transaction(tenant_id) as tx:
-            this = await node(tx, tenant_id, asset_id)
-            sql = (
-                "SELECT count(*) FROM assets a"
-                " JOIN devices d ON d.tenant_id = a.tenant_id AND d.asset_id = a.id"
-                " JOIN series s ON s.tenant_id = d.tenant_id AND s.device_id = d.id"
-                " WHERE a.tenant_id = %s AND a.id_path LIKE %s"
-            )
-            params: list[Any] = [tenant_id, subtree(this.id_path)]
-            if tag is not None:
-                sql += " AND s.tag = %s"
-                params.append(tag)
-            row = await tx.fetchone(sql, params)
+            where, params = await _subtree_series_where(tx, tenant_id, asset_id, tag)
+            row = await tx.fetchone(f"SELECT count(*) {where}", params)
         return 0 if row is None else int(row[0])
 
     async def aggregate(
@@ -297,3 +281,22 @@ class AssetStore:
             )
             for s in series
         ]
+
+
+async def _subtree_series_where(
+    tx: Tx, tenant_id: int, asset_id: int, tag: str | None
+) -> tuple[str, list[Any]]:
+    """The FROM ... WHERE of the series of every device under the asset (of `tag` only, when
+    given), with its parameters; `NotFound` for an asset the tenant does not have."""
+    this = await node(tx, tenant_id, asset_id)
+    sql = (
+        "FROM assets a"
+        " JOIN devices d ON d.tenant_id = a.tenant_id AND d.asset_id = a.id"
+        " JOIN series s ON s.tenant_id = d.tenant_id AND s.device_id = d.id"
+        " WHERE a.tenant_id = %s AND a.id_path LIKE %s"
+    )
+    params: list[Any] = [tenant_id, subtree(this.id_path)]
+    if tag is not None:
+        sql += " AND s.tag = %s"
+        params.append(tag)
+    return sql, params
